@@ -1,0 +1,100 @@
+"""``sparse_attention``: the one dispatch point over implementations of gated sparse attention."""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..gates import Gate, as_gate
+from .chunked import chunked_attention
+from .reference import reference_attention
+
+IMPLEMENTATIONS = {"reference": reference_attention, "chunked": chunked_attention}
+
+
+class AttentionStats(NamedTuple):
+    """``expected_density``: ``[batch, heads]`` mean expected gate over causal pairs (differentiable; all ones
+    when dense). ``adjacency``: ``[batch, heads, seq_q, seq_k]`` bool edges (``return_adjacency=True``), else None."""
+
+    expected_density: jax.Array
+    adjacency: jax.Array | None = None
+
+
+def _check(q, k, v, gate: Gate | None, mode: str, seed, implementation: str):
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if getattr(x, "ndim", None) != 4:
+            raise ValueError(f"{name} must be [batch, seq, heads, head_dim], got shape {getattr(x, 'shape', None)}")
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise ValueError(f"{name} must be floating point, got {x.dtype}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}; cast them first")
+    if k.shape[:3] != v.shape[:3]:
+        raise ValueError(f"k {k.shape} and v {v.shape} must agree in batch, seq and heads")
+    if q.shape[0] != k.shape[0]:
+        raise ValueError(f"batch sizes differ: q {q.shape[0]}, k/v {k.shape[0]}")
+    if q.shape[3] != k.shape[3]:
+        raise ValueError(f"head_dim differs: q {q.shape[3]}, k {k.shape[3]}")
+    if q.shape[2] % k.shape[2]:
+        raise ValueError(f"q heads ({q.shape[2]}) must be a multiple of k/v heads ({k.shape[2]}) for grouped-query "
+                         "attention")
+    if mode not in ("train", "eval"):
+        raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
+    if gate is not None:
+        bshape = jnp.shape(gate.bias)
+        if bshape not in ((), (q.shape[2],)):
+            raise ValueError(f"gate bias must be a scalar or [heads]=({q.shape[2]},), got shape {bshape}; slice "
+                             "per-layer biases before calling attention")
+        if mode == "train" and seed is None:
+            raise ValueError("mode='train' samples gates and needs seed= (an int or integer scalar array); pass "
+                             "mode='eval' for deterministic gates")
+    if implementation != "auto" and implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown implementation {implementation!r}; choose 'auto' or one of {sorted(IMPLEMENTATIONS)}")
+
+
+def _as_seed(seed):
+    if seed is None:
+        return None
+    if isinstance(seed, (int, np.integer)):
+        if not 0 <= int(seed) < 2**32:
+            raise ValueError(f"seed must be in [0, 2**32), got {seed}")
+        return jnp.asarray(np.uint32(seed))
+    seed = jnp.asarray(seed)
+    if seed.shape != () or not jnp.issubdtype(seed.dtype, jnp.integer):
+        raise ValueError(f"seed must be an integer scalar, got dtype {seed.dtype} shape {seed.shape}")
+    return seed.astype(jnp.uint32)
+
+
+def sparse_attention(q, k, v, gate: Any = None, *, causal: bool = True, mode: str = "train", seed=None,
+                     implementation: str = "auto", return_adjacency: bool = False, **block_sizes):
+    """Gated sparse attention (DESIGN.md §1.1): ``y_i = sum_j softmax_j(s)_ij * A_ij * v_j``.
+
+    Args:
+      q: ``[batch, seq_q, heads, head_dim]``; k, v: ``[batch, seq_k, kv_heads, head_dim]`` with ``heads`` a
+        multiple of ``kv_heads`` (grouped-query attention). Logits are computed in float32 whatever the input
+        dtype; the output has q's dtype.
+      gate: ``None`` (dense attention: every gate open), a float/array bias (the Bernoulli gate) or a
+        :class:`sparsejax.Gate` (bias ``()`` or ``[heads]``, family, temperature, stretch).
+      causal: mask keys after the query (top-left aligned, as ``jax.nn.dot_product_attention``).
+      mode: ``"train"`` samples gates from counter-based noise (needs ``seed``); ``"eval"`` is deterministic.
+      seed: int in ``[0, 2**32)`` or integer scalar array; the same seed gives the same gates in every
+        implementation.
+      implementation: ``"auto"`` (``"chunked"`` on every backend for now), ``"reference"`` or ``"chunked"``.
+      return_adjacency: also return the boolean edge tensor ``[batch, heads, seq_q, seq_k]``.
+      block_sizes: ``block_q``/``block_k`` for the chunked implementation.
+
+    Returns:
+      ``(out, AttentionStats(expected_density [batch, heads], adjacency or None))``.
+    """
+    gate = as_gate(gate)
+    _check(q, k, v, gate, mode, seed, implementation)
+    impl = "chunked" if implementation == "auto" else implementation
+    kwargs = dict(block_sizes) if impl == "chunked" else {}
+    if block_sizes and impl != "chunked":
+        raise ValueError(f"block sizes {sorted(block_sizes)} apply only to implementation='chunked'")
+    train = mode == "train" and gate is not None
+    out, density, adjacency = IMPLEMENTATIONS[impl](q, k, v, gate, causal=causal, train=train,
+                                                    seed=_as_seed(seed) if train else None,
+                                                    return_adjacency=return_adjacency, **kwargs)
+    return out, AttentionStats(density, adjacency)

@@ -1,0 +1,250 @@
+"""Memory-efficient sparse attention: online softmax over key blocks, hand-written backward (O(T) memory).
+
+Forward, for each query block, over the key blocks that the causal mask does not empty (a dynamic trip count,
+so fully-masked blocks cost nothing): keep the running max ``m``, the softmax denominator ``l`` over **all**
+causal keys, and the gated numerator ``acc = sum_j exp(s_ij - m) A_ij v_j``; ``out = acc / l``. The gate never
+enters ``l`` (no renormalisation). Saved for the backward pass: ``out`` and the row log-sum-exp only.
+
+Backward (``y_i = sum_j P_ij A_ij v_j``, ``D_i = dy_i . y_i``, ``dov_ij = dy_i . v_j``)::
+
+    dv_j  = sum_i P_ij A_ij dy_i
+    dg_ij = P_ij dov_ij A'_ij + (d rho / N) E'_ij          (A' = d gate / d g, E' = d expected / d g)
+    ds_ij = P_ij (A_ij dov_ij - D_i) + dg_ij               (softmax path + gate path, since g = s + b)
+    dq_i  = sum_j ds_ij k_j / sqrt(d);  dk_j = sum_i ds_ij q_i / sqrt(d);  db = sum dg
+
+The noise and gates of each block are regenerated from the counter-based hash (gates.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..gates import Gate, expected_gate, expected_gate_slope, gate_value_and_slope, hash_uniform
+
+_NEG = -1e30
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cfg:
+    causal: bool
+    train: bool
+    gate: Gate | None  # static part only (bias replaced by None); None = dense
+    t: int
+    s: int
+    block_q: int
+    block_k: int
+
+    @property
+    def nq(self):
+        return -(-self.t // self.block_q)
+
+    @property
+    def nk(self):
+        return -(-self.s // self.block_k)
+
+    def pairs(self):
+        """Number of (query, key) pairs the density averages over."""
+        if not self.causal:
+            return self.t * self.s
+        return int(np.minimum(np.arange(1, self.t + 1), self.s).sum())
+
+    def first_kblock_count(self, qi):
+        """Key blocks that query block ``qi`` needs (the rest are empty under the causal mask)."""
+        if not self.causal:
+            return self.nk
+        last_row = jnp.minimum((qi + 1) * self.block_q, self.t) - 1
+        return jnp.minimum(last_row // self.block_k + 1, self.nk)
+
+
+def _block_scores(cfg: _Cfg, qb, kb, qi, kj, bias, seed, *, slopes: bool):
+    """Logits, validity, gate values (and slopes) of one (query block, key block) pair.
+
+    qb: [B, bq, K, G, D] f32, kb: [B, bk, K, D] f32. Returns arrays shaped [B, K, G, bq, bk].
+    """
+    bsz, bq, kvh, grp, d = qb.shape
+    bk = kb.shape[1]
+    s = jnp.einsum("bqkgd,bskd->bkgqs", qb, kb) / np.float32(np.sqrt(d))
+    i = qi * cfg.block_q + jnp.arange(bq)
+    j = kj * cfg.block_k + jnp.arange(bk)
+    valid = (i[:, None] < cfg.t) & (j[None, :] < cfg.s)
+    if cfg.causal:
+        valid &= j[None, :] <= i[:, None]
+    if cfg.gate is None:
+        return s, valid, None, None, None
+    g = s + bias.reshape(1, kvh, grp, 1, 1)
+    if cfg.train:
+        heads = jnp.arange(kvh * grp).reshape(1, kvh, grp, 1, 1)
+        noise = hash_uniform(seed, jnp.arange(bsz).reshape(-1, 1, 1, 1, 1), heads,
+                               i.reshape(1, 1, 1, bq, 1), j.reshape(1, 1, 1, 1, bk))
+    else:
+        noise = None
+    a, a_slope = gate_value_and_slope(cfg.gate, g, noise, cfg.train)
+    return s, valid, g, a, a_slope if slopes else None
+
+
+def _pad(x, axis, to):
+    extra = to - x.shape[axis]
+    if extra == 0:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, extra)
+    return jnp.pad(x, widths)
+
+
+def _split(cfg: _Cfg, q, k, v):
+    bsz, t, h, d = q.shape
+    kvh = k.shape[2]
+    qp = _pad(q.astype(jnp.float32), 1, cfg.nq * cfg.block_q).reshape(bsz, cfg.nq * cfg.block_q, kvh, h // kvh, d)
+    kp = _pad(k.astype(jnp.float32), 1, cfg.nk * cfg.block_k)
+    vp = _pad(v.astype(jnp.float32), 1, cfg.nk * cfg.block_k)
+    return qp, kp, vp
+
+
+def _forward(cfg: _Cfg, q, k, v, bias, seed):
+    bsz, t, h, d = q.shape
+    kvh, dv = k.shape[2], v.shape[3]
+    grp = h // kvh
+    qp, kp, vp = _split(cfg, q, k, v)
+    bq, bk = cfg.block_q, cfg.block_k
+
+    def q_block(_, qi):
+        qb = jax.lax.dynamic_slice_in_dim(qp, qi * bq, bq, axis=1)
+
+        def k_step(kj, carry):
+            m, l, acc, rho = carry
+            kb = jax.lax.dynamic_slice_in_dim(kp, kj * bk, bk, axis=1)
+            vb = jax.lax.dynamic_slice_in_dim(vp, kj * bk, bk, axis=1)
+            s, valid, g, a, _ = _block_scores(cfg, qb, kb, qi, kj, bias, seed, slopes=False)
+            m_new = jnp.maximum(m, jnp.max(jnp.where(valid, s, _NEG), axis=-1))
+            p = jnp.where(valid, jnp.exp(s - m_new[..., None]), 0.0)
+            alpha = jnp.exp(m - m_new)
+            l = alpha * l + jnp.sum(p, axis=-1)
+            pa = p if a is None else p * a
+            acc = alpha[..., None] * acc + jnp.einsum("bkgqs,bskd->bkgqd", pa, vb)
+            if g is not None:
+                rho = rho + jnp.sum(jnp.where(valid, expected_gate(cfg.gate, g), 0.0), axis=(-2, -1))
+            return m_new, l, acc, rho
+
+        init = (jnp.full((bsz, kvh, grp, bq), _NEG, jnp.float32), jnp.zeros((bsz, kvh, grp, bq), jnp.float32),
+                jnp.zeros((bsz, kvh, grp, bq, dv), jnp.float32), jnp.zeros((bsz, kvh, grp), jnp.float32))
+        m, l, acc, rho = jax.lax.fori_loop(0, cfg.first_kblock_count(qi), k_step, init)
+        l = jnp.where(l > 0, l, 1.0)  # padded query rows only
+        return None, (acc / l[..., None], m + jnp.log(l), rho)
+
+    _, (out, lse, rho) = jax.lax.scan(q_block, None, jnp.arange(cfg.nq))
+    # out: [nq, B, K, G, bq, Dv] -> [B, T, H, Dv]; lse: [nq, B, K, G, bq] -> [B, K, G, Tp]
+    out = jnp.moveaxis(out, (0, 4), (1, 2)).reshape(bsz, cfg.nq * bq, h, dv)[:, :t]
+    lse = jnp.moveaxis(lse, 0, 3).reshape(bsz, kvh, grp, cfg.nq * bq)
+    density = (rho.sum(0) / cfg.pairs()).reshape(bsz, h) if cfg.gate is not None else jnp.ones((bsz, h), jnp.float32)
+    return out, lse, density
+
+
+def _backward(cfg: _Cfg, q, k, v, bias, seed, out, lse, dout, ddens):
+    bsz, t, h, d = q.shape
+    kvh, dv = k.shape[2], v.shape[3]
+    grp = h // kvh
+    qp, kp, vp = _split(cfg, q, k, v)
+    bq, bk = cfg.block_q, cfg.block_k
+    tp = cfg.nq * bq
+    dop = _pad(dout.astype(jnp.float32), 1, tp).reshape(bsz, tp, kvh, grp, dv)
+    outp = _pad(out.astype(jnp.float32), 1, tp).reshape(bsz, tp, kvh, grp, dv)
+    delta = jnp.einsum("btkgd,btkgd->bkgt", dop, outp)  # D_i = dy_i . y_i
+    ddens = (ddens.astype(jnp.float32) / cfg.pairs()).reshape(bsz, kvh, grp, 1, 1)
+    scale = np.float32(1.0 / np.sqrt(d))
+
+    def k_block(carry, kj):
+        dq, dbias = carry
+        kb = jax.lax.dynamic_slice_in_dim(kp, kj * bk, bk, axis=1)
+        vb = jax.lax.dynamic_slice_in_dim(vp, kj * bk, bk, axis=1)
+
+        def q_step(qi, inner):
+            dq, dk, dvv, dbias = inner
+            qb = jax.lax.dynamic_slice_in_dim(qp, qi * bq, bq, axis=1)
+            dob = jax.lax.dynamic_slice_in_dim(dop, qi * bq, bq, axis=1)
+            lse_b = jax.lax.dynamic_slice_in_dim(lse, qi * bq, bq, axis=3)
+            dl_b = jax.lax.dynamic_slice_in_dim(delta, qi * bq, bq, axis=3)
+            s, valid, g, a, a_slope = _block_scores(cfg, qb, kb, qi, kj, bias, seed, slopes=True)
+            p = jnp.where(valid, jnp.exp(s - lse_b[..., None]), 0.0)
+            dov = jnp.einsum("bqkgd,bskd->bkgqs", dob, vb)
+            if a is None:
+                pa, ds = p, p * (dov - dl_b[..., None])
+            else:
+                pa = p * a
+                dg = p * dov * a_slope + jnp.where(valid, ddens * expected_gate_slope(cfg.gate, g), 0.0)
+                ds = pa * dov - p * dl_b[..., None] + dg
+                dbias = dbias + jnp.sum(dg, axis=(0, 3, 4))
+            dvv = dvv + jnp.einsum("bkgqs,bqkgd->bskd", pa, dob)
+            dk = dk + jnp.einsum("bkgqs,bqkgd->bskd", ds, qb) * scale
+            dq_b = jax.lax.dynamic_slice_in_dim(dq, qi * bq, bq, axis=1)
+            dq = jax.lax.dynamic_update_slice_in_dim(dq, dq_b + jnp.einsum("bkgqs,bskd->bqkgd", ds, kb) * scale,
+                                                     qi * bq, axis=1)
+            return dq, dk, dvv, dbias
+
+        first_q = (kj * bk) // bq if cfg.causal else 0
+        zeros_k = jnp.zeros((bsz, bk, kvh, d), jnp.float32)
+        zeros_v = jnp.zeros((bsz, bk, kvh, dv), jnp.float32)
+        dq, dk, dvv, dbias = jax.lax.fori_loop(first_q, cfg.nq, q_step, (dq, zeros_k, zeros_v, dbias))
+        return (dq, dbias), (dk, dvv)
+
+    init = (jnp.zeros_like(qp), jnp.zeros((kvh, grp), jnp.float32))
+    (dq, dbias), (dk, dvv) = jax.lax.scan(k_block, init, jnp.arange(cfg.nk))
+    dq = dq.reshape(bsz, tp, h, d)[:, :t].astype(q.dtype)
+    dk = jnp.moveaxis(dk, 0, 1).reshape(bsz, cfg.nk * bk, kvh, d)[:, : cfg.s].astype(k.dtype)
+    dvv = jnp.moveaxis(dvv, 0, 1).reshape(bsz, cfg.nk * bk, kvh, dv)[:, : cfg.s].astype(v.dtype)
+    return dq, dk, dvv, dbias.reshape(h)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _chunked(cfg: _Cfg, q, k, v, bias, seed):
+    out, _, density = _forward(cfg, q, k, v, bias, seed)
+    return out.astype(q.dtype), density
+
+
+def _chunked_fwd(cfg, q, k, v, bias, seed):
+    out, lse, density = _forward(cfg, q, k, v, bias, seed)
+    out = out.astype(q.dtype)
+    return (out, density), (q, k, v, bias, seed, out, lse)
+
+
+def _chunked_bwd(cfg, res, cts):
+    q, k, v, bias, seed, out, lse = res
+    dout, ddens = cts
+    dq, dk, dv, dbias = _backward(cfg, q, k, v, bias, seed, out, lse, dout, ddens)
+    return dq, dk, dv, dbias.astype(bias.dtype), None
+
+
+_chunked.defvjp(_chunked_fwd, _chunked_bwd)
+
+
+def _adjacency(cfg: _Cfg, q, k, bias, seed):
+    """Boolean ``[B, H, T, S]`` edges, computed one query block at a time (no float T x T buffer)."""
+    bsz, t, h, d = q.shape
+    qp, kp, _ = _split(cfg, q, k, k)
+
+    def q_block(_, qi):
+        qb = jax.lax.dynamic_slice_in_dim(qp, qi * cfg.block_q, cfg.block_q, axis=1)
+        one = dataclasses.replace(cfg, block_k=cfg.nk * cfg.block_k)
+        s, valid, g, a, _ = _block_scores(one, qb, kp, qi, 0, bias, seed, slopes=False)
+        return None, valid if a is None else valid & (a > 0)
+
+    _, adj = jax.lax.scan(q_block, None, jnp.arange(cfg.nq))  # [nq, B, K, G, bq, Sp]
+    adj = jnp.moveaxis(adj, 0, 3).reshape(bsz, h, cfg.nq * cfg.block_q, -1)
+    return adj[:, :, :t, : cfg.s]
+
+
+def chunked_attention(q, k, v, gate: Gate | None, *, causal: bool, train: bool, seed, return_adjacency: bool,
+                      block_q: int = 256, block_k: int = 256):
+    """Same contract as :func:`reference_attention`; O(T) memory in forward and backward."""
+    bsz, t, h, d = q.shape
+    s_len = k.shape[1]
+    cfg = _Cfg(causal=causal, train=train, gate=None if gate is None else dataclasses.replace(gate, bias=None),
+               t=t, s=s_len, block_q=min(block_q, t), block_k=min(block_k, s_len))
+    bias = jnp.zeros((h,), jnp.float32) if gate is None else jnp.broadcast_to(gate.bias, (h,)).astype(jnp.float32)
+    seed = jnp.zeros((), jnp.uint32) if seed is None else seed
+    out, density = _chunked(cfg, q, k, v, bias, seed)
+    adjacency = _adjacency(cfg, q, k, jax.lax.stop_gradient(bias), seed) if return_adjacency else None
+    return out, density, adjacency

@@ -1,0 +1,165 @@
+"""Gate families and counter-based gate noise (DESIGN.md §1.1, §1.2).
+
+A gate turns the gate logit ``g_ij = s_ij + b`` of each causal pair (query i, key j) into a multiplier
+``A_ij`` on the attention weight ``P_ij``. Two families:
+
+* ``"bernoulli"`` (the paper's logit-tied Bernoulli gate, the default): training draws logistic noise
+  ``l`` and uses the hard sample ``1[g + l > 0]`` forward with the straight-through gradient of
+  ``sigmoid(g + l)``; evaluation uses ``1[g > 0]`` (noise 0). Expected density ``sigmoid(g)``.
+* ``"hard_concrete"`` (Louizos et al. 2018): ``clip(sigmoid((l + g) / beta) * (zeta - gamma) + gamma, 0, 1)``
+  in training, ``clip(sigmoid(g) * (zeta - gamma) + gamma, 0, 1)`` in evaluation; expected L0
+  ``sigmoid(g - beta * log(-gamma / zeta))``. A pair is an edge when its gate value is > 0.
+
+Noise for (seed, batch, head, query, key) is a pure function of those five integers (a 32-bit hash giving a
+uniform ``u``; the logistic noise is ``log u - log(1 - u)``), so every implementation draws the same gates and a backward pass regenerates them instead of storing T x T tensors.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+FAMILIES = ("bernoulli", "hard_concrete")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Gate:
+    """The gate pytree passed to attention and to the model blocks.
+
+    ``bias`` is the only array leaf (differentiable, so it can be learned): shape ``()`` or ``[heads]`` at the
+    attention level, ``[layers]`` or ``[layers, heads]`` at the model level. The rest is static configuration.
+    """
+
+    bias: Any
+    family: str = dataclasses.field(default="bernoulli", metadata=dict(static=True))
+    temperature: float = dataclasses.field(default=2.0 / 3.0, metadata=dict(static=True))
+    stretch: tuple[float, float] = dataclasses.field(default=(-0.1, 1.1), metadata=dict(static=True))
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"unknown gate family {self.family!r}; choose one of {FAMILIES}")
+        gamma, zeta = self.stretch
+        if not (gamma < 0.0 < 1.0 < zeta):
+            raise ValueError(f"hard-concrete stretch must satisfy gamma < 0 < 1 < zeta, got {self.stretch}")
+        if not self.temperature > 0:
+            raise ValueError(f"gate temperature must be > 0, got {self.temperature}")
+
+
+def make_gate(bias: Any = 3.0, family: str = "bernoulli", *, shape: tuple[int, ...] = (),
+              temperature: float = 2.0 / 3.0, stretch: tuple[float, float] = (-0.1, 1.1)) -> Gate:
+    """A gate whose bias is ``bias`` broadcast to ``shape`` (``()``, ``(heads,)``, ``(layers,)``, ``(layers, heads)``)."""
+    b = jnp.broadcast_to(jnp.asarray(bias, jnp.float32), shape)
+    return Gate(b, family, float(temperature), (float(stretch[0]), float(stretch[1])))
+
+
+def as_gate(gate: Any) -> Gate | None:
+    """Accept ``None`` (dense), a float/array bias (Bernoulli gate) or a :class:`Gate`."""
+    if gate is None or isinstance(gate, Gate):
+        return gate
+    return Gate(jnp.asarray(gate, jnp.float32))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Counter-based noise. lowbias32 (C. Wellons' 32-bit integer hash) chained over the five coordinates.
+_M1, _M2 = np.uint32(0x7FEB352D), np.uint32(0x846CA68B)
+_SALTS = tuple(np.uint32(c) for c in (0x9E3779B9, 0x85EBCA6B, 0xC2B2AE35, 0x27D4EB2F, 0x165667B1))
+
+
+def _mix32(x):
+    x = x ^ (x >> 16)
+    x = x * _M1
+    x = x ^ (x >> 15)
+    x = x * _M2
+    return x ^ (x >> 16)
+
+
+def hash_uniform(seed, b, h, i, j):
+    """``(u, 1 - u)``, both exact float32, ``u`` uniform on (0, 1), for integer coordinates (all broadcast).
+
+    ``x = mix(seed + s0); x = mix(x ^ (b + s1)); ...; x = mix(x ^ (j + s4))``; ``n`` = the top 23 bits of x;
+    ``u = (n + 0.5) / 2**23`` and ``1 - u = (2**23 - 1 - n + 0.5) / 2**23`` (exact: 24 significant bits). The
+    row part (seed, b, h, i) is computed once per row and broadcast over keys.
+    """
+    u32 = lambda a: jnp.asarray(a).astype(jnp.uint32)
+    x = _mix32(u32(seed) + _SALTS[0])
+    for c, salt in zip((b, h, i), _SALTS[1:4]):
+        x = _mix32(x ^ (u32(c) + salt))
+    n = _mix32(x ^ (u32(j) + _SALTS[4])) >> 9
+    scale = np.float32(2.0 ** -23)
+    return (n.astype(jnp.float32) + 0.5) * scale, ((np.uint32(2**23 - 1) - n).astype(jnp.float32) + 0.5) * scale
+
+
+def logistic_noise(uniform):
+    """Logistic(0, 1) noise ``log u - log(1 - u)`` from a :func:`hash_uniform` pair."""
+    u, one_minus_u = uniform
+    return jnp.log(u) - jnp.log(one_minus_u)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Per-family elementwise maps of the gate logit g (float32 arrays; noise is 0 in eval mode).
+
+def _hc_pre(gate: Gate, g, uniform, train: bool):
+    gamma, zeta = gate.stretch
+    t = (g + logistic_noise(uniform)) / gate.temperature if train else g
+    dt_dg = 1.0 / gate.temperature if train else 1.0
+    return jax.nn.sigmoid(t) * (zeta - gamma) + gamma, t, dt_dg
+
+
+def _bernoulli(g, uniform, train: bool):
+    """``(hard, soft)`` = ``(1[z > 0], sigmoid(z))`` for ``z = g + log u - log(1 - u)`` (``z = g`` in eval).
+
+    Written without logarithms: with ``e = sigmoid(g)``, ``z > 0  <=>  1 - u < e`` and
+    ``sigmoid(z) = e u / (e u + (1 - e)(1 - u))``.
+    """
+    e = jax.nn.sigmoid(g)
+    if not train:
+        return (g > 0).astype(g.dtype), e
+    u, one_minus_u = uniform
+    eu = e * u
+    return (one_minus_u < e).astype(g.dtype), eu / (eu + (1.0 - e) * one_minus_u)
+
+
+def gate_sample(gate: Gate, g, uniform, train: bool):
+    """Gate value with the family's gradient attached, written for autodiff (the readable statement).
+
+    ``uniform`` is the :func:`hash_uniform` pair (ignored in eval mode). Bernoulli:
+    ``A + (sigmoid(z) - stop_gradient(sigmoid(z)))`` with ``A = 1[z > 0]``; the bracket is exactly 0 in value,
+    so the forward value is exactly the hard sample and the gradient is that of ``sigmoid(z)``.
+    """
+    if gate.family == "bernoulli":
+        hard, soft = _bernoulli(g, uniform, train)
+        return hard + (soft - jax.lax.stop_gradient(soft))
+    pre, _, _ = _hc_pre(gate, g, uniform, train)
+    return jnp.clip(pre, 0.0, 1.0)
+
+
+def gate_value_and_slope(gate: Gate, g, uniform, train: bool):
+    """``(value, d value / d g)`` of :func:`gate_sample`, explicitly (for hand-written backward passes)."""
+    if gate.family == "bernoulli":
+        hard, soft = _bernoulli(g, uniform, train)
+        return hard, soft * (1.0 - soft)
+    gamma, zeta = gate.stretch
+    pre, t, dt_dg = _hc_pre(gate, g, uniform, train)
+    sig = jax.nn.sigmoid(t)
+    inside = (pre > 0.0) & (pre < 1.0)
+    return jnp.clip(pre, 0.0, 1.0), jnp.where(inside, (zeta - gamma) * dt_dg * sig * (1.0 - sig), 0.0)
+
+
+def _l0_shift(gate: Gate) -> float:
+    gamma, zeta = gate.stretch
+    return 0.0 if gate.family == "bernoulli" else gate.temperature * float(np.log(-gamma / zeta))
+
+
+def expected_gate(gate: Gate, g):
+    """Probability that the pair is an edge: ``sigmoid(g)`` (Bernoulli) or the expected L0 (hard-concrete)."""
+    return jax.nn.sigmoid(g - _l0_shift(gate))
+
+
+def expected_gate_slope(gate: Gate, g):
+    """``d expected_gate / d g``."""
+    e = jax.nn.sigmoid(g - _l0_shift(gate))
+    return e * (1.0 - e)

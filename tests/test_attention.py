@@ -1,0 +1,290 @@
+"""sparse_attention against the float64 numpy oracle, and chunked against reference."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl.testing import parameterized
+
+import sparsejax as sj
+from sparsejax.gates import expected_gate, gate_sample, gate_value_and_slope, hash_uniform
+
+import oracle
+
+FAMILIES = ["bernoulli", "hard_concrete"]
+
+
+def _qkv(b=2, t=9, h=4, kvh=2, d=8, s=None, seed=0, dtype=jnp.float32, scale=1.0):
+    rng = np.random.default_rng(seed)
+    s = t if s is None else s
+    q = rng.normal(size=(b, t, h, d)) * scale
+    k = rng.normal(size=(b, s, kvh, d)) * scale
+    v = rng.normal(size=(b, s, kvh, d))
+    return [jnp.asarray(x, dtype) for x in (q, k, v)]
+
+
+# ----------------------------------------------------------------------------------------------- noise
+def test_hash_matches_independent_numpy():
+    coords = np.ix_(np.arange(3), np.arange(5), np.arange(17), np.arange(19))
+    for seed in (0, 1, 2**32 - 1, 123456789):
+        u, one_minus_u = (np.asarray(x) for x in hash_uniform(np.uint32(seed), *coords))
+        want = oracle.uniform(seed, *coords)
+        np.testing.assert_array_equal(u, want)  # exact: 23 bits + 0.5 fit a float32
+        np.testing.assert_array_equal(one_minus_u, 1.0 - want)
+
+
+def test_hash_is_uniform_and_decorrelated():
+    u = np.asarray(hash_uniform(np.uint32(7), 0, 0, np.arange(512)[:, None], np.arange(512)[None, :])[0]).ravel()
+    assert 0 < u.min() and u.max() < 1
+    hist, _ = np.histogram(u, bins=16, range=(0, 1))
+    expected = u.size / 16
+    chi2 = ((hist - expected) ** 2 / expected).sum()
+    assert chi2 < 40, chi2  # 15 dof: p ~ 5e-4
+    assert abs(np.corrcoef(u[:-1], u[1:])[0, 1]) < 0.01
+    other = np.asarray(hash_uniform(np.uint32(8), 0, 0, np.arange(512)[:, None], np.arange(512)[None, :])[0]).ravel()
+    assert abs(np.corrcoef(u, other)[0, 1]) < 0.01
+
+
+# ---------------------------------------------------------------------------------------------- forward
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("mode", ["eval", "train"])
+@pytest.mark.parametrize("impl", ["reference", "chunked"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_forward_matches_oracle(family, mode, impl, causal):
+    q, k, v = _qkv(t=11, scale=1.5)
+    bias = np.array([0.3, -0.5, 1.0, 0.0], np.float32)
+    seed = 42
+    out, st = sj.sparse_attention(q, k, v, sj.Gate(jnp.asarray(bias), family), mode=mode, seed=seed,
+                                  causal=causal, implementation=impl, return_adjacency=True,
+                                  **({"block_q": 4, "block_k": 3} if impl == "chunked" else {}))
+    noise = oracle.logistic(seed, (2, 4, 11, 11))
+    o_out, o_dens, o_adj, _ = oracle.attention(q, k, v, bias, family=family, train=mode == "train", noise=noise,
+                                               causal=causal)
+    chex.assert_shape(out, q.shape)
+    chex.assert_shape(st.expected_density, (2, 4))
+    np.testing.assert_allclose(out, o_out, atol=2e-5, rtol=2e-5)
+    np.testing.assert_allclose(st.expected_density, o_dens, atol=1e-6, rtol=1e-5)
+    np.testing.assert_array_equal(st.adjacency, o_adj)
+    assert 0.05 < o_adj.mean() < 0.95  # the test exercises both open and closed gates
+
+
+def test_dense_equals_jax_dot_product_attention():
+    q, k, v = _qkv(t=13)
+    want = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+    for impl in ("reference", "chunked"):
+        out, st = sj.sparse_attention(q, k, v, None, implementation=impl, block_q=5, block_k=4) \
+            if impl == "chunked" else sj.sparse_attention(q, k, v, None, implementation=impl)
+        np.testing.assert_allclose(out, want, atol=1e-5)
+        np.testing.assert_array_equal(st.expected_density, 1.0)
+
+
+# --------------------------------------------------------------------------------------------- gradients
+def _finite_diff(f, x, eps=1e-6):
+    x = np.array(x, np.float64)
+    grad = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        xp, xm = x.copy(), x.copy()
+        xp[idx] += eps
+        xm[idx] -= eps
+        grad[idx] = (f(xp) - f(xm)) / (2 * eps)
+    return grad
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("mode", ["eval", "train"])
+@pytest.mark.parametrize("impl", ["reference", "chunked"])
+def test_gradients_match_oracle_finite_differences(family, mode, impl):
+    """d/d(q, k, v, bias) of sum(out * w) + sum(density * c), straight-through for the Bernoulli gate."""
+    b, t, h, kvh, d = 1, 6, 2, 1, 3
+    q, k, v = _qkv(b=b, t=t, h=h, kvh=kvh, d=d, seed=1, scale=1.5)
+    bias = np.array([0.4, -0.3])
+    rng = np.random.default_rng(5)
+    w = rng.normal(size=(b, t, h, d))
+    c = rng.normal(size=(b, h))
+    train = mode == "train"
+    noise = oracle.logistic(9, (b, h, t, t))
+    base = dict(family=family, train=train, noise=noise)
+    frozen = oracle.attention(q, k, v, bias, **base)[3] if family == "bernoulli" else None
+
+    def objective(qq, kk, vv, bb):
+        out, dens, _, _ = oracle.attention(qq, kk, vv, bb, frozen_hard=frozen, **base)
+        return (out * w).sum() + (dens * c).sum()
+
+    args = [np.asarray(q, np.float64), np.asarray(k, np.float64), np.asarray(v, np.float64), bias]
+    want = [_finite_diff(lambda x, i=i: objective(*args[:i], x, *args[i + 1:]), args[i]) for i in range(4)]
+
+    def loss(qq, kk, vv, bb):
+        out, st = sj.sparse_attention(qq, kk, vv, sj.Gate(bb, family), mode=mode, seed=9, implementation=impl,
+                                      **({"block_q": 4, "block_k": 4} if impl == "chunked" else {}))
+        return jnp.sum(out * w) + jnp.sum(st.expected_density * c)
+
+    got = jax.grad(loss, argnums=(0, 1, 2, 3))(q, k, v, jnp.asarray(bias, jnp.float32))
+    for name, g_, w_ in zip("qkvb", got, want):
+        np.testing.assert_allclose(g_, w_, atol=2e-4, rtol=2e-3, err_msg=f"d/d{name}")
+    assert np.abs(want[3]).max() > 1e-3  # the gate path carries gradient
+
+
+def test_straight_through_slope_matches_autodiff():
+    g = jnp.linspace(-6, 6, 101)
+    noise = hash_uniform(np.uint32(1), 0, 0, 0, jnp.arange(101))
+    for family in FAMILIES:
+        gate = sj.Gate(jnp.zeros(()), family)
+        for train in (False, True):
+            val, slope = gate_value_and_slope(gate, g, noise, train)
+            auto = jax.vmap(jax.grad(lambda x, n: gate_sample(gate, x, n, train)))(g, noise)
+            if train:  # and the value is the family's formula on logistic noise, written independently
+                l = np.log(np.float64(noise[0])) - np.log(np.float64(noise[1]))
+                if family == "bernoulli":
+                    np.testing.assert_array_equal(val, (np.asarray(g) + l > 0))
+                else:
+                    pre = oracle.sig((np.asarray(g) + l) / gate.temperature) * 1.2 - 0.1
+                    np.testing.assert_allclose(val, np.clip(pre, 0, 1), atol=1e-6)
+            np.testing.assert_allclose(val, gate_sample(gate, g, noise, train), atol=0)
+            np.testing.assert_allclose(slope, auto, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------- chunked vs reference
+class ChunkedEqualsReference(chex.TestCase):
+    """Forward values and gradients (q, k, v, bias) of chunked vs reference, with and without jit."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.product(
+        family=FAMILIES, mode=["eval", "train"],
+        # (batch, T, heads, kv_heads, head_dim, block_q, block_k, causal): odd T, blocks not dividing T, GQA 1-8
+        shape=[(1, 17, 4, 4, 8, 5, 7, True), (2, 33, 6, 2, 16, 8, 8, True), (1, 64, 8, 1, 8, 64, 32, True),
+               (2, 23, 4, 2, 8, 32, 6, True), (1, 19, 4, 2, 8, 8, 5, False)])
+    def test_equal(self, family, mode, shape):
+        b, t, h, kvh, d, bq, bk, causal = shape
+        q, k, v = _qkv(b=b, t=t, h=h, kvh=kvh, d=d, seed=t)
+        gate = sj.make_gate(0.5, family, shape=(h,))
+        ct = jnp.asarray(np.random.default_rng(2).normal(size=(b, t, h, d)), jnp.float32)
+
+        def run(impl):
+            def loss(qq, kk, vv, bias):
+                out, st = sj.sparse_attention(qq, kk, vv, sj.Gate(bias, family), mode=mode, seed=11, causal=causal,
+                                              implementation=impl,
+                                              **({"block_q": bq, "block_k": bk} if impl == "chunked" else {}))
+                return jnp.sum(out * ct) + jnp.sum(st.expected_density ** 2), (out, st.expected_density)
+            return self.variant(jax.value_and_grad(loss, argnums=(0, 1, 2, 3), has_aux=True))(q, k, v, gate.bias)
+
+        (_, ref_aux), ref_grads = run("reference")
+        (_, chk_aux), chk_grads = run("chunked")
+        chex.assert_trees_all_close(chk_aux, ref_aux, atol=2e-5, rtol=1e-5)
+        chex.assert_trees_all_close(chk_grads, ref_grads, atol=5e-5, rtol=1e-4)
+
+
+def test_chunked_bf16_matches_reference():
+    q, k, v = _qkv(b=1, t=40, h=4, kvh=2, d=16, dtype=jnp.bfloat16)
+    ct = jnp.ones((1, 40, 4, 16), jnp.bfloat16)
+
+    def run(impl, **kw):
+        f = lambda qq, kk, vv: jnp.sum((sj.sparse_attention(qq, kk, vv, 1.0, seed=3, implementation=impl, **kw)[0]
+                                        * ct).astype(jnp.float32))
+        return sj.sparse_attention(q, k, v, 1.0, seed=3, implementation=impl, **kw)[0], jax.grad(f, (0, 1, 2))(q, k, v)
+
+    out_r, g_r = run("reference")
+    out_c, g_c = run("chunked", block_q=16, block_k=24)
+    assert out_c.dtype == jnp.bfloat16 and all(g.dtype == jnp.bfloat16 for g in g_c)
+    np.testing.assert_allclose(np.float32(out_c), np.float32(out_r), atol=1e-2, rtol=1e-2)
+    for a, b in zip(g_c, g_r):
+        np.testing.assert_allclose(np.float32(a), np.float32(b), atol=3e-2, rtol=3e-2)
+
+
+# --------------------------------------------------------------------------------------------- behaviour
+@pytest.mark.parametrize("impl", ["reference", "chunked"])
+def test_all_gates_closed_gives_zero_without_nan(impl):
+    q, k, v = _qkv(t=10)
+    f = lambda qq: sj.sparse_attention(qq, k, v, -1e4, mode="train", seed=0, implementation=impl)
+    out, st = f(q)
+    np.testing.assert_array_equal(out, 0.0)
+    grad = jax.grad(lambda qq: jnp.sum(f(qq)[0]) + jnp.sum(f(qq)[1].expected_density))(q)
+    assert np.isfinite(np.asarray(grad)).all()
+
+
+def test_same_seed_same_gates_other_seed_other_gates():
+    q, k, v = _qkv(t=32)
+    adj = lambda seed, impl: sj.sparse_attention(q, k, v, 0.0, seed=seed, implementation=impl,
+                                                 return_adjacency=True)[1].adjacency
+    np.testing.assert_array_equal(adj(5, "reference"), adj(5, "chunked"))
+    np.testing.assert_array_equal(adj(5, "chunked"), jax.jit(lambda: adj(5, "chunked"))())
+    assert (adj(5, "chunked") != adj(6, "chunked")).mean() > 0.1
+    traced = jax.jit(lambda s: sj.sparse_attention(q, k, v, 0.0, seed=s, return_adjacency=True)[1].adjacency)
+    np.testing.assert_array_equal(traced(jnp.int32(5)), adj(5, "reference"))
+
+
+def test_hard_concrete_expected_l0_matches_monte_carlo():
+    gate = sj.Gate(jnp.zeros(()), "hard_concrete")
+    g = jnp.array([-3.0, -1.0, 0.0, 1.0, 3.0])[:, None]
+    noise = hash_uniform(np.uint32(17), 0, 0, jnp.arange(5)[:, None], jnp.arange(200_000)[None, :])
+    value, _ = gate_value_and_slope(gate, g, noise, True)
+    freq = np.asarray((value > 0).mean(1))
+    want = np.asarray(expected_gate(gate, g[:, 0]))
+    assert np.all(np.abs(freq - want) < 4 * np.sqrt(want * (1 - want) / 200_000) + 1e-4), (freq, want)
+    gamma, zeta = gate.stretch  # and the formula itself, independently
+    np.testing.assert_allclose(want, 1 / (1 + np.exp(-(np.asarray(g[:, 0]) - gate.temperature * np.log(-gamma / zeta)))),
+                               rtol=1e-6)
+
+
+def test_bernoulli_train_frequency_matches_sigmoid():
+    g = jnp.array([-2.0, 0.0, 1.5])[:, None]
+    noise = hash_uniform(np.uint32(3), 1, 2, jnp.arange(3)[:, None], jnp.arange(200_000)[None, :])
+    value, _ = gate_value_and_slope(sj.Gate(jnp.zeros(())), g, noise, True)
+    np.testing.assert_allclose(np.asarray(value.mean(1)), 1 / (1 + np.exp(-np.asarray(g[:, 0]))), atol=5e-3)
+
+
+# ------------------------------------------------------------------------------------------------ errors
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(q=(2, 8, 4, 8), k=(2, 8, 3, 8)), "multiple of k/v heads"),
+    (dict(q=(2, 8, 4, 8), k=(2, 8, 2, 4)), "head_dim differs"),
+    (dict(q=(2, 8, 4), k=(2, 8, 2, 8)), r"\[batch, seq, heads, head_dim\]"),
+    (dict(q=(3, 8, 4, 8), k=(2, 8, 2, 8)), "batch sizes differ"),
+])
+def test_shape_errors(kwargs, message):
+    q = jnp.zeros(kwargs["q"])
+    k = jnp.zeros(kwargs["k"])
+    with pytest.raises(ValueError, match=message):
+        sj.sparse_attention(q, k, k, 1.0, mode="eval")
+
+
+def test_input_errors():
+    q, k, v = _qkv()
+    with pytest.raises(ValueError, match="needs seed="):
+        sj.sparse_attention(q, k, v, 1.0, mode="train")
+    with pytest.raises(ValueError, match="share a dtype"):
+        sj.sparse_attention(q, k.astype(jnp.bfloat16), v, 1.0, mode="eval")
+    with pytest.raises(ValueError, match="mode must be"):
+        sj.sparse_attention(q, k, v, 1.0, mode="test")
+    with pytest.raises(ValueError, match="unknown implementation"):
+        sj.sparse_attention(q, k, v, 1.0, mode="eval", implementation="flash")
+    with pytest.raises(ValueError, match="gate bias"):
+        sj.sparse_attention(q, k, v, jnp.zeros(3), mode="eval")
+    with pytest.raises(ValueError, match="unknown gate family"):
+        sj.Gate(jnp.zeros(()), "gaussian")
+    with pytest.raises(ValueError, match="seed must be"):
+        sj.sparse_attention(q, k, v, 1.0, seed=-1)
+    with pytest.raises(ValueError, match="floating"):
+        sj.sparse_attention(q.astype(jnp.int32), k.astype(jnp.int32), v.astype(jnp.int32), 1.0, mode="eval")
+
+
+# ------------------------------------------------------------------------------------------------ memory
+def _temp_bytes(impl, t):
+    q = jax.ShapeDtypeStruct((1, t, 4, 32), jnp.float32)
+
+    def loss(q, k, v):
+        out, st = sj.sparse_attention(q, k, v, 1.0, seed=0, implementation=impl,
+                                      **({"block_q": 128, "block_k": 128} if impl == "chunked" else {}))
+        return jnp.sum(out) + jnp.sum(st.expected_density)
+
+    compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(q, q, q).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+
+def test_memory_chunked_linear_reference_quadratic():
+    ts = (512, 1024, 2048)
+    chunked = [_temp_bytes("chunked", t) for t in ts]
+    reference = [_temp_bytes("reference", t) for t in ts]
+    for a, b in zip(chunked, chunked[1:]):
+        assert b / a < 2.6, chunked  # linear: doubling T at most ~doubles temp memory
+    for a, b in zip(reference, reference[1:]):
+        assert b / a > 3.3, reference  # quadratic
+    assert chunked[-1] * 8 < reference[-1]
