@@ -63,11 +63,11 @@ class _Cfg:
 def _block_scores(cfg: _Cfg, qb, kb, qi, kj, bias, seed, *, slopes: bool):
     """Logits, validity, gate values (and slopes) of one (query block, key block) pair.
 
-    qb: [B, bq, K, G, D] f32, kb: [B, bk, K, D] f32. Returns arrays shaped [B, K, G, bq, bk].
+    qb: [B, K, G, bq, D] f32, kb: [B, K, bk, D] f32 (head-major). Returns arrays shaped [B, K, G, bq, bk].
     """
-    bsz, bq, kvh, grp, d = qb.shape
-    bk = kb.shape[1]
-    s = jnp.einsum("bqkgd,bskd->bkgqs", qb, kb) / np.float32(np.sqrt(d))
+    bsz, kvh, grp, bq, d = qb.shape
+    bk = kb.shape[2]
+    s = jnp.einsum("bkgqd,bksd->bkgqs", qb, kb) / np.float32(np.sqrt(d))
     i = qi * cfg.block_q + jnp.arange(bq)
     j = kj * cfg.block_k + jnp.arange(bk)
     valid = (i[:, None] < cfg.t) & (j[None, :] < cfg.s)
@@ -95,12 +95,19 @@ def _pad(x, axis, to):
     return jnp.pad(x, widths)
 
 
+def _heads_major(x, length, kvh):
+    """[B, T, H, D] -> f32 [B, K, G, Tp, D] (padded to ``length``)."""
+    bsz, t, h, d = x.shape
+    x = _pad(x.astype(jnp.float32), 1, length).reshape(bsz, length, kvh, h // kvh, d)
+    return jnp.transpose(x, (0, 2, 3, 1, 4))
+
+
 def _split(cfg: _Cfg, q, k, v):
-    bsz, t, h, d = q.shape
+    """Head-major, padded f32 copies: q [B, K, G, Tp, D]; k, v [B, K, Sp, D]."""
     kvh = k.shape[2]
-    qp = _pad(q.astype(jnp.float32), 1, cfg.nq * cfg.block_q).reshape(bsz, cfg.nq * cfg.block_q, kvh, h // kvh, d)
-    kp = _pad(k.astype(jnp.float32), 1, cfg.nk * cfg.block_k)
-    vp = _pad(v.astype(jnp.float32), 1, cfg.nk * cfg.block_k)
+    qp = _heads_major(q, cfg.nq * cfg.block_q, kvh)
+    kp = _heads_major(k, cfg.nk * cfg.block_k, kvh)[:, :, 0]
+    vp = _heads_major(v, cfg.nk * cfg.block_k, kvh)[:, :, 0]
     return qp, kp, vp
 
 
@@ -112,19 +119,19 @@ def _forward(cfg: _Cfg, q, k, v, bias, seed):
     bq, bk = cfg.block_q, cfg.block_k
 
     def q_block(_, qi):
-        qb = jax.lax.dynamic_slice_in_dim(qp, qi * bq, bq, axis=1)
+        qb = jax.lax.dynamic_slice_in_dim(qp, qi * bq, bq, axis=3)
 
         def k_step(kj, carry):
             m, l, acc, rho = carry
-            kb = jax.lax.dynamic_slice_in_dim(kp, kj * bk, bk, axis=1)
-            vb = jax.lax.dynamic_slice_in_dim(vp, kj * bk, bk, axis=1)
+            kb = jax.lax.dynamic_slice_in_dim(kp, kj * bk, bk, axis=2)
+            vb = jax.lax.dynamic_slice_in_dim(vp, kj * bk, bk, axis=2)
             s, valid, g, a, _ = _block_scores(cfg, qb, kb, qi, kj, bias, seed, slopes=False)
             m_new = jnp.maximum(m, jnp.max(jnp.where(valid, s, _NEG), axis=-1))
             p = jnp.where(valid, jnp.exp(s - m_new[..., None]), 0.0)
             alpha = jnp.exp(m - m_new)
             l = alpha * l + jnp.sum(p, axis=-1)
             pa = p if a is None else p * a
-            acc = alpha[..., None] * acc + jnp.einsum("bkgqs,bskd->bkgqd", pa, vb)
+            acc = alpha[..., None] * acc + jnp.einsum("bkgqs,bksd->bkgqd", pa, vb)
             if g is not None:
                 rho = rho + jnp.sum(jnp.where(valid, expected_gate(cfg.gate, g), 0.0), axis=(-2, -1))
             return m_new, l, acc, rho
@@ -150,26 +157,25 @@ def _backward(cfg: _Cfg, q, k, v, bias, seed, out, lse, dout, ddens):
     qp, kp, vp = _split(cfg, q, k, v)
     bq, bk = cfg.block_q, cfg.block_k
     tp = cfg.nq * bq
-    dop = _pad(dout.astype(jnp.float32), 1, tp).reshape(bsz, tp, kvh, grp, dv)
-    outp = _pad(out.astype(jnp.float32), 1, tp).reshape(bsz, tp, kvh, grp, dv)
-    delta = jnp.einsum("btkgd,btkgd->bkgt", dop, outp)  # D_i = dy_i . y_i
+    dop = _heads_major(dout, tp, kvh)
+    delta = jnp.einsum("bkgtd,bkgtd->bkgt", dop, _heads_major(out, tp, kvh))  # D_i = dy_i . y_i
     ddens = (ddens.astype(jnp.float32) / cfg.pairs()).reshape(bsz, kvh, grp, 1, 1)
     scale = np.float32(1.0 / np.sqrt(d))
 
     def k_block(carry, kj):
         dq, dbias = carry
-        kb = jax.lax.dynamic_slice_in_dim(kp, kj * bk, bk, axis=1)
-        vb = jax.lax.dynamic_slice_in_dim(vp, kj * bk, bk, axis=1)
+        kb = jax.lax.dynamic_slice_in_dim(kp, kj * bk, bk, axis=2)
+        vb = jax.lax.dynamic_slice_in_dim(vp, kj * bk, bk, axis=2)
 
         def q_step(qi, inner):
             dq, dk, dvv, dbias = inner
-            qb = jax.lax.dynamic_slice_in_dim(qp, qi * bq, bq, axis=1)
-            dob = jax.lax.dynamic_slice_in_dim(dop, qi * bq, bq, axis=1)
+            qb = jax.lax.dynamic_slice_in_dim(qp, qi * bq, bq, axis=3)
+            dob = jax.lax.dynamic_slice_in_dim(dop, qi * bq, bq, axis=3)
             lse_b = jax.lax.dynamic_slice_in_dim(lse, qi * bq, bq, axis=3)
             dl_b = jax.lax.dynamic_slice_in_dim(delta, qi * bq, bq, axis=3)
             s, valid, g, a, a_slope = _block_scores(cfg, qb, kb, qi, kj, bias, seed, slopes=True)
             p = jnp.where(valid, jnp.exp(s - lse_b[..., None]), 0.0)
-            dov = jnp.einsum("bqkgd,bskd->bkgqs", dob, vb)
+            dov = jnp.einsum("bkgqd,bksd->bkgqs", dob, vb)
             if a is None:
                 pa, ds = p, p * (dov - dl_b[..., None])
             else:
@@ -177,24 +183,25 @@ def _backward(cfg: _Cfg, q, k, v, bias, seed, out, lse, dout, ddens):
                 dg = p * dov * a_slope + jnp.where(valid, ddens * expected_gate_slope(cfg.gate, g), 0.0)
                 ds = pa * dov - p * dl_b[..., None] + dg
                 dbias = dbias + jnp.sum(dg, axis=(0, 3, 4))
-            dvv = dvv + jnp.einsum("bkgqs,bqkgd->bskd", pa, dob)
-            dk = dk + jnp.einsum("bkgqs,bqkgd->bskd", ds, qb) * scale
-            dq_b = jax.lax.dynamic_slice_in_dim(dq, qi * bq, bq, axis=1)
-            dq = jax.lax.dynamic_update_slice_in_dim(dq, dq_b + jnp.einsum("bkgqs,bskd->bqkgd", ds, kb) * scale,
-                                                     qi * bq, axis=1)
+            dvv = dvv + jnp.einsum("bkgqs,bkgqd->bksd", pa, dob)
+            dk = dk + jnp.einsum("bkgqs,bkgqd->bksd", ds, qb) * scale
+            dq_b = jax.lax.dynamic_slice_in_dim(dq, qi * bq, bq, axis=3)
+            dq = jax.lax.dynamic_update_slice_in_dim(dq, dq_b + jnp.einsum("bkgqs,bksd->bkgqd", ds, kb) * scale,
+                                                     qi * bq, axis=3)
             return dq, dk, dvv, dbias
 
         first_q = (kj * bk) // bq if cfg.causal else 0
-        zeros_k = jnp.zeros((bsz, bk, kvh, d), jnp.float32)
-        zeros_v = jnp.zeros((bsz, bk, kvh, dv), jnp.float32)
+        zeros_k = jnp.zeros((bsz, kvh, bk, d), jnp.float32)
+        zeros_v = jnp.zeros((bsz, kvh, bk, dv), jnp.float32)
         dq, dk, dvv, dbias = jax.lax.fori_loop(first_q, cfg.nq, q_step, (dq, zeros_k, zeros_v, dbias))
         return (dq, dbias), (dk, dvv)
 
     init = (jnp.zeros_like(qp), jnp.zeros((kvh, grp), jnp.float32))
     (dq, dbias), (dk, dvv) = jax.lax.scan(k_block, init, jnp.arange(cfg.nk))
-    dq = dq.reshape(bsz, tp, h, d)[:, :t].astype(q.dtype)
-    dk = jnp.moveaxis(dk, 0, 1).reshape(bsz, cfg.nk * bk, kvh, d)[:, : cfg.s].astype(k.dtype)
-    dvv = jnp.moveaxis(dvv, 0, 1).reshape(bsz, cfg.nk * bk, kvh, dv)[:, : cfg.s].astype(v.dtype)
+    dq = jnp.transpose(dq, (0, 3, 1, 2, 4)).reshape(bsz, tp, h, d)[:, :t].astype(q.dtype)
+    # dk, dv: [nk, B, K, bk, D] -> [B, S, K, D]
+    dk = jnp.transpose(dk, (1, 0, 3, 2, 4)).reshape(bsz, cfg.nk * bk, kvh, d)[:, : cfg.s].astype(k.dtype)
+    dvv = jnp.transpose(dvv, (1, 0, 3, 2, 4)).reshape(bsz, cfg.nk * bk, kvh, dv)[:, : cfg.s].astype(v.dtype)
     return dq, dk, dvv, dbias.reshape(h)
 
 
@@ -226,7 +233,7 @@ def _adjacency(cfg: _Cfg, q, k, bias, seed):
     qp, kp, _ = _split(cfg, q, k, k)
 
     def q_block(_, qi):
-        qb = jax.lax.dynamic_slice_in_dim(qp, qi * cfg.block_q, cfg.block_q, axis=1)
+        qb = jax.lax.dynamic_slice_in_dim(qp, qi * cfg.block_q, cfg.block_q, axis=3)
         one = dataclasses.replace(cfg, block_k=cfg.nk * cfg.block_k)
         s, valid, g, a, _ = _block_scores(one, qb, kp, qi, 0, bias, seed, slopes=False)
         return None, valid if a is None else valid & (a > 0)
