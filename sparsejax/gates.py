@@ -93,6 +93,11 @@ def hash_uniform(seed, b, h, i, j):
     return (n.astype(jnp.float32) + 0.5) * scale, ((np.uint32(2**23 - 1) - n).astype(jnp.float32) + 0.5) * scale
 
 
+def layer_seed(seed, layer):
+    """The seed of one layer's gates: ``mix(seed ^ (layer + s0))`` (uint32), so layers draw independent noise."""
+    return _mix32(jnp.asarray(seed).astype(jnp.uint32) ^ (jnp.asarray(layer).astype(jnp.uint32) + _SALTS[0]))
+
+
 def logistic_noise(uniform):
     """Logistic(0, 1) noise ``log u - log(1 - u)`` from a :func:`hash_uniform` pair."""
     u, one_minus_u = uniform

@@ -1,0 +1,259 @@
+"""Hugging Face checkpoints: ``from_pretrained(dir)`` / ``save_pretrained(model, dir)`` through declarative name maps.
+
+A name map is a list of ``(hf_name, our_path, hook)``: ``hf_name`` may contain ``{l}`` (a per-layer tensor,
+stacked on a leading layer axis), ``hook`` is one of ``copy``, ``linear`` (torch ``[out, in]`` <-> our
+``[in, out]``) or ``split3`` (GPT-2's fused ``c_attn``: one tensor <-> q, k, v). Loading is strict: unknown,
+missing and mis-shaped tensors are all listed in one error. No network: a missing file is an error.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..gates import Gate
+from ..models.config import ModelConfig, config_from_hf, config_to_hf
+from ..models.decoder import init_params
+
+GATE_FILE = "sparsejax_gate.json"
+# Buffers some exporters write that carry no parameters.
+IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")
+
+
+@dataclasses.dataclass
+class Model:
+    """A loaded model: ``config``, float32 ``params`` (nested dict) and ``gate`` (None = dense)."""
+
+    config: ModelConfig
+    params: dict
+    gate: Gate | None = None
+
+
+def name_map(c: ModelConfig) -> list[tuple[str, Any, str]]:
+    """The declarative map of one family (only the tensors this config has)."""
+    if c.family == "gpt2":
+        h = "transformer.h.{l}."
+        m = [("transformer.wte.weight", ("embed", "tokens"), "copy"),
+             ("transformer.wpe.weight", ("embed", "positions"), "copy"),
+             (h + "attn.c_attn.weight", [("layers", "attn", x, "kernel") for x in "qkv"], "split3"),
+             (h + "attn.c_attn.bias", [("layers", "attn", x, "bias") for x in "qkv"], "split3"),
+             (h + "attn.c_proj.weight", ("layers", "attn", "o", "kernel"), "copy"),
+             (h + "attn.c_proj.bias", ("layers", "attn", "o", "bias"), "copy"),
+             (h + "mlp.c_fc.weight", ("layers", "mlp", "fc", "kernel"), "copy"),
+             (h + "mlp.c_fc.bias", ("layers", "mlp", "fc", "bias"), "copy"),
+             (h + "mlp.c_proj.weight", ("layers", "mlp", "proj", "kernel"), "copy"),
+             (h + "mlp.c_proj.bias", ("layers", "mlp", "proj", "bias"), "copy")]
+        for hf, ours in (("ln_1", "attn_norm"), ("ln_2", "mlp_norm")):
+            m += [(h + f"{hf}.weight", ("layers", ours, "scale"), "copy"), (h + f"{hf}.bias", ("layers", ours, "bias"), "copy")]
+        m += [("transformer.ln_f.weight", ("final_norm", "scale"), "copy"),
+              ("transformer.ln_f.bias", ("final_norm", "bias"), "copy")]
+        if not c.tie_embeddings:
+            m.append(("lm_head.weight", ("lm_head", "kernel"), "linear"))
+        return m
+    h = "model.layers.{l}."
+    m = [("model.embed_tokens.weight", ("embed", "tokens"), "copy")]
+    for x in "qkvo":
+        m.append((h + f"self_attn.{x}_proj.weight", ("layers", "attn", x, "kernel"), "linear"))
+        if (c.qkv_bias and x != "o") or (c.out_bias and x == "o"):
+            m.append((h + f"self_attn.{x}_proj.bias", ("layers", "attn", x, "bias"), "copy"))
+    if c.qk_norm:
+        m += [(h + "self_attn.q_norm.weight", ("layers", "attn", "q_norm", "scale"), "copy"),
+              (h + "self_attn.k_norm.weight", ("layers", "attn", "k_norm", "scale"), "copy")]
+    for x in ("gate", "up", "down"):
+        m.append((h + f"mlp.{x}_proj.weight", ("layers", "mlp", x, "kernel"), "linear"))
+        if c.mlp_bias:
+            m.append((h + f"mlp.{x}_proj.bias", ("layers", "mlp", x, "bias"), "copy"))
+    if c.norm != "layernorm_noparam":
+        norms = ({"attn_norm": "post_attention_layernorm", "mlp_norm": "post_feedforward_layernorm"}
+                 if c.norm_position == "post" else {"attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm"})
+        m += [(h + f"{hf}.weight", ("layers", ours, "scale"), "copy") for ours, hf in norms.items()]
+        m.append(("model.norm.weight", ("final_norm", "scale"), "copy"))
+    if not c.tie_embeddings:
+        m.append(("lm_head.weight", ("lm_head", "kernel"), "linear"))
+    return m
+
+
+def _get(tree, path):
+    for k in path:
+        tree = tree[k]
+    return tree
+
+
+def _set(tree, path, value):
+    for k in path[:-1]:
+        tree = tree.setdefault(k, {})
+    tree[path[-1]] = value
+
+
+# ------------------------------------------------------------------------------------------------- reading
+class _Reader:
+    """Tensor-by-tensor access to ``model.safetensors`` or a sharded ``model.safetensors.index.json``."""
+
+    def __init__(self, path: Path):
+        from safetensors import safe_open
+
+        index = path / "model.safetensors.index.json"
+        if index.exists():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            files = sorted(set(weight_map.values()))
+        elif (path / "model.safetensors").exists():
+            files, weight_map = ["model.safetensors"], None
+        else:
+            raise FileNotFoundError(f"{path} has no model.safetensors or model.safetensors.index.json (sparsejax "
+                                    "never downloads: save the checkpoint there first)")
+        self.handles = {}
+        for f in files:
+            if not (path / f).exists():
+                raise FileNotFoundError(f"shard {f} listed in {index} is missing from {path}")
+            try:
+                self.handles[f] = safe_open(str(path / f), framework="flax")
+            except Exception as e:  # corrupt header, truncated file
+                raise ValueError(f"cannot read {path / f}: {e}") from e
+        self.where = {k: f for f, h in self.handles.items() for k in h.keys()}
+        if weight_map is not None:
+            self.where = {k: f for k, f in self.where.items() if weight_map.get(k, f) == f}
+
+    def keys(self):
+        return set(self.where)
+
+    def shape(self, name):
+        return tuple(self.handles[self.where[name]].get_slice(name).get_shape())
+
+    def get(self, name) -> np.ndarray:
+        return np.asarray(self.handles[self.where[name]].get_tensor(name), np.float32)
+
+
+def _expected_shapes(c: ModelConfig):
+    return jax.eval_shape(lambda: init_params(c, jax.random.PRNGKey(0)))
+
+
+def load_params(c: ModelConfig, reader, *, names=None) -> dict:
+    """Read, transform and stack every tensor of the family's map; raise one error listing all problems."""
+    names = name_map(c) if names is None else names
+    expected = _expected_shapes(c)
+    available = reader.keys()
+    params, used, missing, bad = {}, set(), [], []
+    for hf, ours, hook in names:
+        layers = range(c.n_layers) if "{l}" in hf else [None]
+        stacked = []
+        for l in layers:
+            key = hf.format(l=l) if l is not None else hf
+            if key not in available:
+                missing.append(key)
+                continue
+            used.add(key)
+            x = reader.get(key)
+            stacked.append(np.split(x, 3, axis=-1) if hook == "split3" else [x.T if hook == "linear" else x])
+        if len(stacked) != len(layers):
+            continue
+        for n, path in enumerate(ours if hook == "split3" else [ours]):
+            want = _get(expected, path).shape
+            pieces = [s[n] for s in stacked]
+            wrong = [i for i, x in enumerate(pieces) if x.shape != (want[1:] if "{l}" in hf else want)]
+            if wrong:
+                bad.append(f"{hf.format(l=wrong[0])} -> {'.'.join(path)}: got {pieces[wrong[0]].shape}, expected "
+                           f"{want[1:] if '{l}' in hf else want}")
+                continue
+            _set(params, path, jnp.asarray(np.stack(pieces) if "{l}" in hf else pieces[0]))
+    unknown = sorted(k for k in available - used if not k.endswith(IGNORED_SUFFIXES)
+                     and not (k == "lm_head.weight" and c.tie_embeddings))
+    problems = [f"missing tensors: {missing}"] * bool(missing) + [f"mis-shaped tensors: {bad}"] * bool(bad) + \
+        [f"unknown tensors (not in the {c.family} map): {unknown}"] * bool(unknown)
+    if problems:
+        raise ValueError("checkpoint does not match the config:\n  " + "\n  ".join(problems))
+    return params
+
+
+def _read_gate(path: Path) -> Gate | None:
+    f = path / GATE_FILE
+    if not f.exists():
+        return None
+    d = json.loads(f.read_text())
+    return Gate(jnp.asarray(d["bias"], jnp.float32), d["family"], d["temperature"], tuple(d["stretch"]))
+
+
+def from_pretrained(path: str | os.PathLike, *, gate: Any = None) -> Model:
+    """Load a Hugging Face checkpoint directory (``config.json`` + safetensors, sharded or not).
+
+    ``gate``: add a gate to a dense checkpoint (a float bias or :class:`Gate`); a checkpoint saved by
+    sparsejax with a gate (``sparsejax_gate.json``) loads it, and passing ``gate=`` as well is an error.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint directory {path} does not exist (sparsejax never downloads)")
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path} has no config.json; is it a Hugging Face checkpoint directory?")
+    try:
+        hf = json.loads((path / "config.json").read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path / 'config.json'} is not valid JSON: {e}") from e
+    config = config_from_hf(hf)
+    params = load_params(config, _Reader(path))
+    saved = _read_gate(path)
+    if saved is not None and gate is not None:
+        raise ValueError(f"{path} already has a gate ({GATE_FILE}); pass gate=None to use it")
+    from ..gates import as_gate
+
+    return Model(config, params, saved if saved is not None else as_gate(gate))
+
+
+# ------------------------------------------------------------------------------------------------- writing
+def export_tensors(c: ModelConfig, params: dict) -> dict[str, np.ndarray]:
+    """Our params as HF-named float32 numpy tensors (the inverse of :func:`load_params`)."""
+    out = {}
+    for hf, ours, hook in name_map(c):
+        if hook == "split3":
+            value = np.concatenate([np.asarray(_get(params, p)) for p in ours], axis=-1)
+        else:
+            value = np.asarray(_get(params, ours))
+            if hook == "linear":
+                value = np.swapaxes(value, -1, -2)
+        if "{l}" in hf:
+            for l in range(c.n_layers):
+                out[hf.format(l=l)] = np.ascontiguousarray(value[l], np.float32)
+        else:
+            out[hf] = np.ascontiguousarray(value, np.float32)
+    return out
+
+
+def atomic_directory(path: Path, write) -> None:
+    """Call ``write(tmpdir)`` then move the finished directory to ``path`` (replacing it), never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        write(tmp)
+        old = None
+        if path.exists():
+            old = path.parent / f".{path.name}.old-{os.getpid()}"
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_pretrained(model: Model, path: str | os.PathLike) -> None:
+    """Write ``config.json`` + ``model.safetensors`` (loadable by ``transformers``, dense semantics) and, when the
+    model has a gate, ``sparsejax_gate.json``. Atomic: the directory appears complete or not at all."""
+    from safetensors.numpy import save_file
+
+    def write(tmp: Path):
+        (tmp / "config.json").write_text(json.dumps(config_to_hf(model.config), indent=2))
+        save_file(export_tensors(model.config, model.params), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if model.gate is not None:
+            g = model.gate
+            (tmp / GATE_FILE).write_text(json.dumps({"bias": np.asarray(g.bias).tolist(), "family": g.family,
+                                                     "temperature": g.temperature, "stretch": list(g.stretch)}))
+
+    atomic_directory(Path(path), write)

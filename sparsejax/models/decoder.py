@@ -1,0 +1,271 @@
+"""A pure-functional decoder for every family: ``forward(config, params, tokens, gate) -> (logits, aux)``.
+
+Parameters are a nested dict whose per-layer leaves are stacked on a leading ``[n_layers]`` axis; the layers
+run under ``lax.scan``. Attention goes through :func:`sparsejax.sparse_attention`; ``gate=None`` is exactly
+the dense model. Captured activations use TransformerLens hook names (``blocks.{l}.attn.hook_pattern``, ...).
+"""
+from __future__ import annotations
+
+import fnmatch
+import math
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..attention import sparse_attention
+from ..attention.reference import attention_weights
+from ..gates import Gate, as_gate, layer_seed
+from .config import ModelConfig
+
+# Per-layer hooks (``blocks.{l}.`` + name) and their shapes, for documentation and for filtering.
+LAYER_HOOKS = {
+    "hook_resid_pre": "[B, T, d]", "hook_resid_mid": "[B, T, d]", "hook_resid_post": "[B, T, d]",
+    "attn.hook_q": "[B, T, H, hd] (before RoPE)", "attn.hook_k": "[B, T, K, hd]", "attn.hook_v": "[B, T, K, hd]",
+    "attn.hook_rot_q": "[B, T, H, hd] (RoPE models)", "attn.hook_rot_k": "[B, T, K, hd] (RoPE models)",
+    "attn.hook_pattern": "[B, H, T, T] effective attention P * A (softmax times gate)",
+    "attn.hook_gate": "[B, H, T, T] gate values A", "attn.hook_adjacency": "[B, H, T, T] bool, A > 0",
+    "attn.hook_z": "[B, T, H, hd]", "attn.hook_result": "[B, T, H, d] per-head output",
+    "hook_attn_out": "[B, T, d]", "hook_mlp_out": "[B, T, d]",
+}
+MODEL_HOOKS = {"hook_embed": "[B, T, d]", "ln_final.hook_normalized": "[B, T, d]"}
+
+
+# ---------------------------------------------------------------------------------------------- init
+def init_params(config: ModelConfig, key: jax.Array, *, std: float = 0.02) -> dict:
+    """Random float32 parameters (normal(std) weights, residual projections scaled by 1/sqrt(2 L))."""
+    c = config
+    L, d, hd = c.n_layers, c.d_model, c.head_dim
+    keys = iter(jax.random.split(key, 16))
+    normal = lambda shape, s=std: s * jax.random.normal(next(keys), shape, jnp.float32)
+    out_std = std / math.sqrt(2 * L)
+
+    def dense(shape, bias: bool, s=std):
+        p = {"kernel": normal((L, *shape), s)}
+        if bias:
+            p["bias"] = jnp.zeros((L, shape[-1]), jnp.float32)
+        return p
+
+    attn = {"q": dense((d, c.n_heads * hd), c.qkv_bias), "k": dense((d, c.n_kv_heads * hd), c.qkv_bias),
+            "v": dense((d, c.n_kv_heads * hd), c.qkv_bias), "o": dense((c.n_heads * hd, d), c.out_bias, out_std)}
+    if c.qk_norm:
+        attn["q_norm"] = {"scale": jnp.ones((L, c.n_heads * hd), jnp.float32)}
+        attn["k_norm"] = {"scale": jnp.ones((L, c.n_kv_heads * hd), jnp.float32)}
+    if c.mlp == "swiglu":
+        mlp = {"gate": dense((d, c.d_ff), c.mlp_bias), "up": dense((d, c.d_ff), c.mlp_bias),
+               "down": dense((c.d_ff, d), c.mlp_bias, out_std)}
+    else:
+        mlp = {"fc": dense((d, c.d_ff), c.mlp_bias), "proj": dense((c.d_ff, d), c.mlp_bias, out_std)}
+    params = {"embed": {"tokens": normal((c.vocab_size, d))},
+              "layers": {"attn_norm": _norm_init(c, (L, d)), "attn": attn, "mlp_norm": _norm_init(c, (L, d)),
+                         "mlp": mlp},
+              "final_norm": _norm_init(c, (d,))}
+    if c.position == "learned":
+        params["embed"]["positions"] = normal((c.max_position, d), 0.01)
+    if not c.tie_embeddings:
+        params["lm_head"] = {"kernel": normal((d, c.vocab_size))}
+    return params
+
+
+def _norm_init(c: ModelConfig, shape) -> dict:
+    if c.norm == "layernorm_noparam":
+        return {}
+    p = {"scale": jnp.ones(shape, jnp.float32)}
+    if c.norm == "layernorm":
+        p["bias"] = jnp.zeros(shape, jnp.float32)
+    return p
+
+
+# ---------------------------------------------------------------------------------------------- pieces
+def norm(c: ModelConfig, p: dict, x):
+    """LayerNorm / parameter-free LayerNorm / RMSNorm, computed in float32, returned in x's dtype."""
+    xf = x.astype(jnp.float32)
+    if c.norm == "rmsnorm":
+        y = (xf * jax.lax.rsqrt(jnp.mean(xf * xf, -1, keepdims=True) + c.norm_eps)).astype(x.dtype)
+        return y * p["scale"].astype(x.dtype)
+    mean = jnp.mean(xf, -1, keepdims=True)
+    y = (xf - mean) * jax.lax.rsqrt(jnp.mean(jnp.square(xf - mean), -1, keepdims=True) + c.norm_eps)
+    if c.norm == "layernorm":
+        y = y * p["scale"] + p["bias"]
+    return y.astype(x.dtype)
+
+
+def _linear(p: dict, x):
+    y = x @ p["kernel"]
+    return y + p["bias"] if "bias" in p else y
+
+
+def rope_frequencies(c: ModelConfig) -> np.ndarray:
+    """Inverse frequencies ``[head_dim / 2]`` (with Llama-3 scaling when configured), as in transformers."""
+    inv = 1.0 / (c.rope_theta ** (np.arange(0, c.head_dim, 2, dtype=np.float64) / c.head_dim))
+    if c.rope_scaling:
+        s = dict(c.rope_scaling)
+        factor, lo, hi, old = s["factor"], s["low_freq_factor"], s["high_freq_factor"], s["original_max_position_embeddings"]
+        wavelen = 2 * np.pi / inv
+        scaled = np.where(wavelen > old / lo, inv / factor, inv)
+        smooth = (old / wavelen - lo) / (hi - lo)
+        medium = (wavelen >= old / hi) & (wavelen <= old / lo)
+        inv = np.where(medium, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
+    return inv.astype(np.float32)
+
+
+def apply_rope(x, cos, sin):
+    """HF's rotate-half RoPE on ``[B, T, heads, hd]`` with ``cos, sin`` of shape ``[T, hd]``."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return (x * cos[None, :, None, :] + rotated * sin[None, :, None, :]).astype(x.dtype)
+
+
+def _activation(c: ModelConfig, x):
+    if c.activation == "silu":
+        return jax.nn.silu(x)
+    return jax.nn.gelu(x, approximate=c.activation == "gelu_tanh")
+
+
+def mlp(c: ModelConfig, p: dict, x):
+    if c.mlp == "swiglu":
+        return _linear(p["down"], _activation(c, _linear(p["gate"], x)) * _linear(p["up"], x))
+    return _linear(p["proj"], _activation(c, _linear(p["fc"], x)))
+
+
+# ---------------------------------------------------------------------------------------------- forward
+def model_gate(gate: Any, config: ModelConfig) -> Gate | None:
+    """Broadcast a model-level gate (bias ``()``, ``[L]``, ``[H]`` or ``[L, H]``) to a per-layer ``[L, H]`` bias."""
+    gate = as_gate(gate)
+    if gate is None:
+        return None
+    L, H = config.n_layers, config.n_heads
+    b = jnp.asarray(gate.bias, jnp.float32)
+    if b.shape == (L,) and L != H:
+        b = b[:, None]
+    elif b.shape not in ((), (H,), (L, 1), (L, H)):
+        raise ValueError(f"gate bias shape {b.shape} does not fit the model: use (), ({L},) layers, ({H},) heads "
+                         f"or ({L}, {H})")
+    return Gate(jnp.broadcast_to(b, (L, H)), gate.family, gate.temperature, gate.stretch)
+
+
+def hook_names(config: ModelConfig) -> list[str]:
+    """Every capturable name of this model."""
+    return [*MODEL_HOOKS, *(f"blocks.{l}.{h}" for l in range(config.n_layers) for h in LAYER_HOOKS)]
+
+
+def _capture_filter(config: ModelConfig, capture) -> tuple[set[str], Any]:
+    """``(layer hooks to compute inside the scan, name -> keep?)``; a pattern also matches as a name suffix."""
+    if not capture:
+        return set(), lambda name: False
+    patterns = [capture] if isinstance(capture, str) else list(capture)
+    keep = lambda name: any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(name, "*." + p) for p in patterns)
+    names = hook_names(config)
+    unknown = [p for p in patterns if not any(fnmatch.fnmatch(n, p) or fnmatch.fnmatch(n, "*." + p) for n in names)]
+    if unknown:
+        raise ValueError(f"capture patterns {unknown} match no hook; hooks are {', '.join(MODEL_HOOKS)} and "
+                         f"blocks.{{l}}.<{', '.join(LAYER_HOOKS)}>")
+    layer_hooks = {h for h in LAYER_HOOKS if any(keep(f"blocks.{l}.{h}") for l in range(config.n_layers))}
+    return layer_hooks, keep
+
+
+def forward(config: ModelConfig, params: dict, tokens, gate: Any = None, *, mode: str = "eval", seed=None,
+            capture: str | Sequence[str] | None = None, implementation: str = "auto"):
+    """Logits ``[B, T, vocab]`` (float32) and ``aux``.
+
+    Args:
+      gate: ``None`` (dense model), a float bias, or a :class:`sparsejax.Gate` whose bias is ``()``, ``[L]``,
+        ``[H]`` or ``[L, H]``.
+      mode: ``"train"`` (sampled gates, needs ``seed``; layer l uses ``layer_seed(seed, l)``) or ``"eval"``.
+      capture: hook names or ``fnmatch`` patterns (e.g. ``"blocks.*.attn.hook_pattern"``, ``"hook_z"``); only
+        what matches is computed and returned.
+
+    Returns:
+      ``(logits, aux)`` with ``aux["density"]`` ``[L, B, H]`` expected density per layer (ones when dense) and
+      ``aux["captures"]`` a dict of the captured arrays.
+    """
+    c = config
+    tokens = jnp.asarray(tokens)
+    if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise ValueError(f"tokens must be an integer array [batch, seq], got {tokens.dtype} {tokens.shape}")
+    b, t = tokens.shape
+    if t > c.max_position:
+        raise ValueError(f"sequence length {t} exceeds the model's max_position {c.max_position}; use shorter "
+                         "contexts (or a config with a larger max_position)")
+    gate = model_gate(gate, c)
+    if gate is not None and mode == "train" and seed is None:
+        raise ValueError("mode='train' samples gates and needs seed=; pass mode='eval' for deterministic gates")
+    layer_names, keep = _capture_filter(c, capture)
+    dtype = jnp.dtype(c.dtype)
+    cast = lambda tree: jax.tree.map(lambda x: x.astype(dtype), tree)
+
+    x = jnp.take(params["embed"]["tokens"], tokens, axis=0).astype(dtype)
+    captures = {}
+    if c.position == "learned":
+        x = x + params["embed"]["positions"][:t].astype(dtype)
+    if keep("hook_embed"):
+        captures["hook_embed"] = x
+    if c.position == "rope":
+        angles = np.arange(t, dtype=np.float32)[:, None] * rope_frequencies(c)[None, :]
+        angles = np.concatenate([angles, angles], -1)
+        cos, sin = jnp.asarray(np.cos(angles), dtype), jnp.asarray(np.sin(angles), dtype)
+    seed_arr = jnp.asarray(0 if seed is None else seed).astype(jnp.uint32)
+
+    def layer(x, inputs):
+        p, bias, index = inputs
+        p = cast(p)
+        hooks = {}
+        put = lambda name, value: hooks.__setitem__(name, value) if name in layer_names else None
+        put("hook_resid_pre", x)
+        h = norm(c, p.get("attn_norm", {}), x) if c.norm_position == "pre" else x
+        a = p["attn"]
+        q, k, v = _linear(a["q"], h), _linear(a["k"], h), _linear(a["v"], h)
+        if c.clip_qkv is not None:
+            q, k, v = (jnp.clip(y, -c.clip_qkv, c.clip_qkv) for y in (q, k, v))
+        if c.qk_norm:
+            q, k = norm(c, a["q_norm"], q), norm(c, a["k_norm"], k)
+        q = q.reshape(b, t, c.n_heads, c.head_dim)
+        k = k.reshape(b, t, c.n_kv_heads, c.head_dim)
+        v = v.reshape(b, t, c.n_kv_heads, c.head_dim)
+        put("attn.hook_q", q), put("attn.hook_k", k), put("attn.hook_v", v)
+        if c.position == "rope":
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            put("attn.hook_rot_q", q), put("attn.hook_rot_k", k)
+        g = None if gate is None else Gate(bias, gate.family, gate.temperature, gate.stretch)
+        lseed = layer_seed(seed_arr, index)
+        z, stats = sparse_attention(q, k, v, g, mode=mode, seed=lseed if g is not None else None,
+                                    implementation=implementation)
+        if layer_names & {"attn.hook_pattern", "attn.hook_gate", "attn.hook_adjacency"}:
+            pw, gw, _ = attention_weights(q, k, g, causal=True, train=mode == "train" and g is not None, seed=lseed)
+            put("attn.hook_pattern", pw * gw), put("attn.hook_gate", gw), put("attn.hook_adjacency", gw > 0)
+        put("attn.hook_z", z)
+        wo = a["o"]["kernel"].reshape(c.n_heads, c.head_dim, c.d_model)
+        if "attn.hook_result" in layer_names:
+            put("attn.hook_result", jnp.einsum("bthe,hed->bthd", z, wo))
+        attn_out = _linear(a["o"], z.reshape(b, t, c.n_heads * c.head_dim))
+        if c.norm_position == "post":
+            attn_out = norm(c, p.get("attn_norm", {}), attn_out)
+        put("hook_attn_out", attn_out)
+        x = x + attn_out
+        put("hook_resid_mid", x)
+        m = mlp(c, p["mlp"], norm(c, p.get("mlp_norm", {}), x) if c.norm_position == "pre" else x)
+        if c.norm_position == "post":
+            m = norm(c, p.get("mlp_norm", {}), m)
+        put("hook_mlp_out", m)
+        x = x + m
+        put("hook_resid_post", x)
+        return x, (stats.expected_density, hooks)
+
+    if c.remat != "none":
+        policy = None if c.remat == "full" else jax.checkpoint_policies.checkpoint_dots
+        layer = jax.checkpoint(layer, policy=policy)
+    biases = gate.bias if gate is not None else jnp.zeros((c.n_layers, c.n_heads), jnp.float32)
+    x, (density, hooks) = jax.lax.scan(layer, x, (params["layers"], biases, jnp.arange(c.n_layers)))
+
+    x = norm(c, params.get("final_norm", {}), x)
+    if keep("ln_final.hook_normalized"):
+        captures["ln_final.hook_normalized"] = x
+    head = params["embed"]["tokens"].T if c.tie_embeddings else params["lm_head"]["kernel"]
+    logits = jnp.einsum("btd,dv->btv", x, head.astype(dtype), preferred_element_type=jnp.float32)
+    for name, stacked in hooks.items():
+        for l in range(c.n_layers):
+            full = f"blocks.{l}.{name}"
+            if keep(full):
+                captures[full] = stacked[l]
+    return logits, {"density": density, "captures": captures}
