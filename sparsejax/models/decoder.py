@@ -96,11 +96,11 @@ def _linear(p: dict, x):
     return y + p["bias"] if "bias" in p else y
 
 
-def rope_frequencies(c: ModelConfig) -> np.ndarray:
-    """Inverse frequencies ``[head_dim / 2]`` (with Llama-3 scaling when configured), as in transformers."""
-    inv = 1.0 / (c.rope_theta ** (np.arange(0, c.head_dim, 2, dtype=np.float64) / c.head_dim))
-    if c.rope_scaling:
-        s = dict(c.rope_scaling)
+def rope_frequencies(head_dim: int, theta: float, scaling: tuple | None = None) -> np.ndarray:
+    """Inverse frequencies ``[head_dim / 2]`` (with Llama-3 scaling when given), as in transformers."""
+    inv = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    if scaling:
+        s = dict(scaling)
         factor, lo, hi, old = s["factor"], s["low_freq_factor"], s["high_freq_factor"], s["original_max_position_embeddings"]
         wavelen = 2 * np.pi / inv
         scaled = np.where(wavelen > old / lo, inv / factor, inv)
@@ -108,6 +108,13 @@ def rope_frequencies(c: ModelConfig) -> np.ndarray:
         medium = (wavelen >= old / hi) & (wavelen <= old / lo)
         inv = np.where(medium, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
     return inv.astype(np.float32)
+
+
+def rope_tables(t: int, head_dim: int, theta: float, scaling: tuple | None = None, dtype=jnp.float32):
+    """``(cos, sin)``, each ``[t, head_dim]``, for positions ``0 .. t-1``."""
+    angles = np.arange(t, dtype=np.float32)[:, None] * rope_frequencies(head_dim, theta, scaling)[None, :]
+    angles = np.concatenate([angles, angles], -1)
+    return jnp.asarray(np.cos(angles), dtype), jnp.asarray(np.sin(angles), dtype)
 
 
 def apply_rope(x, cos, sin):
@@ -202,9 +209,7 @@ def forward(config: ModelConfig, params: dict, tokens, gate: Any = None, *, mode
     if keep("hook_embed"):
         captures["hook_embed"] = x
     if c.position == "rope":
-        angles = np.arange(t, dtype=np.float32)[:, None] * rope_frequencies(c)[None, :]
-        angles = np.concatenate([angles, angles], -1)
-        cos, sin = jnp.asarray(np.cos(angles), dtype), jnp.asarray(np.sin(angles), dtype)
+        cos, sin = rope_tables(t, c.head_dim, c.rope_theta, c.rope_scaling, dtype)
     seed_arr = jnp.asarray(0 if seed is None else seed).astype(jnp.uint32)
 
     def layer(x, inputs):
