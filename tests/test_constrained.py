@@ -1,0 +1,93 @@
+"""GECO and dual ascent on a 2-parameter problem with a known constrained optimum, and the objective pieces."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from sparsejax import constrained, objective
+
+# minimise f(x) = |x|^2 ("density") subject to c(x) = |x - (2, 1)|^2 <= 1 ("CE <= tau").
+# Optimum: x* = (2, 1)(1 - 1/sqrt 5), where grad f + lam grad c = 0 with lam* = sqrt(5) - 1 (beta* = 1 / lam*).
+CENTRE = jnp.array([2.0, 1.0])
+X_STAR = np.array([2.0, 1.0]) * (1 - 1 / np.sqrt(5))
+LAM_STAR = np.sqrt(5) - 1
+f = lambda x: jnp.sum(x**2)
+c = lambda x: jnp.sum((x - CENTRE) ** 2)
+
+
+def solve(multiplier, steps=6000, lr=0.01):
+    opt = optax.chain(optax.sgd(lr), multiplier)
+    x = jnp.zeros(2)
+    state = opt.init(x)
+
+    @jax.jit
+    def step(x, state):
+        w_c, w_f = constrained.loss_weights(state)
+        grads = jax.grad(lambda x: w_c * c(x) + w_f * f(x))(x)
+        updates, state = opt.update(grads, state, x, constraint=c(x))
+        return optax.apply_updates(x, updates), state
+
+    for _ in range(steps):
+        x, state = step(x, state)
+    return np.asarray(x), state
+
+
+def test_dual_ascent_converges_to_kkt_point():
+    x, state = solve(constrained.dual_ascent(1.0, lr=0.05, kp=0.5))
+    np.testing.assert_allclose(x, X_STAR, atol=2e-3)
+    np.testing.assert_allclose(float(constrained.find_state(state).lam), LAM_STAR, rtol=1e-2)
+    assert abs(float(c(x)) - 1.0) < 5e-3
+
+
+def test_geco_converges_to_kkt_point():
+    x, state = solve(constrained.geco(1.0, beta_init=0.1, eta=0.05, alpha=0.9))
+    np.testing.assert_allclose(x, X_STAR, atol=5e-3)
+    np.testing.assert_allclose(float(constrained.find_state(state).beta), 1 / LAM_STAR, rtol=2e-2)
+    assert abs(float(c(x)) - 1.0) < 1e-2
+
+
+def test_geco_beta_grows_under_target_and_shrinks_over():
+    t = constrained.geco(2.0, beta_init=1.0, eta=0.5, alpha=0.5)
+    s = t.init(None)
+    betas = []
+    for ce in [1.0, 1.0, 1.0, 3.5, 3.5, 3.5]:
+        _, s = t.update(None, s, constraint=ce)
+        betas.append(float(s.beta))
+    assert betas[0] > 1.0 and betas[1] > betas[0] and betas[2] > betas[1]  # under target: grows
+    assert betas[4] < betas[3] < betas[2] and betas[5] < betas[4]          # over: shrinks
+    # exact first step: C_0 = CE_0, beta = exp(eta (tau - C_0))
+    np.testing.assert_allclose(betas[0], np.exp(0.5 * 1.0), rtol=1e-6)
+    m = constrained.metrics(s)
+    assert set(m) == {"beta", "ce_ema", "tau", "violation"} and float(m["violation"]) > 0
+
+
+def test_state_is_a_jittable_checkpointable_pytree():
+    t = constrained.dual_ascent(1.0)
+    s = t.init(None)
+    s2 = jax.jit(lambda s: t.update(None, s, constraint=3.0)[1])(s)
+    leaves = jax.tree.leaves(s2)
+    assert all(isinstance(x, jax.Array) for x in leaves) and float(s2.lam) == pytest.approx(1.2)
+    with pytest.raises(ValueError, match="alpha"):
+        constrained.geco(1.0, alpha=1.0)
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        constrained.dual_ascent(1.0, lr=0.0)
+    with pytest.raises(ValueError, match="exactly one"):
+        constrained.loss_weights(optax.adam(1e-3).init(jnp.zeros(2)))
+
+
+def test_objective_pieces_against_numpy():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 5, 7))
+    targets = rng.integers(0, 7, size=(2, 5))
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    want = -np.take_along_axis(logp, targets[..., None], -1).mean()
+    np.testing.assert_allclose(objective.cross_entropy(jnp.asarray(logits), jnp.asarray(targets)), want, rtol=1e-5)
+    mask = np.array([[1, 1, 0, 0, 0], [1, 0, 0, 0, 0]])
+    want_masked = -(np.take_along_axis(logp, targets[..., None], -1)[..., 0] * mask).sum() / 3
+    np.testing.assert_allclose(objective.cross_entropy(jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(mask)),
+                               want_masked, rtol=1e-5)
+    teacher = rng.normal(size=(2, 5, 7))
+    tp = np.exp(teacher) / np.exp(teacher).sum(-1, keepdims=True)
+    kl = (tp * (np.log(tp) - logp)).sum(-1).mean()
+    np.testing.assert_allclose(objective.distillation_kl(jnp.asarray(logits), jnp.asarray(teacher)), kl, rtol=1e-5)
