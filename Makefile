@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test bench venv venv-reference
+.PHONY: run test bench venv venv-extras
 
 $(BIN)/.core: requirements.txt setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -12,18 +12,18 @@ $(BIN)/.core: requirements.txt setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $@
 
-$(BIN)/.reference: $(BIN)/.core requirements-reference.txt
-	$(BIN)/python -m pip install -q -r requirements-reference.txt
+$(BIN)/.extras: $(BIN)/.core requirements-extras.txt
+	$(BIN)/python -m pip install -q -r requirements-extras.txt
 	touch $@
 
 venv: $(BIN)/.core
-venv-reference: $(BIN)/.reference
+venv-extras: $(BIN)/.extras
 
 run: $(BIN)/.core
 	$(BIN)/python benchmarks/attention.py --small
 
-test: $(BIN)/.reference
+test: $(BIN)/.extras
 	$(BIN)/python -m pytest -q tests
 
-bench: $(BIN)/.reference
+bench: $(BIN)/.extras
 	$(BIN)/python benchmarks/attention.py

@@ -1,0 +1,51 @@
+"""Data sources with deterministic, resumable order: ``batch_at(source, step)`` is a pure function of
+(seed, step), so a resumed run sees exactly the batches an uninterrupted run would.
+
+A source has ``len(source)`` rows and ``source.rows(indices) -> {"tokens": int32 [n, T + 1], "mask": float32 [n, T]}``
+(``mask`` weights the loss on each target position). Backends: TFDS ``array_record`` builders read with
+``as_data_source()`` (no tensorflow needed; :mod:`sparsejax.data.tfds_builders`) and in-memory / numpy-memmap
+arrays (:class:`ArraySource`).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class ArraySource:
+    """Rows from numpy arrays (or ``np.memmap``s): ``tokens [N, T + 1]`` and optional ``mask [N, T]``."""
+
+    def __init__(self, tokens: np.ndarray, mask: np.ndarray | None = None):
+        if tokens.ndim != 2 or tokens.shape[1] < 2:
+            raise ValueError(f"tokens must be [rows, seq + 1] with seq >= 1, got shape {tokens.shape}")
+        if mask is not None and mask.shape != (tokens.shape[0], tokens.shape[1] - 1):
+            raise ValueError(f"mask must be [rows, seq] = {(tokens.shape[0], tokens.shape[1] - 1)}, got {mask.shape}")
+        self.tokens, self.mask = tokens, mask
+
+    def __len__(self):
+        return self.tokens.shape[0]
+
+    @property
+    def seq_len(self) -> int:
+        return self.tokens.shape[1] - 1
+
+    def rows(self, indices) -> dict:
+        idx = np.asarray(indices)
+        tokens = np.asarray(self.tokens[idx], np.int32)
+        mask = np.ones((len(idx), self.seq_len), np.float32) if self.mask is None else np.asarray(self.mask[idx], np.float32)
+        return {"tokens": tokens, "mask": mask}
+
+
+def batch_indices(n_rows: int, step: int, batch_size: int, seed: int) -> np.ndarray:
+    """Row indices of batch ``step``: epochs are independent permutations drawn from ``(seed, epoch)``."""
+    if batch_size > n_rows:
+        raise ValueError(f"batch size {batch_size} is larger than the data ({n_rows} rows); use a smaller batch or "
+                         "more data")
+    per_epoch = n_rows // batch_size  # drop the ragged tail of each epoch
+    epoch, within = divmod(step, per_epoch)
+    perm = np.random.default_rng([seed, epoch]).permutation(n_rows)
+    return np.sort(perm[within * batch_size:(within + 1) * batch_size])
+
+
+def batch_at(source, step: int, batch_size: int, seed: int = 0) -> dict:
+    """Batch number ``step`` of a source (deterministic in ``seed`` and ``step``)."""
+    return source.rows(batch_indices(len(source), step, batch_size, seed))

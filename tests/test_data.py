@@ -1,0 +1,66 @@
+"""Data sources: the addition task, deterministic resumable batches, text rows, TFDS array_record builders."""
+import numpy as np
+import pytest
+
+from sparsejax.data import ArraySource, batch_at, batch_indices
+from sparsejax.data import addition, text
+
+
+def test_addition_rows_and_mask():
+    assert addition.decode(addition.encode(53, 21)) == "53+21=00074"
+    train, val = addition.split("train"), addition.split("validation")
+    assert train.shape == (9000, 11) and val.shape == (1000, 11)
+    assert not set(map(bytes, train)) & set(map(bytes, val))
+    for row in train[:50]:
+        a, b = row[0] * 10 + row[1], row[3] * 10 + row[4]
+        assert int("".join(map(str, row[6:]))) == a + b
+    mask = addition.source("train").rows([0])["mask"][0]
+    np.testing.assert_array_equal(np.nonzero(mask)[0], [5, 6, 7, 8, 9])  # targets = the 5 answer digits
+    assert [addition.carries(*p) for p in ((12, 34), (15, 37), (95, 17))] == [0, 1, 2]
+
+
+def test_batches_are_deterministic_and_cover_epochs():
+    src = ArraySource(np.arange(30 * 3).reshape(30, 3))
+    first = [batch_indices(30, s, 7, seed=3) for s in range(4)]  # one epoch = 4 batches of 7 (2 rows dropped)
+    assert len(set(np.concatenate(first))) == 28
+    np.testing.assert_array_equal(batch_at(src, 9, 7, seed=3)["tokens"], batch_at(src, 9, 7, seed=3)["tokens"])
+    assert not np.array_equal(batch_indices(30, 4, 7, seed=3), batch_indices(30, 0, 7, seed=3))
+    with pytest.raises(ValueError, match="larger than the data"):
+        batch_indices(5, 0, 7, seed=0)
+
+
+def test_text_rows_and_tokenizer(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("To be, or not to be, that is the question.\n" * 200)
+    tok = text.train_tokenizer([corpus], 300, tmp_path / "tokenizer.json")
+    ids = text.encode_files([corpus], text.load_tokenizer(tmp_path))
+    assert tok.decode(ids[:12].tolist()).startswith("To be, or not")
+    train, val = text.text_sources(ids, 16)
+    row = train.rows([1])["tokens"][0]
+    np.testing.assert_array_equal(row, ids[16:33])  # stride seq_len, length seq_len + 1
+    with pytest.raises(ValueError, match="shorter than one row"):
+        text.to_rows(ids[:10], 16)
+    with pytest.raises(FileNotFoundError, match="no text files"):
+        text.corpus_files(tmp_path / "missing")
+
+
+def test_tfds_array_record_builders(tmp_path):
+    pytest.importorskip("tensorflow_datasets", reason="the data extra is not installed")
+    from sparsejax.data import tfds_builders
+
+    srcs = tfds_builders.prepare("addition", tmp_path / "tfds")
+    assert len(srcs["train"]) == 9000 and len(srcs["validation"]) == 1000
+    want = {bytes(r) for r in addition.split("train")}
+    got = batch_at(srcs["train"], 0, 64, seed=0)
+    assert got["tokens"].shape == (64, 11) and all(bytes(r) in want for r in got["tokens"])
+    np.testing.assert_array_equal(got["mask"], addition.answer_mask(64))
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("All the world's a stage, and all the men and women merely players.\n" * 100)
+    text.train_tokenizer([corpus], 280, tmp_path / "tokenizer.json")
+    srcs = tfds_builders.prepare("text", tmp_path / "tfds", files=[corpus], tokenizer_path=tmp_path / "tokenizer.json",
+                                 seq_len=8)
+    ids = text.encode_files([corpus], text.load_tokenizer(tmp_path))
+    ref_train, _ = text.text_sources(ids, 8)
+    assert len(srcs["train"]) == len(ref_train)
+    rows = {bytes(r) for r in ref_train.tokens}
+    assert all(bytes(r) in rows for r in srcs["train"].rows(range(5))["tokens"])
