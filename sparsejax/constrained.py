@@ -41,8 +41,13 @@ def _check_positive(**values):
 
 
 def geco(tau: float, *, beta_init: float = 1e-2, eta: float = 1.0, alpha: float = 0.99, beta_min: float = 1e-6,
-         beta_max: float = 1e6) -> optax.GradientTransformationExtraArgs:
-    """GECO multiplier for the constraint ``CE <= tau`` (updates pass through unchanged)."""
+         beta_max: float = 1e6, relative: bool = False,
+         max_log_step: float | None = None) -> optax.GradientTransformationExtraArgs:
+    """GECO multiplier for the constraint ``CE <= tau`` (updates pass through unchanged).
+
+    Options beyond the paper's form, for losses far from 1 nat: ``relative`` uses ``(tau - C_t) / tau`` in the
+    exponent (scale-free), and ``max_log_step`` clips ``eta * (...)`` so that one bad step cannot collapse beta.
+    """
     _check_positive(beta_init=beta_init, eta=eta, beta_min=beta_min)
     if not 0 <= alpha < 1:
         raise ValueError(f"alpha (EMA decay) must be in [0, 1), got {alpha}")
@@ -56,7 +61,10 @@ def geco(tau: float, *, beta_init: float = 1e-2, eta: float = 1.0, alpha: float 
     def update(updates, state: GecoState, params=None, *, constraint, **extra):
         c = jnp.asarray(constraint, jnp.float32)
         ema = jnp.where(state.count == 0, c, alpha * state.ema + (1 - alpha) * c)
-        beta = jnp.clip(state.beta * jnp.exp(eta * (state.tau - ema)), beta_min, beta_max)
+        step = eta * (state.tau - ema) / (state.tau if relative else 1.0)
+        if max_log_step is not None:
+            step = jnp.clip(step, -max_log_step, max_log_step)
+        beta = jnp.clip(state.beta * jnp.exp(step), beta_min, beta_max)
         return updates, GecoState(beta, ema, state.tau, state.count + 1)
 
     return optax.GradientTransformationExtraArgs(init, update)

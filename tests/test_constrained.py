@@ -62,6 +62,17 @@ def test_geco_beta_grows_under_target_and_shrinks_over():
     assert set(m) == {"beta", "ce_ema", "tau", "violation"} and float(m["violation"]) > 0
 
 
+def test_geco_relative_and_clipped_steps():
+    t = constrained.geco(0.01, beta_init=1.0, eta=0.5, alpha=0.0, relative=True, max_log_step=0.05)
+    s = t.init(None)
+    _, s = t.update(None, s, constraint=0.008)  # 20% under target: exp(0.5 * 0.2) = exp(0.1), clipped to exp(0.05)
+    np.testing.assert_allclose(float(s.beta), np.exp(0.05), rtol=1e-6)
+    _, s = t.update(None, s, constraint=0.0095)  # exp(0.5 * 0.05)
+    np.testing.assert_allclose(float(s.beta), np.exp(0.05 + 0.025), rtol=1e-6)
+    _, s = t.update(None, s, constraint=5.0)  # far over: one step costs at most exp(-0.05)
+    np.testing.assert_allclose(float(s.beta), np.exp(0.025), rtol=1e-6)
+
+
 def test_state_is_a_jittable_checkpointable_pytree():
     t = constrained.dual_ascent(1.0)
     s = t.init(None)

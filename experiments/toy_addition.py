@@ -1,0 +1,140 @@
+"""The paper's toy reproduction (Fig. 1 and the carry figure): 2-digit addition, dense then sparse.
+
+    python experiments/toy_addition.py --out runs/toy            # the README's main job (~10 min on 2 CPU cores)
+    python experiments/toy_addition.py --out runs/toy --quick    # a smoke run (fewer steps)
+
+1. trains the 4-layer model densely on "ab+cd=" -> 5-digit sums (``sparsejax pretrain toy_addition_pretrain``),
+2. post-trains it sparse under CE <= tau, tau = its own held-out CE (+ slack) (``sparsejax posttrain
+   toy_addition_posttrain``), GECO multiplier,
+3. reports exact-match accuracy before/after and the deterministic edge density, and draws the attention graphs
+   (layers x positions, one line per kept edge) for a no-carry, a single-carry and a double-carry problem, plus the
+   post-training dynamics. Writes PNGs and ``results.json`` into ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+import sparsejax as sj  # noqa: E402
+from sparsejax.config import load_config  # noqa: E402
+from sparsejax.data import addition  # noqa: E402
+from sparsejax.train import Trainer  # noqa: E402
+
+EXAMPLES = {"no carry": (12, 34), "single carry": (15, 37), "double carry": (95, 17)}
+
+
+def exact_match(model: sj.Model, rows: np.ndarray) -> float:
+    logits, _ = jax.jit(lambda p, t: sj.forward(model.config, p, t, model.gate))(model.params, rows[:, :-1])
+    pred = np.asarray(jnp.argmax(logits[:, addition.PROMPT_LEN - 1:], -1))
+    return float(np.mean(np.all(pred == rows[:, addition.PROMPT_LEN:], axis=1)))
+
+
+def attention_graph(model: sj.Model, row: np.ndarray, gate):
+    """Per layer ``[T, T]`` effective attention (max over heads) and adjacency (any head)."""
+    _, aux = sj.forward(model.config, model.params, row[None, :-1], gate,
+                        capture=["attn.hook_pattern", "attn.hook_adjacency"])
+    caps = aux["captures"]
+    weights = [np.asarray(caps[f"blocks.{l}.attn.hook_pattern"][0]).max(0) for l in range(model.config.n_layers)]
+    adjacency = [np.asarray(caps[f"blocks.{l}.attn.hook_adjacency"][0]).any(0) for l in range(model.config.n_layers)]
+    return weights, adjacency
+
+
+def draw_graph(ax, weights, adjacency, labels, title):
+    n_layers, t = len(weights), len(labels)
+    for l in range(n_layers):
+        for i in range(t):
+            for j in range(i + 1):
+                if adjacency[l][i, j]:
+                    w = float(weights[l][i, j])
+                    ax.plot([j, i], [l, l + 1], color="tab:blue", alpha=0.15 + 0.85 * min(1.0, w), lw=0.4 + 1.6 * w)
+    xs, ys = np.meshgrid(np.arange(t), np.arange(n_layers + 1))
+    ax.scatter(xs, ys, s=8, color="black", zorder=3)
+    ax.set_xticks(range(t), labels)
+    ax.set_yticks(range(n_layers + 1), ["emb"] + [f"L{l}" for l in range(n_layers)])
+    n_edges = int(sum(a.sum() for a in adjacency))
+    ax.set_title(f"{title} ({n_edges} edges)", fontsize=9)
+
+
+def plot_dynamics(metrics_path: Path, out: Path):
+    recs = [json.loads(l) for l in metrics_path.read_text().splitlines() if l.strip()]
+    train = [r for r in recs if "ce" in r]
+    steps = [r["step"] for r in train]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    axes[0].semilogy(steps, [r["expected_density"] for r in train])
+    axes[0].set_title("expected edge density (log)")
+    axes[1].semilogy(steps, [r["beta"] for r in train], color="tab:orange")
+    axes[1].set_title("GECO beta (log)")
+    axes[2].plot(steps, [r["ce"] for r in train], label="train CE", alpha=0.6)
+    axes[2].plot(steps, [r["ce_ema"] for r in train], label="CE EMA")
+    axes[2].axhline(train[0]["tau"], ls="--", color="black", label="target tau")
+    axes[2].set_title("cross-entropy vs target")
+    axes[2].legend(fontsize=8)
+    for ax in axes:
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/toy")
+    p.add_argument("--quick", action="store_true", help="a few hundred steps only (smoke test, not the result)")
+    p.add_argument("--pretrain-steps", type=int)
+    p.add_argument("--posttrain-steps", type=int)
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    pre_steps = args.pretrain_steps or (300 if args.quick else None)
+    post_steps = args.posttrain_steps or (200 if args.quick else None)
+
+    print("== 1/3 dense pretraining")
+    pre_cfg = load_config("toy_addition_pretrain", [f"train.steps={pre_steps}"] if pre_steps else [])
+    Trainer(pre_cfg, out / "dense", progress=not args.no_progress).fit()
+    dense = sj.from_pretrained(out / "dense" / "model")
+    val = addition.split("validation")
+
+    print("== 2/3 sparse post-training (GECO, CE <= tau)")
+    post_over = [f"model.checkpoint={out / 'dense' / 'model'}"] + ([f"train.steps={post_steps}"] if post_steps else [])
+    post_cfg = load_config("toy_addition_posttrain", post_over)
+    final = Trainer(post_cfg, out / "sparse", progress=not args.no_progress).fit()
+    sparse = sj.from_pretrained(out / "sparse" / "model")
+
+    print("== 3/3 evaluation and figures")
+    results = {"dense_exact_match": exact_match(dense, val), "sparse_exact_match": exact_match(sparse, val),
+               "tau": final["tau"], "sparse_eval_ce": final["eval_ce"], "edge_density": final["edge_density"],
+               "edge_density_per_layer": final["edge_density_per_layer"],
+               "pretrain_steps": pre_cfg.train.steps, "posttrain_steps": post_cfg.train.steps,
+               "seeds": {"pretrain": pre_cfg.train.seed, "posttrain": post_cfg.train.seed}}
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
+    for col, (name, (a, b)) in enumerate(EXAMPLES.items()):
+        row = addition.encode(a, b)
+        labels = list(addition.decode(row[:-1]))
+        w, adj = attention_graph(dense, row, None)
+        draw_graph(axes[0, col], w, adj, labels, f"dense: {a}+{b} ({name})")
+        w, adj = attention_graph(sparse, row, sparse.gate)
+        draw_graph(axes[1, col], w, adj, labels, f"sparse: {a}+{b} ({name})")
+        results[f"edges_{name.replace(' ', '_')}"] = int(sum(x.sum() for x in adj))
+    fig.suptitle(f"2-digit addition: dense (top) vs sparse post-trained (bottom); exact match "
+                 f"{results['dense_exact_match']:.3f} -> {results['sparse_exact_match']:.3f}, "
+                 f"edge density {results['edge_density']:.4f}")
+    fig.tight_layout()
+    fig.savefig(out / "attention_graphs.png", dpi=120)
+    plt.close(fig)
+    plot_dynamics(out / "sparse" / "metrics.jsonl", out / "training_dynamics.png")
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    print(json.dumps({k: v for k, v in results.items() if k != "edge_density_per_layer"}, indent=1))
+    print(f"figures: {out / 'attention_graphs.png'}, {out / 'training_dynamics.png'}")
+
+
+if __name__ == "__main__":
+    main()

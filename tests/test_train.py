@@ -1,0 +1,142 @@
+"""The post-training loop: configs, a short run, NaN guard, resume after SIGKILL, sharded == unsharded, bad input."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sparsejax.config import load_config
+from sparsejax.train import NonFiniteError, Trainer
+
+TINY = ["model.d_model=32", "model.n_layers=2", "model.n_heads=4", "model.d_ff=64", "data.batch_size=16",
+        "data.eval_batches=2", "train.log_every=1"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def records(run_dir):
+    """The last metrics record logged for each training step (a resumed run logs some steps twice)."""
+    out = {}
+    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if "ce" in r:
+            out[r["step"]] = r
+    return out
+
+
+def test_config_errors_name_the_fix(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown config key 'train.stpes'; did you mean train.steps"):
+        load_config("toy_addition_pretrain", ["train.stpes=3"])
+    with pytest.raises(ValueError, match="not a valid int"):
+        load_config(None, ["train.steps=abc"])
+    with pytest.raises(FileNotFoundError, match="presets: .*toy_addition_posttrain"):
+        load_config("no_such_preset")
+    cfg = load_config("toy_addition_posttrain", ["gate.bias=2", "gate.stretch=[-0.2, 1.2]"])
+    assert cfg.gate.bias == 2.0 and cfg.gate.stretch == (-0.2, 1.2) and cfg.constraint.method == "geco"
+    (tmp_path / "c.yaml").write_text("train: {steps: 7}\nmodle: {}\n")
+    with pytest.raises(ValueError, match="'modle'; did you mean model"):
+        load_config(tmp_path / "c.yaml")
+
+
+def test_pretrain_then_posttrain_short(tmp_path):
+    pre = load_config("toy_addition_pretrain", TINY + ["train.steps=30", "train.lr=3e-3"])
+    Trainer(pre, tmp_path / "dense", progress=False).fit()
+    recs = records(tmp_path / "dense")
+    assert recs[30]["ce"] < recs[1]["ce"]
+    assert (tmp_path / "dense" / "model" / "model.safetensors").exists()
+    post = load_config("toy_addition_posttrain", TINY + ["train.steps=12", f"model.checkpoint={tmp_path / 'dense' / 'model'}",
+                                                         "gate.learnable=true", "train.distill=0.5"])
+    trainer = Trainer(post, tmp_path / "sparse", progress=False)
+    dense_ce = trainer.evaluate(dense=True)["eval_ce"]
+    assert trainer.tau == pytest.approx(dense_ce + post.constraint.slack)
+    result = trainer.fit()
+    r = records(tmp_path / "sparse")
+    assert set(r[12]) >= {"ce", "expected_density", "beta", "ce_ema", "tau", "violation", "tokens_per_s"}
+    assert 0 < result["edge_density"] <= 1 and len(result["edge_density_per_layer"]) == 2
+    assert (tmp_path / "sparse" / "model" / "sparsejax_gate.json").exists()
+    import sparsejax as sj
+    model = sj.from_pretrained(tmp_path / "sparse" / "model")
+    assert model.gate.bias.shape == (2, 4)
+    assert not np.allclose(model.gate.bias, 3.0)  # learnable bias moved
+
+
+def test_non_finite_steps_are_skipped_then_stop(tmp_path):
+    cfg = load_config("toy_addition_pretrain", TINY + ["train.steps=20", "train.lr=1e30", "train.grad_clip=1e30",
+                                                       "train.max_bad_steps=3"])
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    with pytest.raises(NonFiniteError, match="3 consecutive non-finite steps"):
+        trainer.fit()
+    assert int(trainer.state["total_bad_steps"]) == 3
+    params = trainer.state["trainable"]["params"]
+    assert all(np.isfinite(np.asarray(x)).all() for x in __import__("jax").tree.leaves(params))  # bad steps skipped
+
+
+def _train_cmd(run_dir, *extra):
+    code = ("import sys; from sparsejax.config import load_config; from sparsejax.train import Trainer; "
+            "Trainer(load_config('toy_addition_pretrain', sys.argv[2:]), sys.argv[1], progress=False).fit()")
+    return [sys.executable, "-c", code, str(run_dir), *TINY, *extra]
+
+
+def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
+    extra = ["train.steps=40", "train.checkpoint_every=10", "train.keep=10"]
+    subprocess.run(_train_cmd(tmp_path / "full", *extra), check=True, cwd=REPO)
+    proc = subprocess.Popen(_train_cmd(tmp_path / "killed", *extra), cwd=REPO)
+    ckpts = tmp_path / "killed" / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (ckpts.exists() and any(p.name == "20" for p in ckpts.iterdir())):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    steps_before = max(records(tmp_path / "killed"))
+    assert steps_before < 40, "the run finished before it could be killed"
+    subprocess.run(_train_cmd(tmp_path / "killed", *extra), check=True, cwd=REPO)
+    full, resumed = records(tmp_path / "full"), records(tmp_path / "killed")
+    assert sorted(full) == sorted(resumed) == list(range(1, 41))
+    for step in full:
+        assert full[step]["ce"] == resumed[step]["ce"], step
+
+
+def _sharded_run(tmp_path, devices, mesh):
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+    run = tmp_path / f"mesh{'x'.join(map(str, mesh))}"
+    subprocess.run(_train_cmd(run, "train.steps=5", "model.n_kv_heads=2", f"mesh.data={mesh[0]}",
+                              f"mesh.fsdp={mesh[1]}", f"mesh.tensor={mesh[2]}"), check=True, cwd=REPO, env=env)
+    from safetensors.numpy import load_file
+    return records(run), load_file(str(run / "model" / "model.safetensors"))
+
+
+def test_sharded_training_equals_single_device(tmp_path):
+    ref_rec, ref_w = _sharded_run(tmp_path, 1, (1, 1, 1))
+    for mesh in ((2, 2, 2), (8, 1, 1), (1, 2, 4)):
+        rec, w = _sharded_run(tmp_path, 8, mesh)
+        for step in ref_rec:
+            np.testing.assert_allclose(rec[step]["ce"], ref_rec[step]["ce"], rtol=1e-5, err_msg=str(mesh))
+        for k in ref_w:
+            np.testing.assert_allclose(w[k], ref_w[k], atol=2e-5, err_msg=f"{mesh} {k}")
+
+
+def test_bad_input_clear_errors_nothing_written(tmp_path):
+    run = tmp_path / "run"
+    cases = [
+        (["model.checkpoint=" + str(tmp_path / "missing")], FileNotFoundError, "does not exist"),
+        (["data.batch_size=20000"], ValueError, "fewer than one batch"),
+        (["model.max_position=8"], ValueError, "longer than the model's max_position=8"),
+        (["mesh.data=3"], ValueError, "does not match the 1 available devices"),
+        (["model.vocab_size=8"], ValueError, "the tokenizer has 12 tokens"),
+    ]
+    for extra, err, message in cases:
+        with pytest.raises(err, match=message):
+            Trainer(load_config("toy_addition_pretrain", TINY + extra), run, progress=False)
+        assert not run.exists()
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text("a tiny corpus. " * 40)
+    with pytest.raises(ValueError, match="shorter than one row"):
+        Trainer(load_config(None, TINY + ["data.kind=text", f"data.path={corpus}", "data.bpe_vocab=300",
+                                          "data.seq_len=16", "model.vocab_size=300", "model.max_position=16"]),
+                run, progress=False)
+    assert not run.exists()
