@@ -20,10 +20,11 @@ venv: $(BIN)/.core
 venv-extras: $(BIN)/.extras
 
 run: $(BIN)/.core
-	$(BIN)/python benchmarks/attention.py --small
+	$(BIN)/python experiments/toy_addition.py --out runs/toy
 
 test: $(BIN)/.extras
 	$(BIN)/python -m pytest -q tests
 
 bench: $(BIN)/.extras
 	$(BIN)/python benchmarks/attention.py
+	$(BIN)/python benchmarks/model_step.py

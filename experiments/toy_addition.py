@@ -5,7 +5,7 @@
 
 1. trains the 4-layer model densely on "ab+cd=" -> 5-digit sums (``sparsejax pretrain toy_addition_pretrain``),
 2. post-trains it sparse under CE <= tau, tau = its own held-out CE (+ slack) (``sparsejax posttrain
-   toy_addition_posttrain``), GECO multiplier,
+   toy_addition_posttrain``), GECO multiplier, keeping the sparsest evaluated checkpoint that meets the constraint,
 3. reports exact-match accuracy before/after and the deterministic edge density, and draws the attention graphs
    (layers x positions, one line per kept edge) for a no-carry, a single-carry and a double-carry problem, plus the
    post-training dynamics. Writes PNGs and ``results.json`` into ``--out``.
@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 
 import sparsejax as sj  # noqa: E402
 from sparsejax.config import load_config  # noqa: E402
+from sparsejax import report  # noqa: E402
 from sparsejax.data import addition  # noqa: E402
 from sparsejax.train import Trainer  # noqa: E402
 
@@ -64,27 +65,6 @@ def draw_graph(ax, weights, adjacency, labels, title):
     ax.set_title(f"{title} ({n_edges} edges)", fontsize=9)
 
 
-def plot_dynamics(metrics_path: Path, out: Path):
-    recs = [json.loads(l) for l in metrics_path.read_text().splitlines() if l.strip()]
-    train = [r for r in recs if "ce" in r]
-    steps = [r["step"] for r in train]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-    axes[0].semilogy(steps, [r["expected_density"] for r in train])
-    axes[0].set_title("expected edge density (log)")
-    axes[1].semilogy(steps, [r["beta"] for r in train], color="tab:orange")
-    axes[1].set_title("GECO beta (log)")
-    axes[2].plot(steps, [r["ce"] for r in train], label="train CE", alpha=0.6)
-    axes[2].plot(steps, [r["ce_ema"] for r in train], label="CE EMA")
-    axes[2].axhline(train[0]["tau"], ls="--", color="black", label="target tau")
-    axes[2].set_title("cross-entropy vs target")
-    axes[2].legend(fontsize=8)
-    for ax in axes:
-        ax.set_xlabel("step")
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/toy")
@@ -107,12 +87,21 @@ def main(argv=None):
     post_over = [f"model.checkpoint={out / 'dense' / 'model'}"] + ([f"train.steps={post_steps}"] if post_steps else [])
     post_cfg = load_config("toy_addition_posttrain", post_over)
     final = Trainer(post_cfg, out / "sparse", progress=not args.no_progress).fit()
-    sparse = sj.from_pretrained(out / "sparse" / "model")
+    # the sparsest checkpoint that met CE <= tau on held-out data (evaluated every train.eval_every steps)
+    best_dir = out / "sparse" / "best_model"
+    if best_dir.exists():
+        best = json.loads((out / "sparse" / "best.json").read_text())
+    else:
+        print("no evaluated checkpoint met the constraint: reporting the final model")
+        best_dir, best = out / "sparse" / "model", final
+    sparse = sj.from_pretrained(best_dir)
 
     print("== 3/3 evaluation and figures")
     results = {"dense_exact_match": exact_match(dense, val), "sparse_exact_match": exact_match(sparse, val),
-               "tau": final["tau"], "sparse_eval_ce": final["eval_ce"], "edge_density": final["edge_density"],
-               "edge_density_per_layer": final["edge_density_per_layer"],
+               "tau": final["tau"], "sparse_step": best["step"], "sparse_eval_ce": best["eval_ce"],
+               "edge_density": best["edge_density"], "edge_density_per_layer": best["edge_density_per_layer"],
+               "final_step_eval_ce": final["eval_ce"], "final_step_edge_density": final["edge_density"],
+               "final_step_exact_match": exact_match(sj.from_pretrained(out / "sparse" / "model"), val),
                "pretrain_steps": pre_cfg.train.steps, "posttrain_steps": post_cfg.train.steps,
                "seeds": {"pretrain": pre_cfg.train.seed, "posttrain": post_cfg.train.seed}}
     fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
@@ -130,10 +119,17 @@ def main(argv=None):
     fig.tight_layout()
     fig.savefig(out / "attention_graphs.png", dpi=120)
     plt.close(fig)
-    plot_dynamics(out / "sparse" / "metrics.jsonl", out / "training_dynamics.png")
+    report.plot_dynamics(out / "sparse" / "metrics.jsonl", out / "training_dynamics.png")
+    row = addition.encode(*EXAMPLES["double carry"])
+    sparse_maps = report.head_maps(sparse, row[:-1], sparse.gate)
+    report.plot_attention_maps(report.head_maps(dense, row[:-1], None), sparse_maps, list(addition.decode(row[:-1])),
+                               out / "attention_maps.png", "95+17: per-head attention, dense (left) vs sparse (right)")
+    results["nontrivial_heads_95+17"] = report.nontrivial_heads(sparse_maps[1])
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    print(json.dumps({k: v for k, v in results.items() if k != "edge_density_per_layer"}, indent=1))
-    print(f"figures: {out / 'attention_graphs.png'}, {out / 'training_dynamics.png'}")
+    print(json.dumps({k: v for k, v in results.items() if not k.startswith(("edge_density_per", "nontrivial"))},
+                     indent=1))
+    print(f"figures: {out / 'attention_graphs.png'}, {out / 'training_dynamics.png'}, {out / 'attention_maps.png'};"
+          f" report: {report.write_report(out)}")
 
 
 if __name__ == "__main__":

@@ -63,6 +63,13 @@ def _data(args) -> int:
     return 0
 
 
+def _report(args) -> int:
+    from sparsejax.report import write_report
+
+    print(write_report(args.run_dir))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from sparsejax import __version__
 
@@ -91,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("name", choices=["shakespeare"])
     data.add_argument("--cache", help="cache directory (default $SPARSEJAX_CACHE or ~/.cache/sparsejax)")
     data.set_defaults(func=_data)
+    rep = sub.add_parser("report", help="an HTML report (curves, maps, numbers) of a run directory")
+    rep.add_argument("run_dir")
+    rep.set_defaults(func=_report)
     return parser
 
 

@@ -61,6 +61,7 @@ class ConstraintSection:
     tau: float | None = None        # None: the dense model's held-out CE, measured before post-training
     slack: float = 0.0
     beta_init: float = 1e-2
+    beta_min: float = 1e-6          # geco: floor of beta (keeps some sparsity pressure)
     eta: float = 1.0
     alpha: float = 0.99
     relative: bool = False          # geco: exponent (tau - C) / tau instead of (tau - C)
@@ -78,6 +79,9 @@ class TrainSection:
     grad_clip: float = 1.0
     grad_accum: int = 1
     distill: float = 0.0            # weight of KL(dense teacher || student); 0 = off
+    lora_rank: int = 0              # 0 = full fine-tune; > 0 = LoRA adapters on lora_modules (base weights frozen)
+    lora_alpha: float = 16.0
+    lora_modules: tuple[str, ...] = ("attn.q", "attn.k", "attn.v", "attn.o")
     seed: int = 0
     log_every: int = 10
     eval_every: int = 0             # 0 = only at the end
@@ -113,6 +117,12 @@ def _coerce(value: Any, hint, where: str):
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], where)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where} must be a list, got {value!r}")
+        return tuple(_coerce(v, args[0], where) for v in value)
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ValueError(f"{where} must be a list of {len(args)} numbers, got {value!r}")

@@ -3,7 +3,8 @@
 ``Trainer(cfg, run_dir).fit()`` runs ``cfg.train.steps`` steps of one jitted step on a (data, fsdp, tensor) mesh,
 resuming from the newest orbax checkpoint in ``run_dir/checkpoints`` if there is one. Pretraining is the same loop
 with ``gate.enabled=False`` and ``constraint.method="none"``. Writes ``run_dir/metrics.jsonl``, ``config.yaml``,
-``run_dir/model`` (a Hugging Face directory, plus ``sparsejax_gate.json`` when gated) and, for text, the tokenizer.
+``run_dir/tensorboard`` (event files), ``run_dir/model`` (a Hugging Face directory, plus ``sparsejax_gate.json``
+when gated) and, for text, the tokenizer.
 """
 from __future__ import annotations
 
@@ -134,7 +135,16 @@ class Trainer:
         self.gated = cfg.gate.enabled
         g = cfg.gate
         self.gate_static = dict(family=g.family, temperature=g.temperature, stretch=tuple(g.stretch))
-        trainable = {"params": model.params}
+        t = cfg.train
+        self.base = None
+        if t.lora_rank > 0:  # LoRA: the base weights are frozen, only the adapters (and maybe the bias) train
+            from . import lora
+
+            self.base = jax.device_put(model.params, sharding.param_shardings(model.params, self.mesh))
+            trainable = {"lora": lora.init_lora(model.params, t.lora_modules, t.lora_rank,
+                                                jax.random.PRNGKey(t.seed + 1))}
+        else:
+            trainable = {"params": model.params}
         self.fixed_bias = None
         if self.gated:
             bias = model.gate.bias if model.gate is not None else gate_bias_init(cfg, self.config)
@@ -144,7 +154,8 @@ class Trainer:
                 self.fixed_bias = bias
         # the frozen dense teacher: its own buffers (the trainable ones are donated to each step)
         self.teacher = jax.tree.map(lambda x: jnp.array(x, copy=True), model.params) if cfg.train.distill > 0 else None
-        self.param_shardings = {"params": sharding.param_shardings(model.params, self.mesh)}
+        self.param_shardings = {"params": sharding.param_shardings(model.params, self.mesh)} if self.base is None \
+            else {"lora": jax.tree.map(lambda _: sharding.replicated(self.mesh), trainable["lora"])}
         if "gate_bias" in trainable:
             self.param_shardings["gate_bias"] = sharding.replicated(self.mesh)
         trainable = jax.device_put(trainable, self.param_shardings)
@@ -159,7 +170,7 @@ class Trainer:
                                  f"{c.method!r}")
             self.tau = c.tau if c.tau is not None else self.evaluate(trainable, dense=True)["eval_ce"] + c.slack
             if c.method == "geco":
-                self.multiplier = constrained.geco(self.tau, beta_init=c.beta_init, eta=c.eta, alpha=c.alpha,
+                self.multiplier = constrained.geco(self.tau, beta_init=c.beta_init, eta=c.eta, alpha=c.alpha, beta_min=c.beta_min,
                                                    relative=c.relative, max_log_step=c.max_log_step)
             elif c.method == "dual_ascent":
                 self.multiplier = constrained.dual_ascent(self.tau, lr=c.lr, kp=c.kp)
@@ -176,6 +187,14 @@ class Trainer:
         opt = optax.chain(optax.clip_by_global_norm(t.grad_clip), optax.adamw(schedule, weight_decay=t.weight_decay))
         return optax.MultiSteps(opt, t.grad_accum) if t.grad_accum > 1 else opt
 
+    def params_of(self, trainable) -> dict:
+        """The model's parameters: the trained ones, or the frozen base merged with the LoRA adapters."""
+        if self.base is None:
+            return trainable["params"]
+        from . import lora
+
+        return lora.merge(self.base, trainable["lora"], self.cfg.train.lora_alpha)
+
     def gate_of(self, trainable) -> Gate | None:
         if not self.gated:
             return None
@@ -184,7 +203,7 @@ class Trainer:
 
     def _loss(self, trainable, batch, seed, weights):
         tokens = batch["tokens"]
-        logits, aux = forward(self.config, trainable["params"], tokens[:, :-1], self.gate_of(trainable),
+        logits, aux = forward(self.config, self.params_of(trainable), tokens[:, :-1], self.gate_of(trainable),
                               mode="train", seed=seed)
         ce = objective.cross_entropy(logits, tokens[:, 1:], batch["mask"])
         density = objective.density_penalty(aux) if self.gated else jnp.zeros(())
@@ -221,7 +240,7 @@ class Trainer:
     def _eval_batch(self, trainable, batch, *, dense: bool = False, with_adjacency: bool = True):
         tokens = batch["tokens"]
         gate = None if dense else self.gate_of(trainable)
-        logits, aux = forward(self.config, trainable["params"], tokens[:, :-1], gate, mode="eval",
+        logits, aux = forward(self.config, self.params_of(trainable), tokens[:, :-1], gate, mode="eval",
                               capture="attn.hook_adjacency" if (with_adjacency and gate is not None) else None)
         ce = objective.cross_entropy(logits, tokens[:, 1:], batch["mask"])
         adj = [aux["captures"][f"blocks.{l}.attn.hook_adjacency"] for l in range(self.config.n_layers)] \
@@ -288,6 +307,19 @@ class Trainer:
         if not resumed:
             metrics_path.write_text("")
         log = metrics_path.open("a")
+        from tensorboardX import SummaryWriter
+
+        board = SummaryWriter(str(self.run_dir / "tensorboard"))
+
+        def emit(rec: dict):  # one record to the JSONL file and to TensorBoard
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            for k, v in rec.items():
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    board.add_scalar(k, v, rec["step"])
+            for l, v in enumerate(rec.get("edge_density_per_layer", [])):
+                board.add_scalar(f"edge_density_layer_{l}", v, rec["step"])
+
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
@@ -305,6 +337,7 @@ class Trainer:
                 self.state, out = self._step(self.state, batch, seed)
                 if int(self.state["bad_steps"]) >= cfg.train.max_bad_steps:
                     log.close()
+                    board.close()
                     raise NonFiniteError(f"{cfg.train.max_bad_steps} consecutive non-finite steps (last at step "
                                          f"{step}); lower train.lr or check the data")
                 done = step + 1
@@ -317,14 +350,14 @@ class Trainer:
                     if self.multiplier is not None:
                         rec.update({k: float(v) for k, v in constrained.metrics(self.state["mult_state"]).items()})
                     t0, last = now, done
-                    log.write(json.dumps(rec) + "\n")
-                    log.flush()
+                    emit(rec)
                     if bar is not None:
                         bar.set_postfix({k: f"{rec[k]:.3g}" for k in ("ce", "expected_density", "beta", "lambda")
                                          if k in rec})
                 if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done != cfg.train.steps:
-                    log.write(json.dumps({"step": done, **self.evaluate()}) + "\n")
-                    log.flush()
+                    rec = {"step": done, **self.evaluate()}
+                    emit(rec)
+                    self._keep_best(rec)
                 if cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0:
                     self._save(manager, done)
                 if bar is not None:
@@ -334,15 +367,30 @@ class Trainer:
         final = {"step": int(self.state["step"]), **self.evaluate()}
         if self.tau is not None:
             final["tau"] = float(self.tau)
-        log.write(json.dumps({**final, "final": True}) + "\n")
+            self._keep_best(final)
+        emit({**final, "final": True})
         log.close()
+        board.close()
         if int(self.state["step"]) not in (manager.all_steps() or []):
             self._save(manager, int(self.state["step"]))
         self.export(self.run_dir / "model")
         result.update(final)
         return result
 
+    def _keep_best(self, rec: dict):
+        """Export the sparsest model so far whose held-out CE meets the constraint to ``run_dir/best_model``."""
+        if self.tau is None or "edge_density" not in rec or rec["eval_ce"] > self.tau:
+            return
+        best_file = self.run_dir / "best.json"
+        best = json.loads(best_file.read_text()) if best_file.exists() else None
+        if best is None or rec["edge_density"] < best["edge_density"]:
+            self.export(self.run_dir / "best_model")
+            tmp = best_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps({k: v for k, v in rec.items() if k != "edge_density_per_head"}))
+            tmp.replace(best_file)
+
     def export(self, path: Path):
         trainable = jax.device_get(self.state["trainable"])
-        save_pretrained(Model(self.config.replace(dtype="float32", remat="none"), trainable["params"],
+        params = jax.device_get(self.params_of(trainable))
+        save_pretrained(Model(self.config.replace(dtype="float32", remat="none"), params,
                               self.gate_of(trainable)), path)

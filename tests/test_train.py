@@ -58,10 +58,24 @@ def test_pretrain_then_posttrain_short(tmp_path):
     assert set(r[12]) >= {"ce", "expected_density", "beta", "ce_ema", "tau", "violation", "tokens_per_s"}
     assert 0 < result["edge_density"] <= 1 and len(result["edge_density_per_layer"]) == 2
     assert (tmp_path / "sparse" / "model" / "sparsejax_gate.json").exists()
+    events = list((tmp_path / "sparse" / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1 and b"expected_density" in events[0].read_bytes() and b"beta" in events[0].read_bytes()
     import sparsejax as sj
     model = sj.from_pretrained(tmp_path / "sparse" / "model")
     assert model.gate.bias.shape == (2, 4)
     assert not np.allclose(model.gate.bias, 3.0)  # learnable bias moved
+
+    lora = load_config("toy_addition_posttrain", TINY + ["train.steps=5", f"model.checkpoint={tmp_path / 'dense' / 'model'}",
+                                                         "train.lora_rank=2", "train.lora_modules=attn.q,attn.v"])
+    trainer = Trainer(lora, tmp_path / "lora", progress=False)
+    trainer.fit()
+    assert set(trainer.state["trainable"]) == {"lora"}
+    assert np.abs(np.asarray(trainer.state["trainable"]["lora"]["attn.q"]["b"])).max() > 0
+    base, adapted = sj.from_pretrained(tmp_path / "dense" / "model"), sj.from_pretrained(tmp_path / "lora" / "model")
+    for name in ("q", "v"):  # adapted kernels moved; everything else is the frozen base
+        assert not np.allclose(adapted.params["layers"]["attn"][name]["kernel"], base.params["layers"]["attn"][name]["kernel"])
+    np.testing.assert_array_equal(adapted.params["layers"]["attn"]["k"]["kernel"], base.params["layers"]["attn"]["k"]["kernel"])
+    np.testing.assert_array_equal(adapted.params["layers"]["mlp"]["up"]["kernel"], base.params["layers"]["mlp"]["up"]["kernel"])
 
 
 def test_non_finite_steps_are_skipped_then_stop(tmp_path):
