@@ -29,6 +29,19 @@ def test_batches_are_deterministic_and_cover_epochs():
         batch_indices(5, 0, 7, seed=0)
 
 
+def test_memmap_source_behind_the_same_interface(tmp_path):
+    rows = np.arange(40 * 5, dtype=np.int32).reshape(40, 5)
+    mm = np.memmap(tmp_path / "rows.bin", dtype=np.int32, mode="w+", shape=rows.shape)
+    mm[:] = rows
+    mm.flush()
+    src = ArraySource(np.memmap(tmp_path / "rows.bin", dtype=np.int32, mode="r", shape=(40, 5)))
+    got = batch_at(src, 3, 8, seed=1)
+    np.testing.assert_array_equal(got["tokens"], rows[batch_indices(40, 3, 8, seed=1)])
+    assert got["mask"].shape == (8, 4) and got["mask"].all()
+    with pytest.raises(ValueError, match=r"\[rows, seq \+ 1\]"):
+        ArraySource(np.zeros(5))
+
+
 def test_text_rows_and_tokenizer(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("To be, or not to be, that is the question.\n" * 200)

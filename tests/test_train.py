@@ -89,6 +89,20 @@ def test_non_finite_steps_are_skipped_then_stop(tmp_path):
     assert all(np.isfinite(np.asarray(x)).all() for x in __import__("jax").tree.leaves(params))  # bad steps skipped
 
 
+def test_gradient_accumulation_updates_every_k_steps(tmp_path):
+    cfg = load_config("toy_addition_pretrain", TINY + ["train.steps=3", "train.grad_accum=2", "train.warmup=0"])
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    import jax
+    snapshots = [jax.device_get(trainer.state["trainable"]["params"]["embed"]["tokens"])]
+    for steps in (1, 2, 3):
+        trainer.cfg.train.steps = steps
+        trainer.fit()
+        snapshots.append(jax.device_get(trainer.state["trainable"]["params"]["embed"]["tokens"]))
+    np.testing.assert_array_equal(snapshots[0], snapshots[1])  # first micro-batch: accumulated, not applied
+    assert not np.array_equal(snapshots[1], snapshots[2])      # second: the update lands
+    np.testing.assert_array_equal(snapshots[2], snapshots[3])
+
+
 def _train_cmd(run_dir, *extra):
     code = ("import sys; from sparsejax.config import load_config; from sparsejax.train import Trainer; "
             "Trainer(load_config('toy_addition_pretrain', sys.argv[2:]), sys.argv[1], progress=False).fit()")
