@@ -3,7 +3,7 @@
     python benchmarks/attention.py            # T = 256 .. 8192, 12 heads of 64
     python benchmarks/attention.py --small    # T = 256, 512, 1024 (the README's main job until the toy run lands)
 
-Columns: median fwd+bwd wall time (ms) and XLA temp memory of the compiled fwd+bwd (MiB) per implementation;
+Columns: median fwd+bwd wall time (ms; repeats interleaved across implementations) and XLA temp memory of the compiled fwd+bwd (MiB) per implementation;
 ratios are against jax's dense ``jax.nn.dot_product_attention`` at the same T. Where torch is installed (the
 ``reference`` extra) it also times the paper's formula written in plain PyTorch and torch's fused dense
 ``scaled_dot_product_attention`` (torch memory is not measured on CPU: no allocator statistics).
@@ -22,14 +22,18 @@ import numpy as np
 import sparsejax as sj
 
 
-def _time(fn, *args, repeats: int, block=jax.block_until_ready) -> float:
-    block(fn(*args))  # compile / warm up
-    times = []
+def _time_round_robin(cases: dict, repeats: int) -> dict:
+    """Median wall time (ms) of each ``name -> (fn, args, block)``, repeats interleaved across the cases so that
+    machine drift (frequency, other load) hits every implementation alike."""
+    for fn, args, block in cases.values():
+        block(fn(*args))  # compile / warm up
+    times = {name: [] for name in cases}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        block(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+        for name, (fn, args, block) in cases.items():
+            t0 = time.perf_counter()
+            block(fn(*args))
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
 
 
 def jax_case(impl: str, t: int, heads: int, dim: int, bias: float):
@@ -107,19 +111,20 @@ def main(argv=None):
     for t in seqs:
         key = jax.random.PRNGKey(t)
         q, k, v = (jax.random.normal(kk, (1, t, args.heads, args.dim)) for kk in jax.random.split(key, 3))
-        results = {}
-        for impl in ("dense", "chunked", "reference"):
+        names = {"dense": "jax dense dot_product_attention", "chunked": "sparsejax chunked (default)",
+                 "reference": "sparsejax reference"}
+        cases, results = {}, {}
+        for impl, name in names.items():
             fn = jax_case(impl, t, args.heads, args.dim, args.bias)
-            mem = temp_mib(fn, q, k, v)
-            heavy = impl in ("reference", "dense") and t > args.max_reference_seq
-            ms = float("nan") if heavy else _time(fn, q, k, v, repeats=args.repeats)
-            name = {"dense": "jax dense dot_product_attention", "chunked": "sparsejax chunked (default)",
-                    "reference": "sparsejax reference"}[impl]
-            results[name] = (ms, mem)
+            results[name] = [float("nan"), temp_mib(fn, q, k, v)]
+            if not (impl in ("reference", "dense") and t > args.max_reference_seq):
+                cases[name] = (fn, (q, k, v), jax.block_until_ready)
         for name, (step, make_inputs) in torch_impls.items():
-            heavy = "plain" in name and t > args.max_reference_seq
-            ms = float("nan") if heavy else _time(step, *make_inputs(t), repeats=args.repeats, block=lambda x: x)
-            results[name] = (ms, float("nan"))
+            results[name] = [float("nan"), float("nan")]
+            if not ("plain" in name and t > args.max_reference_seq):
+                cases[name] = (step, make_inputs(t), lambda x: x)
+        for name, ms in _time_round_robin(cases, args.repeats).items():
+            results[name][0] = ms
         base_ms, base_mem = results["jax dense dot_product_attention"]
         for name, (ms, mem) in results.items():
             rows.append((t, name, ms, ms / base_ms if base_ms == base_ms else float("nan"), mem,
