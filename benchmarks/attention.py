@@ -17,7 +17,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import sparsejax as sj
 
@@ -133,7 +132,7 @@ def main(argv=None):
 
     fmt = lambda x, spec: "—" if x != x else format(x, spec)
     print()
-    print(f"| T | implementation | fwd+bwd ms | x jax dense | temp MiB | x jax dense mem |")
+    print("| T | implementation | fwd+bwd ms | x jax dense | temp MiB | x jax dense mem |")
     print("|---:|---|---:|---:|---:|---:|")
     for t, name, ms, r, mem, rm in rows:
         print(f"| {t} | {name} | {fmt(ms, '.1f')} | {fmt(r, '.2f')} | {fmt(mem, '.1f')} | {fmt(rm, '.2f')} |")

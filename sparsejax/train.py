@@ -9,10 +9,8 @@ when gated) and, for text, the tokenizer.
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -135,6 +133,9 @@ class Trainer:
         self.gated = cfg.gate.enabled
         g = cfg.gate
         self.gate_static = dict(family=g.family, temperature=g.temperature, stretch=tuple(g.stretch))
+        if model.gate is not None:  # a checkpoint's own gate (sparsejax_gate.json) wins over the config's family
+            self.gate_static = dict(family=model.gate.family, temperature=model.gate.temperature,
+                                    stretch=model.gate.stretch)
         t = cfg.train
         self.base = None
         if t.lora_rank > 0:  # LoRA: the base weights are frozen, only the adapters (and maybe the bias) train
@@ -329,7 +330,6 @@ class Trainer:
         shard = sharding.batch_sharding(self.mesh)
         tokens_per_step = cfg.data.batch_size * self.train_src.seq_len
         t0, last = time.perf_counter(), start
-        result: dict[str, Any] = {}
         with jax.set_mesh(self.mesh):
             for step in range(start, cfg.train.steps):
                 batch = jax.device_put(batch_at(self.train_src, step, cfg.data.batch_size, cfg.data.seed), shard)
@@ -374,8 +374,7 @@ class Trainer:
         if int(self.state["step"]) not in (manager.all_steps() or []):
             self._save(manager, int(self.state["step"]))
         self.export(self.run_dir / "model")
-        result.update(final)
-        return result
+        return final
 
     def _keep_best(self, rec: dict):
         """Export the sparsest model so far whose held-out CE meets the constraint to ``run_dir/best_model``."""

@@ -1,6 +1,5 @@
 """Flax modules against the functional decoder (itself checked against transformers)."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 

@@ -1,5 +1,4 @@
 """Model families against transformers on CPU (golden logits), checkpoint round trips, captures, bad input."""
-import json
 import os
 
 import jax
@@ -8,7 +7,6 @@ import numpy as np
 import pytest
 
 import sparsejax as sj
-from sparsejax.models.decoder import LAYER_HOOKS
 
 torch = pytest.importorskip("torch", reason="the reference extra (torch==2.13.0, transformers==5.23.0) is not "
                             "installed; `make test` installs it")
