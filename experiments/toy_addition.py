@@ -41,12 +41,8 @@ def exact_match(model: sj.Model, rows: np.ndarray) -> float:
 
 def attention_graph(model: sj.Model, row: np.ndarray, gate):
     """Per layer ``[T, T]`` effective attention (max over heads) and adjacency (any head)."""
-    _, aux = sj.forward(model.config, model.params, row[None, :-1], gate,
-                        capture=["attn.hook_pattern", "attn.hook_adjacency"])
-    caps = aux["captures"]
-    weights = [np.asarray(caps[f"blocks.{l}.attn.hook_pattern"][0]).max(0) for l in range(model.config.n_layers)]
-    adjacency = [np.asarray(caps[f"blocks.{l}.attn.hook_adjacency"][0]).any(0) for l in range(model.config.n_layers)]
-    return weights, adjacency
+    pattern, adjacency = report.head_maps(model, row[:-1], gate)
+    return list(pattern.max(1)), list(adjacency.any(1))
 
 
 def draw_graph(ax, weights, adjacency, labels, title):

@@ -161,7 +161,7 @@ class Trainer:
             self.param_shardings["gate_bias"] = sharding.replicated(self.mesh)
         trainable = jax.device_put(trainable, self.param_shardings)
         self._step = jax.jit(self._train_step, donate_argnums=0)
-        self._eval = jax.jit(self._eval_batch, static_argnames=("dense", "with_adjacency"))
+        self._eval = jax.jit(self._eval_batch, static_argnames=("dense",))
         self.optimizer = self._optimizer()
         self.tau, self.multiplier = None, None
         c = cfg.constraint
@@ -238,15 +238,16 @@ class Trainer:
                "total_bad_steps": state["total_bad_steps"] + (~finite).astype(jnp.int32)}
         return new, {"loss": loss, "ce": ce, "density": density, "finite": finite}
 
-    def _eval_batch(self, trainable, batch, *, dense: bool = False, with_adjacency: bool = True):
+    def _eval_batch(self, trainable, batch, *, dense: bool = False):
+        """CE and, when gated, the per-layer adjacency ``[B, H, T, T]`` of one batch in eval mode."""
         tokens = batch["tokens"]
         gate = None if dense else self.gate_of(trainable)
         logits, aux = forward(self.config, self.params_of(trainable), tokens[:, :-1], gate, mode="eval",
-                              capture="attn.hook_adjacency" if (with_adjacency and gate is not None) else None)
+                              capture="attn.hook_adjacency" if gate is not None else None)
         ce = objective.cross_entropy(logits, tokens[:, 1:], batch["mask"])
         adj = [aux["captures"][f"blocks.{l}.attn.hook_adjacency"] for l in range(self.config.n_layers)] \
-            if (with_adjacency and gate is not None) else []
-        return ce, logits, adj
+            if gate is not None else []
+        return ce, adj
 
     def batches(self, src, count: int):
         bs = self.cfg.data.batch_size
@@ -258,12 +259,10 @@ class Trainer:
     def evaluate(self, trainable=None, *, dense: bool = False) -> dict:
         """Held-out CE and (when gated) deterministic edge density overall / per layer / per head."""
         trainable = self.state["trainable"] if trainable is None else trainable
-        if dense and not self.gated:
-            dense = False
         ces, adjs = [], []
         with jax.set_mesh(self.mesh):
             for batch in self.batches(self.val_src, self.cfg.data.eval_batches):
-                ce, _, adj = self._eval(trainable, batch, dense=dense, with_adjacency=not dense and self.gated)
+                ce, adj = self._eval(trainable, batch, dense=dense)
                 ces.append(float(ce))
                 adjs.append([np.asarray(a) for a in adj])
         out = {"eval_ce": float(np.mean(ces))}

@@ -60,8 +60,9 @@ class _Cfg:
         return jnp.minimum(last_row // self.block_k + 1, self.nk)
 
 
-def _block_scores(cfg: _Cfg, qb, kb, qi, kj, bias, seed, *, slopes: bool):
-    """Logits, validity, gate values (and slopes) of one (query block, key block) pair.
+def _block_scores(cfg: _Cfg, qb, kb, qi, kj, bias, seed):
+    """Logits, validity, gate logits, gate values and slopes of one (query block, key block) pair (XLA drops
+    whatever a caller leaves unused).
 
     qb: [B, K, G, bq, D] f32, kb: [B, K, bk, D] f32 (head-major). Returns arrays shaped [B, K, G, bq, bk].
     """
@@ -83,7 +84,7 @@ def _block_scores(cfg: _Cfg, qb, kb, qi, kj, bias, seed, *, slopes: bool):
     else:
         noise = None
     a, a_slope = gate_value_and_slope(cfg.gate, g, noise, cfg.train)
-    return s, valid, g, a, a_slope if slopes else None
+    return s, valid, g, a, a_slope
 
 
 def _pad(x, axis, to):
@@ -125,7 +126,7 @@ def _forward(cfg: _Cfg, q, k, v, bias, seed):
             m, l, acc, rho = carry
             kb = jax.lax.dynamic_slice_in_dim(kp, kj * bk, bk, axis=2)
             vb = jax.lax.dynamic_slice_in_dim(vp, kj * bk, bk, axis=2)
-            s, valid, g, a, _ = _block_scores(cfg, qb, kb, qi, kj, bias, seed, slopes=False)
+            s, valid, g, a, _ = _block_scores(cfg, qb, kb, qi, kj, bias, seed)
             m_new = jnp.maximum(m, jnp.max(jnp.where(valid, s, _NEG), axis=-1))
             p = jnp.where(valid, jnp.exp(s - m_new[..., None]), 0.0)
             alpha = jnp.exp(m - m_new)
@@ -173,7 +174,7 @@ def _backward(cfg: _Cfg, q, k, v, bias, seed, out, lse, dout, ddens):
             dob = jax.lax.dynamic_slice_in_dim(dop, qi * bq, bq, axis=3)
             lse_b = jax.lax.dynamic_slice_in_dim(lse, qi * bq, bq, axis=3)
             dl_b = jax.lax.dynamic_slice_in_dim(delta, qi * bq, bq, axis=3)
-            s, valid, g, a, a_slope = _block_scores(cfg, qb, kb, qi, kj, bias, seed, slopes=True)
+            s, valid, g, a, a_slope = _block_scores(cfg, qb, kb, qi, kj, bias, seed)
             p = jnp.where(valid, jnp.exp(s - lse_b[..., None]), 0.0)
             dov = jnp.einsum("bkgqd,bksd->bkgqs", dob, vb)
             if a is None:
@@ -235,7 +236,7 @@ def _adjacency(cfg: _Cfg, q, k, bias, seed):
     def q_block(_, qi):
         qb = jax.lax.dynamic_slice_in_dim(qp, qi * cfg.block_q, cfg.block_q, axis=3)
         one = dataclasses.replace(cfg, block_k=cfg.nk * cfg.block_k)
-        s, valid, g, a, _ = _block_scores(one, qb, kp, qi, 0, bias, seed, slopes=False)
+        s, valid, g, a, _ = _block_scores(one, qb, kp, qi, 0, bias, seed)
         return None, valid if a is None else valid & (a > 0)
 
     _, adj = jax.lax.scan(q_block, None, jnp.arange(cfg.nq))  # [nq, B, K, G, bq, Sp]
