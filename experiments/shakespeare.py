@@ -6,12 +6,13 @@ then sparse post-training with GECO to its own dense validation loss (+0.01), co
 
 Writes the dynamics figure (density on a log scale, beta, CE vs the dashed target), per-head attention maps for a
 prompt (dense vs sparse) and ``results.json`` (final validation CE vs tau, edge density overall/per layer/per head).
-Goal (issue D): <= 1% of causal edges kept at CE <= tau + 0.01.
+Goal: <= 1% of causal edges kept at CE <= tau (dense CE + 0.01), no layer above 5%.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import sparsejax as sj
@@ -23,25 +24,64 @@ from sparsejax.train import Trainer
 PROMPT = "ROMEO:\nBut, soft! what light through yonder window breaks?\nIt is the east, and Juliet is the sun."
 
 
+def plot_dense_curve(metrics: Path, out: Path):
+    """Validation and training CE of the dense pretraining run against steps (is it a plateau?)."""
+    evals, train = [], []
+    for line in metrics.read_text().splitlines():
+        r = json.loads(line)
+        (evals if "eval_ce" in r else train).append(r)
+    plt = report._plt()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot([r["step"] for r in train], [r["ce"] for r in train], lw=0.8, alpha=0.6, label="training batch CE")
+    ax.plot([r["step"] for r in evals], [r["eval_ce"] for r in evals], "o-", ms=3, label="validation CE")
+    ax.set_xlabel("step (batch 8 x 256 tokens)")
+    ax.set_ylabel("CE (nats/token)")
+    ax.set_ylim(min(r["eval_ce"] for r in evals) - 0.2, min(r["eval_ce"] for r in evals) + 1.5)
+    ax.set_title("Shakespeare LM: dense pretraining")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/shakespeare")
     p.add_argument("--pretrain-steps", type=int)
     p.add_argument("--posttrain-steps", type=int)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--set", nargs="*", default=[], help="overrides for the post-training run")
+    p.add_argument("--report-only", action="store_true", help="figures and results of finished runs only")
     args = p.parse_args(argv)
     out = Path(args.out)
     text.corpus_files(text.shakespeare_dir())  # a clear error, before anything runs, if the corpus is missing
     steps = lambda n: [f"train.steps={n}"] if n else []
 
-    print("== 1/3 dense pretraining")
     pre_cfg = load_config("shakespeare_pretrain", steps(args.pretrain_steps))
-    Trainer(pre_cfg, out / "dense", progress=not args.no_progress).fit()
-    print("== 2/3 sparse post-training")
+    if (out / "dense" / "model").exists():
+        print(f"== 1/3 dense pretraining: done ({out / 'dense' / 'model'})")
+    else:
+        print("== 1/3 dense pretraining")
+        Trainer(pre_cfg, out / "dense", progress=not args.no_progress).fit()
     post_cfg = load_config("shakespeare_posttrain", [f"model.checkpoint={out / 'dense' / 'model'}",
                                                      f"data.tokenizer={out / 'dense' / 'tokenizer.json'}",
-                                                     *steps(args.posttrain_steps)])
-    final = Trainer(post_cfg, out / "sparse", progress=not args.no_progress).fit()
+                                                     *steps(args.posttrain_steps), *args.set])
+    if args.report_only:
+        print("== 2/3 sparse post-training: reading the finished run")
+        from sparsejax.train.metrics import read_records
+
+        recs = read_records(out / "sparse" / "metrics.jsonl")
+        final = [r for r in recs if r.get("final")][-1]
+        old = out / "results.json"
+        minutes = json.loads(old.read_text()).get("posttrain_minutes") if old.exists() else None
+    else:
+        print("== 2/3 sparse post-training")
+        t0 = time.perf_counter()
+        final = Trainer(post_cfg, out / "sparse", progress=not args.no_progress).fit()
+        minutes = (time.perf_counter() - t0) / 60
+    from sparsejax.train.evaluate import evaluate_checkpoint
+
+    dense_ce = evaluate_checkpoint(post_cfg, out / "dense" / "model")["eval_ce"]  # held-out, same batches
 
     print("== 3/3 figures")
     dense, sparse = sj.from_pretrained(out / "dense" / "model"), sj.from_pretrained(out / "sparse" / "model")
@@ -52,10 +92,16 @@ def main(argv=None):
     report.plot_attention_maps(report.head_maps(dense, ids, None), sparse_maps, labels, out / "attention_maps.png",
                                "Shakespeare LM: per-head attention on a prompt, dense (left) vs sparse (right)")
     report.plot_dynamics(out / "sparse" / "metrics.jsonl", out / "training_dynamics.png")
-    results = {"tau": final["tau"], "sparse_eval_ce": final["eval_ce"], "ce_minus_tau": final["eval_ce"] - final["tau"],
+    plot_dense_curve(out / "dense" / "metrics.jsonl", out / "dense_curve.png")
+    target = dense_ce + post_cfg.constraint.slack
+    results = {"dense_eval_ce": dense_ce, "target_eval_ce": target, "controller_tau": final["tau"],
+               "sparse_eval_ce": final["eval_ce"], "ce_minus_target": final["eval_ce"] - target,
+               "final_step": final["step"],
                "edge_density": final["edge_density"], "edge_density_per_layer": final["edge_density_per_layer"],
                "edge_density_per_head": final["edge_density_per_head"],
-               "goal_met": bool(final["edge_density"] <= 0.01 and final["eval_ce"] <= final["tau"] + 0.01),
+               "goal_met": bool(final["edge_density"] <= 0.01 and final["eval_ce"] <= target
+                                and max(final["edge_density_per_layer"]) <= 0.05),
+               "posttrain_minutes": minutes,
                "nontrivial_heads_prompt": report.nontrivial_heads(sparse_maps[1]),
                "pretrain_steps": pre_cfg.train.steps, "posttrain_steps": post_cfg.train.steps, "context": 256}
     (out / "results.json").write_text(json.dumps(results, indent=1))

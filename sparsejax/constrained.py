@@ -1,4 +1,4 @@
-"""The multiplier of "minimise density subject to CE <= tau" as optax-style transformations (DESIGN.md §1.3).
+"""The multiplier of "minimise density subject to CE <= tau" as optax-style transformations (docs/method.md §3).
 
 Both transformations keep their multiplier in a pytree state, are jit-able and checkpointable, pass parameter
 updates through unchanged (so they sit in an ``optax.chain`` beside any optimiser), and take the constraint value
@@ -10,6 +10,15 @@ updates through unchanged (so they sit in an ``optax.chain`` beside any optimise
   beta grows while the loss is under target and shrinks quickly when it goes over.
 * :func:`dual_ascent` (additive, projected, optional PI damping): for the Lagrangian ``density + lam (CE - tau)``,
   ``e_t = CE_t - tau``, ``lam <- max(0, lam + lr * e_t + kp * (e_t - e_{t-1}))``; loss ``lam * CE + density``.
+* :func:`pi_control` (the default since issue H): a proportional-integral controller on ``log beta`` driven by the
+  EMA'd, relative, clipped violation. The integral moves ``log beta`` by at most ``ki`` a step; the proportional
+  term lowers beta *at once* when the loss goes over target (no windup to unwind), which is what stops the
+  limit cycle of plain GECO (see docs/controllers.md).
+
+Two constraint senses share this machinery (``sense=``): ``"ce"`` — minimise density subject to ``CE <= tau``
+(the multiplier weights the density term and rises while the constraint holds); ``"density"`` — minimise CE
+subject to ``density <= target`` (the multiplier weights the density term and rises while the density is above
+its target). In both the loss is ``CE + beta * density``; ``constraint=`` is the CE or the density.
 """
 from __future__ import annotations
 
@@ -17,6 +26,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -25,6 +35,14 @@ class GecoState(NamedTuple):
     ema: jax.Array        # EMA of the constraint (CE)
     tau: jax.Array        # target
     count: jax.Array      # updates so far
+
+
+class PIState(NamedTuple):
+    beta: jax.Array       # weight of the density term, exp(integral + kp * error)
+    integral: jax.Array   # integral part of log beta
+    ema: jax.Array        # EMA of the constrained quantity
+    tau: jax.Array        # target
+    count: jax.Array
 
 
 class DualAscentState(NamedTuple):
@@ -40,19 +58,34 @@ def _check_positive(**values):
             raise ValueError(f"{name} must be > 0, got {v}")
 
 
-def geco(tau: float, *, beta_init: float = 1e-2, eta: float = 1.0, alpha: float = 0.99, beta_min: float = 1e-6,
-         beta_max: float = 1e6, relative: bool = False,
-         max_log_step: float | None = None) -> optax.GradientTransformationExtraArgs:
-    """GECO multiplier for the constraint ``CE <= tau`` (updates pass through unchanged).
+SENSES = ("ce", "density")
 
-    Options beyond the paper's form, for losses far from 1 nat: ``relative`` uses ``(tau - C_t) / tau`` in the
-    exponent (scale-free), and ``max_log_step`` clips ``eta * (...)`` so that one bad step cannot collapse beta.
-    """
-    _check_positive(beta_init=beta_init, eta=eta, beta_min=beta_min)
+
+def _check_multiplier(alpha, beta_init, beta_min, beta_max, sense):
+    _check_positive(beta_init=beta_init, beta_min=beta_min)
     if not 0 <= alpha < 1:
         raise ValueError(f"alpha (EMA decay) must be in [0, 1), got {alpha}")
     if not beta_min <= beta_init <= beta_max:
         raise ValueError(f"beta_init {beta_init} must lie in [beta_min, beta_max] = [{beta_min}, {beta_max}]")
+    if sense not in SENSES:
+        raise ValueError(f"sense must be one of {SENSES}, got {sense!r}")
+
+
+def geco(tau: float, *, beta_init: float = 1e-2, eta: float = 1.0, alpha: float = 0.99, beta_min: float = 1e-6,
+         beta_max: float = 1e6, relative: bool = False, max_log_step: float | None = None,
+         max_log_step_down: float | None = None, sense: str = "ce") -> optax.GradientTransformationExtraArgs:
+    """GECO multiplier for the constraint ``CE <= tau`` (updates pass through unchanged).
+
+    Options beyond the paper's form, for losses far from 1 nat: ``relative`` uses ``(tau - C_t) / tau`` in the
+    exponent (scale-free), and ``max_log_step`` clips ``eta * (...)`` so that one bad step cannot collapse beta;
+    ``max_log_step_down`` (default: ``max_log_step``) is the clip for decreasing steps, so that the multiplier
+    can fall faster than it rises (asymmetric steps). ``sense="density"``: the constraint is ``density <= tau``
+    and beta (the density weight) rises while the density is above ``tau``.
+    """
+    _check_positive(eta=eta)
+    _check_multiplier(alpha, beta_init, beta_min, beta_max, sense)
+    down = max_log_step if max_log_step_down is None else max_log_step_down
+    sign = 1.0 if sense == "ce" else -1.0
 
     def init(params=None):
         f = lambda x: jnp.asarray(x, jnp.float32)
@@ -61,11 +94,49 @@ def geco(tau: float, *, beta_init: float = 1e-2, eta: float = 1.0, alpha: float 
     def update(updates, state: GecoState, params=None, *, constraint, **extra):
         c = jnp.asarray(constraint, jnp.float32)
         ema = jnp.where(state.count == 0, c, alpha * state.ema + (1 - alpha) * c)
-        step = eta * (state.tau - ema) / (state.tau if relative else 1.0)
-        if max_log_step is not None:
-            step = jnp.clip(step, -max_log_step, max_log_step)
+        step = sign * eta * (state.tau - ema) / (state.tau if relative else 1.0)
+        if max_log_step is not None or down is not None:
+            step = jnp.clip(step, -down if down is not None else None, max_log_step)
         beta = jnp.clip(state.beta * jnp.exp(step), beta_min, beta_max)
         return updates, GecoState(beta, ema, state.tau, state.count + 1)
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def pi_control(tau: float, *, beta_init: float = 1e-2, ki: float = 0.02, kp: float = 2.0, alpha: float = 0.9,
+               beta_min: float = 1e-4, beta_max: float = 1e4, error_clip: float = 1.0, scale: float | None = None,
+               sense: str = "ce") -> optax.GradientTransformationExtraArgs:
+    """PI controller on ``log beta`` for ``CE <= tau`` (or ``density <= tau`` with ``sense="density"``).
+
+    With ``C_t`` the EMA (decay ``alpha``) of the constrained quantity and the scaled satisfaction
+    ``e_t = clip(s (tau - C_t) / scale, -error_clip, error_clip)`` (``s = +1`` for CE, ``-1`` for density, so
+    ``e_t > 0`` means "beta may grow"; ``scale`` defaults to ``tau``, i.e. the relative error; for a CE target
+    ``tau = dense + slack`` the natural scale is the slack, the tolerance the run is allowed)::
+
+        I_t = clip(I_{t-1} + ki * e_t, log beta_min, log beta_max)      # integral: at most ki per step
+        beta_t = clip(exp(I_t + kp * e_t), beta_min, beta_max)         # proportional: immediate, no memory
+
+    A loss spike above target drops beta by up to ``exp(kp * error_clip)`` in the same step and the integral
+    starts falling; when the loss returns, the proportional part releases at once.
+    """
+    _check_positive(ki=ki, error_clip=error_clip, scale=tau if scale is None else scale)
+    if kp < 0:
+        raise ValueError(f"kp must be >= 0, got {kp}")
+    _check_multiplier(alpha, beta_init, beta_min, beta_max, sense)
+    sign = 1.0 if sense == "ce" else -1.0
+    lo, hi = float(np.log(beta_min)), float(np.log(beta_max))
+
+    def init(params=None):
+        f = lambda x: jnp.asarray(x, jnp.float32)
+        return PIState(f(beta_init), f(np.log(beta_init)), f(0.0), f(tau), jnp.zeros((), jnp.int32))
+
+    def update(updates, state: PIState, params=None, *, constraint, **extra):
+        c = jnp.asarray(constraint, jnp.float32)
+        ema = jnp.where(state.count == 0, c, alpha * state.ema + (1 - alpha) * c)
+        e = jnp.clip(sign * (state.tau - ema) / (state.tau if scale is None else scale), -error_clip, error_clip)
+        integral = jnp.clip(state.integral + ki * e, lo, hi)
+        beta = jnp.exp(jnp.clip(integral + kp * e, lo, hi))
+        return updates, PIState(beta, integral, ema, state.tau, state.count + 1)
 
     return optax.GradientTransformationExtraArgs(init, update)
 
@@ -92,8 +163,8 @@ def dual_ascent(tau: float, *, lr: float = 0.1, lam_init: float = 1.0, kp: float
 
 def find_state(opt_state):
     """The GECO or dual-ascent state inside an optimiser state (e.g. an ``optax.chain``'s tuple)."""
-    found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, (GecoState, DualAscentState)))
-             if isinstance(s, (GecoState, DualAscentState))]
+    found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, (GecoState, PIState, DualAscentState)))
+             if isinstance(s, (GecoState, PIState, DualAscentState))]
     if len(found) != 1:
         raise ValueError(f"expected exactly one GECO/dual-ascent state in the optimiser state, found {len(found)}")
     return found[0]
@@ -102,7 +173,7 @@ def find_state(opt_state):
 def loss_weights(state) -> tuple[jax.Array, jax.Array]:
     """``(ce_weight, density_weight)`` for the current multiplier (no gradient flows into it)."""
     state = find_state(state)
-    if isinstance(state, GecoState):
+    if isinstance(state, (GecoState, PIState)):
         return jnp.ones(()), jax.lax.stop_gradient(state.beta)
     return jax.lax.stop_gradient(state.lam), jnp.ones(())
 
@@ -110,6 +181,6 @@ def loss_weights(state) -> tuple[jax.Array, jax.Array]:
 def metrics(state) -> dict:
     """What to log every step: the multiplier, the constraint estimate, tau and the violation."""
     state = find_state(state)
-    if isinstance(state, GecoState):
+    if isinstance(state, (GecoState, PIState)):
         return {"beta": state.beta, "ce_ema": state.ema, "tau": state.tau, "violation": state.ema - state.tau}
     return {"lambda": state.lam, "tau": state.tau, "violation": state.prev_error}

@@ -17,11 +17,11 @@ from .gates import Gate
 from .models.decoder import apply_rope, rope_tables
 
 
-def _attend(q, k, v, bias, *, family, dense, mode, seed, rope_theta, implementation):
+def _attend(q, k, v, bias, *, kind, dense, mode, seed, rope_theta, implementation):
     if rope_theta is not None:
         cos, sin = rope_tables(q.shape[1], q.shape[-1], rope_theta, dtype=q.dtype)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    gate = None if dense else Gate(bias, family)
+    gate = None if dense else Gate(bias, kind)
     return sparse_attention(q, k, v, gate, mode=mode, seed=seed if gate is not None else None,
                             implementation=implementation)
 
@@ -30,12 +30,12 @@ class SparseSelfAttention(nnx.Module):
     """Causal multi-head (or grouped-query) self-attention with sparse gates, as an NNX module."""
 
     def __init__(self, d_model: int, num_heads: int, *, num_kv_heads: int | None = None,
-                 head_dim: int | None = None, gate_bias: float = 3.0, gate_family: str = "bernoulli",
+                 head_dim: int | None = None, gate_bias: float = 3.0, gate_kind: str = "bernoulli",
                  per_head_bias: bool = True, learnable_bias: bool = False, use_bias: bool = False,
                  rope_theta: float | None = 10000.0, implementation: str = "auto", rngs: nnx.Rngs):
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads or num_heads
         self.head_dim = head_dim or d_model // num_heads
-        self.gate_family, self.rope_theta, self.implementation = gate_family, rope_theta, implementation
+        self.gate_kind, self.rope_theta, self.implementation = gate_kind, rope_theta, implementation
         init = nnx.initializers.normal(0.02)
         lin = lambda n_in, n_out: nnx.Linear(n_in, n_out, use_bias=use_bias, kernel_init=init, rngs=rngs)
         self.q = lin(d_model, num_heads * self.head_dim)
@@ -50,7 +50,7 @@ class SparseSelfAttention(nnx.Module):
         q = self.q(x).reshape(b, t, self.num_heads, self.head_dim)
         k = self.k(x).reshape(b, t, self.num_kv_heads, self.head_dim)
         v = self.v(x).reshape(b, t, self.num_kv_heads, self.head_dim)
-        z, stats = _attend(q, k, v, self.gate_bias[...], family=self.gate_family, dense=dense, mode=mode, seed=seed,
+        z, stats = _attend(q, k, v, self.gate_bias[...], kind=self.gate_kind, dense=dense, mode=mode, seed=seed,
                            rope_theta=self.rope_theta, implementation=self.implementation)
         return self.o(z.reshape(b, t, -1)), stats
 
@@ -83,7 +83,7 @@ class SparseSelfAttentionLinen(nn.Module):
     num_kv_heads: int | None = None
     head_dim: int | None = None
     gate_bias: float = 3.0
-    gate_family: str = "bernoulli"
+    gate_kind: str = "bernoulli"
     per_head_bias: bool = True
     learnable_bias: bool = False
     use_bias: bool = False
@@ -103,6 +103,6 @@ class SparseSelfAttentionLinen(nn.Module):
         bias = jnp.full(shape, self.gate_bias, jnp.float32)
         if self.learnable_bias:
             bias = self.param("gate_bias", lambda _: bias)
-        z, stats = _attend(q, k, v, bias, family=self.gate_family, dense=dense, mode=mode, seed=seed,
+        z, stats = _attend(q, k, v, bias, kind=self.gate_kind, dense=dense, mode=mode, seed=seed,
                            rope_theta=self.rope_theta, implementation=self.implementation)
         return dense_layer(self.d_model, "o")(z.reshape(b, t, -1)), stats

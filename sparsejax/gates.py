@@ -1,4 +1,4 @@
-"""Gate families and counter-based gate noise (DESIGN.md §1.1, §1.2).
+"""Gate families and counter-based gate noise (docs/method.md §1, §2).
 
 A gate turns the gate logit ``g_ij = s_ij + b`` of each causal pair (query i, key j) into a multiplier
 ``A_ij`` on the attention weight ``P_ij``. Two families:
@@ -35,13 +35,13 @@ class Gate:
     """
 
     bias: Any
-    family: str = dataclasses.field(default="bernoulli", metadata=dict(static=True))
+    kind: str = dataclasses.field(default="bernoulli", metadata=dict(static=True))  # the gate family
     temperature: float = dataclasses.field(default=2.0 / 3.0, metadata=dict(static=True))
     stretch: tuple[float, float] = dataclasses.field(default=(-0.1, 1.1), metadata=dict(static=True))
 
     def __post_init__(self):
-        if self.family not in FAMILIES:
-            raise ValueError(f"unknown gate family {self.family!r}; choose one of {FAMILIES}")
+        if self.kind not in FAMILIES:
+            raise ValueError(f"unknown gate family {self.kind!r}: Gate.kind must be one of {FAMILIES}")
         gamma, zeta = self.stretch
         if not (gamma < 0.0 < 1.0 < zeta):
             raise ValueError(f"hard-concrete stretch must satisfy gamma < 0 < 1 < zeta, got {self.stretch}")
@@ -49,11 +49,23 @@ class Gate:
             raise ValueError(f"gate temperature must be > 0, got {self.temperature}")
 
 
-def make_gate(bias: Any = 3.0, family: str = "bernoulli", *, shape: tuple[int, ...] = (),
+def make_gate(bias: Any = 3.0, kind: str = "bernoulli", *, shape: tuple[int, ...] = (),
               temperature: float = 2.0 / 3.0, stretch: tuple[float, float] = (-0.1, 1.1)) -> Gate:
     """A gate whose bias is ``bias`` broadcast to ``shape`` (``()``, ``(heads,)``, ``(layers,)``, ``(layers, heads)``)."""
     b = jnp.broadcast_to(jnp.asarray(bias, jnp.float32), shape)
-    return Gate(b, family, float(temperature), (float(stretch[0]), float(stretch[1])))
+    return Gate(b, kind, float(temperature), (float(stretch[0]), float(stretch[1])))
+
+
+def gate_to_json(gate: Gate) -> dict:
+    """The gate as the JSON object stored in a checkpoint's ``sparsejax_gate.json``."""
+    return {"bias": np.asarray(gate.bias).tolist(), "kind": gate.kind, "temperature": gate.temperature,
+            "stretch": list(gate.stretch)}
+
+
+def gate_from_json(d: dict) -> Gate:
+    """The inverse of :func:`gate_to_json` (files written before the field was named ``kind`` say ``family``)."""
+    return Gate(jnp.asarray(d["bias"], jnp.float32), d.get("kind", d.get("family", "bernoulli")),
+                float(d["temperature"]), tuple(d["stretch"]))
 
 
 def as_gate(gate: Any) -> Gate | None:
@@ -135,7 +147,7 @@ def gate_sample(gate: Gate, g, uniform, train: bool):
     ``A + (sigmoid(z) - stop_gradient(sigmoid(z)))`` with ``A = 1[z > 0]``; the bracket is exactly 0 in value,
     so the forward value is exactly the hard sample and the gradient is that of ``sigmoid(z)``.
     """
-    if gate.family == "bernoulli":
+    if gate.kind == "bernoulli":
         hard, soft = _bernoulli(g, uniform, train)
         return hard + (soft - jax.lax.stop_gradient(soft))
     pre, _, _ = _hc_pre(gate, g, uniform, train)
@@ -144,7 +156,7 @@ def gate_sample(gate: Gate, g, uniform, train: bool):
 
 def gate_value_and_slope(gate: Gate, g, uniform, train: bool):
     """``(value, d value / d g)`` of :func:`gate_sample`, explicitly (for hand-written backward passes)."""
-    if gate.family == "bernoulli":
+    if gate.kind == "bernoulli":
         hard, soft = _bernoulli(g, uniform, train)
         return hard, soft * (1.0 - soft)
     gamma, zeta = gate.stretch
@@ -156,7 +168,16 @@ def gate_value_and_slope(gate: Gate, g, uniform, train: bool):
 
 def _l0_shift(gate: Gate) -> float:
     gamma, zeta = gate.stretch
-    return 0.0 if gate.family == "bernoulli" else gate.temperature * float(np.log(-gamma / zeta))
+    return 0.0 if gate.kind == "bernoulli" else gate.temperature * float(np.log(-gamma / zeta))
+
+
+def is_edge(gate: Gate, g):
+    """The deterministic (eval-mode) edge test on gate logits: ``g > 0`` (Bernoulli) or a positive
+    deterministic hard-concrete gate, ``sigmoid(g) (zeta - gamma) + gamma > 0``."""
+    if gate.kind == "bernoulli":
+        return g > 0
+    gamma, zeta = gate.stretch
+    return jax.nn.sigmoid(g) * (zeta - gamma) + gamma > 0
 
 
 def expected_gate(gate: Gate, g):

@@ -23,39 +23,66 @@ def _plt():
     return plt
 
 
+from .train.evaluate import summary  # noqa: E402
+
+
 def read_metrics(path: Path) -> tuple[list[dict], list[dict]]:
     """``(training records, evaluation records)`` of a metrics.jsonl, the last record per step kept."""
+    from .train.metrics import read_records
+
     train, evals = {}, {}
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
-            r = json.loads(line)
+    for r in read_records(path):  # a truncated last line (a killed run) is skipped
+        if "step" in r:
             (train if "ce" in r else evals)[r["step"]] = r
     return [train[k] for k in sorted(train)], [evals[k] for k in sorted(evals)]
 
 
 def plot_dynamics(metrics_path: Path, out: Path) -> Path:
-    """Density (log), the multiplier (log) and CE against the dashed target, over steps."""
+    """Edge density (log: training batch, expected, and held-out per layer at evaluations), the multiplier (log),
+    and CE (training, its EMA, held-out at evaluations) against the dashed target, over steps."""
     plt = _plt()
-    train, _ = read_metrics(metrics_path)
+    train, evals = read_metrics(metrics_path)
+    evals = [r for r in evals if "eval_ce" in r]
     steps = [r["step"] for r in train]
     gated = any(r.get("expected_density", 0) > 0 for r in train)
-    fig, axes = plt.subplots(1, 3 if gated else 1, figsize=(12 if gated else 4.5, 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, 3 if gated else 1, figsize=(14 if gated else 4.8, 3.6), squeeze=False)
     axes = axes[0]
     ce_ax = axes[-1]
-    ce_ax.plot(steps, [r["ce"] for r in train], label="train CE", alpha=0.6)
-    if "ce_ema" in train[0]:
-        ce_ax.plot(steps, [r["ce_ema"] for r in train], label="CE EMA")
-    if "tau" in train[0]:
+    ce_ax.plot(steps, [r["ce"] for r in train], label="train CE (sampled gates)", alpha=0.5, lw=0.8)
+    if train and "ce_ema" in train[0]:
+        ce_ax.plot(steps, [r["ce_ema"] for r in train], label="CE EMA (controller input)")
+    if evals:
+        ce_ax.plot([r["step"] for r in evals], [r["eval_ce"] for r in evals], "o-", ms=3, color="tab:red",
+                   label="held-out CE (eval gates)")
+    if train and "tau" in train[0]:
         ce_ax.axhline(train[0]["tau"], ls="--", color="black", label="target tau")
+        lo = min([r["eval_ce"] for r in evals] + [train[0]["tau"]])
+        ce_ax.set_ylim(lo - 0.05 * abs(lo) - 0.01, train[0]["tau"] + max(0.3 * abs(train[0]["tau"]), 0.05))
     ce_ax.set_title("cross-entropy")
-    ce_ax.legend(fontsize=8)
+    ce_ax.set_ylabel("CE (nats/token)")
+    ce_ax.legend(fontsize=7)
     if gated:
-        axes[0].semilogy(steps, [r["expected_density"] for r in train])
-        axes[0].set_title("expected edge density (log)")
+        ax = axes[0]
+        if "train_edge_density" in train[0]:
+            ax.semilogy(steps, [max(r["train_edge_density"], 1e-6) for r in train], lw=0.8, label="train batch")
+        ax.semilogy(steps, [r["expected_density"] for r in train], lw=0.8, alpha=0.6, label="expected (regulariser)")
+        if evals and "edge_density_per_layer" in evals[0]:
+            es = [r["step"] for r in evals]
+            ax.semilogy(es, [max(r["edge_density"], 1e-6) for r in evals], "o-", ms=3, color="black",
+                        label="held-out, all layers")
+            for l in range(len(evals[0]["edge_density_per_layer"])):
+                ax.semilogy(es, [max(r["edge_density_per_layer"][l], 1e-6) for r in evals], ":", lw=1,
+                            label=f"held-out, layer {l}")
+        if "density_target" in train[0]:
+            ax.axhline(train[0]["density_target"], ls="--", color="black", lw=1, label="density target")
+        ax.set_title("edge density (log)")
+        ax.set_ylabel("share of causal pairs kept")
+        ax.legend(fontsize=6)
         key = "beta" if "beta" in train[0] else "lambda" if "lambda" in train[0] else None
         if key:
             axes[1].semilogy(steps, [max(r[key], 1e-12) for r in train], color="tab:orange")
             axes[1].set_title(f"multiplier {key} (log)")
+            axes[1].set_ylabel(key)
     for ax in axes:
         ax.set_xlabel("step")
     fig.tight_layout()
@@ -147,7 +174,7 @@ def write_report(run_dir: str | Path) -> Path:
         plot_dynamics(m, png)
         parts.append(f"<h2>run {html.escape(str(rel))}</h2>{_img(png)}")
         if evals:
-            last = {k: v for k, v in evals[-1].items() if k != "edge_density_per_head"}
+            last = summary(evals[-1])
             parts.append(f"<pre>{html.escape(json.dumps(last, indent=1))}</pre>")
     for png in sorted(run_dir.glob("*.png")):
         parts.append(_img(png))

@@ -1,4 +1,12 @@
-"""Mesh with named axes (data, fsdp, tensor), a logical rule table for parameters, and batch shardings."""
+"""Sharding by logical axes: every parameter (and the batch) has logical axis names, one rule table maps them to
+the mesh axes ``(data, fsdp, tensor)`` (as MaxText does).
+
+Logical names: ``batch``, ``seq``, ``embed`` (d_model), ``heads`` / ``kv_heads`` (flattened ``heads x head_dim``
+projection outputs), ``mlp`` (d_ff), ``vocab``, ``layers`` (the stacked-layer axis), ``position`` (learned
+positions), ``norm`` / ``bias`` (small vectors, replicated by default). ``MeshSection.rules`` in the run config
+overrides the table (``"embed=fsdp"``, ``"heads=tensor"``, ``"batch=data+fsdp"``, ``"mlp="`` for replicated).
+An axis that does not divide its dimension is replicated instead.
+"""
 from __future__ import annotations
 
 import re
@@ -8,19 +16,50 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 AXES = ("data", "fsdp", "tensor")
 
-# (regex on the "/"-joined parameter path, spec). Stacked layer leaves have a leading layer axis (never sharded).
-PARAM_RULES = (
-    (r"embed/tokens", P("tensor", "fsdp")),
-    (r"embed/positions", P(None, "fsdp")),
-    (r"layers/attn/[qkv]/kernel", P(None, "fsdp", "tensor")),
-    (r"layers/attn/[qkv]/bias", P(None, "tensor")),
-    (r"layers/attn/o/kernel", P(None, "tensor", "fsdp")),
-    (r"layers/mlp/(gate|up|fc)/kernel", P(None, "fsdp", "tensor")),
-    (r"layers/mlp/(gate|up|fc)/bias", P(None, "tensor")),
-    (r"layers/mlp/(down|proj)/kernel", P(None, "tensor", "fsdp")),
-    (r"lm_head/kernel", P("fsdp", "tensor")),
+# logical axis -> mesh axes (a tuple: sharded over their product; () = replicated)
+DEFAULT_RULES = (("batch", ("data", "fsdp")), ("embed", ("fsdp",)), ("heads", ("tensor",)), ("kv_heads", ("tensor",)),
+                 ("mlp", ("tensor",)), ("vocab", ("tensor",)), ("layers", ()), ("seq", ()), ("position", ()),
+                 ("norm", ()), ("bias", ()))
+
+# parameter path (below the params root, "/"-joined) -> logical axes of its dimensions
+PARAM_AXES = (
+    (r"embed/tokens", ("vocab", "embed")),
+    (r"embed/positions", ("position", "embed")),
+    (r"layers/attn/q/kernel", ("layers", "embed", "heads")),
+    (r"layers/attn/[kv]/kernel", ("layers", "embed", "kv_heads")),
+    (r"layers/attn/q/bias", ("layers", "heads")),
+    (r"layers/attn/[kv]/bias", ("layers", "kv_heads")),
+    (r"layers/attn/o/kernel", ("layers", "heads", "embed")),
+    (r"layers/attn/o/bias", ("layers", "bias")),
+    (r"layers/attn/q_norm/scale", ("layers", "norm")),
+    (r"layers/attn/k_norm/scale", ("layers", "norm")),
+    (r"layers/mlp/(gate|up|fc)/kernel", ("layers", "embed", "mlp")),
+    (r"layers/mlp/(gate|up|fc)/bias", ("layers", "mlp")),
+    (r"layers/mlp/(down|proj)/kernel", ("layers", "mlp", "embed")),
+    (r"layers/mlp/(down|proj)/bias", ("layers", "bias")),
+    (r"layers/(attn|mlp)_norm/(scale|bias)", ("layers", "norm")),
+    (r"final_norm/(scale|bias)", ("norm",)),
+    (r"lm_head/kernel", ("embed", "vocab")),
 )
-BATCH_SPEC = P(("data", "fsdp"))
+# keys under which a parameter tree sits inside a train state (the optimiser moments mirror them)
+PARAM_ROOTS = ("params", "base", "teacher")
+
+
+def parse_rules(items) -> tuple:
+    """``["embed=fsdp", "batch=data+fsdp", "mlp="]`` -> the rule table, on top of :data:`DEFAULT_RULES`."""
+    rules = dict(DEFAULT_RULES)
+    for item in items or ():
+        if "=" not in item:
+            raise ValueError(f"sharding rule {item!r} must look like logical=mesh_axis[+mesh_axis] (e.g. embed=fsdp)")
+        name, axes = (s.strip() for s in item.split("=", 1))
+        if name not in rules:
+            raise ValueError(f"unknown logical axis {name!r} in rule {item!r}; logical axes: {', '.join(rules)}")
+        mesh_axes = tuple(a for a in axes.split("+") if a)
+        bad = [a for a in mesh_axes if a not in AXES]
+        if bad:
+            raise ValueError(f"unknown mesh axis {bad[0]!r} in rule {item!r}; mesh axes: {', '.join(AXES)}")
+        rules[name] = mesh_axes
+    return tuple(rules.items())
 
 
 def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, devices=None) -> jax.sharding.Mesh:
@@ -31,26 +70,55 @@ def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, devices=None) -> ja
     return jax.make_mesh((data, fsdp, tensor), AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 
-def _spec_for(path: str, shape, mesh) -> P:
-    for pattern, spec in PARAM_RULES:
+def logical_spec(axes, shape, mesh, rules=DEFAULT_RULES) -> P:
+    """PartitionSpec for an array with logical ``axes``; a mesh split that does not divide its dimension (or
+    reuses a mesh axis) is dropped."""
+    table = dict(rules)
+    used, dims = set(), []
+    for name, size in zip(axes, shape):
+        mesh_axes = tuple(a for a in table.get(name, ()) if a not in used)
+        n = 1
+        for a in mesh_axes:
+            n *= mesh.shape[a]
+        if not mesh_axes or size % n:
+            dims.append(None)
+            continue
+        used.update(mesh_axes)
+        dims.append(mesh_axes[0] if len(mesh_axes) == 1 else mesh_axes)
+    return P(*dims)
+
+
+def param_axes(path: str) -> tuple | None:
+    """Logical axes of a parameter given its path below the params root (None: not a model parameter)."""
+    for pattern, axes in PARAM_AXES:
         if re.fullmatch(pattern, path):
-            dims = list(spec) + [None] * (len(shape) - len(spec))
-            # an axis that does not divide its dimension is replicated instead
-            dims = [d if d is None or shape[i] % mesh.shape[d] == 0 else None for i, d in enumerate(dims[:len(shape)])]
-            return P(*dims)
-    return P()
+            return axes
+    return None
 
 
-def param_shardings(params, mesh):
-    """NamedShardings for a parameter pytree, from :data:`PARAM_RULES` (anything unmatched is replicated)."""
-    def one(path, leaf):
-        name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-        return NamedSharding(mesh, _spec_for(name, leaf.shape, mesh))
-    return jax.tree_util.tree_map_with_path(one, params)
+def _keys(path) -> list[str]:
+    return [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
 
 
-def batch_sharding(mesh) -> NamedSharding:
-    return NamedSharding(mesh, BATCH_SPEC)
+def sharding_for_path(path, leaf, mesh, rules=DEFAULT_RULES) -> NamedSharding:
+    """The sharding of one leaf of a train state / parameter tree: a leaf below a ``params``/``base``/``teacher``
+    key (including optimiser moments, which mirror the parameters) by its logical axes; anything else replicated."""
+    keys = _keys(path)
+    roots = [i for i, k in enumerate(keys) if k in PARAM_ROOTS]
+    sub = "/".join(keys[roots[-1] + 1:]) if roots else "/".join(keys)
+    axes = param_axes(sub)
+    if axes is None or len(axes) != len(leaf.shape):
+        return NamedSharding(mesh, P())
+    return NamedSharding(mesh, logical_spec(axes, leaf.shape, mesh, rules))
+
+
+def param_shardings(params, mesh, rules=DEFAULT_RULES):
+    """NamedShardings for a parameter pytree from its logical axes (anything unmatched is replicated)."""
+    return jax.tree_util.tree_map_with_path(lambda path, leaf: sharding_for_path(path, leaf, mesh, rules), params)
+
+
+def batch_sharding(mesh, rules=DEFAULT_RULES) -> NamedSharding:
+    return NamedSharding(mesh, P(dict(rules)["batch"] or None))
 
 
 def replicated(mesh) -> NamedSharding:

@@ -1,4 +1,4 @@
-"""Independent float64 numpy statement of the method (DESIGN.md §1.1-1.2), written without the library."""
+"""Independent float64 numpy statement of the method (docs/method.md §1-2), written without the library."""
 import numpy as np
 
 M32 = 0xFFFFFFFF

@@ -16,7 +16,8 @@ f = lambda x: jnp.sum(x**2)
 c = lambda x: jnp.sum((x - CENTRE) ** 2)
 
 
-def solve(multiplier, steps=6000, lr=0.01):
+def solve(multiplier, steps=6000, lr=0.01, constrained_fn=c):
+    """Minimise ``w_c c + w_f f`` with the multiplier's weights; the multiplier sees ``constrained_fn(x)``."""
     opt = optax.chain(optax.sgd(lr), multiplier)
     x = jnp.zeros(2)
     state = opt.init(x)
@@ -25,7 +26,7 @@ def solve(multiplier, steps=6000, lr=0.01):
     def step(x, state):
         w_c, w_f = constrained.loss_weights(state)
         grads = jax.grad(lambda x: w_c * c(x) + w_f * f(x))(x)
-        updates, state = opt.update(grads, state, x, constraint=c(x))
+        updates, state = opt.update(grads, state, x, constraint=constrained_fn(x))
         return optax.apply_updates(x, updates), state
 
     for _ in range(steps):
@@ -102,3 +103,62 @@ def test_objective_pieces_against_numpy():
     tp = np.exp(teacher) / np.exp(teacher).sum(-1, keepdims=True)
     kl = (tp * (np.log(tp) - logp)).sum(-1).mean()
     np.testing.assert_allclose(objective.distillation_kl(jnp.asarray(logits), jnp.asarray(teacher)), kl, rtol=1e-5)
+
+
+# ---- the PI controller and the density-target sense (issue H) ---------------------------------------------
+def test_pi_controller_converges_to_kkt_point():
+    x, state = solve(constrained.pi_control(1.0, beta_init=0.1, ki=0.01, kp=0.2, alpha=0.9), steps=8000)
+    np.testing.assert_allclose(x, X_STAR, atol=5e-3)
+    np.testing.assert_allclose(float(constrained.find_state(state).beta), 1 / LAM_STAR, rtol=3e-2)
+
+
+def test_pi_drops_at_once_when_violated_and_integral_is_bounded():
+    t = constrained.pi_control(0.1, beta_init=1.0, ki=0.02, kp=2.0, alpha=0.0, error_clip=1.0)
+    s = t.init(None)
+    _, s = t.update(None, s, constraint=0.05)  # under target by half: e = +0.5
+    np.testing.assert_allclose(float(s.integral), 0.01, rtol=1e-5)
+    np.testing.assert_allclose(float(s.beta), np.exp(0.01 + 1.0), rtol=1e-5)
+    _, s = t.update(None, s, constraint=5.0)  # far over: e clipped to -1, the P term drops beta by e^-2 at once
+    np.testing.assert_allclose(float(s.integral), 0.01 - 0.02, rtol=1e-4)
+    np.testing.assert_allclose(float(s.beta), np.exp(-0.01 - 2.0), rtol=1e-4)
+    _, s = t.update(None, s, constraint=0.1)  # back on target: released at once (no windup)
+    np.testing.assert_allclose(float(s.beta), np.exp(-0.01), rtol=1e-4)
+
+
+def test_geco_asymmetric_steps():
+    t = constrained.geco(1.0, beta_init=1.0, eta=1.0, alpha=0.0, relative=True, max_log_step=0.01,
+                         max_log_step_down=0.5)
+    s = t.init(None)
+    _, s = t.update(None, s, constraint=0.0)
+    np.testing.assert_allclose(float(s.beta), np.exp(0.01), rtol=1e-6)
+    _, s = t.update(None, s, constraint=10.0)
+    np.testing.assert_allclose(float(s.beta), np.exp(0.01 - 0.5), rtol=1e-6)
+
+
+# density target: minimise "CE" c(x) = |x - (2, 1)|^2 subject to "density" f(x) = |x|^2 <= 1.
+# Optimum x* = (2, 1) / sqrt 5 with multiplier (weight of f) lam* = |x* - C| / |x*| = sqrt 5 - 1.
+@pytest.mark.parametrize("make", [
+    lambda: constrained.pi_control(1.0, beta_init=0.1, ki=0.01, kp=0.2, alpha=0.9, sense="density"),
+    lambda: constrained.geco(1.0, beta_init=0.1, eta=0.05, alpha=0.9, sense="density")])
+def test_density_target_sense_converges_to_kkt_point(make):
+    x, state = solve(make(), steps=8000, constrained_fn=f)
+    np.testing.assert_allclose(x, np.array([2.0, 1.0]) / np.sqrt(5), atol=5e-3)
+    np.testing.assert_allclose(float(constrained.find_state(state).beta), np.sqrt(5) - 1, rtol=3e-2)
+
+
+def test_bad_controller_arguments():
+    with pytest.raises(ValueError, match="sense must be one of"):
+        constrained.pi_control(1.0, sense="loss")
+    with pytest.raises(ValueError, match="kp must be >= 0"):
+        constrained.pi_control(1.0, kp=-1.0)
+    with pytest.raises(ValueError, match="ki must be > 0"):
+        constrained.pi_control(1.0, ki=0.0)
+
+
+def test_pi_error_in_units_of_a_given_scale():
+    t = constrained.pi_control(3.6, beta_init=1.0, ki=0.1, kp=0.0, alpha=0.0, scale=0.01)
+    s = t.init(None)
+    _, s = t.update(None, s, constraint=3.595)  # 0.005 under target = half a slack unit
+    np.testing.assert_allclose(float(s.integral), 0.05, rtol=1e-4)
+    _, s = t.update(None, s, constraint=3.7)    # 0.1 over = 10 units, clipped to -1
+    np.testing.assert_allclose(float(s.integral), 0.05 - 0.1, rtol=1e-4)

@@ -36,7 +36,7 @@ def test_config_errors_name_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="presets: .*toy_addition_posttrain"):
         load_config("no_such_preset")
     cfg = load_config("toy_addition_posttrain", ["gate.bias=2", "gate.stretch=[-0.2, 1.2]"])
-    assert cfg.gate.bias == 2.0 and cfg.gate.stretch == (-0.2, 1.2) and cfg.constraint.method == "geco"
+    assert cfg.gate.bias == 2.0 and cfg.gate.stretch == (-0.2, 1.2) and cfg.constraint.method == "pi"  # issue H default
     (tmp_path / "c.yaml").write_text("train: {steps: 7}\nmodle: {}\n")
     with pytest.raises(ValueError, match="'modle'; did you mean model"):
         load_config(tmp_path / "c.yaml")

@@ -9,17 +9,20 @@ import numpy as np
 
 from ..gates import Gate, as_gate
 from .chunked import chunked_attention
-from .reference import reference_attention
+from .reference import attention_weights, reference_attention
 
 IMPLEMENTATIONS = {"reference": reference_attention, "chunked": chunked_attention}
 
 
 class AttentionStats(NamedTuple):
     """``expected_density``: ``[batch, heads]`` mean expected gate over causal pairs (differentiable; all ones
-    when dense). ``adjacency``: ``[batch, heads, seq_q, seq_k]`` bool edges (``return_adjacency=True``), else None."""
+    when dense). ``adjacency``: ``[batch, heads, seq_q, seq_k]`` bool edges (``return_adjacency=True``), else None.
+    ``edge_density``: ``[batch, heads]`` share of causal pairs that are edges under the *deterministic* (eval)
+    gate ``g > 0`` — in both modes, counted on the fly (no T x T array), no gradient."""
 
     expected_density: jax.Array
     adjacency: jax.Array | None = None
+    edge_density: jax.Array | None = None
 
 
 def _check(q, k, v, gate: Gate | None, mode: str, seed, implementation: str):
@@ -68,7 +71,7 @@ def _as_seed(seed):
 
 def sparse_attention(q, k, v, gate: Any = None, *, causal: bool = True, mode: str = "train", seed=None,
                      implementation: str = "auto", return_adjacency: bool = False, **block_sizes):
-    """Gated sparse attention (DESIGN.md §1.1): ``y_i = sum_j softmax_j(s)_ij * A_ij * v_j``.
+    """Gated sparse attention (docs/method.md §1): ``y_i = sum_j softmax_j(s)_ij * A_ij * v_j``.
 
     Args:
       q: ``[batch, seq_q, heads, head_dim]``; k, v: ``[batch, seq_k, kv_heads, head_dim]`` with ``heads`` a
@@ -94,7 +97,20 @@ def sparse_attention(q, k, v, gate: Any = None, *, causal: bool = True, mode: st
     if block_sizes and impl != "chunked":
         raise ValueError(f"block sizes {sorted(block_sizes)} apply only to implementation='chunked'")
     train = mode == "train" and gate is not None
-    out, density, adjacency = IMPLEMENTATIONS[impl](q, k, v, gate, causal=causal, train=train,
-                                                    seed=_as_seed(seed) if train else None,
-                                                    return_adjacency=return_adjacency, **kwargs)
-    return out, AttentionStats(density, adjacency)
+    out, density, edges, adjacency = IMPLEMENTATIONS[impl](q, k, v, gate, causal=causal, train=train,
+                                                           seed=_as_seed(seed) if train else None,
+                                                           return_adjacency=return_adjacency, **kwargs)
+    return out, AttentionStats(density, adjacency, jax.lax.stop_gradient(edges))
+
+
+def attention_pattern(q, k, gate: Any = None, *, causal: bool = True, mode: str = "eval", seed=None):
+    """The materialised attention of the method: ``(P, A)``, both ``[batch, heads, seq_q, seq_k]`` float32 —
+    the softmax over all causal keys and the gate values (sampled with ``seed`` in ``mode="train"``; exactly
+    those :func:`sparse_attention` draws). The effective attention is ``P * A`` and the output is
+    ``einsum("bhts,bshd->bthd", P * A, v)`` (k/v heads repeated for grouped-query attention). O(T^2) memory:
+    for analysis and hooks, not for training."""
+    gate = as_gate(gate)
+    _check(q, k, k, gate, mode, seed, "reference")
+    train = mode == "train" and gate is not None
+    p, a, _, _ = attention_weights(q, k, gate, causal=causal, train=train, seed=_as_seed(seed) if train else None)
+    return p, a

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..gates import Gate, expected_gate, expected_gate_slope, gate_value_and_slope, hash_uniform
+from ..gates import Gate, expected_gate, expected_gate_slope, gate_value_and_slope, hash_uniform, is_edge
 
 _NEG = -1e30
 
@@ -123,7 +123,7 @@ def _forward(cfg: _Cfg, q, k, v, bias, seed):
         qb = jax.lax.dynamic_slice_in_dim(qp, qi * bq, bq, axis=3)
 
         def k_step(kj, carry):
-            m, l, acc, rho = carry
+            m, l, acc, rho, edges = carry
             kb = jax.lax.dynamic_slice_in_dim(kp, kj * bk, bk, axis=2)
             vb = jax.lax.dynamic_slice_in_dim(vp, kj * bk, bk, axis=2)
             s, valid, g, a, _ = _block_scores(cfg, qb, kb, qi, kj, bias, seed)
@@ -135,20 +135,26 @@ def _forward(cfg: _Cfg, q, k, v, bias, seed):
             acc = alpha[..., None] * acc + jnp.einsum("bkgqs,bksd->bkgqd", pa, vb)
             if g is not None:
                 rho = rho + jnp.sum(jnp.where(valid, expected_gate(cfg.gate, g), 0.0), axis=(-2, -1))
-            return m_new, l, acc, rho
+                edges = edges + jnp.sum(valid & is_edge(cfg.gate, g), axis=(-2, -1), dtype=jnp.int32)
+            return m_new, l, acc, rho, edges
 
         init = (jnp.full((bsz, kvh, grp, bq), _NEG, jnp.float32), jnp.zeros((bsz, kvh, grp, bq), jnp.float32),
-                jnp.zeros((bsz, kvh, grp, bq, dv), jnp.float32), jnp.zeros((bsz, kvh, grp), jnp.float32))
-        m, l, acc, rho = jax.lax.fori_loop(0, cfg.first_kblock_count(qi), k_step, init)
+                jnp.zeros((bsz, kvh, grp, bq, dv), jnp.float32), jnp.zeros((bsz, kvh, grp), jnp.float32),
+                jnp.zeros((bsz, kvh, grp), jnp.int32))
+        m, l, acc, rho, edges = jax.lax.fori_loop(0, cfg.first_kblock_count(qi), k_step, init)
         l = jnp.where(l > 0, l, 1.0)  # padded query rows only
-        return None, (acc / l[..., None], m + jnp.log(l), rho)
+        return None, (acc / l[..., None], m + jnp.log(l), rho, edges)
 
-    _, (out, lse, rho) = jax.lax.scan(q_block, None, jnp.arange(cfg.nq))
+    _, (out, lse, rho, edges) = jax.lax.scan(q_block, None, jnp.arange(cfg.nq))
     # out: [nq, B, K, G, bq, Dv] -> [B, T, H, Dv]; lse: [nq, B, K, G, bq] -> [B, K, G, Tp]
     out = jnp.moveaxis(out, (0, 4), (1, 2)).reshape(bsz, cfg.nq * bq, h, dv)[:, :t]
     lse = jnp.moveaxis(lse, 0, 3).reshape(bsz, kvh, grp, cfg.nq * bq)
-    density = (rho.sum(0) / cfg.pairs()).reshape(bsz, h) if cfg.gate is not None else jnp.ones((bsz, h), jnp.float32)
-    return out, lse, density
+    if cfg.gate is None:
+        density = edge_density = jnp.ones((bsz, h), jnp.float32)
+    else:
+        density = (rho.sum(0) / cfg.pairs()).reshape(bsz, h)
+        edge_density = (edges.sum(0).astype(jnp.float32) / cfg.pairs()).reshape(bsz, h)
+    return out, lse, density, edge_density
 
 
 def _backward(cfg: _Cfg, q, k, v, bias, seed, out, lse, dout, ddens):
@@ -208,19 +214,19 @@ def _backward(cfg: _Cfg, q, k, v, bias, seed, out, lse, dout, ddens):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _chunked(cfg: _Cfg, q, k, v, bias, seed):
-    out, _, density = _forward(cfg, q, k, v, bias, seed)
-    return out.astype(q.dtype), density
+    out, _, density, edge_density = _forward(cfg, q, k, v, bias, seed)
+    return out.astype(q.dtype), density, edge_density
 
 
 def _chunked_fwd(cfg, q, k, v, bias, seed):
-    out, lse, density = _forward(cfg, q, k, v, bias, seed)
+    out, lse, density, edge_density = _forward(cfg, q, k, v, bias, seed)
     out = out.astype(q.dtype)
-    return (out, density), (q, k, v, bias, seed, out, lse)
+    return (out, density, edge_density), (q, k, v, bias, seed, out, lse)
 
 
 def _chunked_bwd(cfg, res, cts):
     q, k, v, bias, seed, out, lse = res
-    dout, ddens = cts
+    dout, ddens, _ = cts  # the edge density is a count: no gradient
     dq, dk, dv, dbias = _backward(cfg, q, k, v, bias, seed, out, lse, dout, ddens)
     return dq, dk, dv, dbias.astype(bias.dtype), None
 
@@ -253,6 +259,6 @@ def chunked_attention(q, k, v, gate: Gate | None, *, causal: bool, train: bool, 
                t=t, s=s_len, block_q=min(block_q, t), block_k=min(block_k, s_len))
     bias = jnp.zeros((h,), jnp.float32) if gate is None else jnp.broadcast_to(gate.bias, (h,)).astype(jnp.float32)
     seed = jnp.zeros((), jnp.uint32) if seed is None else seed
-    out, density = _chunked(cfg, q, k, v, bias, seed)
+    out, density, edge_density = _chunked(cfg, q, k, v, bias, seed)
     adjacency = _adjacency(cfg, q, k, jax.lax.stop_gradient(bias), seed) if return_adjacency else None
-    return out, density, adjacency
+    return out, density, edge_density, adjacency

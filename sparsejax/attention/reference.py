@@ -1,10 +1,10 @@
-"""The materialised reference: the method stated in plain jnp (DESIGN.md §1.1). O(T^2) memory."""
+"""The materialised reference: the method stated in plain jnp (docs/method.md §1). O(T^2) memory."""
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-from ..gates import Gate, expected_gate, gate_sample, hash_uniform
+from ..gates import Gate, expected_gate, gate_sample, hash_uniform, is_edge
 
 
 def causal_mask(t: int, s: int):
@@ -14,7 +14,8 @@ def causal_mask(t: int, s: int):
 
 def attention_weights(q, k, gate: Gate | None, *, causal: bool, train: bool, seed):
     """Materialised softmax ``p``, gate values ``a`` (0 outside the mask; straight-through gradients attached),
-    both ``[B, H, T, S]`` f32, and the expected density ``[B, H]``. ``p * a`` is the effective attention."""
+    both ``[B, H, T, S]`` f32, the expected density ``[B, H]`` and the deterministic edge density ``[B, H]``
+    (share of causal pairs that are eval-mode edges). ``p * a`` is the effective attention."""
     b, t, h, d = q.shape
     s_len, kv_heads = k.shape[1], k.shape[2]
     kh = jnp.repeat(k.astype(jnp.float32), h // kv_heads, axis=2)
@@ -23,19 +24,21 @@ def attention_weights(q, k, gate: Gate | None, *, causal: bool, train: bool, see
     p = jax.nn.softmax(jnp.where(mask, s, -jnp.inf), axis=-1)  # softmax over all (causal) keys, as dense
 
     if gate is None:  # the dense model: every gate open
-        return p, jnp.broadcast_to(mask, p.shape).astype(jnp.float32), jnp.ones((b, h), jnp.float32)
+        ones = jnp.ones((b, h), jnp.float32)
+        return p, jnp.broadcast_to(mask, p.shape).astype(jnp.float32), ones, ones
     bias = jnp.broadcast_to(gate.bias, (h,)).astype(jnp.float32)
     g = s + bias[None, :, None, None]
     noise = hash_uniform(seed, *jnp.ix_(jnp.arange(b), jnp.arange(h), jnp.arange(t), jnp.arange(s_len))) \
         if train else None
     a = jnp.where(mask, gate_sample(gate, g, noise, train), 0.0)
     density = jnp.sum(jnp.where(mask, expected_gate(gate, g), 0.0), axis=(2, 3)) / jnp.sum(mask)
-    return p, a, density
+    edges = jnp.sum(mask & is_edge(gate, jax.lax.stop_gradient(g)), axis=(2, 3)) / jnp.sum(mask)
+    return p, a, density, edges.astype(jnp.float32)
 
 
 def reference_attention(q, k, v, gate: Gate | None, *, causal: bool, train: bool, seed, return_adjacency: bool):
-    """Returns ``(out [B,T,H,D], expected_density [B,H], adjacency [B,H,T,S] bool or None)``."""
-    p, a, density = attention_weights(q, k, gate, causal=causal, train=train, seed=seed)
+    """Returns ``(out [B,T,H,D], expected_density [B,H], edge_density [B,H], adjacency [B,H,T,S] bool or None)``."""
+    p, a, density, edges = attention_weights(q, k, gate, causal=causal, train=train, seed=seed)
     vh = jnp.repeat(v.astype(jnp.float32), q.shape[2] // k.shape[2], axis=2)
     out = jnp.einsum("bhts,bshd->bthd", p * a, vh)  # no renormalisation: closed gates drop their mass
-    return out.astype(q.dtype), density, (a > 0) if return_adjacency else None
+    return out.astype(q.dtype), density, edges, (a > 0) if return_adjacency else None

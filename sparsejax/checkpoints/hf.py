@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..gates import Gate
+from ..gates import Gate, gate_from_json, gate_to_json
 from ..models.config import ModelConfig, config_from_hf, config_to_hf
 from ..models.decoder import init_params
 
@@ -176,8 +176,7 @@ def _read_gate(path: Path) -> Gate | None:
     f = path / GATE_FILE
     if not f.exists():
         return None
-    d = json.loads(f.read_text())
-    return Gate(jnp.asarray(d["bias"], jnp.float32), d["family"], d["temperature"], tuple(d["stretch"]))
+    return gate_from_json(json.loads(f.read_text()))
 
 
 def from_pretrained(path: str | os.PathLike, *, gate: Any = None) -> Model:
@@ -229,6 +228,9 @@ def atomic_directory(path: Path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700; an exported model gets the user's usual permissions
     try:
         write(tmp)
         old = None
@@ -243,17 +245,18 @@ def atomic_directory(path: Path, write) -> None:
         raise
 
 
-def save_pretrained(model: Model, path: str | os.PathLike) -> None:
-    """Write ``config.json`` + ``model.safetensors`` (loadable by ``transformers``, dense semantics) and, when the
-    model has a gate, ``sparsejax_gate.json``. Atomic: the directory appears complete or not at all."""
+def save_pretrained(model: Model, path: str | os.PathLike, *, tokenizer=None) -> None:
+    """Write ``config.json`` + ``model.safetensors`` (loadable by ``transformers``, dense semantics), when the
+    model has a gate ``sparsejax_gate.json``, and ``tokenizer.json`` when a ``tokenizers.Tokenizer`` is given.
+    Atomic: the directory appears complete or not at all."""
     from safetensors.numpy import save_file
 
     def write(tmp: Path):
         (tmp / "config.json").write_text(json.dumps(config_to_hf(model.config), indent=2))
         save_file(export_tensors(model.config, model.params), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if model.gate is not None:
-            g = model.gate
-            (tmp / GATE_FILE).write_text(json.dumps({"bias": np.asarray(g.bias).tolist(), "family": g.family,
-                                                     "temperature": g.temperature, "stretch": list(g.stretch)}))
+            (tmp / GATE_FILE).write_text(json.dumps(gate_to_json(model.gate)))
+        if tokenizer is not None:
+            tokenizer.save(str(tmp / "tokenizer.json"))
 
     atomic_directory(Path(path), write)

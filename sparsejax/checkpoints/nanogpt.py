@@ -8,7 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from ..models.config import ModelConfig
-from .hf import Model, load_params
+import jax
+
+from ..models.decoder import init_params
+from .hf import Model, _get, load_params, name_map
 
 
 class _DictReader:
@@ -23,35 +26,11 @@ class _DictReader:
 
 
 def nanogpt_config(args: dict) -> ModelConfig:
+    """nanoGPT's GPT-2 layout: exact GELU, tied head; ``bias=False`` models load with zero biases (same function)."""
     d, h = args["n_embd"], args["n_head"]
-    bias = bool(args.get("bias", True))
     return ModelConfig(family="gpt2", vocab_size=args.get("vocab_size", 50304), d_model=d, n_layers=args["n_layer"],
-                       n_heads=h, n_kv_heads=h, head_dim=d // h, d_ff=4 * d, max_position=args["block_size"],
-                       norm="layernorm", norm_eps=1e-5, mlp="gelu", activation="gelu", position="learned",
-                       qkv_bias=bias, out_bias=bias, mlp_bias=bias, tie_embeddings=True)
-
-
-def _names(c: ModelConfig, bias: bool):
-    h = "transformer.h.{l}."
-    m = [("transformer.wte.weight", ("embed", "tokens"), "copy"),
-         ("transformer.wpe.weight", ("embed", "positions"), "copy"),
-         ("transformer.ln_f.weight", ("final_norm", "scale"), "copy")]
-    linears = [("attn.c_attn", None), ("attn.c_proj", ("attn", "o")), ("mlp.c_fc", ("mlp", "fc")),
-               ("mlp.c_proj", ("mlp", "proj"))]
-    for name, ours in linears:
-        for kind in ("weight", "bias") if bias else ("weight",):
-            leaf = "kernel" if kind == "weight" else "bias"
-            if ours is None:  # fused q, k, v (nn.Linear: [3d, d]; transposed to [d, 3d] before the split)
-                m.append((h + f"{name}.{kind}", [("layers", "attn", x, leaf) for x in "qkv"], "split3"))
-            else:
-                m.append((h + f"{name}.{kind}", ("layers", *ours, leaf), "copy"))
-    for hf, ours in (("ln_1", "attn_norm"), ("ln_2", "mlp_norm")):
-        m.append((h + f"{hf}.weight", ("layers", ours, "scale"), "copy"))
-        if bias:
-            m.append((h + f"{hf}.bias", ("layers", ours, "bias"), "copy"))
-    if bias:
-        m.append(("transformer.ln_f.bias", ("final_norm", "bias"), "copy"))
-    return m
+                       n_heads=h, d_ff=4 * d, max_position=args["block_size"], activation="gelu",
+                       tie_embeddings=True)
 
 
 def from_nanogpt(path: str | os.PathLike) -> Model:
@@ -75,11 +54,15 @@ def from_nanogpt(path: str | os.PathLike) -> Model:
         # nn.Linear stores [out, in]; our kernels are [in, out]
         tensors[k] = x.T if k.endswith(".weight") and (".attn.c_" in k or ".mlp.c_" in k) else x
     config = nanogpt_config(args)
-    bias = bool(args.get("bias", True))
-    params = load_params(config, _DictReader(tensors), names=_names(config, bias))
-    if not bias:  # LayerNorm(bias=False): a zero bias is the same function
-        import jax.numpy as jnp
+    if not bool(args.get("bias", True)):  # Linear/LayerNorm(bias=False): a zero bias is the same function
+        shapes = jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0)))
+        width = lambda path: _get(shapes, path).shape[-1]
+        for name, ours, hook in name_map(config):
+            layers = range(config.n_layers) if "{l}" in name else [None]
+            for l in layers:
+                key = name.format(l=l) if l is not None else name
+                if key.endswith(".bias") and key not in tensors:
+                    n = sum(width(p) for p in ours) if hook == "split3" else width(ours)
+                    tensors[key] = np.zeros((n,), np.float32)
+    return Model(config, load_params(config, _DictReader(tensors)))
 
-        for p in (params["layers"]["attn_norm"], params["layers"]["mlp_norm"], params["final_norm"]):
-            p["bias"] = jnp.zeros_like(p["scale"])
-    return Model(config, params)

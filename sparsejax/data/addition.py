@@ -50,3 +50,21 @@ def source(name: str) -> ArraySource:
 def carries(a: int, b: int) -> int:
     """Number of carries in a + b (0, 1 or 2)."""
     return int((a % 10) + (b % 10) >= 10) + int((a // 10) + (b // 10) + ((a % 10) + (b % 10) >= 10) >= 10)
+
+
+def greedy_exact_match(logits_fn, rows: np.ndarray) -> float:
+    """Share of problems whose 5 answer digits are all right under greedy autoregressive decoding.
+
+    ``logits_fn(tokens [N, 10]) -> logits [N, 10, vocab]`` is a causal model; the prompt ``ab+cd=`` is given and
+    each answer digit is the argmax given the model's own earlier digits (positions after the current one are
+    zero-padded, which a causal model never sees).
+    """
+    rows = np.asarray(rows)
+    tokens = np.zeros((len(rows), PROMPT_LEN + ANSWER_LEN - 1), np.int32)
+    tokens[:, :PROMPT_LEN] = rows[:, :PROMPT_LEN]
+    answer = np.zeros((len(rows), ANSWER_LEN), np.int32)
+    for k in range(ANSWER_LEN):
+        answer[:, k] = np.argmax(np.asarray(logits_fn(tokens))[:, PROMPT_LEN - 1 + k], -1)
+        if PROMPT_LEN + k < tokens.shape[1]:
+            tokens[:, PROMPT_LEN + k] = answer[:, k]
+    return float(np.mean(np.all(answer == rows[:, PROMPT_LEN:], axis=1)))

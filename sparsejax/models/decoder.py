@@ -6,7 +6,6 @@ the dense model. Captured activations use TransformerLens hook names (``blocks.{
 """
 from __future__ import annotations
 
-import fnmatch
 import math
 from typing import Any, Sequence
 
@@ -14,23 +13,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..attention import sparse_attention
-from ..attention.reference import attention_weights
+from ..attention import attention_pattern, sparse_attention
 from ..gates import Gate, as_gate, layer_seed
 from .config import ModelConfig
-
-# Per-layer hooks (``blocks.{l}.`` + name) and their shapes, for documentation and for filtering.
-LAYER_HOOKS = {
-    "hook_resid_pre": "[B, T, d]", "hook_resid_mid": "[B, T, d]", "hook_resid_post": "[B, T, d]",
-    "attn.hook_q": "[B, T, H, hd] (before RoPE)", "attn.hook_k": "[B, T, K, hd]", "attn.hook_v": "[B, T, K, hd]",
-    "attn.hook_rot_q": "[B, T, H, hd] (RoPE models)", "attn.hook_rot_k": "[B, T, K, hd] (RoPE models)",
-    "attn.hook_pattern": "[B, H, T, T] effective attention P * A (softmax times gate)",
-    "attn.hook_gate": "[B, H, T, T] gate values A", "attn.hook_adjacency": "[B, H, T, T] bool, A > 0",
-    "attn.hook_z": "[B, T, H, hd]", "attn.hook_result": "[B, T, H, d] per-head output",
-    "hook_attn_out": "[B, T, d]", "hook_mlp_out": "[B, T, d]",
-}
-MODEL_HOOKS = {"hook_embed": "[B, T, d]", "ln_final.hook_normalized": "[B, T, d]"}
-
+from .hooks import LAYER_HOOKS, MODEL_HOOKS, Hooks
+from .hooks import hook_names as _hook_names
 
 # ---------------------------------------------------------------------------------------------- init
 def init_params(config: ModelConfig, key: jax.Array, *, std: float = 0.02) -> dict:
@@ -149,31 +136,26 @@ def model_gate(gate: Any, config: ModelConfig) -> Gate | None:
     elif b.shape not in ((), (H,), (L, 1), (L, H)):
         raise ValueError(f"gate bias shape {b.shape} does not fit the model: use (), ({L},) layers, ({H},) heads "
                          f"or ({L}, {H})")
-    return Gate(jnp.broadcast_to(b, (L, H)), gate.family, gate.temperature, gate.stretch)
+    return Gate(jnp.broadcast_to(b, (L, H)), gate.kind, gate.temperature, gate.stretch)
 
 
 def hook_names(config: ModelConfig) -> list[str]:
     """Every capturable name of this model."""
-    return [*MODEL_HOOKS, *(f"blocks.{l}.{h}" for l in range(config.n_layers) for h in LAYER_HOOKS)]
+    return _hook_names(config.n_layers)
 
 
-def _capture_filter(config: ModelConfig, capture) -> tuple[set[str], Any]:
-    """``(layer hooks to compute inside the scan, name -> keep?)``; a pattern also matches as a name suffix."""
-    if not capture:
-        return set(), lambda name: False
-    patterns = [capture] if isinstance(capture, str) else list(capture)
-    keep = lambda name: any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(name, "*." + p) for p in patterns)
-    names = hook_names(config)
-    unknown = [p for p in patterns if not any(fnmatch.fnmatch(n, p) or fnmatch.fnmatch(n, "*." + p) for n in names)]
-    if unknown:
-        raise ValueError(f"capture patterns {unknown} match no hook; hooks are {', '.join(MODEL_HOOKS)} and "
-                         f"blocks.{{l}}.<{', '.join(LAYER_HOOKS)}>")
-    layer_hooks = {h for h in LAYER_HOOKS if any(keep(f"blocks.{l}.{h}") for l in range(config.n_layers))}
-    return layer_hooks, keep
+def _project(c: ModelConfig, p: dict, h, heads: int):
+    """``h @ W`` (+ bias) reshaped to ``[B, T, heads, hd]``; ``h`` is ``[B, T, d]`` or per head ``[B, T, heads, d]``."""
+    if h.ndim == 3:
+        y = _linear(p, h)
+        return y.reshape(*y.shape[:2], heads, c.head_dim)
+    y = jnp.einsum("bthd,dhe->bthe", h, p["kernel"].reshape(h.shape[-1], heads, c.head_dim))
+    return y + p["bias"].reshape(heads, c.head_dim) if "bias" in p else y
 
 
 def forward(config: ModelConfig, params: dict, tokens, gate: Any = None, *, mode: str = "eval", seed=None,
-            capture: str | Sequence[str] | None = None, implementation: str = "auto"):
+            capture: str | Sequence[str] | None = None, interventions: dict | None = None,
+            implementation: str = "auto"):
     """Logits ``[B, T, vocab]`` (float32) and ``aux``.
 
     Args:
@@ -182,9 +164,12 @@ def forward(config: ModelConfig, params: dict, tokens, gate: Any = None, *, mode
       mode: ``"train"`` (sampled gates, needs ``seed``; layer l uses ``layer_seed(seed, l)``) or ``"eval"``.
       capture: hook names or ``fnmatch`` patterns (e.g. ``"blocks.*.attn.hook_pattern"``, ``"hook_z"``); only
         what matches is computed and returned.
+      interventions: ``{hook name: array | "zero" | "mean" | function}`` applied before the rest of the model
+        reads the activation (see :mod:`sparsejax.models.hooks`).
 
     Returns:
-      ``(logits, aux)`` with ``aux["density"]`` ``[L, B, H]`` expected density per layer (ones when dense) and
+      ``(logits, aux)`` with ``aux["density"]`` ``[L, B, H]`` expected density per layer (ones when dense),
+      ``aux["edge_density"]`` ``[L, B, H]`` the deterministic (eval-gate) share of causal pairs kept, and
       ``aux["captures"]`` a dict of the captured arrays.
     """
     c = config
@@ -192,13 +177,20 @@ def forward(config: ModelConfig, params: dict, tokens, gate: Any = None, *, mode
     if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
         raise ValueError(f"tokens must be an integer array [batch, seq], got {tokens.dtype} {tokens.shape}")
     b, t = tokens.shape
+    if t == 0 or b == 0:
+        raise ValueError(f"tokens has shape {tokens.shape}: give at least one sequence of at least one token")
+    if not isinstance(tokens, jax.core.Tracer):  # concrete ids are checked; under jit, take() clamps (see README)
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi >= c.vocab_size:
+            raise ValueError(f"token ids must lie in [0, {c.vocab_size}) (the model's vocabulary), got ids in "
+                             f"[{lo}, {hi}]; is the tokenizer the model's own?")
     if t > c.max_position:
         raise ValueError(f"sequence length {t} exceeds the model's max_position {c.max_position}; use shorter "
                          "contexts (or a config with a larger max_position)")
     gate = model_gate(gate, c)
     if gate is not None and mode == "train" and seed is None:
         raise ValueError("mode='train' samples gates and needs seed=; pass mode='eval' for deterministic gates")
-    layer_names, keep = _capture_filter(c, capture)
+    hooks = Hooks(c.n_layers, capture, interventions)
     dtype = jnp.dtype(c.dtype)
     cast = lambda tree: jax.tree.map(lambda x: x.astype(dtype), tree)
 
@@ -206,8 +198,7 @@ def forward(config: ModelConfig, params: dict, tokens, gate: Any = None, *, mode
     captures = {}
     if c.position == "learned":
         x = x + params["embed"]["positions"][:t].astype(dtype)
-    if keep("hook_embed"):
-        captures["hook_embed"] = x
+    x = hooks.model_point("hook_embed", x, captures)
     if c.position == "rope":
         cos, sin = rope_tables(t, c.head_dim, c.rope_theta, c.rope_scaling, dtype)
     seed_arr = jnp.asarray(0 if seed is None else seed).astype(jnp.uint32)
@@ -215,62 +206,66 @@ def forward(config: ModelConfig, params: dict, tokens, gate: Any = None, *, mode
     def layer(x, inputs):
         p, bias, index = inputs
         p = cast(p)
-        hooks = {}
-        put = lambda name, value: hooks.__setitem__(name, value) if name in layer_names else None
-        put("hook_resid_pre", x)
-        h = norm(c, p.get("attn_norm", {}), x) if c.norm_position == "pre" else x
+        captured = {}
+        hk = lambda name, value: hooks.layer_point(index, name, value, captured)
+        x = hk("hook_resid_pre", x)
+        pre = lambda h: norm(c, p.get("attn_norm", {}), h) if c.norm_position == "pre" else h
         a = p["attn"]
-        q, k, v = _linear(a["q"], h), _linear(a["k"], h), _linear(a["v"], h)
+        if hooks.split_inputs:  # each head reads its own (patchable) copy of the residual stream
+            per_head = lambda name, n: pre(hk(name, jnp.broadcast_to(x[:, :, None, :], (b, t, n, c.d_model))))
+            q = _project(c, a["q"], per_head("attn.hook_q_input", c.n_heads), c.n_heads)
+            k = _project(c, a["k"], per_head("attn.hook_k_input", c.n_kv_heads), c.n_kv_heads)
+            v = _project(c, a["v"], per_head("attn.hook_v_input", c.n_kv_heads), c.n_kv_heads)
+        else:
+            h = pre(x)
+            q, k, v = (_project(c, a[n], h, heads) for n, heads in (("q", c.n_heads), ("k", c.n_kv_heads),
+                                                                     ("v", c.n_kv_heads)))
         if c.clip_qkv is not None:
             q, k, v = (jnp.clip(y, -c.clip_qkv, c.clip_qkv) for y in (q, k, v))
-        if c.qk_norm:
-            q, k = norm(c, a["q_norm"], q), norm(c, a["k_norm"], k)
-        q = q.reshape(b, t, c.n_heads, c.head_dim)
-        k = k.reshape(b, t, c.n_kv_heads, c.head_dim)
-        v = v.reshape(b, t, c.n_kv_heads, c.head_dim)
-        put("attn.hook_q", q), put("attn.hook_k", k), put("attn.hook_v", v)
+        if c.qk_norm:  # over the full projection (all heads), as OLMo-2
+            q = norm(c, a["q_norm"], q.reshape(b, t, -1)).reshape(q.shape)
+            k = norm(c, a["k_norm"], k.reshape(b, t, -1)).reshape(k.shape)
+        q, k, v = hk("attn.hook_q", q), hk("attn.hook_k", k), hk("attn.hook_v", v)
         if c.position == "rope":
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-            put("attn.hook_rot_q", q), put("attn.hook_rot_k", k)
-        g = None if gate is None else Gate(bias, gate.family, gate.temperature, gate.stretch)
+            q, k = hk("attn.hook_rot_q", apply_rope(q, cos, sin)), hk("attn.hook_rot_k", apply_rope(k, cos, sin))
+        g = None if gate is None else Gate(bias, gate.kind, gate.temperature, gate.stretch)
         lseed = layer_seed(seed_arr, index)
         z, stats = sparse_attention(q, k, v, g, mode=mode, seed=lseed if g is not None else None,
                                     implementation=implementation)
-        if layer_names & {"attn.hook_pattern", "attn.hook_gate", "attn.hook_adjacency"}:
-            pw, gw, _ = attention_weights(q, k, g, causal=True, train=mode == "train" and g is not None, seed=lseed)
-            put("attn.hook_pattern", pw * gw), put("attn.hook_gate", gw), put("attn.hook_adjacency", gw > 0)
-        put("attn.hook_z", z)
+        if hooks.need_pattern:
+            pw, gw = attention_pattern(q, k, g, mode=mode, seed=lseed if g is not None else None)
+            gw = hk("attn.hook_gate", gw)
+            pattern = hk("attn.hook_pattern", pw * gw)
+            hk("attn.hook_adjacency", gw > 0)
+            if hooks.materialise_pattern:  # the head outputs from the (patched) pattern
+                vh = jnp.repeat(v.astype(jnp.float32), c.n_heads // c.n_kv_heads, axis=2)
+                z = jnp.einsum("bhts,bshd->bthd", pattern, vh).astype(v.dtype)
+        z = hk("attn.hook_z", z)
         wo = a["o"]["kernel"].reshape(c.n_heads, c.head_dim, c.d_model)
-        if "attn.hook_result" in layer_names:
-            put("attn.hook_result", jnp.einsum("bthe,hed->bthd", z, wo))
+        if "attn.hook_result" in hooks.layer_hooks:
+            hk("attn.hook_result", jnp.einsum("bthe,hed->bthd", z, wo))
         attn_out = _linear(a["o"], z.reshape(b, t, c.n_heads * c.head_dim))
         if c.norm_position == "post":
             attn_out = norm(c, p.get("attn_norm", {}), attn_out)
-        put("hook_attn_out", attn_out)
-        x = x + attn_out
-        put("hook_resid_mid", x)
-        m = mlp(c, p["mlp"], norm(c, p.get("mlp_norm", {}), x) if c.norm_position == "pre" else x)
+        attn_out = hk("hook_attn_out", attn_out)
+        x = hk("hook_resid_mid", x + attn_out)
+        m_in = hk("hook_mlp_in", x)
+        m = mlp(c, p["mlp"], norm(c, p.get("mlp_norm", {}), m_in) if c.norm_position == "pre" else m_in)
         if c.norm_position == "post":
             m = norm(c, p.get("mlp_norm", {}), m)
-        put("hook_mlp_out", m)
-        x = x + m
-        put("hook_resid_post", x)
-        return x, (stats.expected_density, hooks)
+        m = hk("hook_mlp_out", m)
+        x = hk("hook_resid_post", x + m)
+        return x, (stats.expected_density, stats.edge_density, captured)
 
     if c.remat != "none":
         policy = None if c.remat == "full" else jax.checkpoint_policies.checkpoint_dots
         layer = jax.checkpoint(layer, policy=policy)
     biases = gate.bias if gate is not None else jnp.zeros((c.n_layers, c.n_heads), jnp.float32)
-    x, (density, hooks) = jax.lax.scan(layer, x, (params["layers"], biases, jnp.arange(c.n_layers)))
+    x, (density, edge_density, stacked) = jax.lax.scan(layer, x, (params["layers"], biases, jnp.arange(c.n_layers)))
 
     x = norm(c, params.get("final_norm", {}), x)
-    if keep("ln_final.hook_normalized"):
-        captures["ln_final.hook_normalized"] = x
+    x = hooks.model_point("ln_final.hook_normalized", x, captures)
     head = params["embed"]["tokens"].T if c.tie_embeddings else params["lm_head"]["kernel"]
     logits = jnp.einsum("btd,dv->btv", x, head.astype(dtype), preferred_element_type=jnp.float32)
-    for name, stacked in hooks.items():
-        for l in range(c.n_layers):
-            full = f"blocks.{l}.{name}"
-            if keep(full):
-                captures[full] = stacked[l]
-    return logits, {"density": density, "captures": captures}
+    hooks.collect(stacked, captures)
+    return logits, {"density": density, "edge_density": edge_density, "captures": captures}

@@ -1,0 +1,113 @@
+"""Side-by-side comparison of the multiplier controllers (issue H): same dense model, same data, several seeds.
+
+    python experiments/controllers.py --task toy --out runs/controllers_toy --seeds 1 2 3
+    python experiments/controllers.py --task shakespeare --dense runs/shakespeare/dense --steps 1500 --seeds 1
+
+For each candidate and seed it post-trains the dense model and reads the run's evaluation points: final edge
+density, final held-out CE - tau, the worst excursion of held-out CE above tau, the first evaluated step at or
+below 5% / 1% density (and, for the toy, greedy autoregressive exact match of the final model on the 1,000
+held-out problems). Writes ``results.json`` and ``table.md`` (the table in docs/controllers.md).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+# name -> overrides on top of the task's post-training preset (the preset's own controller is overridden)
+CANDIDATES = {
+    "geco": ["constraint.method=geco", "constraint.max_log_step=0.02", "constraint.max_log_step_down=null"],
+    "geco_asym": ["constraint.method=geco", "constraint.max_log_step=0.02", "constraint.max_log_step_down=0.5"],
+    "pi": ["constraint.method=pi", "constraint.pi_ki=0.02", "constraint.pi_kp=2.0"],
+    "pi_lrdecay": ["constraint.method=pi", "constraint.pi_ki=0.02", "constraint.pi_kp=2.0", "train.schedule=linear",
+                   "train.lr_final=0.0"],
+}
+
+
+def summarise(run_dir: Path, tau: float) -> dict:
+    recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    evals = [r for r in recs if "eval_ce" in r]
+    final = evals[-1]
+    first = lambda th: next((r["step"] for r in evals if r["edge_density"] <= th), None)
+    return {"final_density": final["edge_density"], "final_ce_minus_tau": final["eval_ce"] - tau,
+            "worst_excursion": max(r["eval_ce"] - tau for r in evals), "steps_to_5pct": first(0.05),
+            "steps_to_1pct": first(0.01), "final_density_per_layer": final["edge_density_per_layer"],
+            "curve": [(r["step"], r["eval_ce"], r["edge_density"]) for r in evals]}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", choices=("toy", "shakespeare"), default="toy")
+    p.add_argument("--out", default=None)
+    p.add_argument("--dense", default=None, help="a dense run directory (its model/ and tokenizer.json); toy: "
+                   "pretrained here when missing")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--candidates", nargs="+", default=list(CANDIDATES))
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--set", nargs="*", default=[], help="extra overrides for every run")
+    args = p.parse_args(argv)
+    import jax
+
+    import sparsejax as sj
+    from sparsejax.config import load_config
+    from sparsejax.data import addition
+    from sparsejax.train import Trainer
+
+    out = Path(args.out or f"runs/controllers_{args.task}")
+    out.mkdir(parents=True, exist_ok=True)
+    if args.task == "toy":
+        dense = Path(args.dense or out / "dense")
+        if not (dense / "model").exists():
+            Trainer(load_config("toy_addition_pretrain"), dense, progress=False).fit()
+        base = ["toy_addition_posttrain", [f"model.checkpoint={dense / 'model'}"]]
+    else:
+        dense = Path(args.dense or "runs/shakespeare/dense")
+        base = ["shakespeare_posttrain", [f"model.checkpoint={dense / 'model'}",
+                                          f"data.tokenizer={dense / 'tokenizer.json'}"]]
+    results = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
+    for name in args.candidates:
+        for seed in args.seeds:
+            key = f"{name}/seed{seed}"
+            if key in results:
+                continue
+            over = [*base[1], *CANDIDATES[name], f"train.seed={seed}", f"data.seed={seed}", *args.set]
+            if args.steps:
+                over.append(f"train.steps={args.steps}")
+            cfg = load_config(base[0], over)
+            run = out / name / f"seed{seed}"
+            final = Trainer(cfg, run, progress=False).fit()
+            row = summarise(run, final["tau"])
+            if args.task == "toy":
+                m = sj.from_pretrained(run / "model")
+                f = jax.jit(lambda t: sj.forward(m.config, m.params, t, m.gate)[0])
+                row["final_greedy_exact_match"] = addition.greedy_exact_match(f, addition.split("validation"))
+            results[key] = row
+            (out / "results.json").write_text(json.dumps(results, indent=1))
+            print(key, {k: v for k, v in row.items() if k not in ("curve", "final_density_per_layer")}, flush=True)
+    (out / "table.md").write_text(table(results))
+    print(table(results))
+
+
+def table(results: dict) -> str:
+    names = sorted({k.split("/")[0] for k in results}, key=lambda n: list(CANDIDATES).index(n) if n in CANDIDATES else 99)
+    cols = ["final_density", "final_ce_minus_tau", "worst_excursion", "steps_to_5pct", "steps_to_1pct"]
+    has_em = any("final_greedy_exact_match" in r for r in results.values())
+    head = "| controller | seeds | " + " | ".join(cols) + (" | final greedy EM |" if has_em else " |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for n in names:
+        rows = [r for k, r in results.items() if k.split("/")[0] == n]
+        cell = []
+        for c in cols + (["final_greedy_exact_match"] if has_em else []):
+            vals = [r[c] for r in rows]
+            if c.startswith("steps"):
+                cell.append(" / ".join("-" if v is None else str(v) for v in vals))
+            else:
+                cell.append(f"{np.mean(vals):.4f} ± {np.std(vals):.4f}")
+        lines.append(f"| {n} | {len(rows)} | " + " | ".join(cell) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Named activations (TransformerLens names): capture them, and intervene on them, inside ``jit`` and ``lax.scan``.
+
+``forward(..., capture=[...], interventions={name: spec})``. A name is ``hook_embed``, ``ln_final.hook_normalized``
+or ``blocks.{l}.<layer hook>`` (:data:`LAYER_HOOKS`); captures accept ``fnmatch`` patterns (``"hook_z"`` matches
+every layer's). An intervention replaces the activation before anything downstream reads it; ``spec`` is
+
+* an array (replace; broadcast to the activation's shape) — e.g. the same hook captured on a corrupted input,
+* ``"zero"`` (zero ablation), ``"mean"`` (the mean over the batch axis: mean ablation),
+* a function ``f(value) -> value`` (e.g. patch one head: ``lambda z: z.at[:, :, 3].set(other[:, :, 3])``).
+
+Arrays must be given under exact names; the other specs also under patterns. Captured values are those after the
+intervention. Layer hooks run inside the layer scan: each intervention is applied where ``layer == l``.
+
+Attention-internal hooks: ``attn.hook_q_input`` / ``hook_k_input`` / ``hook_v_input`` are the residual stream copied
+per (query / key-value) head before the projection (as TransformerLens' ``use_split_qkv_input``; edges into a
+head's q, k and v are separate); asking for any of them computes q, k, v head by head. ``attn.hook_pattern`` (the
+effective attention ``P * A``) and ``attn.hook_gate`` (``A``) come from :func:`sparsejax.attention.attention_pattern`;
+intervening on either computes the head outputs from the (patched) materialised pattern, so gates can be frozen
+from another run (patch ``hook_gate``) or recomputed (leave it alone).
+"""
+from __future__ import annotations
+
+import fnmatch
+from typing import Any, Callable
+
+import jax.numpy as jnp
+
+# Per-layer hooks (``blocks.{l}.`` + name) and their shapes.
+LAYER_HOOKS = {
+    "hook_resid_pre": "[B, T, d]", "hook_resid_mid": "[B, T, d]", "hook_resid_post": "[B, T, d]",
+    "attn.hook_q_input": "[B, T, H, d] residual input of each query head", "attn.hook_k_input": "[B, T, K, d]",
+    "attn.hook_v_input": "[B, T, K, d]",
+    "attn.hook_q": "[B, T, H, hd] (before RoPE)", "attn.hook_k": "[B, T, K, hd]", "attn.hook_v": "[B, T, K, hd]",
+    "attn.hook_rot_q": "[B, T, H, hd] (RoPE models)", "attn.hook_rot_k": "[B, T, K, hd] (RoPE models)",
+    "attn.hook_pattern": "[B, H, T, T] effective attention P * A (softmax times gate)",
+    "attn.hook_gate": "[B, H, T, T] gate values A", "attn.hook_adjacency": "[B, H, T, T] bool, A > 0 (capture only)",
+    "attn.hook_z": "[B, T, H, hd]", "attn.hook_result": "[B, T, H, d] per-head output (capture only)",
+    "hook_attn_out": "[B, T, d]", "hook_mlp_in": "[B, T, d] residual input of the MLP", "hook_mlp_out": "[B, T, d]",
+}
+MODEL_HOOKS = {"hook_embed": "[B, T, d]", "ln_final.hook_normalized": "[B, T, d]"}
+CAPTURE_ONLY = ("attn.hook_adjacency", "attn.hook_result")
+SPLIT_INPUTS = ("attn.hook_q_input", "attn.hook_k_input", "attn.hook_v_input")
+PATTERN_HOOKS = ("attn.hook_pattern", "attn.hook_gate", "attn.hook_adjacency")
+
+
+def hook_names(n_layers: int) -> list[str]:
+    """Every hook name of a model with ``n_layers`` layers."""
+    return [*MODEL_HOOKS, *(f"blocks.{l}.{h}" for l in range(n_layers) for h in LAYER_HOOKS)]
+
+
+def _matches(name: str, pattern: str) -> bool:
+    return fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(name, "*." + pattern)
+
+
+def _apply(spec, value):
+    if isinstance(spec, str):
+        if spec == "zero":
+            return jnp.zeros_like(value)
+        if spec == "mean":
+            return jnp.broadcast_to(jnp.mean(value, axis=0, keepdims=True), value.shape).astype(value.dtype)
+        raise ValueError(f"unknown intervention {spec!r}: use an array, 'zero', 'mean' or a function")
+    if callable(spec):
+        return spec(value)
+    return jnp.broadcast_to(jnp.asarray(spec), value.shape).astype(value.dtype)
+
+
+class Hooks:
+    """The capture filter and the interventions of one forward pass."""
+
+    def __init__(self, n_layers: int, capture=None, interventions: dict[str, Any] | None = None):
+        names = hook_names(n_layers)
+        patterns = [] if not capture else [capture] if isinstance(capture, str) else list(capture)
+        unknown = [p for p in patterns if not any(_matches(n, p) for n in names)]
+        if unknown:
+            raise ValueError(f"capture patterns {unknown} match no hook; hooks are {', '.join(MODEL_HOOKS)} and "
+                             f"blocks.{{l}}.<{', '.join(LAYER_HOOKS)}>")
+        self.keep: Callable[[str], bool] = lambda name: any(_matches(name, p) for p in patterns)
+        # (layer or None, hook name without the blocks prefix) -> [specs]
+        self.edits: dict[tuple[int | None, str], list] = {}
+        for key, spec in (interventions or {}).items():
+            hits = [n for n in names if _matches(n, key)] if isinstance(spec, str) or callable(spec) else \
+                [n for n in names if n == key]
+            if not hits:
+                raise ValueError(f"intervention {key!r} matches no hook" + (
+                    " (array replacements need an exact name, e.g. blocks.0.attn.hook_z)"
+                    if not (isinstance(spec, str) or callable(spec)) else ""))
+            for n in hits:
+                if n.startswith("blocks."):
+                    _, layer, short = n.split(".", 2)
+                    if short in CAPTURE_ONLY:
+                        raise ValueError(f"{n} can be captured but not intervened on; patch "
+                                         f"{'attn.hook_gate' if 'adjacency' in short else 'attn.hook_z'} instead")
+                    self.edits.setdefault((int(layer), short), []).append(spec)
+                else:
+                    self.edits.setdefault((None, n), []).append(spec)
+        self.layer_hooks = {h for h in LAYER_HOOKS if any(self.keep(f"blocks.{l}.{h}") for l in range(n_layers))}
+        self.layer_edits = {h for (l, h) in self.edits if l is not None}
+        active = self.layer_hooks | self.layer_edits
+        self.split_inputs = bool(active & set(SPLIT_INPUTS))
+        self.materialise_pattern = bool(self.layer_edits & {"attn.hook_pattern", "attn.hook_gate"})
+        self.need_pattern = self.materialise_pattern or bool(self.layer_hooks & set(PATTERN_HOOKS))
+        self.n_layers = n_layers
+
+    def model_point(self, name: str, value, captures: dict):
+        """A model-level hook point: apply its interventions, capture if asked, return the value."""
+        for spec in self.edits.get((None, name), ()):
+            value = _apply(spec, value)
+        if self.keep(name):
+            captures[name] = value
+        return value
+
+    def layer_point(self, index, name: str, value, captured: dict):
+        """A hook point inside the layer scan (``index`` is the traced layer number)."""
+        for (l, h), specs in self.edits.items():
+            if h == name and l is not None:
+                for spec in specs:
+                    value = jnp.where(index == l, _apply(spec, value), value)
+        if name in self.layer_hooks:
+            captured[name] = value
+        return value
+
+    def collect(self, stacked: dict, captures: dict):
+        """Unstack the per-layer captures (``[L, ...]``) into ``blocks.{l}.name`` entries that were asked for."""
+        for name, values in stacked.items():
+            for l in range(self.n_layers):
+                full = f"blocks.{l}.{name}"
+                if self.keep(full):
+                    captures[full] = values[l]
+        return captures

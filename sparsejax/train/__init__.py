@@ -1,0 +1,148 @@
+"""The (post-)training package: data -> model + gates -> objective -> constrained optimiser -> checkpoints.
+
+``Trainer(cfg, run_dir).fit()`` runs ``cfg.train.steps`` steps of one jitted, pure step (``step.py``) on a
+(data, fsdp, tensor) mesh, resuming from the newest orbax checkpoint in ``run_dir/checkpoints`` if there is one.
+Pretraining is the same loop with ``gate.enabled=False`` and ``constraint.method="none"``. Writes
+``run_dir/metrics.jsonl``, ``config.yaml``, ``tensorboard/``, ``model/`` (a Hugging Face directory, plus
+``sparsejax_gate.json`` when gated), ``best_model/`` + ``best.json`` (the sparsest evaluated model meeting
+``CE <= tau``) and, for text, the tokenizer.
+
+Files: ``state.py`` (data, model, gate, train state from weights or shapes, shardings), ``step.py`` (pure
+train/eval steps, optimiser, multiplier), ``loop.py`` (the host loop), ``evaluate.py`` (CE and edge counts
+summed on device), ``checkpointing.py`` (orbax, export, best-feasible copy, atomic writes), ``metrics.py``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import yaml
+
+from .. import constrained, sharding
+from ..config import RunConfig, to_dict
+from . import checkpointing, evaluate as _evaluate, loop, state as _state, step as _step
+from .loop import NonFiniteError
+from .state import StepSpec, build_data, build_model, gate_of, params_of
+from .step import lr_schedule, make_eval_step, make_train_step
+
+__all__ = ["NonFiniteError", "StepSpec", "Trainer", "build_data", "build_model", "lr_schedule", "make_eval_step",
+           "make_train_step"]
+
+
+# changing these on resume does not change the trajectory so far
+RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.eval_every", "train.checkpoint_every", "train.keep",
+                     "data.eval_batches")
+
+
+def check_run_dir(run_dir: Path, cfg: RunConfig) -> None:
+    """The run directory is usable, and a run that resumes keeps its trajectory: a changed learning rate, gate
+    bias, batch, ... is an error (extending ``train.steps`` is fine)."""
+    import os
+
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"run directory {run_dir} exists and is not a directory; choose another path")
+    parent = next((p for p in [run_dir, *run_dir.parents] if p.exists()), None)
+    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write under {parent}; choose a run directory you can write to")
+    saved = run_dir / "config.yaml"
+    if not (saved.exists() and (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())):
+        return
+    old, new = _flat(yaml.safe_load(saved.read_text())), _flat(to_dict(cfg))
+    changed = [k for k in sorted(set(old) | set(new)) if k not in RESUMABLE_CHANGES
+               and _norm(old.get(k)) != _norm(new.get(k))]
+    if changed:
+        diff = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+        raise ValueError(f"{run_dir} holds a run with a different config ({diff}); resuming it would change its "
+                         f"trajectory. Resume with the same values (only {', '.join(RESUMABLE_CHANGES)} may change) "
+                         "or use a new run directory")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _norm(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
+class Trainer:
+    """One run, assembled from the pure pieces: ``fit()`` trains, ``evaluate()`` measures held-out CE and edges.
+
+    Construction loads data and weights, builds the mesh, the (sharded) train state and the jitted steps, and
+    measures tau (the dense model's held-out CE + slack) for CE-target runs. Nothing is written before ``fit``.
+    """
+
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, *, progress: bool = True):
+        self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
+        check_run_dir(self.run_dir, cfg)
+        self.train_src, self.val_src, self.tokenizer = build_data(cfg, self.run_dir)
+        model = build_model(cfg)
+        self.config = model.config
+        _state.check_data_fits(cfg, self.config, self.train_src, self.val_src, self.tokenizer)
+        self.rules = sharding.parse_rules(cfg.mesh.rules)
+        self.mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+        if cfg.data.batch_size % (cfg.mesh.data * cfg.mesh.fsdp):
+            raise ValueError(f"data.batch_size={cfg.data.batch_size} must be divisible by mesh.data x mesh.fsdp")
+        self.batch_sharding = sharding.batch_sharding(self.mesh, self.rules)
+        self.spec = _state.step_spec(cfg, model)
+        trainable, frozen = _state.split_params(cfg, self.spec, model)
+        place = lambda tree: jax.device_put(tree, _state.state_shardings(tree, self.mesh, self.rules))
+        self.frozen = place(frozen)
+        trainable = place(trainable)
+        self._eval = {dense: jax.jit(make_eval_step(self.spec, dense=dense)) for dense in (False, True)}
+        self.tau = self._measure_tau(trainable)
+        self.optimizer = _step.make_optimizer(cfg)
+        self.multiplier = _step.make_multiplier(cfg, self.tau)
+        self.state = _state.init_state(trainable, self.optimizer, self.multiplier)
+        self.step_fn = jax.jit(make_train_step(self.spec, self.optimizer, self.multiplier), donate_argnums=0)
+
+    def _measure_tau(self, trainable):
+        c = self.cfg.constraint
+        if self.spec.gate is None or c.method in ("none", "penalty"):
+            return None
+        if c.sense not in constrained.SENSES:
+            raise ValueError(f"constraint.sense must be 'ce' or 'density', got {c.sense!r}")
+        if c.sense == "density":
+            if c.density_target is None or not 0 < c.density_target < 1:
+                raise ValueError("constraint.sense=density needs constraint.density_target in (0, 1), e.g. "
+                                 "constraint.density_target=0.01")
+            if c.method not in ("pi", "geco"):
+                raise ValueError("constraint.sense=density works with constraint.method=pi or geco")
+            return c.density_target
+        if c.tau is not None:
+            return c.tau
+        src = self.train_src if c.tau_data == "train" else self.val_src
+        return self.evaluate(trainable, dense=True, src=src)["eval_ce"] + c.slack
+
+    def evaluate(self, trainable=None, *, dense: bool = False, src=None) -> dict:
+        """Held-out CE and (when gated) deterministic edge density overall / per layer / per head (``src``: other
+        data than the validation split, e.g. the training split's first batches)."""
+        trainable = self.state["trainable"] if trainable is None else trainable
+        with jax.set_mesh(self.mesh):
+            batches = _evaluate.eval_batches(self.val_src if src is None else src, self.cfg.data.batch_size,
+                                             self.cfg.data.eval_batches, self.mesh)
+            return _evaluate.evaluate(self._eval[dense], trainable, self.frozen, batches,
+                                      gated=self.spec.gate is not None and not dense)
+
+    def params(self) -> dict:
+        return params_of(self.spec, self.state["trainable"], self.frozen)
+
+    def gate(self):
+        return gate_of(self.spec, self.state["trainable"], self.frozen)
+
+    def export(self, path: Path):
+        checkpointing.export(self.config, self.params(), self.gate(), path, tokenizer=self.tokenizer)
+
+    def fit(self, callbacks=()) -> dict:
+        check_run_dir(self.run_dir, self.cfg)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.tokenizer is not None:
+            self.tokenizer.save(str(self.run_dir / "tokenizer.json"))
+        checkpointing.atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
+        return loop.fit(self, progress=self.progress, callbacks=callbacks)

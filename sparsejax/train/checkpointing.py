@@ -1,0 +1,81 @@
+"""Orbax checkpoints of the train state, the exported model, the best-feasible copy, and atomic file writes."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import jax
+
+from ..checkpoints import Model, save_pretrained
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same directory and a rename (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def manager(run_dir: Path, keep: int):
+    import orbax.checkpoint as ocp
+
+    return ocp.CheckpointManager(Path(run_dir).absolute() / "checkpoints",
+                                 options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+
+
+def save(mgr, step: int, state) -> None:
+    import orbax.checkpoint as ocp
+
+    mgr.save(step, args=ocp.args.StandardSave(state))
+    mgr.wait_until_finished()
+
+
+def restore_latest(mgr, state):
+    """``(state, step)`` from the newest checkpoint (restored onto ``state``'s shapes and shardings), or
+    ``(state, None)`` when there is none."""
+    import orbax.checkpoint as ocp
+
+    latest = mgr.latest_step()
+    if latest is None:
+        return state, None
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    return mgr.restore(latest, args=ocp.args.StandardRestore(abstract)), latest
+
+
+def export(config, params, gate, path: Path, tokenizer=None) -> None:
+    """A Hugging Face directory (float32, plus ``sparsejax_gate.json`` when gated and ``tokenizer.json`` when
+    the run has a tokenizer), written atomically."""
+    params, gate = jax.device_get((params, gate))
+    save_pretrained(Model(config.replace(dtype="float32", remat="none"), params, gate), path, tokenizer=tokenizer)
+
+
+def keep_best(run_dir: Path, rec: dict, tau: float | None, export_fn) -> bool:
+    """If ``rec`` (an evaluation) meets ``eval_ce <= tau`` and is sparser than ``best.json``, call
+    ``export_fn(run_dir / "best_model")`` and record it. Returns whether it became the best."""
+    if tau is None or "edge_density" not in rec or rec["eval_ce"] > tau:
+        return False
+    best_file = Path(run_dir) / "best.json"
+    best = json.loads(best_file.read_text()) if best_file.exists() else None
+    if best is not None and rec["edge_density"] >= best["edge_density"]:
+        return False
+    export_fn(Path(run_dir) / "best_model")
+    from .evaluate import summary
+
+    atomic_write_text(best_file, json.dumps(summary(rec)))
+    return True

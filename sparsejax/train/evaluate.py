@@ -1,0 +1,74 @@
+"""Held-out evaluation: CE and deterministic edge counts summed on device, one host transfer per evaluation."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from .. import sharding
+from ..data import batch_at
+from .step import make_eval_step
+
+
+def eval_batches(src, batch_size: int, count: int, mesh):
+    """The first ``count`` validation batches (fixed order, seed 0), placed on the mesh's batch sharding."""
+    n = min(count, max(1, len(src) // batch_size))
+    shard = sharding.batch_sharding(mesh)
+    for i in range(n):
+        yield jax.device_put(batch_at(src, i, batch_size, seed=0), shard)
+
+
+def edge_stats(per_head: np.ndarray) -> dict:
+    """Edge density overall / per layer / per head from a ``[L, H]`` share of causal pairs kept."""
+    per_head = np.asarray(per_head, np.float64)
+    return {"edge_density": float(per_head.mean()), "edge_density_per_layer": per_head.mean(1).tolist(),
+            "edge_density_per_head": per_head.tolist()}
+
+
+def evaluate(eval_step, trainable, frozen, batches, *, gated: bool) -> dict:
+    """Mean held-out CE over the batches and (when gated) the deterministic edge density."""
+    ces, counts, rows, t = [], None, 0, 0
+    for batch in batches:
+        out = eval_step(trainable, frozen, batch)
+        ces.append(out["ce"])
+        counts = out["edge_counts"] if counts is None else counts + out["edge_counts"]
+        rows, t = rows + batch["tokens"].shape[0], batch["tokens"].shape[1] - 1
+    ces, counts = jax.device_get((ces, counts))  # the only host transfer
+    result = {"eval_ce": float(np.mean([float(c) for c in ces]))}
+    if gated:
+        result.update(edge_stats(np.asarray(counts, np.float64) / (rows * (t * (t + 1) // 2))))
+    return result
+
+
+def summary(rec: dict) -> dict:
+    """A record without its per-head table (for printing and for ``best.json``)."""
+    return {k: v for k, v in rec.items() if k != "edge_density_per_head"}
+
+
+def evaluate_checkpoint(cfg, checkpoint) -> dict:
+    """Held-out CE and (when the checkpoint is gated) edge density of a saved model on ``cfg``'s validation data,
+    with no training state: the model, the validation batches and the eval step only."""
+    import tempfile
+
+    from .. import sharding
+    from ..checkpoints import from_pretrained
+    from .state import StepSpec, build_data, check_data_fits
+
+    model = from_pretrained(checkpoint)
+    config = model.config.replace(dtype=cfg.model.dtype, remat="none")
+    with tempfile.TemporaryDirectory() as tmp:  # TFDS data is prepared in a scratch directory
+        train_src, val_src, tokenizer = build_data(cfg, Path(tmp))
+        check_data_fits(cfg, config, train_src, val_src, tokenizer)
+        mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+        gate = None if model.gate is None else dataclasses.replace(model.gate, bias=None)
+        spec = StepSpec(config=config, gate=gate)
+        trainable = {"params": model.params}
+        frozen = {} if model.gate is None else {"gate_bias": model.gate.bias}
+        step = jax.jit(make_eval_step(spec))
+        with jax.set_mesh(mesh):
+            result = evaluate(step, trainable, frozen, eval_batches(val_src, cfg.data.batch_size,
+                                                                    cfg.data.eval_batches, mesh),
+                              gated=model.gate is not None)
+    return {**result, "gated": model.gate is not None}

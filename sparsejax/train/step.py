@@ -1,0 +1,123 @@
+"""Pure step factories: ``train_step(state, frozen, batch, seed)`` and ``eval_step(trainable, frozen, batch)``.
+
+Neither closes over arrays: everything they read is an argument, so ``jax.jit(step).lower(...)`` works from
+``jax.ShapeDtypeStruct``s alone (ahead-of-time compilation, memory planning). The optimiser and the multiplier are
+optax transformations (functions only).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from .. import constrained, objective
+from ..config import RunConfig
+from ..models import forward
+from .state import StepSpec, gate_of, params_of
+
+
+def lr_schedule(lr: float, warmup: int, steps: int, kind: str, final: float):
+    """Linear warm-up from 0 over ``warmup`` steps, then constant / cosine / linear decay to ``lr * final``."""
+    if kind not in ("constant", "cosine", "linear"):
+        raise ValueError(f"train.schedule must be 'constant', 'cosine' or 'linear', got {kind!r}")
+    decay_steps = max(steps - warmup, 1)
+    after = {"constant": optax.constant_schedule(lr),
+             "cosine": optax.cosine_decay_schedule(lr, decay_steps, alpha=final),
+             "linear": optax.linear_schedule(lr, lr * final, decay_steps)}[kind]
+    if not warmup:
+        return after
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), after], [warmup])
+
+
+def make_optimizer(cfg: RunConfig) -> optax.GradientTransformation:
+    t = cfg.train
+    opt = optax.chain(optax.clip_by_global_norm(t.grad_clip),
+                      optax.adamw(lr_schedule(t.lr, t.warmup, t.steps, t.schedule, t.lr_final),
+                                  weight_decay=t.weight_decay))
+    return optax.MultiSteps(opt, t.grad_accum) if t.grad_accum > 1 else opt
+
+
+METHODS = ("pi", "geco", "dual_ascent", "penalty", "none")
+
+
+def make_multiplier(cfg: RunConfig, tau: float | None):
+    """The multiplier transformation of the run (None for ``penalty`` / ``none`` / dense runs)."""
+    c = cfg.constraint
+    if c.method not in METHODS:
+        raise ValueError(f"constraint.method must be one of {', '.join(METHODS)}, got {c.method!r}")
+    if not cfg.gate.enabled or c.method in ("none", "penalty"):
+        return None
+    if c.method == "geco":
+        return constrained.geco(tau, beta_init=c.beta_init, eta=c.eta, alpha=c.alpha, beta_min=c.beta_min,
+                                relative=c.relative, max_log_step=c.max_log_step,
+                                max_log_step_down=c.max_log_step_down, sense=c.sense)
+    if c.method == "pi":
+        scale = c.slack if c.error_scale == "slack" and c.sense == "ce" else None
+        return constrained.pi_control(tau, beta_init=c.beta_init, ki=c.pi_ki, kp=c.pi_kp, alpha=c.alpha,
+                                      beta_min=c.beta_min, error_clip=c.error_clip, scale=scale, sense=c.sense)
+    return constrained.dual_ascent(tau, lr=c.lr, kp=c.kp)
+
+
+def _loss(spec: StepSpec, trainable, frozen, batch, seed, weights):
+    tokens = batch["tokens"]
+    gate = gate_of(spec, trainable, frozen)
+    logits, aux = forward(spec.config, params_of(spec, trainable, frozen), tokens[:, :-1], gate, mode="train",
+                          seed=seed)
+    ce = objective.cross_entropy(logits, tokens[:, 1:], batch["mask"])
+    density = objective.density_penalty(aux) if gate is not None else jnp.zeros(())
+    w_ce, w_density = weights
+    loss = w_ce * ce + w_density * density
+    if spec.distill > 0:
+        teacher_logits, _ = forward(spec.config, frozen["teacher"], tokens[:, :-1])
+        loss = loss + spec.distill * objective.distillation_kl(logits, teacher_logits)
+    # deterministic edge density of this batch per layer and head (counted inside the attention, no T x T array)
+    return loss, (ce, density, aux["edge_density"].mean(1))
+
+
+def make_train_step(spec: StepSpec, optimizer, multiplier):
+    """``train_step(state, frozen, batch, seed) -> (state, out)``; a non-finite loss or gradient skips the update
+    (``bad_steps`` counts consecutive skips)."""
+
+    def train_step(state, frozen, batch, seed):
+        if multiplier is None:
+            weights = (jnp.ones(()), jnp.asarray(spec.beta, jnp.float32))
+        else:
+            weights = constrained.loss_weights(state["mult_state"])
+        (loss, (ce, density, edges)), grads = jax.value_and_grad(
+            lambda t: _loss(spec, t, frozen, batch, seed, weights), has_aux=True)(state["trainable"])
+        finite = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["trainable"])
+        trainable = optax.apply_updates(state["trainable"], updates)
+        mult_state = state["mult_state"]
+        if multiplier is not None:
+            value = ce if spec.sense == "ce" else edges.mean()
+            _, mult_state = multiplier.update(None, mult_state, constraint=value)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # skip bad steps
+        bad = jnp.where(finite, 0, state["bad_steps"] + 1)
+        new = {"trainable": keep(trainable, state["trainable"]), "opt_state": keep(opt_state, state["opt_state"]),
+               "mult_state": keep(mult_state, state["mult_state"]), "step": state["step"] + 1, "bad_steps": bad,
+               "total_bad_steps": state["total_bad_steps"] + (~finite).astype(jnp.int32)}
+        out = {"loss": loss, "ce": ce, "density": density, "edges": edges, "bad_steps": bad,
+               "total_bad_steps": new["total_bad_steps"]}
+        if multiplier is not None:
+            out.update(constrained.metrics(mult_state))
+        return new, out
+
+    return train_step
+
+
+def make_eval_step(spec: StepSpec, *, dense: bool = False):
+    """``eval_step(trainable, frozen, batch) -> {"ce", "edge_counts" [L, H] int32}`` in eval mode: the batch's
+    masked CE and the number of deterministic edges per layer and head summed over the batch (on device)."""
+
+    def eval_step(trainable, frozen, batch):
+        tokens = batch["tokens"][:, :-1]
+        gate = None if dense else gate_of(spec, trainable, frozen)
+        logits, aux = forward(spec.config, params_of(spec, trainable, frozen), tokens, gate, mode="eval")
+        ce = objective.cross_entropy(logits, batch["tokens"][:, 1:], batch["mask"])
+        t = tokens.shape[1]
+        pairs = t * (t + 1) // 2
+        counts = jnp.round(aux["edge_density"] * pairs).astype(jnp.int32).sum(1)  # exact: counts < 2**24
+        return {"ce": ce, "edge_counts": counts}
+
+    return eval_step

@@ -1,0 +1,80 @@
+"""One place defines a family: a fresh model of every family is that family's architecture, survives the trip
+through a Hugging Face config.json, and matches transformers' logits after save_pretrained."""
+import os
+
+import jax
+import numpy as np
+import pytest
+
+import sparsejax as sj
+from sparsejax.config import load_config, model_config
+from sparsejax.models import FAMILIES, ModelConfig, config_from_hf, config_to_hf
+
+SHAPE = dict(vocab_size=97, d_model=32, n_layers=2, n_heads=4, d_ff=48, max_position=32)
+# what a fresh model of each family must be (independently of FAMILY_SPEC: read off transformers' modelling code)
+EXPECTED = {
+    "gpt2": dict(norm="layernorm", position="learned", mlp="gelu", qkv_bias=True, out_bias=True, mlp_bias=True,
+                 tie_embeddings=True, qk_norm=False, norm_position="pre"),
+    "llama": dict(norm="rmsnorm", position="rope", mlp="swiglu", qkv_bias=False, out_bias=False, qk_norm=False,
+                  norm_position="pre", tie_embeddings=False),
+    "olmo": dict(norm="layernorm_noparam", position="rope", mlp="swiglu", qkv_bias=False, qk_norm=False,
+                 norm_position="pre"),
+    "olmo2": dict(norm="rmsnorm", position="rope", mlp="swiglu", qk_norm=True, norm_position="post",
+                  qkv_bias=False),
+    "qwen2": dict(norm="rmsnorm", position="rope", mlp="swiglu", qkv_bias=True, out_bias=False, qk_norm=False,
+                  norm_position="pre"),
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fresh_model_is_the_family(family):
+    for cfg in (ModelConfig(family, **SHAPE),
+                model_config(load_config(None, [f"model.family={family}", "model.vocab_size=97"]).model)):
+        for field, value in EXPECTED[family].items():
+            assert getattr(cfg, field) == value, (family, field)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_config_round_trip(family):
+    cfg = ModelConfig(family, **SHAPE)
+    assert config_from_hf(config_to_hf(cfg)) == cfg
+
+
+def test_contradicting_the_family_is_an_error():
+    with pytest.raises(ValueError, match="olmo2 model has qk_norm=True"):
+        ModelConfig("olmo2", **SHAPE, qk_norm=False)
+    with pytest.raises(ValueError, match="qwen2 model has qkv_bias=True"):
+        ModelConfig("qwen2", **SHAPE, qkv_bias=False)
+    with pytest.raises(ValueError, match="one attention_bias"):
+        ModelConfig("llama", **SHAPE, qkv_bias=True, out_bias=False)
+    with pytest.raises(ValueError, match="model.family"):  # the run config names the key
+        load_config(None, ["model.famly=gpt2"])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fresh_model_through_transformers_and_back(family, tmp_path):
+    torch = pytest.importorskip("torch", reason="needs the reference extra (make test installs it)")
+    transformers = pytest.importorskip("transformers")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    cfg = ModelConfig(family, **SHAPE)
+    params = sj.init_params(cfg, jax.random.PRNGKey(3), std=0.2)
+    # non-trivial norm weights (init is 1 / 0)
+    params = jax.tree_util.tree_map_with_path(
+        lambda p, x: x + 0.3 * jax.random.normal(jax.random.PRNGKey(len(str(p))), x.shape)
+        if "norm" in str(p) else x, params)
+    sj.save_pretrained(sj.Model(cfg, params), tmp_path / "m")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
+    assert type(hf).__name__ == {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "olmo": "OlmoForCausalLM",
+                                 "olmo2": "Olmo2ForCausalLM", "qwen2": "Qwen2ForCausalLM"}[family]
+    tokens = np.random.default_rng(1).integers(0, 97, size=(2, 19))
+    with torch.no_grad():
+        ref = hf(torch.as_tensor(tokens)).logits.float().numpy()
+    ours, _ = sj.forward(cfg, params, tokens)
+    np.testing.assert_allclose(np.asarray(ours), ref, atol=1e-4, rtol=1e-4)
+    back = sj.from_pretrained(tmp_path / "m")
+    assert back.config == cfg
+    flat = lambda tree: {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+    got, want = flat(back.params), flat(params)
+    assert sorted(got) == sorted(want)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)

@@ -1,0 +1,206 @@
+"""The pure training core: the step lowers and compiles from shapes alone; eval needs no training state;
+logical-axis sharding rules; the learning-rate schedule."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import sparsejax as sj
+from sparsejax import sharding
+from sparsejax.config import load_config, model_config
+from sparsejax.train import StepSpec, make_eval_step, make_train_step
+from sparsejax.train import state as st, step as stp
+
+TINY = ["model.d_model=32", "model.n_layers=2", "model.n_heads=4", "model.d_ff=64", "data.batch_size=16",
+        "data.eval_batches=2", "train.log_every=1"]
+
+
+@pytest.mark.parametrize("extra", [[], ["train.lora_rank=2", "train.distill=0.5", "gate.learnable=true"]])
+def test_train_step_lowers_from_shape_dtype_structs_alone(extra):
+    cfg = load_config("toy_addition_posttrain", TINY + ["constraint.method=pi"] + extra)
+    config = model_config(cfg.model)
+    shapes = jax.eval_shape(lambda: sj.init_params(config, jax.random.PRNGKey(0)))
+    model = sj.Model(config, shapes)  # abstract parameters: nothing allocated
+    spec = st.step_spec(cfg, model)
+    L, H = config.n_layers, config.n_heads
+    trainable = {"params": shapes} if spec.lora_alpha is None else jax.eval_shape(
+        lambda p: {"lora": __import__("sparsejax.lora", fromlist=["x"]).init_lora(
+            p, cfg.train.lora_modules, cfg.train.lora_rank, jax.random.PRNGKey(1))}, shapes)
+    bias = jax.ShapeDtypeStruct((L, H), jnp.float32)
+    frozen = {}
+    if cfg.gate.learnable:
+        trainable["gate_bias"] = bias
+    else:
+        frozen["gate_bias"] = bias
+    if spec.lora_alpha is not None:
+        frozen["base"] = shapes
+    if spec.distill:
+        frozen["teacher"] = shapes
+    optimizer, multiplier = stp.make_optimizer(cfg), stp.make_multiplier(cfg, 0.05)
+    state = st.abstract_state(trainable, optimizer, multiplier)
+    batch = {"tokens": jax.ShapeDtypeStruct((16, 11), jnp.int32), "mask": jax.ShapeDtypeStruct((16, 10), jnp.float32)}
+    seed = jax.ShapeDtypeStruct((), jnp.uint32)
+    step = jax.jit(make_train_step(spec, optimizer, multiplier), donate_argnums=0)
+    compiled = step.lower(state, frozen, batch, seed).compile()
+    mem = compiled.memory_analysis()
+    assert mem.argument_size_in_bytes > 0 and mem.temp_size_in_bytes > 0
+    flops = compiled.cost_analysis()
+    flops = flops[0] if isinstance(flops, list) else flops
+    assert flops["flops"] > 0
+    # and the eval step
+    jax.jit(make_eval_step(spec)).lower(trainable, frozen, batch).compile()
+
+
+def test_eval_command_builds_no_training_state(tmp_path, monkeypatch, capsys):
+    from sparsejax import cli
+    from sparsejax.train import Trainer
+
+    cfg = load_config("toy_addition_posttrain", TINY)
+    config = model_config(cfg.model)
+    model = sj.Model(config, sj.init_params(config, jax.random.PRNGKey(0)), sj.make_gate(1.0, shape=(2, 4)))
+    sj.save_pretrained(model, tmp_path / "m")
+
+    def forbidden(*a, **k):
+        raise AssertionError("eval must not build a training state")
+
+    monkeypatch.setattr(Trainer, "__init__", forbidden)
+    monkeypatch.setattr(st, "init_state", forbidden)
+    assert cli.main(["eval", "toy_addition_posttrain", str(tmp_path / "m"), *TINY]) == 0
+    out = json.loads(capsys.readouterr().out)
+    # independent check: the deterministic edge density from the materialised gates of the same batches
+    from sparsejax.data import addition, batch_at
+
+    src = addition.source("validation")
+    kept, total = 0, 0
+    for i in range(2):
+        tokens = batch_at(src, i, 16, seed=0)["tokens"][:, :-1]
+        _, aux = sj.forward(config, model.params, tokens, model.gate, capture="attn.hook_adjacency")
+        for l in range(2):
+            adj = np.asarray(aux["captures"][f"blocks.{l}.attn.hook_adjacency"])
+            causal = np.tril(np.ones(adj.shape[-2:], bool))
+            kept, total = kept + adj[..., causal].sum(), total + adj[..., causal].size
+    assert out["gated"] and out["edge_density"] == pytest.approx(kept / total, abs=1e-12)
+
+
+def test_logical_axis_rules():
+    mesh = jax.make_mesh((1, 1, 1), sharding.AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
+    assert sharding.param_axes("layers/attn/q/kernel") == ("layers", "embed", "heads")
+    assert sharding.param_axes("layers/attn/o/kernel") == ("layers", "heads", "embed")
+    rules = sharding.parse_rules(["embed=", "mlp=fsdp+tensor"])
+    table = dict(rules)
+    assert table["embed"] == () and table["mlp"] == ("fsdp", "tensor") and table["heads"] == ("tensor",)
+    spec = sharding.logical_spec(("layers", "embed", "mlp"), (2, 32, 64), mesh, rules)
+    assert spec == jax.sharding.PartitionSpec(None, None, ("fsdp", "tensor"))
+    with pytest.raises(ValueError, match="unknown logical axis 'emb'"):
+        sharding.parse_rules(["emb=fsdp"])
+    with pytest.raises(ValueError, match="unknown mesh axis 'model'"):
+        sharding.parse_rules(["embed=model"])
+    # every parameter of every family has logical axes of its rank
+    for family in sj.models.FAMILIES:
+        c = sj.ModelConfig(family, vocab_size=50, d_model=16, n_layers=2, n_heads=2, d_ff=32, max_position=8)
+        shapes = jax.eval_shape(lambda: sj.init_params(c, jax.random.PRNGKey(0)))
+        for path, leaf in jax.tree_util.tree_leaves_with_path(shapes):
+            name = "/".join(str(k.key) for k in path)
+            axes = sharding.param_axes(name)
+            assert axes is not None and len(axes) == len(leaf.shape), (family, name)
+
+
+def test_learning_rate_schedules():
+    f = stp.lr_schedule(1.0, 10, 110, "linear", 0.0)
+    assert float(f(0)) == 0.0 and float(f(10)) == pytest.approx(1.0) and float(f(60)) == pytest.approx(0.5)
+    assert float(f(110)) == pytest.approx(0.0)
+    g = stp.lr_schedule(2.0, 0, 100, "cosine", 0.1)
+    assert float(g(0)) == pytest.approx(2.0) and float(g(100)) == pytest.approx(0.2)
+    assert float(g(50)) == pytest.approx(0.2 + 1.8 * 0.5)
+    assert float(stp.lr_schedule(3.0, 0, 100, "constant", 0.1)(77)) == 3.0
+    with pytest.raises(ValueError, match="train.schedule"):
+        stp.lr_schedule(1.0, 0, 10, "step", 0.1)
+
+
+def test_density_target_mode_on_the_toy(tmp_path):
+    """minimise CE s.t. density <= target: beta rises every step while the density is above a low target (at the
+    integral's rate; kp=0 here) and falls while it is below a high one."""
+    from sparsejax.train import Trainer
+
+    pre = load_config("toy_addition_pretrain", TINY + ["train.steps=5"])
+    Trainer(pre, tmp_path / "dense", progress=False).fit()
+    common = TINY + [f"model.checkpoint={tmp_path / 'dense' / 'model'}", "train.steps=8", "constraint.method=pi",
+                     "constraint.sense=density", "constraint.beta_init=0.01", "constraint.pi_ki=0.05",
+                     "constraint.pi_kp=0.0", "constraint.alpha=0.0", "gate.bias=0.0"]
+    betas = {}
+    for target in (0.05, 0.95):
+        run = tmp_path / f"t{target}"
+        Trainer(load_config("toy_addition_posttrain", common + [f"constraint.density_target={target}"]), run,
+                progress=False).fit()
+        recs = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+        train = [r for r in recs if "ce" in r]
+        assert all(r["density_target"] == pytest.approx(target) and "tau" not in r for r in train)
+        betas[target] = [r["beta"] for r in train]
+        dens = [r["train_edge_density"] for r in train]
+        assert all(0.05 < d < 0.95 for d in dens)  # the premise of the two cases
+    lo, hi = betas[0.05], betas[0.95]
+    assert all(b2 > b1 for b1, b2 in zip(lo, lo[1:]))  # violated: rising
+    assert all(b2 < b1 for b1, b2 in zip(hi, hi[1:]))  # satisfied: falling
+    with pytest.raises(ValueError, match="density_target=1.5 must be a share in"):
+        Trainer(load_config("toy_addition_posttrain", common[:-1] + ["constraint.density_target=1.5"]),
+                tmp_path / "bad", progress=False)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lr=-1", r"train.lr=-1.0 must be a number > 0"), ("train.steps=-5", "train.steps=-5 must be"),
+    ("gate.bias=.nan", "gate.bias=nan must be a finite number"), ("data.batch_size=0", "data.batch_size=0 must"),
+    ("train.log_every=0", "train.log_every=0 must"), ("constraint.alpha=1.0", "constraint.alpha=1.0 must"),
+    ("constraint.density_target=2", "density_target=2.0 must be a share"),
+    ("train.warmup=-1", "train.warmup=-1 must"), ("gate.per=row", "gate.per='row' must be model, layer or head"),
+])
+def test_invalid_values_are_refused_before_anything_runs(override, message, tmp_path):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("*", r"\*")):
+        load_config("toy_addition_posttrain", ["train.steps=100", override])
+    from sparsejax import cli
+    run = tmp_path / "run"
+    assert cli.main(["posttrain", "toy_addition_posttrain", str(run), "train.steps=100", override]) == 2
+    assert not run.exists()
+
+
+def test_resume_refuses_a_changed_trajectory_and_logs_each_step_once(tmp_path, capsys):
+    from sparsejax.train import Trainer
+
+    run = tmp_path / "run"
+    base = TINY + ["train.checkpoint_every=3"]
+    Trainer(load_config("toy_addition_pretrain", base + ["train.steps=6"]), run, progress=False).fit()
+    with pytest.raises(ValueError, match=r"train.lr: 0.003 -> 0.001.*only train.steps"):
+        Trainer(load_config("toy_addition_pretrain", base + ["train.steps=9", "train.lr=1e-3"]), run, progress=False)
+    Trainer(load_config("toy_addition_pretrain", base + ["train.steps=9"]), run, progress=False).fit()
+    assert "resumed" in capsys.readouterr().out
+    steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()
+             if "ce" in json.loads(l)]
+    assert steps == list(range(1, 10))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is not a directory"):
+        Trainer(load_config("toy_addition_pretrain", TINY), tmp_path / "file", progress=False)
+
+
+def test_cli_config_listing_and_overrides_after_flags(capsys):
+    from sparsejax import cli
+
+    assert cli.main(["config", "toy_addition_posttrain", "train.steps=7", "constraint.method=pi"]) == 0
+    out = capsys.readouterr().out
+    assert "steps: 7" in out and "method: pi" in out and "pi_ki:" in out
+    parser = cli.build_parser()
+    args, extra = parser.parse_known_args(["posttrain", "p", "d", "a.b=1", "--no-progress", "c.d=2"])
+    assert args.no_progress and extra == ["c.d=2"]
+    with pytest.raises(SystemExit):
+        cli.main(["config", "toy_addition_posttrain", "--bogus"])
+
+
+def test_model_inputs_are_checked_where_concrete():
+    c = sj.ModelConfig("llama", vocab_size=10, d_model=16, n_layers=1, n_heads=2, d_ff=16, max_position=8)
+    p = sj.init_params(c, jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match=r"token ids must lie in \[0, 10\).*\[1, 12\]"):
+        sj.forward(c, p, np.array([[1, 12]]))
+    with pytest.raises(ValueError, match="at least one token"):
+        sj.forward(c, p, np.zeros((1, 0), np.int32))
+    assert jax.jit(lambda t: sj.forward(c, p, t)[0])(np.array([[1, 2]])).shape == (1, 2, 10)
