@@ -70,6 +70,7 @@ class GateSection:
     kind: str = "bernoulli"         # gate family: "bernoulli" (the paper's) or "hard_concrete"
     per: str = "head"               # bias shape: "model" (), "layer" [L], "head" [L, H]
     learnable: bool = False
+    bias_lr: float | None = None    # learnable bias: its own learning rate (None: train.lr)
     temperature: float = 2.0 / 3.0
     stretch: tuple[float, float] = (-0.1, 1.1)
 
@@ -238,6 +239,7 @@ _RULES = (
     ("gate.bias", lambda v: math.isfinite(v), "a finite number"),
     ("gate.kind", lambda v: v in ("bernoulli", "hard_concrete"), "bernoulli or hard_concrete"),
     ("gate.per", lambda v: v in ("model", "layer", "head"), "model, layer or head"),
+    ("gate.bias_lr", lambda v: v is None or (math.isfinite(v) and v > 0), "a number > 0 or null"),
     ("gate.temperature", lambda v: math.isfinite(v) and v > 0, "a number > 0"),
     ("constraint.method", lambda v: v in ("pi", "geco", "dual_ascent", "penalty", "none"),
      "pi, geco, dual_ascent, penalty or none"),

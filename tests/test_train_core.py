@@ -204,3 +204,15 @@ def test_model_inputs_are_checked_where_concrete():
     with pytest.raises(ValueError, match="at least one token"):
         sj.forward(c, p, np.zeros((1, 0), np.int32))
     assert jax.jit(lambda t: sj.forward(c, p, t)[0])(np.array([[1, 2]])).shape == (1, 2, 10)
+
+
+def test_gate_bias_has_its_own_learning_rate():
+    cfg = load_config("toy_addition_posttrain", TINY + ["gate.learnable=true", "gate.bias_lr=0.5", "train.lr=1e-3",
+                                                        "train.schedule=constant", "train.grad_clip=1e9"])
+    opt = stp.make_optimizer(cfg)
+    params = {"params": {"w": jnp.ones(3)}, "gate_bias": jnp.ones((2, 4))}
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, _ = opt.update(grads, opt.init(params), params)
+    # Adam's first step moves every parameter by (about) its learning rate
+    np.testing.assert_allclose(np.asarray(updates["gate_bias"]), -0.5, rtol=1e-3)
+    np.testing.assert_allclose(np.asarray(updates["params"]["w"]), -1e-3 * (1 + 0.0), rtol=2e-2)

@@ -30,10 +30,18 @@ def lr_schedule(lr: float, warmup: int, steps: int, kind: str, final: float):
 
 
 def make_optimizer(cfg: RunConfig) -> optax.GradientTransformation:
+    """Clip, then AdamW with the run's schedule; a learnable gate bias may have its own learning rate
+    (``gate.bias_lr``, same schedule shape, no weight decay): a dense model's near-uniform heads have logits near 0,
+    so their gates only close once the bias itself has moved by ~b, which at the weights' lr takes thousands of
+    steps."""
     t = cfg.train
-    opt = optax.chain(optax.clip_by_global_norm(t.grad_clip),
-                      optax.adamw(lr_schedule(t.lr, t.warmup, t.steps, t.schedule, t.lr_final),
-                                  weight_decay=t.weight_decay))
+    adam = lambda lr, wd: optax.adamw(lr_schedule(lr, t.warmup, t.steps, t.schedule, t.lr_final), weight_decay=wd)
+    inner = adam(t.lr, t.weight_decay)
+    if cfg.gate.learnable and cfg.gate.bias_lr is not None:
+        label = lambda tree: {k: jax.tree.map(lambda _: "bias" if k == "gate_bias" else "rest", v)
+                              for k, v in tree.items()}
+        inner = optax.multi_transform({"rest": inner, "bias": adam(cfg.gate.bias_lr, 0.0)}, label)
+    opt = optax.chain(optax.clip_by_global_norm(t.grad_clip), inner)
     return optax.MultiSteps(opt, t.grad_accum) if t.grad_accum > 1 else opt
 
 
