@@ -88,7 +88,7 @@ def main(argv=None):
     dense = sj.from_pretrained(out / "dense" / "model")
     val = addition.split("validation")
 
-    print("== 2/3 sparse post-training (GECO, CE <= tau)")
+    print("== 2/3 sparse post-training (PI multiplier, CE <= tau)")
     post_over = [f"model.checkpoint={out / 'dense' / 'model'}"] + ([f"train.steps={post_steps}"] if post_steps else [])
     post_cfg = load_config("toy_addition_posttrain", post_over)
     final = Trainer(post_cfg, out / "sparse", progress=not args.no_progress).fit()

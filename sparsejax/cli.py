@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="versions, devices and attention implementations")
     info.set_defaults(func=_info)
     for name, helptext in (("pretrain", "dense training (gate off)"),
-                           ("posttrain", "sparse post-training under CE <= tau (GECO by default)")):
+                           ("posttrain", "sparse post-training under CE <= tau (PI multiplier by default) or density <= target")):
         p = sub.add_parser(name, help=helptext, description=f"{helptext}. CONFIG is a preset name or a YAML file; "
                            "overrides look like train.steps=200 gate.bias=2.")
         p.add_argument("config", help="preset (e.g. toy_addition_posttrain) or YAML path")
