@@ -296,8 +296,11 @@ def validate(cfg: RunConfig) -> RunConfig:
         if not good:
             problems.append(f"{key}={value!r} must be {what}")
     c, g = cfg.constraint, cfg.gate
-    if g.enabled and c.sense == "density" and c.density_target is None and c.method not in ("none", "penalty"):
-        problems.append("constraint.sense=density needs constraint.density_target (e.g. 0.01)")
+    if g.enabled and c.sense == "density" and c.method not in ("none", "penalty"):
+        if c.density_target is None:
+            problems.append("constraint.sense=density needs constraint.density_target (e.g. 0.01)")
+        if c.method not in ("pi", "geco"):
+            problems.append("constraint.sense=density works with constraint.method=pi or geco")
     if c.error_scale == "slack" and c.sense == "ce" and not c.slack > 0 and c.method == "pi":
         problems.append("constraint.error_scale=slack needs constraint.slack > 0")
     if c.beta_init < c.beta_min:

@@ -12,7 +12,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from .. import constrained, sharding
 from ..checkpoints import Model, from_pretrained
 from ..config import RunConfig, model_config
 from ..gates import Gate
@@ -175,9 +174,3 @@ def abstract_state(trainable_shapes: dict, optimizer, multiplier) -> dict:
     """The train state as ``jax.ShapeDtypeStruct``s, from the shapes of the trainable tree alone."""
     return jax.eval_shape(lambda t: init_state(t, optimizer, multiplier), trainable_shapes)
 
-
-def state_shardings(state: dict, mesh, rules=sharding.DEFAULT_RULES) -> dict:
-    """NamedShardings for a train state (or its abstract shapes): parameters (and their optimiser moments) by
-    logical axes, LoRA adapters, gate bias, multiplier and counters replicated."""
-    return jax.tree_util.tree_map_with_path(lambda path, leaf: sharding.sharding_for_path(path, leaf, mesh, rules),
-                                            state)
