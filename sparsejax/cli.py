@@ -15,7 +15,7 @@ def _info(args) -> int:
 
     print(f"sparsejax {sparsejax.__version__}  jax {jax.__version__}")
     print(f"devices: {', '.join(str(d) for d in jax.devices())}")
-    print(f"attention implementations: {', '.join(sorted(IMPLEMENTATIONS))} (auto -> chunked)")
+    print(f"attention implementations: {', '.join(sorted(IMPLEMENTATIONS))} (auto -> pallas on GPU/TPU, chunked on CPU)")
     return 0
 
 
@@ -73,6 +73,29 @@ def _report(args) -> int:
     return 0
 
 
+def _plan(args) -> int:
+    import json
+
+    from .config import load_config
+    from .plan import format_plan, parse_mesh, plan_overrides, run_plan
+
+    overrides = list(args.overrides)
+    cfg = load_config(args.preset, overrides)  # validates the preset and overrides here, before the subprocess
+    mesh = parse_mesh(args.mesh) if args.mesh else {"data": cfg.mesh.data, "fsdp": cfg.mesh.fsdp,
+                                                     "tensor": cfg.mesh.tensor}
+    overrides += plan_overrides(args.shape, mesh)
+    cfg = load_config(args.preset, overrides)
+    if cfg.model.checkpoint:
+        raise ValueError(f"the preset loads weights from {cfg.model.checkpoint!r}; plan works from shapes: pass "
+                         "--shape NAME (gpt2, llama-3.2-1b, llama-2-7b, olmo-7b, olmo2-7b)")
+    try:
+        result = run_plan(args.preset, overrides, mesh["data"] * mesh["fsdp"] * mesh["tensor"])
+    except RuntimeError as e:
+        raise ValueError(str(e)) from None
+    print(json.dumps(result) if args.json else format_plan(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from sparsejax import __version__
 
@@ -104,6 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
     conf.add_argument("preset", help="preset name or YAML path")
     conf.add_argument("overrides", nargs="*", help="section.key=value")
     conf.set_defaults(func=_config)
+    pl = sub.add_parser("plan", help="compile a preset's post-training step for a simulated mesh: memory per device, "
+                        "FLOPs per step (nothing allocated, no weights read)")
+    pl.add_argument("preset", help="preset name or YAML path")
+    pl.add_argument("overrides", nargs="*", help="section.key=value (e.g. train.lora_rank=16 data.batch_size=32)")
+    pl.add_argument("--mesh", nargs="+", default=[], metavar="AXIS=N",
+                    help="mesh sizes, e.g. --mesh fsdp=16 or --mesh data=2 fsdp=4 (default: the preset's mesh)")
+    pl.add_argument("--shape", help="a named model shape instead of the preset's checkpoint: "
+                    "gpt2, llama-3.2-1b, llama-2-7b, olmo-7b, olmo2-7b")
+    pl.add_argument("--json", action="store_true", help="print one JSON object")
+    pl.set_defaults(func=_plan)
     rep = sub.add_parser("report", help="an HTML report (curves, maps, numbers) of a run directory")
     rep.add_argument("run_dir")
     rep.set_defaults(func=_report)

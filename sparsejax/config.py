@@ -118,6 +118,8 @@ class TrainSection:
     checkpoint_every: int = 0       # 0 = only at the end
     keep: int = 2
     max_bad_steps: int = 10         # consecutive non-finite steps before the run stops
+    attention: str = "auto"         # attention implementation: auto (pallas kernel on GPU/TPU, chunked on CPU),
+    #                                 chunked, pallas, reference
 
 
 @dataclasses.dataclass
@@ -229,6 +231,7 @@ _finite = lambda v: v is None or (isinstance(v, (int, float)) and math.isfinite(
 # (key, valid?, what it must be): checked by validate() before anything is measured or written
 _RULES = (
     ("model.dtype", lambda v: v in ("float32", "bfloat16"), "float32 or bfloat16"),
+    ("train.attention", lambda v: v in ("auto", "chunked", "pallas", "reference"), "auto, chunked, pallas or reference"),
     ("model.remat", lambda v: v in ("none", "full", "dots"), "none, full or dots"),
     ("data.kind", lambda v: v in ("addition", "text"), "addition or text"),
     ("data.backend", lambda v: v in ("array", "tfds"), "array or tfds"),

@@ -89,20 +89,31 @@ def _mix32(x):
     return x ^ (x >> 16)
 
 
-def hash_uniform(seed, b, h, i, j):
-    """``(u, 1 - u)``, both exact float32, ``u`` uniform on (0, 1), for integer coordinates (all broadcast).
-
-    ``x = mix(seed + s0); x = mix(x ^ (b + s1)); ...; x = mix(x ^ (j + s4))``; ``n`` = the top 23 bits of x;
-    ``u = (n + 0.5) / 2**23`` and ``1 - u = (2**23 - 1 - n + 0.5) / 2**23`` (exact: 24 significant bits). The
-    row part (seed, b, h, i) is computed once per row and broadcast over keys.
-    """
+def row_hash(seed, b, h, i):
+    """The row part of the hash, ``x = mix(seed + s0); x = mix(x ^ (b + s1)); ...; mix(x ^ (i + s3))`` (uint32),
+    shared by every key of query row ``i`` (kernels receive it precomputed, one word per row)."""
     u32 = lambda a: jnp.asarray(a).astype(jnp.uint32)
     x = _mix32(u32(seed) + _SALTS[0])
     for c, salt in zip((b, h, i), _SALTS[1:4]):
         x = _mix32(x ^ (u32(c) + salt))
-    n = _mix32(x ^ (u32(j) + _SALTS[4])) >> 9
+    return x
+
+
+def key_uniform(row, j):
+    """``(u, 1 - u)`` for key ``j`` of a row whose :func:`row_hash` is ``row``: ``n`` = the top 23 bits of
+    ``mix(row ^ (j + s4))``, ``u = (n + 0.5) / 2**23``, ``1 - u = (2**23 - 1 - n + 0.5) / 2**23`` (both exact).
+    ``n < 2**23`` goes through int32 on its way to float32 (the same value; kernels lower signed conversions)."""
+    n = _mix32(row ^ (jnp.asarray(j).astype(jnp.uint32) + _SALTS[4])) >> 9
     scale = np.float32(2.0 ** -23)
-    return (n.astype(jnp.float32) + 0.5) * scale, ((np.uint32(2**23 - 1) - n).astype(jnp.float32) + 0.5) * scale
+    to_f32 = lambda x: x.astype(jnp.int32).astype(jnp.float32)
+    return (to_f32(n) + 0.5) * scale, (to_f32(np.uint32(2**23 - 1) - n) + 0.5) * scale
+
+
+def hash_uniform(seed, b, h, i, j):
+    """``(u, 1 - u)``, both exact float32, ``u`` uniform on (0, 1), for integer coordinates (all broadcast):
+    ``key_uniform(row_hash(seed, b, h, i), j)``. The row part is computed once per row and broadcast over keys.
+    """
+    return key_uniform(row_hash(seed, b, h, i), j)
 
 
 def layer_seed(seed, layer):

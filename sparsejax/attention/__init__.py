@@ -8,10 +8,32 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..gates import Gate, as_gate
+import warnings
+
 from .chunked import chunked_attention
+from .pallas import backend_of, pallas_attention, unsupported
 from .reference import attention_weights, reference_attention
 
-IMPLEMENTATIONS = {"reference": reference_attention, "chunked": chunked_attention}
+IMPLEMENTATIONS = {"reference": reference_attention, "chunked": chunked_attention, "pallas": pallas_attention}
+_WARNED: set = set()
+
+
+def resolve_implementation(implementation: str, q, k, v) -> str:
+    """``"auto"`` -> ``"pallas"`` on GPU/TPU (``"chunked"`` with a one-time warning when the kernel cannot take
+    the inputs) and ``"chunked"`` on CPU; any other name is returned as is."""
+    if implementation != "auto":
+        return implementation
+    backend = backend_of(jax.default_backend())
+    if backend == "interpret":
+        return "chunked"
+    why = unsupported(q, k, v, backend)
+    if why:
+        if why not in _WARNED:
+            _WARNED.add(why)
+            warnings.warn(f"sparse_attention: the Pallas kernel cannot take {why}; using implementation='chunked'",
+                          stacklevel=3)
+        return "chunked"
+    return "pallas"
 
 
 class AttentionStats(NamedTuple):
@@ -83,19 +105,28 @@ def sparse_attention(q, k, v, gate: Any = None, *, causal: bool = True, mode: st
       mode: ``"train"`` samples gates from counter-based noise (needs ``seed``); ``"eval"`` is deterministic.
       seed: int in ``[0, 2**32)`` or integer scalar array; the same seed gives the same gates in every
         implementation.
-      implementation: ``"auto"`` (``"chunked"`` on every backend for now), ``"reference"`` or ``"chunked"``.
+      implementation: ``"auto"`` (the fused ``"pallas"`` kernel on GPU/TPU, ``"chunked"`` on CPU or when the
+        kernel cannot take the shapes/dtype, with a one-time warning), ``"reference"`` (materialised, O(T^2)),
+        ``"chunked"`` (XLA, O(T) memory) or ``"pallas"`` (the fused kernel; Pallas interpret mode on CPU: slow,
+        for correctness).
       return_adjacency: also return the boolean edge tensor ``[batch, heads, seq_q, seq_k]``.
-      block_sizes: ``block_q``/``block_k`` for the chunked implementation.
+      block_sizes: ``block_q``/``block_k`` for the chunked implementation; for ``"pallas"`` also ``block_q_bwd``,
+        ``block_k_bwd``, ``num_warps``, ``num_stages`` (defaults: ``attention.pallas.BLOCK_SIZES``).
 
     Returns:
       ``(out, AttentionStats(expected_density [batch, heads], adjacency or None))``.
     """
     gate = as_gate(gate)
     _check(q, k, v, gate, mode, seed, implementation)
-    impl = "chunked" if implementation == "auto" else implementation
-    kwargs = dict(block_sizes) if impl == "chunked" else {}
-    if block_sizes and impl != "chunked":
-        raise ValueError(f"block sizes {sorted(block_sizes)} apply only to implementation='chunked'")
+    impl = resolve_implementation(implementation, q, k, v)
+    kwargs = dict(block_sizes) if impl in ("chunked", "pallas") else {}
+    if block_sizes and impl == "reference":
+        raise ValueError(f"block sizes {sorted(block_sizes)} apply only to implementation='chunked' or 'pallas'")
+    if impl == "chunked" and set(block_sizes) - {"block_q", "block_k"}:
+        if implementation == "auto":  # kernel-only options are dropped when auto falls back
+            kwargs = {n: x for n, x in kwargs.items() if n in ("block_q", "block_k")}
+        else:
+            raise ValueError(f"implementation='chunked' takes block_q/block_k only, got {sorted(block_sizes)}")
     train = mode == "train" and gate is not None
     out, density, edges, adjacency = IMPLEMENTATIONS[impl](q, k, v, gate, causal=causal, train=train,
                                                            seed=_as_seed(seed) if train else None,

@@ -180,7 +180,8 @@ def forward(config: ModelConfig, params: dict, tokens, gate: Any = None, *, mode
     if t == 0 or b == 0:
         raise ValueError(f"tokens has shape {tokens.shape}: give at least one sequence of at least one token")
     if not isinstance(tokens, jax.core.Tracer):  # concrete ids are checked; under jit, take() clamps (see README)
-        lo, hi = int(tokens.min()), int(tokens.max())
+        ids = np.asarray(tokens)  # on the host: also right when concrete ids are closed over inside jit
+        lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= c.vocab_size:
             raise ValueError(f"token ids must lie in [0, {c.vocab_size}) (the model's vocabulary), got ids in "
                              f"[{lo}, {hi}]; is the tokenizer the model's own?")

@@ -31,6 +31,7 @@ __all__ = ["NonFiniteError", "StepSpec", "Trainer", "build_data", "build_model",
 
 # changing these on resume does not change the trajectory so far
 RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.eval_every", "train.checkpoint_every", "train.keep",
+                     "train.attention",  # the same mathematics, e.g. chunked on CPU, the kernel on GPU
                      "data.eval_batches")
 
 

@@ -28,6 +28,7 @@ class StepSpec:
     distill: float = 0.0
     sense: str = "ce"                 # what the multiplier constrains: "ce" or "density"
     beta: float = 0.0                 # fixed density weight when there is no multiplier (penalty mode)
+    attention: str = "auto"           # sparse_attention implementation (auto | chunked | pallas | reference)
 
 
 def params_of(spec: StepSpec, trainable: dict, frozen: dict) -> dict:
@@ -141,7 +142,7 @@ def step_spec(cfg: RunConfig, model: Model) -> StepSpec:
     beta = cfg.constraint.beta_init if g.enabled else 0.0
     return StepSpec(config=model.config, gate=gate,
                     lora_alpha=cfg.train.lora_alpha if cfg.train.lora_rank > 0 else None,
-                    distill=cfg.train.distill, sense=cfg.constraint.sense, beta=beta)
+                    distill=cfg.train.distill, sense=cfg.constraint.sense, beta=beta, attention=cfg.train.attention)
 
 
 def split_params(cfg: RunConfig, spec: StepSpec, model: Model) -> tuple[dict, dict]:

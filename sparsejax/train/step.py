@@ -70,13 +70,13 @@ def _loss(spec: StepSpec, trainable, frozen, batch, seed, weights):
     tokens = batch["tokens"]
     gate = gate_of(spec, trainable, frozen)
     logits, aux = forward(spec.config, params_of(spec, trainable, frozen), tokens[:, :-1], gate, mode="train",
-                          seed=seed)
+                          seed=seed, implementation=spec.attention)
     ce = objective.cross_entropy(logits, tokens[:, 1:], batch["mask"])
     density = objective.density_penalty(aux) if gate is not None else jnp.zeros(())
     w_ce, w_density = weights
     loss = w_ce * ce + w_density * density
     if spec.distill > 0:
-        teacher_logits, _ = forward(spec.config, frozen["teacher"], tokens[:, :-1])
+        teacher_logits, _ = forward(spec.config, frozen["teacher"], tokens[:, :-1], implementation=spec.attention)
         loss = loss + spec.distill * objective.distillation_kl(logits, teacher_logits)
     # deterministic edge density of this batch per layer and head (counted inside the attention, no T x T array)
     return loss, (ce, density, aux["edge_density"].mean(1))
@@ -121,7 +121,8 @@ def make_eval_step(spec: StepSpec, *, dense: bool = False):
     def eval_step(trainable, frozen, batch):
         tokens = batch["tokens"][:, :-1]
         gate = None if dense else gate_of(spec, trainable, frozen)
-        logits, aux = forward(spec.config, params_of(spec, trainable, frozen), tokens, gate, mode="eval")
+        logits, aux = forward(spec.config, params_of(spec, trainable, frozen), tokens, gate, mode="eval",
+                              implementation=spec.attention)
         ce = objective.cross_entropy(logits, batch["tokens"][:, 1:], batch["mask"])
         t = tokens.shape[1]
         pairs = t * (t + 1) // 2

@@ -1,0 +1,419 @@
+"""Fused (flash-style) Pallas kernels for gated sparse attention: forward, and a backward in two kernels.
+
+The same kernel bodies lower to GPU (Triton) and TPU (Mosaic), and run anywhere in Pallas' interpret mode (on
+CPU: slow, for correctness). The mathematics is that of ``chunked.py`` (docs/method.md §1, §4), tile by tile:
+
+* forward, one program per (batch, head, query block): loop over the key blocks the causal mask does not empty,
+  keep the running max ``m``, the softmax denominator ``l`` over **all** causal keys and the gated numerator
+  ``acc = sum_j exp(s_ij - m) A_ij v_j``; write ``out = acc / l``, the row log-sum-exp, and per row the sum of
+  expected gates and the count of open (eval-mode) edges — never a T x T array.
+* backward, ``dk``/``dv``: one program per (batch, head, key block), looping over query blocks; ``dq`` and the
+  bias gradient: one program per (batch, head, query block), looping over key blocks. Both regenerate the gates.
+
+The gate noise is the counter-based hash of ``gates.py``: the row part ``row_hash(seed, b, h, i)`` is computed
+once per query row outside the kernel (one uint32 per row), the key part ``key_uniform(row, j)`` inside, so the
+sampled gates are those of ``reference``/``chunked`` for the same seed. Logits are float32 whatever the input
+dtype; bf16 inputs use bf16 matmul operands with float32 accumulation (as flash attention does).
+
+Layout: kernels see head-major ``[B, H, T, D]`` tiles; grouped-query attention maps query head ``h`` to key/value
+head ``h // (H / K)`` in the index maps, and ``dk``/``dv`` are summed over each group after the kernel.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import pallas as pl
+
+from ..gates import Gate, expected_gate, expected_gate_slope, gate_value_and_slope, is_edge, key_uniform, row_hash
+
+_NEG = -1e30
+
+# Block sizes, one row per backend ("interpret" = Pallas interpret mode on CPU: large blocks, fewer programs).
+# block_q / block_k: forward tiles; *_bwd: the tiles of both backward kernels. GPU: num_warps / num_stages are
+# Triton's launch parameters. GPU: the best of a sweep on one H200 (T=4096, bf16, 16 heads x 128;
+# benchmarks/kernel_tuning.py).
+BLOCK_SIZES = {
+    "gpu": dict(block_q=128, block_k=32, block_q_bwd=64, block_k_bwd=32, num_warps=4, num_stages=3),
+    "tpu": dict(block_q=256, block_k=256, block_q_bwd=256, block_k_bwd=256),
+    "interpret": dict(block_q=128, block_k=128, block_q_bwd=128, block_k_bwd=128),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Static:
+    """Everything the kernels specialise on (hashable: the custom_vjp's static argument)."""
+
+    backend: str  # "gpu" | "tpu" | "interpret"
+    causal: bool
+    train: bool
+    gate: Gate | None  # static part (bias None); None = dense attention
+    t: int
+    s: int
+    block_q: int
+    block_k: int
+    block_q_bwd: int
+    block_k_bwd: int
+    num_warps: int | None = None
+    num_stages: int | None = None
+    tpu_interpret: bool = False  # TPU-style kernels under pltpu interpret mode (tests)
+
+    @property
+    def tp(self):  # padded query length: a multiple of both query tiles
+        m = math.lcm(self.block_q, self.block_q_bwd)
+        return -(-self.t // m) * m
+
+    @property
+    def sp(self):
+        m = math.lcm(self.block_k, self.block_k_bwd)
+        return -(-self.s // m) * m
+
+    def pairs(self) -> int:
+        if not self.causal:
+            return self.t * self.s
+        return int(np.minimum(np.arange(1, self.t + 1), self.s).sum())
+
+    def k_blocks(self, qi, bq, bk):
+        """Key blocks query block ``qi`` (of size ``bq``) needs: causal skipping, and nothing past ``s``."""
+        n = -(-self.s // bk)
+        if not self.causal:
+            return n
+        last_row = jnp.minimum((qi + 1) * bq, self.t) - 1
+        return jnp.minimum(last_row // bk + 1, n)
+
+    def first_q_block(self, kj, bq, bk):
+        return (kj * bk) // bq if self.causal else 0
+
+
+# ------------------------------------------------------------------------------------------------ tile math
+def _dot_nt(a, b):
+    """``a @ b.T`` with float32 accumulation (full float32 precision for float32 operands)."""
+    prec = jax.lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
+    return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=prec, preferred_element_type=jnp.float32)
+
+
+def _dot_nn(a, b):
+    prec = jax.lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
+    return jax.lax.dot_general(a, b, (((1,), (0,)), ((), ())), precision=prec, preferred_element_type=jnp.float32)
+
+
+def _dot_tn(a, b):
+    """``a.T @ b``."""
+    prec = jax.lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
+    return jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())), precision=prec, preferred_element_type=jnp.float32)
+
+
+def _tile(st: _Static, q, k, qi, kj, bq, bk, row, bias):
+    """Scores, validity, gate logits, gate values and slopes of one (query tile, key tile).
+
+    q: [bq, D], k: [bk, D] (input dtype); row: [bq, 1] uint32 row hashes; bias: [bq, 1] f32 (the head's bias).
+    Per-row vectors are [bq, 1] columns throughout (a layout both Triton and Mosaic take)."""
+    s = _dot_nt(q, k) * np.float32(1.0 / math.sqrt(q.shape[-1]))
+    i = qi * bq + jax.lax.broadcasted_iota(jnp.int32, (bq, bk), 0)
+    j = kj * bk + jax.lax.broadcasted_iota(jnp.int32, (bq, bk), 1)
+    valid = (i < st.t) & (j < st.s)
+    if st.causal:
+        valid = valid & (j <= i)
+    if st.gate is None:
+        return s, valid, None, None, None
+    g = s + bias
+    noise = key_uniform(row, j) if st.train else None
+    a, slope = gate_value_and_slope(st.gate, g, noise, st.train)
+    return s, valid, g, a, slope
+
+
+def _fwd_kernel(q_ref, k_ref, v_ref, row_ref, bias_ref, o_ref, lse_ref, rho_ref, edge_ref, *, st: _Static):
+    bq, bk = st.block_q, st.block_k
+    qi = pl.program_id(2)
+    q = q_ref[...]
+    row = row_ref[...]
+    bias = bias_ref[...]
+    d_v = v_ref.shape[-1]
+
+    def body(kj, carry):
+        m, l, acc, rho, edges = carry
+        start = pl.multiple_of(kj * bk, bk)
+        k = k_ref[pl.ds(start, bk), :]
+        v = v_ref[pl.ds(start, bk), :]
+        s, valid, g, a, _ = _tile(st, q, k, qi, kj, bq, bk, row, bias)
+        m_new = jnp.maximum(m, jnp.max(jnp.where(valid, s, _NEG), axis=1, keepdims=True))
+        p = jnp.where(valid, jnp.exp(s - m_new), 0.0)
+        alpha = jnp.exp(m - m_new)
+        l = alpha * l + jnp.sum(p, axis=1, keepdims=True)
+        pa = p if a is None else p * a
+        acc = alpha * acc + _dot_nn(pa.astype(v.dtype), v)
+        if g is not None:
+            rho = rho + jnp.sum(jnp.where(valid, expected_gate(st.gate, g), 0.0), axis=1, keepdims=True)
+            edges = edges + jnp.sum((valid & is_edge(st.gate, g)).astype(jnp.int32), axis=1, keepdims=True)
+        return m_new, l, acc, rho, edges
+
+    col = (bq, 1)
+    init = (jnp.full(col, _NEG, jnp.float32), jnp.zeros(col, jnp.float32), jnp.zeros((bq, d_v), jnp.float32),
+            jnp.zeros(col, jnp.float32), jnp.zeros(col, jnp.int32))
+    m, l, acc, rho, edges = jax.lax.fori_loop(0, st.k_blocks(qi, bq, bk), body, init)
+    l = jnp.where(l > 0, l, 1.0)  # padded rows only
+    o_ref[...] = (acc / l).astype(o_ref.dtype)
+    lse_ref[...] = m + jnp.log(l)
+    rho_ref[...] = rho
+    edge_ref[...] = edges
+
+
+def _bwd_tile(st, q, k, v, do, lse, delta, row, bias, dd, qi, kj, bq, bk):
+    """``(p * a, ds, dg)`` of one tile for the backward kernels (docs/method.md §4)."""
+    s, valid, g, a, slope = _tile(st, q, k, qi, kj, bq, bk, row, bias)
+    p = jnp.where(valid, jnp.exp(s - lse), 0.0)
+    dov = _dot_nt(do, v)
+    if a is None:
+        return p, p * (dov - delta), None
+    pa = p * a
+    dg = p * dov * slope + jnp.where(valid, dd * expected_gate_slope(st.gate, g), 0.0)
+    return pa, pa * dov - p * delta + dg, dg
+
+
+def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, row_ref, bias_ref, dd_ref, dk_ref, dv_ref, *,
+                 st: _Static):
+    bq, bk = st.block_q_bwd, st.block_k_bwd
+    kj = pl.program_id(2)
+    k = k_ref[...]
+    v = v_ref[...]
+    scale = np.float32(1.0 / math.sqrt(k.shape[-1]))
+
+    def body(qi, carry):
+        dk, dv = carry
+        rows = pl.ds(pl.multiple_of(qi * bq, bq), bq)
+        q, do = q_ref[rows, :], do_ref[rows, :]
+        pa, ds, _ = _bwd_tile(st, q, k, v, do, lse_ref[rows, :], delta_ref[rows, :], row_ref[rows, :],
+                              bias_ref[rows, :], dd_ref[rows, :], qi, kj, bq, bk)
+        dv = dv + _dot_tn(pa.astype(do.dtype), do)
+        dk = dk + _dot_tn(ds.astype(q.dtype), q) * scale
+        return dk, dv
+
+    n_q = st.tp // bq
+    init = (jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32))
+    dk, dv = jax.lax.fori_loop(st.first_q_block(kj, bq, bk), n_q, body, init)
+    dk_ref[...] = dk
+    dv_ref[...] = dv
+
+
+def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, row_ref, bias_ref, dd_ref, dq_ref, db_ref, *,
+               st: _Static):
+    bq, bk = st.block_q_bwd, st.block_k_bwd
+    qi = pl.program_id(2)
+    q, do = q_ref[...], do_ref[...]
+    lse, delta, row, bias, dd = lse_ref[...], delta_ref[...], row_ref[...], bias_ref[...], dd_ref[...]
+    scale = np.float32(1.0 / math.sqrt(q.shape[-1]))
+
+    def body(kj, carry):
+        dq, db = carry
+        cols = pl.ds(pl.multiple_of(kj * bk, bk), bk)
+        k, v = k_ref[cols, :], v_ref[cols, :]
+        _, ds, dg = _bwd_tile(st, q, k, v, do, lse, delta, row, bias, dd, qi, kj, bq, bk)
+        dq = dq + _dot_nn(ds.astype(k.dtype), k) * scale
+        if dg is not None:
+            db = db + jnp.sum(dg, axis=1, keepdims=True)
+        return dq, db
+
+    init = (jnp.zeros(q.shape, jnp.float32), jnp.zeros((bq, 1), jnp.float32))
+    dq, db = jax.lax.fori_loop(0, st.k_blocks(qi, bq, bk), body, init)
+    dq_ref[...] = dq
+    db_ref[...] = db
+
+
+# ----------------------------------------------------------------------------------------------- pallas_call
+def _call(st: _Static, kernel, grid, in_specs, out_specs, out_shape, name):
+    kwargs = {}
+    if st.backend == "interpret":
+        kwargs["interpret"] = True
+    elif st.backend == "gpu":
+        from jax.experimental.pallas import triton as plgpu
+
+        kwargs["compiler_params"] = plgpu.CompilerParams(num_warps=st.num_warps, num_stages=st.num_stages)
+    else:
+        from jax.experimental.pallas import tpu as pltpu
+
+        kwargs["compiler_params"] = pltpu.CompilerParams(dimension_semantics=("parallel",) * len(grid))
+        if st.tpu_interpret:
+            kwargs["interpret"] = pltpu.InterpretParams()
+    return pl.pallas_call(functools.partial(kernel, st=st), grid=grid, in_specs=in_specs, out_specs=out_specs,
+                          out_shape=out_shape, name=name, **kwargs)
+
+
+def _row(block, index):
+    """Per-row arrays are ``[B, H, Tp, 1]``: a column per (batch, head), tiled along the rows."""
+    return pl.BlockSpec((None, None, block, 1), lambda b, hh, x: (*index(b, hh, x), 0))
+
+
+def _forward(st: _Static, qh, kh, vh, rows, bias_rows):
+    """qh [B, H, Tp, D], kh/vh [B, K, Sp, D], rows/bias_rows [B, H, Tp, 1] -> out, lse, rho, edges."""
+    bsz, h, tp, d = qh.shape
+    grp = h // kh.shape[1]
+    bq = st.block_q
+    q_spec = pl.BlockSpec((None, None, bq, d), lambda b, hh, i: (b, hh, i, 0))
+    kv_spec = lambda x: pl.BlockSpec((None, None, st.sp, x.shape[-1]), lambda b, hh, i: (b, hh // grp, 0, 0))
+    row_spec = _row(bq, lambda b, hh, i: (b, hh, i))
+    out_shape = (jax.ShapeDtypeStruct((bsz, h, tp, vh.shape[-1]), qh.dtype),
+                 *(jax.ShapeDtypeStruct((bsz, h, tp, 1), dt) for dt in (jnp.float32, jnp.float32, jnp.int32)))
+    o_spec = pl.BlockSpec((None, None, bq, vh.shape[-1]), lambda b, hh, i: (b, hh, i, 0))
+    return _call(st, _fwd_kernel, (bsz, h, tp // bq), [q_spec, kv_spec(kh), kv_spec(vh), row_spec, row_spec],
+                 [o_spec, row_spec, row_spec, row_spec], out_shape, "sparse_attention_fwd")(qh, kh, vh, rows,
+                                                                                            bias_rows)
+
+
+def _backward(st: _Static, qh, kh, vh, doh, lse, delta, rows, bias_rows, dd_rows):
+    bsz, h, tp, d = qh.shape
+    kvh = kh.shape[1]
+    grp = h // kvh
+    dv_dim = vh.shape[-1]
+    bq, bk = st.block_q_bwd, st.block_k_bwd
+    full_q = lambda x: pl.BlockSpec((None, None, tp, x.shape[-1]), lambda b, hh, j: (b, hh, 0, 0))
+    full_row = _row(tp, lambda b, hh, j: (b, hh, 0))
+    k_tile = lambda x: pl.BlockSpec((None, None, bk, x.shape[-1]), lambda b, hh, j: (b, hh // grp, j, 0))
+    out_tile = lambda width: pl.BlockSpec((None, None, bk, width), lambda b, hh, j: (b, hh, j, 0))
+    dk, dv = _call(st, _dkdv_kernel, (bsz, h, st.sp // bk),
+                   [full_q(qh), k_tile(kh), k_tile(vh), full_q(doh), full_row, full_row, full_row, full_row,
+                    full_row],
+                   [out_tile(d), out_tile(dv_dim)],
+                   (jax.ShapeDtypeStruct((bsz, h, st.sp, d), jnp.float32),
+                    jax.ShapeDtypeStruct((bsz, h, st.sp, dv_dim), jnp.float32)),
+                   "sparse_attention_dkdv")(qh, kh, vh, doh, lse, delta, rows, bias_rows, dd_rows)
+    q_tile = lambda x: pl.BlockSpec((None, None, bq, x.shape[-1]), lambda b, hh, i: (b, hh, i, 0))
+    full_kv = lambda x: pl.BlockSpec((None, None, st.sp, x.shape[-1]), lambda b, hh, i: (b, hh // grp, 0, 0))
+    row_tile = _row(bq, lambda b, hh, i: (b, hh, i))
+    dq, db = _call(st, _dq_kernel, (bsz, h, tp // bq),
+                   [q_tile(qh), full_kv(kh), full_kv(vh), q_tile(doh), row_tile, row_tile, row_tile, row_tile,
+                    row_tile],
+                   [q_tile(qh), row_tile],
+                   (jax.ShapeDtypeStruct((bsz, h, tp, d), jnp.float32),
+                    jax.ShapeDtypeStruct((bsz, h, tp, 1), jnp.float32)),
+                   "sparse_attention_dq")(qh, kh, vh, doh, lse, delta, rows, bias_rows, dd_rows)
+    # grouped-query attention: the k/v gradient of a kv head sums over its query heads
+    dk = dk.reshape(bsz, kvh, grp, st.sp, d).sum(2)
+    dv = dv.reshape(bsz, kvh, grp, st.sp, dv_dim).sum(2)
+    return dq, dk, dv, db
+
+
+# ------------------------------------------------------------------------------------------ custom_vjp glue
+def _pad_heads_major(x, length):
+    """[B, T, H, D] -> [B, H, length, D] (zero padded)."""
+    x = jnp.transpose(x, (0, 2, 1, 3))
+    return jnp.pad(x, ((0, 0), (0, 0), (0, length - x.shape[2]), (0, 0)))
+
+
+def _rows(st: _Static, bsz, h, seed, bias):
+    """Per-row kernel inputs: row hashes (uint32) and the head's bias, both ``[B, H, Tp, 1]``."""
+    shape = (bsz, h, st.tp, 1)
+    if st.train and st.gate is not None:
+        rows = row_hash(seed, jnp.arange(bsz)[:, None, None, None], jnp.arange(h)[None, :, None, None],
+                        jnp.arange(st.tp)[None, None, :, None])
+    else:
+        rows = jnp.zeros(shape, jnp.uint32)
+    return rows, jnp.broadcast_to(bias.astype(jnp.float32)[None, :, None, None], shape)
+
+
+def _fwd_impl(st: _Static, q, k, v, bias, seed):
+    bsz, t, h, _ = q.shape
+    qh, kh, vh = _pad_heads_major(q, st.tp), _pad_heads_major(k, st.sp), _pad_heads_major(v, st.sp)
+    rows, bias_rows = _rows(st, bsz, h, seed, bias)
+    o, lse, rho, edges = _forward(st, qh, kh, vh, rows, bias_rows)
+    out = jnp.transpose(o[:, :, :t], (0, 2, 1, 3))
+    if st.gate is None:
+        density = edge_density = jnp.ones((bsz, h), jnp.float32)
+    else:
+        density = rho.sum((2, 3)) / st.pairs()
+        edge_density = edges.sum((2, 3)).astype(jnp.float32) / st.pairs()
+    return out, density, edge_density, (qh, kh, vh, rows, bias_rows, o, lse)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _fused(st: _Static, q, k, v, bias, seed):
+    out, density, edge_density, _ = _fwd_impl(st, q, k, v, bias, seed)
+    return out, density, edge_density
+
+
+def _fused_fwd(st, q, k, v, bias, seed):
+    out, density, edge_density, res = _fwd_impl(st, q, k, v, bias, seed)
+    return (out, density, edge_density), (res, bias, seed)
+
+
+def _fused_bwd(st, res, cts):
+    (qh, kh, vh, rows, bias_rows, o, lse), bias, seed = res
+    dout, ddens, _ = cts  # the edge density is a count: no gradient
+    bsz, h, tp, _ = qh.shape
+    t, s = st.t, st.s
+    doh = _pad_heads_major(dout.astype(qh.dtype), tp)
+    delta = jnp.sum(doh.astype(jnp.float32) * o.astype(jnp.float32), axis=-1, keepdims=True)  # D_i = dy_i . y_i
+    dd_rows = jnp.broadcast_to((ddens.astype(jnp.float32) / st.pairs())[:, :, None, None], (bsz, h, tp, 1))
+    dq, dk, dv, db = _backward(st, qh, kh, vh, doh, lse, delta, rows, bias_rows, dd_rows)
+    back = lambda x, n, dt: jnp.transpose(x[:, :, :n], (0, 2, 1, 3)).astype(dt)
+    dbias = db.sum(axis=(0, 2, 3)) if st.gate is not None else jnp.zeros_like(bias)
+    return (back(dq, t, qh.dtype), back(dk, s, kh.dtype), back(dv, s, vh.dtype), dbias.astype(bias.dtype),
+            None)
+
+
+_fused.defvjp(_fused_fwd, _fused_bwd)
+
+
+# ------------------------------------------------------------------------------------------------- public
+def backend_of(platform: str) -> str:
+    """The kernel lowering for a JAX platform: ``"gpu"`` (Triton), ``"tpu"`` (Mosaic) or ``"interpret"``."""
+    return {"gpu": "gpu", "cuda": "gpu", "rocm": "gpu", "tpu": "tpu"}.get(platform, "interpret")
+
+
+def unsupported(q, k, v, backend: str) -> str | None:
+    """Why the compiled kernel cannot take these inputs (None when it can). Interpret mode takes anything."""
+    if backend == "interpret":
+        return None
+    if q.dtype not in (jnp.float32, jnp.bfloat16, jnp.float16):
+        return f"dtype {q.dtype} (the kernel takes float32, bfloat16 or float16)"
+    d, dv = q.shape[-1], v.shape[-1]
+    if backend == "gpu" and not all(x >= 16 and x & (x - 1) == 0 for x in (d, dv)):
+        return f"head_dim {d}/{dv} (the Triton kernel needs powers of two >= 16)"
+    if backend == "tpu" and (d % 128 or dv % 128) and d not in (64,):
+        return f"head_dim {d} (the Mosaic kernel needs 64 or a multiple of 128)"
+    return None
+
+
+def _fit(block: int, length: int, backend: str) -> int:
+    """A block no longer than needed: the next power of two >= length (at least 16 for Triton's dot)."""
+    floor = 16 if backend == "gpu" else (128 if backend == "tpu" else 1)
+    return max(floor, min(block, pl.next_power_of_2(length)))
+
+
+def pallas_attention(q, k, v, gate: Gate | None, *, causal: bool, train: bool, seed, return_adjacency: bool,
+                     backend: str | None = None, tpu_interpret: bool = False, **blocks):
+    """Same contract as :func:`reference_attention`, fused. ``backend`` defaults to the default device's
+    (``"interpret"`` on CPU); ``blocks`` override :data:`BLOCK_SIZES` (``block_q``, ``block_k``, ``block_q_bwd``,
+    ``block_k_bwd``, and on GPU ``num_warps``, ``num_stages``)."""
+    backend = backend or backend_of(jax.default_backend())
+    if backend not in BLOCK_SIZES:
+        raise ValueError(f"unknown Pallas backend {backend!r}; choose one of {sorted(BLOCK_SIZES)}")
+    unknown = set(blocks) - set(BLOCK_SIZES["gpu"])
+    if unknown:
+        raise ValueError(f"unknown block option(s) {sorted(unknown)}; the Pallas kernel takes "
+                         f"{sorted(BLOCK_SIZES['gpu'])}")
+    why = unsupported(q, k, v, backend)
+    if why:
+        raise ValueError(f"implementation='pallas' cannot run {why} on {backend}; use implementation='chunked' "
+                         "(or 'auto', which falls back by itself)")
+    cfg = {**BLOCK_SIZES[backend], **blocks}
+    t, s_len, h = q.shape[1], k.shape[1], q.shape[2]
+    st = _Static(backend=backend, causal=causal, train=train,
+                 gate=None if gate is None else dataclasses.replace(gate, bias=None), t=t, s=s_len,
+                 block_q=_fit(cfg["block_q"], t, backend), block_k=_fit(cfg["block_k"], s_len, backend),
+                 block_q_bwd=_fit(cfg["block_q_bwd"], t, backend), block_k_bwd=_fit(cfg["block_k_bwd"], s_len, backend),
+                 num_warps=cfg.get("num_warps"), num_stages=cfg.get("num_stages"), tpu_interpret=tpu_interpret)
+    bias = jnp.zeros((h,), jnp.float32) if gate is None else jnp.broadcast_to(gate.bias, (h,)).astype(jnp.float32)
+    seed = jnp.zeros((), jnp.uint32) if seed is None else seed
+    out, density, edge_density = _fused(st, q, k, v, bias, seed)
+    adjacency = None
+    if return_adjacency:  # analysis only: the materialised edges, from the reference statement (same gates)
+        from .reference import attention_weights
+
+        _, a, _, _ = attention_weights(q, k, None if gate is None else dataclasses.replace(
+            gate, bias=jax.lax.stop_gradient(bias)), causal=causal, train=train, seed=seed)
+        adjacency = a > 0
+    return out, density, edge_density, adjacency

@@ -1,0 +1,146 @@
+"""``sparsejax plan``: prove a post-training setup fits by compiling it, not by running it.
+
+The post-training step of a preset is built from abstract shapes (``jax.ShapeDtypeStruct``: nothing is allocated,
+no checkpoint is read), placed on a mesh by the logical-axis rules, lowered and compiled for a simulated mesh of
+fake host devices (in a subprocess, since the device count is fixed when JAX starts), and XLA's own analyses give
+the per-device memory (arguments + outputs + temporaries - aliased, i.e. the donated train state counted once) and
+the FLOPs of one step. The numbers are XLA:CPU's for that program: an accelerator's compiler fuses and schedules
+differently, so treat them as the plan's size, not a measurement of a TPU/GPU run (docs/scaling.md).
+
+    sparsejax plan olmo_7b --shape olmo-7b --mesh fsdp=16            # 16 devices, FSDP
+    sparsejax plan olmo_7b --shape olmo-7b --mesh data=1 train.lora_rank=16 --json
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+# Well-known model shapes (architecture only; weights are never needed to plan). One place per shape.
+SHAPES = {
+    "gpt2": dict(family="gpt2", vocab_size=50257, d_model=768, n_layers=12, n_heads=12, d_ff=3072, max_position=1024),
+    "llama-3.2-1b": dict(family="llama", vocab_size=128256, d_model=2048, n_layers=16, n_heads=32, n_kv_heads=8,
+                         d_ff=8192, max_position=131072, rope_theta=500000.0, tie_embeddings=True),
+    "llama-2-7b": dict(family="llama", vocab_size=32000, d_model=4096, n_layers=32, n_heads=32, d_ff=11008,
+                       max_position=4096),
+    "olmo-7b": dict(family="olmo", vocab_size=50304, d_model=4096, n_layers=32, n_heads=32, d_ff=11008,
+                    max_position=2048),
+    "olmo2-7b": dict(family="olmo2", vocab_size=100352, d_model=4096, n_layers=32, n_heads=32, d_ff=11008,
+                     max_position=4096),
+}
+MESH_AXES = ("data", "fsdp", "tensor")
+
+
+def parse_mesh(items) -> dict:
+    """``["fsdp=16", "tensor=2"]`` -> ``{"data": 1, "fsdp": 16, "tensor": 2}``."""
+    mesh = dict.fromkeys(MESH_AXES, 1)
+    for item in items or ():
+        for part in item.split(","):
+            name, _, value = part.partition("=")
+            if name not in mesh or not value.isdigit() or int(value) < 1:
+                raise ValueError(f"mesh entry {part!r} must look like AXIS=N with AXIS in {MESH_AXES} and N >= 1 "
+                                 "(e.g. --mesh fsdp=16 tensor=2)")
+            mesh[name] = int(value)
+    return mesh
+
+
+def plan_overrides(shape: str | None, mesh: dict) -> list[str]:
+    """The config overrides that put a named shape (no checkpoint) and the mesh into the run config."""
+    out = [f"mesh.{k}={v}" for k, v in mesh.items()]
+    if shape is not None:
+        if shape not in SHAPES:
+            raise ValueError(f"unknown model shape {shape!r}; known: {', '.join(SHAPES)}")
+        out += ["model.checkpoint=null"] + [f"model.{k}={v}" for k, v in SHAPES[shape].items()]
+    return out
+
+
+def compile_plan(cfg) -> dict:
+    """Compile the post-training step of ``cfg`` on the current devices (which must number the mesh's size) from
+    abstract shapes; returns the plan's numbers and the compiled executable under ``"compiled"``."""
+    import jax
+
+    import sparsejax as sj
+    from . import sharding
+    from .config import model_config
+    from .train import make_train_step
+    from .train import state as st
+    from .train import step as stp
+
+    if cfg.model.checkpoint:
+        raise ValueError(f"model.checkpoint={cfg.model.checkpoint!r}: plan works from shapes, not weights; pass "
+                         f"--shape NAME (one of {', '.join(SHAPES)}) or model.* overrides with model.checkpoint=null")
+    config = model_config(cfg.model)
+    shapes = jax.eval_shape(lambda: sj.init_params(config, jax.random.PRNGKey(0)))
+    model = sj.Model(config, shapes)
+    spec = st.step_spec(cfg, model)
+    trainable, frozen = jax.eval_shape(lambda p: st.split_params(cfg, spec, sj.Model(config, p)), shapes)
+    optimizer, multiplier = stp.make_optimizer(cfg), stp.make_multiplier(cfg, 1.0)  # tau: any value (shapes only)
+    state = st.abstract_state(trainable, optimizer, multiplier)
+    mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+    rules = sharding.parse_rules(cfg.mesh.rules)
+    place = lambda tree: jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree,
+                                      sharding.param_shardings(tree, mesh, rules))
+    b, t = cfg.data.batch_size, cfg.data.seq_len
+    batch_sh = sharding.batch_sharding(mesh, rules)
+    batch = {"tokens": jax.ShapeDtypeStruct((b, t + 1), jax.numpy.int32, sharding=batch_sh),
+             "mask": jax.ShapeDtypeStruct((b, t), jax.numpy.float32, sharding=batch_sh)}
+    seed = jax.ShapeDtypeStruct((), jax.numpy.uint32, sharding=sharding.replicated(mesh))
+    step = jax.jit(make_train_step(spec, optimizer, multiplier), donate_argnums=0)
+    with jax.set_mesh(mesh):
+        compiled = step.lower(place(state), place(frozen), batch, seed).compile()
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    n_params = sum(x.size for x in jax.tree.leaves(shapes))
+    n_trainable = sum(x.size for x in jax.tree.leaves(trainable))
+    per_device = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+                  - mem.alias_size_in_bytes)
+    return {"devices": mesh.size, "mesh": dict(zip(mesh.axis_names, mesh.devices.shape)), "params": int(n_params),
+            "trainable_params": int(n_trainable), "bytes_per_device": int(per_device),
+            "argument_bytes": int(mem.argument_size_in_bytes), "output_bytes": int(mem.output_size_in_bytes),
+            "temp_bytes": int(mem.temp_size_in_bytes), "alias_bytes": int(mem.alias_size_in_bytes),
+            "flops_per_step": float(cost.get("flops", float("nan"))) * mesh.size,
+            "tokens_per_step": b * t, "grad_accum": cfg.train.grad_accum, "seq_len": t, "global_batch": b,
+            "dtype": cfg.model.dtype, "remat": cfg.model.remat, "lora_rank": cfg.train.lora_rank,
+            "distill": cfg.train.distill, "attention": cfg.train.attention, "compiled": compiled}
+
+
+def _child(argv):
+    """In the subprocess (device count already set): compile and print one JSON line."""
+    from .config import load_config
+
+    source, overrides = argv[0], argv[1:]
+    cfg = load_config(source, overrides)
+    res = compile_plan(cfg)
+    res.pop("compiled")
+    print("PLAN_JSON " + json.dumps(res))
+
+
+def run_plan(source: str, overrides: list[str], devices: int, timeout: float | None = None) -> dict:
+    """Compile in a fresh process with ``devices`` fake CPU devices; returns the plan (raises on failure)."""
+    env = dict(os.environ)
+    flags = [f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
+    env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])
+    env["JAX_PLATFORMS"] = "cpu"
+    proc = subprocess.run([sys.executable, "-c", "import sys; from sparsejax.plan import _child; _child(sys.argv[1:])",
+                           source, *overrides], env=env, capture_output=True, text=True, timeout=timeout)
+    for line in proc.stdout.splitlines():
+        if line.startswith("PLAN_JSON "):
+            return json.loads(line[len("PLAN_JSON "):])
+    err = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+    raise RuntimeError(f"planning failed: {err}")
+
+
+def format_plan(p: dict) -> str:
+    gib = lambda x: f"{x / 2**30:.2f} GiB"
+    mesh = " x ".join(f"{k}={v}" for k, v in p["mesh"].items() if v > 1) or "1 device"
+    return "\n".join([
+        f"mesh: {mesh} ({p['devices']} devices); params {p['params'] / 1e9:.3f} B "
+        f"(trainable {p['trainable_params'] / 1e9:.3f} B); {p['dtype']}, remat={p['remat']}, "
+        f"lora_rank={p['lora_rank']}, distill={p['distill']}",
+        f"per device: {gib(p['bytes_per_device'])} = arguments {gib(p['argument_bytes'])} + outputs "
+        f"{gib(p['output_bytes'])} + temporaries {gib(p['temp_bytes'])} - aliased {gib(p['alias_bytes'])}",
+        f"per step: {p['flops_per_step'] / 1e12:.1f} TFLOP for {p['tokens_per_step']} tokens "
+        f"(global batch {p['global_batch']} x {p['seq_len']}; grad_accum {p['grad_accum']} steps per update)",
+    ])
