@@ -88,6 +88,46 @@ def logical_spec(axes, shape, mesh, rules=DEFAULT_RULES) -> P:
     return P(*dims)
 
 
+# ----------------------------------------------------------------------------------------------- activations
+# Logical axes of the activations the decoder constrains (one table, read by ``constrain``).
+ACTIVATION_AXES = {
+    "resid": ("batch", "seq", "embed"),          # the residual stream [B, T, d_model]
+    "q": ("batch", "seq", "heads", None),        # [B, T, H, head_dim]
+    "kv": ("batch", "seq", "kv_heads", None),    # [B, T, K, head_dim]
+    "mlp": ("batch", "seq", "mlp"),              # MLP hidden [B, T, d_ff]
+    "logits": ("batch", "seq", "vocab"),         # [B, T, vocab]
+}
+_ACTIVE_RULES: list = []
+
+
+class use_rules:
+    """Within this context (at trace time), :func:`constrain` places activations by ``rules`` on the current mesh
+    (``jax.set_mesh``). The training and eval steps enter it; outside it the decoder adds no constraint."""
+
+    def __init__(self, rules=DEFAULT_RULES):
+        self.rules = tuple(rules)
+
+    def __enter__(self):
+        _ACTIVE_RULES.append(self.rules)
+        return self
+
+    def __exit__(self, *exc):
+        _ACTIVE_RULES.pop()
+
+
+def constrain(x, kind: str):
+    """``x`` with a sharding constraint from its logical axes (``ACTIVATION_AXES[kind]``) on the current mesh;
+    unchanged when no rules are active or no mesh is set."""
+    if not _ACTIVE_RULES:
+        return x
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return x
+    axes = ACTIVATION_AXES[kind]
+    spec = logical_spec(tuple(a or "_none" for a in axes), x.shape, mesh, _ACTIVE_RULES[-1])
+    return jax.lax.with_sharding_constraint(x, spec)
+
+
 def param_axes(path: str) -> tuple | None:
     """Logical axes of a parameter given its path below the params root (None: not a model parameter)."""
     for pattern, axes in PARAM_AXES:

@@ -8,6 +8,7 @@ missing and mis-shaped tensors are all listed in one error. No network: a missin
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -135,40 +136,77 @@ def _expected_shapes(c: ModelConfig):
     return jax.eval_shape(lambda: init_params(c, jax.random.PRNGKey(0)))
 
 
-def load_params(c: ModelConfig, reader, *, names=None) -> dict:
-    """Read, transform and stack every tensor of the family's map; raise one error listing all problems."""
+@functools.lru_cache(maxsize=None)
+def _layer_setter(sharding):
+    """``set(buf, l, x) = buf.at[l].set(x)`` in place (the buffer is donated), keeping ``sharding``."""
+    return jax.jit(lambda buf, l, x: jax.lax.dynamic_update_index_in_dim(buf, x, l, 0), donate_argnums=0,
+                   out_shardings=sharding)
+
+
+def _hf_piece_shapes(shape: tuple, hook) -> list[tuple]:
+    """The shapes our tensors get from one HF tensor of ``shape`` (before stacking layers)."""
+    if hook == "split3":
+        return [shape[:-1] + (shape[-1] // 3,)] * 3 if shape[-1] % 3 == 0 else [shape]
+    return [shape[::-1] if hook == "linear" and len(shape) == 2 else shape]
+
+
+def load_params(c: ModelConfig, reader, *, names=None, shardings=None) -> dict:
+    """Read, transform and stack every tensor of the family's map; raise one error listing all problems.
+
+    Streaming: every check runs on the file headers first (nothing is read when anything is wrong); then tensors
+    are read one at a time and written into their (stacked) device arrays in place, so host memory holds one
+    checkpoint tensor at a time. ``shardings``: a pytree like the params of ``NamedSharding``s (e.g. from
+    :func:`sparsejax.sharding.param_shardings`) on which each array is created; default: the default device."""
     names = name_map(c) if names is None else names
     expected = _expected_shapes(c)
     available = reader.keys()
-    params, used, missing, bad = {}, set(), [], []
+    plan, used, missing, bad = [], set(), [], []
     for hf, ours, hook in names:
-        layers = range(c.n_layers) if "{l}" in hf else [None]
-        stacked = []
-        for l in layers:
-            key = hf.format(l=l) if l is not None else hf
-            if key not in available:
-                missing.append(key)
-                continue
-            used.add(key)
-            x = reader.get(key)
-            stacked.append(np.split(x, 3, axis=-1) if hook == "split3" else [x.T if hook == "linear" else x])
-        if len(stacked) != len(layers):
+        layers = list(range(c.n_layers)) if "{l}" in hf else [None]
+        keys = [hf.format(l=l) if l is not None else hf for l in layers]
+        absent = [k for k in keys if k not in available]
+        missing += absent
+        used.update(k for k in keys if k in available)
+        if absent:
             continue
-        for n, path in enumerate(ours if hook == "split3" else [ours]):
-            want = _get(expected, path).shape
-            pieces = [s[n] for s in stacked]
-            wrong = [i for i, x in enumerate(pieces) if x.shape != (want[1:] if "{l}" in hf else want)]
-            if wrong:
-                bad.append(f"{hf.format(l=wrong[0])} -> {'.'.join(path)}: got {pieces[wrong[0]].shape}, expected "
-                           f"{want[1:] if '{l}' in hf else want}")
-                continue
-            _set(params, path, jnp.asarray(np.stack(pieces) if "{l}" in hf else pieces[0]))
+        paths = ours if hook == "split3" else [ours]
+        ok = True
+        for k in keys:
+            got = _hf_piece_shapes(reader.shape(k), hook)
+            for n, path in enumerate(paths):
+                want = _get(expected, path).shape
+                want = want[1:] if "{l}" in hf else want
+                if len(got) != len(paths) or tuple(got[n]) != tuple(want):
+                    bad.append(f"{k} -> {'.'.join(path)}: got {got[min(n, len(got) - 1)]}, expected {want}")
+                    ok = False
+                    break
+            if not ok:
+                break
+        if ok:
+            plan.append((keys, paths, hook, "{l}" in hf))
     unknown = sorted(k for k in available - used if not k.endswith(IGNORED_SUFFIXES)
                      and not (k == "lm_head.weight" and c.tie_embeddings))
     problems = [f"missing tensors: {missing}"] * bool(missing) + [f"mis-shaped tensors: {bad}"] * bool(bad) + \
         [f"unknown tensors (not in the {c.family} map): {unknown}"] * bool(unknown)
     if problems:
         raise ValueError("checkpoint does not match the config:\n  " + "\n  ".join(problems))
+
+    params = {}
+    where = (lambda path: _get(shardings, path)) if shardings is not None else (lambda path: None)
+    for keys, paths, hook, stacked in plan:
+        def pieces(key):
+            x = reader.get(key)
+            return np.split(x, 3, axis=-1) if hook == "split3" else [x.T if hook == "linear" else x]
+        if not stacked:
+            for path, x in zip(paths, pieces(keys[0])):
+                _set(params, path, jax.device_put(np.ascontiguousarray(x), where(path)))
+            continue
+        bufs = [jnp.zeros(_get(expected, path).shape, jnp.float32, device=where(path)) for path in paths]
+        for l, key in enumerate(keys):
+            for n, x in enumerate(pieces(key)):
+                bufs[n] = _layer_setter(where(paths[n]))(bufs[n], l, np.ascontiguousarray(x))
+        for path, buf in zip(paths, bufs):
+            _set(params, path, buf)
     return params
 
 
@@ -179,8 +217,11 @@ def _read_gate(path: Path) -> Gate | None:
     return gate_from_json(json.loads(f.read_text()))
 
 
-def from_pretrained(path: str | os.PathLike, *, gate: Any = None) -> Model:
-    """Load a Hugging Face checkpoint directory (``config.json`` + safetensors, sharded or not).
+def from_pretrained(path: str | os.PathLike, *, gate: Any = None, mesh=None, rules=None) -> Model:
+    """Load a Hugging Face checkpoint directory (``config.json`` + safetensors, sharded or not), tensor by tensor.
+
+    ``mesh`` (with ``rules``, the logical-axis table; default :data:`sparsejax.sharding.DEFAULT_RULES`): create
+    every parameter directly on its sharding as it is read (host memory: one tensor at a time).
 
     ``gate``: add a gate to a dense checkpoint (a float bias or :class:`Gate`); a checkpoint saved by
     sparsejax with a gate (``sparsejax_gate.json``) loads it, and passing ``gate=`` as well is an error.
@@ -195,7 +236,12 @@ def from_pretrained(path: str | os.PathLike, *, gate: Any = None) -> Model:
     except json.JSONDecodeError as e:
         raise ValueError(f"{path / 'config.json'} is not valid JSON: {e}") from e
     config = config_from_hf(hf)
-    params = load_params(config, _Reader(path))
+    shardings = None
+    if mesh is not None:
+        from .. import sharding
+
+        shardings = sharding.param_shardings(_expected_shapes(config), mesh, rules or sharding.DEFAULT_RULES)
+    params = load_params(config, _Reader(path), shardings=shardings)
     saved = _read_gate(path)
     if saved is not None and gate is not None:
         raise ValueError(f"{path} already has a gate ({GATE_FILE}); pass gate=None to use it")

@@ -21,8 +21,11 @@ class _DictReader:
     def keys(self):
         return set(self.tensors)
 
+    def shape(self, name):
+        return tuple(np.shape(self.tensors[name]))
+
     def get(self, name):
-        return self.tensors[name]
+        return np.asarray(self.tensors[name], np.float32)
 
 
 def nanogpt_config(args: dict) -> ModelConfig:

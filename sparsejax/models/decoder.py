@@ -16,6 +16,7 @@ import numpy as np
 from ..attention import attention_pattern, sparse_attention
 from ..gates import Gate, as_gate, layer_seed
 from .config import ModelConfig
+from ..sharding import constrain
 from .hooks import LAYER_HOOKS, MODEL_HOOKS, Hooks
 from .hooks import hook_names as _hook_names
 
@@ -119,8 +120,8 @@ def _activation(c: ModelConfig, x):
 
 def mlp(c: ModelConfig, p: dict, x):
     if c.mlp == "swiglu":
-        return _linear(p["down"], _activation(c, _linear(p["gate"], x)) * _linear(p["up"], x))
-    return _linear(p["proj"], _activation(c, _linear(p["fc"], x)))
+        return _linear(p["down"], constrain(_activation(c, _linear(p["gate"], x)) * _linear(p["up"], x), "mlp"))
+    return _linear(p["proj"], constrain(_activation(c, _linear(p["fc"], x)), "mlp"))
 
 
 # ---------------------------------------------------------------------------------------------- forward
@@ -199,7 +200,7 @@ def forward(config: ModelConfig, params: dict, tokens, gate: Any = None, *, mode
     captures = {}
     if c.position == "learned":
         x = x + params["embed"]["positions"][:t].astype(dtype)
-    x = hooks.model_point("hook_embed", x, captures)
+    x = constrain(hooks.model_point("hook_embed", x, captures), "resid")
     if c.position == "rope":
         cos, sin = rope_tables(t, c.head_dim, c.rope_theta, c.rope_scaling, dtype)
     seed_arr = jnp.asarray(0 if seed is None else seed).astype(jnp.uint32)
@@ -227,6 +228,7 @@ def forward(config: ModelConfig, params: dict, tokens, gate: Any = None, *, mode
             q = norm(c, a["q_norm"], q.reshape(b, t, -1)).reshape(q.shape)
             k = norm(c, a["k_norm"], k.reshape(b, t, -1)).reshape(k.shape)
         q, k, v = hk("attn.hook_q", q), hk("attn.hook_k", k), hk("attn.hook_v", v)
+        q, k, v = constrain(q, "q"), constrain(k, "kv"), constrain(v, "kv")
         if c.position == "rope":
             q, k = hk("attn.hook_rot_q", apply_rope(q, cos, sin)), hk("attn.hook_rot_k", apply_rope(k, cos, sin))
         g = None if gate is None else Gate(bias, gate.kind, gate.temperature, gate.stretch)
@@ -255,7 +257,7 @@ def forward(config: ModelConfig, params: dict, tokens, gate: Any = None, *, mode
         if c.norm_position == "post":
             m = norm(c, p.get("mlp_norm", {}), m)
         m = hk("hook_mlp_out", m)
-        x = hk("hook_resid_post", x + m)
+        x = constrain(hk("hook_resid_post", x + m), "resid")
         return x, (stats.expected_density, stats.edge_density, captured)
 
     if c.remat != "none":
@@ -267,6 +269,6 @@ def forward(config: ModelConfig, params: dict, tokens, gate: Any = None, *, mode
     x = norm(c, params.get("final_norm", {}), x)
     x = hooks.model_point("ln_final.hook_normalized", x, captures)
     head = params["embed"]["tokens"].T if c.tie_embeddings else params["lm_head"]["kernel"]
-    logits = jnp.einsum("btd,dv->btv", x, head.astype(dtype), preferred_element_type=jnp.float32)
+    logits = constrain(jnp.einsum("btd,dv->btv", x, head.astype(dtype), preferred_element_type=jnp.float32), "logits")
     hooks.collect(stacked, captures)
     return logits, {"density": density, "edge_density": edge_density, "captures": captures}

@@ -83,11 +83,11 @@ class Trainer:
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
         check_run_dir(self.run_dir, cfg)
         self.train_src, self.val_src, self.tokenizer = build_data(cfg, self.run_dir)
-        model = build_model(cfg)
-        self.config = model.config
-        _state.check_data_fits(cfg, self.config, self.train_src, self.val_src, self.tokenizer)
         self.rules = sharding.parse_rules(cfg.mesh.rules)
         self.mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+        model = build_model(cfg, self.mesh, self.rules)  # a checkpoint streams onto its shardings
+        self.config = model.config
+        _state.check_data_fits(cfg, self.config, self.train_src, self.val_src, self.tokenizer)
         if cfg.data.batch_size % (cfg.mesh.data * cfg.mesh.fsdp):
             raise ValueError(f"data.batch_size={cfg.data.batch_size} must be divisible by mesh.data x mesh.fsdp")
         self.batch_sharding = sharding.batch_sharding(self.mesh, self.rules)

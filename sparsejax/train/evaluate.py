@@ -63,7 +63,8 @@ def evaluate_checkpoint(cfg, checkpoint) -> dict:
         check_data_fits(cfg, config, train_src, val_src, tokenizer)
         mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
         gate = None if model.gate is None else dataclasses.replace(model.gate, bias=None)
-        spec = StepSpec(config=config, gate=gate, attention=cfg.train.attention)
+        spec = StepSpec(config=config, gate=gate, attention=cfg.train.attention,
+                        rules=sharding.parse_rules(cfg.mesh.rules))
         trainable = {"params": model.params}
         frozen = {} if model.gate is None else {"gate_bias": model.gate.bias}
         step = jax.jit(make_eval_step(spec))

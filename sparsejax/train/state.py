@@ -12,6 +12,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from .. import sharding
 from ..checkpoints import Model, from_pretrained
 from ..config import RunConfig, model_config
 from ..gates import Gate
@@ -29,6 +30,7 @@ class StepSpec:
     sense: str = "ce"                 # what the multiplier constrains: "ce" or "density"
     beta: float = 0.0                 # fixed density weight when there is no multiplier (penalty mode)
     attention: str = "auto"           # sparse_attention implementation (auto | chunked | pallas | reference)
+    rules: tuple = sharding.DEFAULT_RULES  # logical axis -> mesh axes, for parameters and activations
 
 
 def params_of(spec: StepSpec, trainable: dict, frozen: dict) -> dict:
@@ -93,11 +95,12 @@ def build_data(cfg: RunConfig, run_dir: Path):
     return train, val, tokenizer
 
 
-def build_model(cfg: RunConfig) -> Model:
-    """The checkpoint (``model.checkpoint``; only dtype/remat apply) or a fresh model of ``model.family``."""
+def build_model(cfg: RunConfig, mesh=None, rules=None) -> Model:
+    """The checkpoint (``model.checkpoint``; only dtype/remat apply; streamed onto ``mesh`` by the logical-axis
+    ``rules`` when given) or a fresh model of ``model.family``."""
     m = cfg.model
     if m.checkpoint is not None:
-        model = from_pretrained(m.checkpoint)
+        model = from_pretrained(m.checkpoint, mesh=mesh, rules=rules)
         model.config = model.config.replace(dtype=m.dtype, remat=m.remat)
         return model
     config = model_config(m)
@@ -142,7 +145,8 @@ def step_spec(cfg: RunConfig, model: Model) -> StepSpec:
     beta = cfg.constraint.beta_init if g.enabled else 0.0
     return StepSpec(config=model.config, gate=gate,
                     lora_alpha=cfg.train.lora_alpha if cfg.train.lora_rank > 0 else None,
-                    distill=cfg.train.distill, sense=cfg.constraint.sense, beta=beta, attention=cfg.train.attention)
+                    distill=cfg.train.distill, sense=cfg.constraint.sense, beta=beta, attention=cfg.train.attention,
+                    rules=sharding.parse_rules(cfg.mesh.rules))
 
 
 def split_params(cfg: RunConfig, spec: StepSpec, model: Model) -> tuple[dict, dict]:
@@ -159,7 +163,9 @@ def split_params(cfg: RunConfig, spec: StepSpec, model: Model) -> tuple[dict, di
     if spec.gate is not None:
         bias = model.gate.bias if model.gate is not None else gate_bias_init(cfg, model.config)
         (trainable if cfg.gate.learnable else frozen)["gate_bias"] = jnp.asarray(bias, jnp.float32)
-    if spec.distill > 0:  # the frozen dense teacher: its own buffers (the trainable ones are donated to each step)
+    if spec.distill > 0 and spec.lora_alpha is None:
+        # the frozen dense teacher: its own buffers (the trainable ones are donated to each step). Under LoRA the
+        # frozen base *is* the dense teacher, so the step reads frozen["base"] and no copy is made.
         frozen["teacher"] = jax.tree.map(lambda x: jnp.array(x, copy=True), model.params)
     return trainable, frozen
 

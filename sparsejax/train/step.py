@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .. import constrained, objective
+from .. import constrained, objective, sharding
 from ..config import RunConfig
 from ..models import forward
 from .state import StepSpec, gate_of, params_of
@@ -76,7 +76,8 @@ def _loss(spec: StepSpec, trainable, frozen, batch, seed, weights):
     w_ce, w_density = weights
     loss = w_ce * ce + w_density * density
     if spec.distill > 0:
-        teacher_logits, _ = forward(spec.config, frozen["teacher"], tokens[:, :-1], implementation=spec.attention)
+        teacher = frozen["teacher"] if "teacher" in frozen else frozen["base"]  # LoRA: the base is the teacher
+        teacher_logits, _ = forward(spec.config, teacher, tokens[:, :-1], implementation=spec.attention)
         loss = loss + spec.distill * objective.distillation_kl(logits, teacher_logits)
     # deterministic edge density of this batch per layer and head (counted inside the attention, no T x T array)
     return loss, (ce, density, aux["edge_density"].mean(1))
@@ -111,7 +112,11 @@ def make_train_step(spec: StepSpec, optimizer, multiplier):
             out.update(constrained.metrics(mult_state))
         return new, out
 
-    return train_step
+    def sharded_train_step(state, frozen, batch, seed):  # activations placed by the logical-axis rules
+        with sharding.use_rules(spec.rules):
+            return train_step(state, frozen, batch, seed)
+
+    return sharded_train_step
 
 
 def make_eval_step(spec: StepSpec, *, dense: bool = False):
@@ -129,4 +134,8 @@ def make_eval_step(spec: StepSpec, *, dense: bool = False):
         counts = jnp.round(aux["edge_density"] * pairs).astype(jnp.int32).sum(1)  # exact: counts < 2**24
         return {"ce": ce, "edge_counts": counts}
 
-    return eval_step
+    def sharded_eval_step(trainable, frozen, batch):
+        with sharding.use_rules(spec.rules):
+            return eval_step(trainable, frozen, batch)
+
+    return sharded_eval_step

@@ -1,0 +1,81 @@
+"""``sparsejax plan``: the step compiled from abstract shapes on a simulated mesh reports the same memory and
+parameter count as the step of an actual run on the same mesh (8 fake CPU devices, in a subprocess)."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from sparsejax import cli
+from sparsejax.plan import SHAPES, parse_mesh, plan_overrides
+
+TINY = ["model.d_model=32", "model.n_layers=2", "model.n_heads=4", "model.d_ff=64", "data.batch_size=16",
+        "data.eval_batches=1", "gate.enabled=true"]
+
+
+def test_plan_matches_an_actual_run_on_8_devices(tmp_path):
+    script = textwrap.dedent(f"""
+        import json, jax, jax.numpy as jnp
+        from sparsejax.config import load_config
+        from sparsejax.data import batch_at
+        from sparsejax.plan import compile_plan
+        from sparsejax.train import Trainer
+        overrides = {TINY!r} + ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", "train.lora_rank=0"]
+        cfg = load_config("toy_addition_pretrain", overrides)
+        plan = compile_plan(cfg)
+        plan.pop("compiled")
+        tr = Trainer(cfg, {str(tmp_path / 'run')!r}, progress=False)
+        batch = jax.device_put(batch_at(tr.train_src, 0, cfg.data.batch_size), tr.batch_sharding)
+        with jax.set_mesh(tr.mesh):
+            mem = tr.step_fn.lower(tr.state, tr.frozen, batch, jnp.uint32(0)).compile().memory_analysis()
+        actual = dict(argument_bytes=mem.argument_size_in_bytes, output_bytes=mem.output_size_in_bytes,
+                      temp_bytes=mem.temp_size_in_bytes, alias_bytes=mem.alias_size_in_bytes,
+                      params=sum(x.size for x in jax.tree.leaves(tr.params())), devices=len(jax.devices()))
+        # activations carry logical-axis constraints inside the steps (and only there)
+        import sparsejax as sj
+        from sparsejax import sharding
+        config = sj.ModelConfig(family="llama", vocab_size=16, d_model=32, n_layers=1, n_heads=4, d_ff=64,
+                                max_position=16)
+        params = jax.eval_shape(lambda: sj.init_params(config, jax.random.PRNGKey(0)))
+        tok = jax.ShapeDtypeStruct((8, 8), jnp.int32)
+        def fwd(p, t, rules):
+            if rules:
+                with sharding.use_rules():
+                    return sj.forward(config, p, t)[0]
+            return sj.forward(config, p, t)[0]
+        with jax.set_mesh(sharding.make_mesh(2, 2, 2)):
+            constraints = [jax.jit(fwd, static_argnums=2).lower(params, tok, r).as_text().count("sharding_constraint")
+                           for r in (True, False)]
+        print("RESULT " + json.dumps(dict(plan=plan, actual=actual, constraints=constraints)))
+    """)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    assert line, proc.stderr[-3000:]
+    res = json.loads(line[0][len("RESULT "):])
+    plan, actual = res["plan"], res["actual"]
+    assert plan["devices"] == actual["devices"] == 8
+    for key in ("argument_bytes", "output_bytes", "temp_bytes", "alias_bytes", "params"):
+        assert plan[key] == actual[key], (key, plan[key], actual[key])
+    assert plan["bytes_per_device"] == (actual["argument_bytes"] + actual["output_bytes"] + actual["temp_bytes"]
+                                        - actual["alias_bytes"])
+    assert plan["flops_per_step"] > 0 and plan["tokens_per_step"] == 16 * 10
+    with_rules, without = res["constraints"]
+    assert with_rules >= 6 and without == 0  # resid x2, q, k, v, mlp, logits
+
+
+def test_plan_cli_json_and_errors(capsys):
+    assert cli.main(["plan", "toy_addition_pretrain", *TINY, "--mesh", "data=2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["devices"] == 2 and out["mesh"]["data"] == 2
+    for key in ("devices", "params", "bytes_per_device", "flops_per_step", "tokens_per_step"):
+        assert key in out
+    with pytest.raises(ValueError, match="AXIS=N"):
+        parse_mesh(["fsdp=0"])
+    with pytest.raises(ValueError, match="unknown model shape"):
+        plan_overrides("gpt5", parse_mesh([]))
+    assert cli.main(["plan", "olmo_7b"]) == 2  # a checkpoint preset without --shape: one clear line
+    assert "--shape" in capsys.readouterr().err
+    assert set(SHAPES) >= {"gpt2", "llama-2-7b", "olmo-7b"}
