@@ -115,6 +115,11 @@ class use_rules:
         _ACTIVE_RULES.pop()
 
 
+def active_rules():
+    """The rule table of the innermost :class:`use_rules` context, or None outside one."""
+    return _ACTIVE_RULES[-1] if _ACTIVE_RULES else None
+
+
 def constrain(x, kind: str):
     """``x`` with a sharding constraint from its logical axes (``ACTIVATION_AXES[kind]``) on the current mesh;
     unchanged when no rules are active or no mesh is set."""

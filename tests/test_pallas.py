@@ -36,9 +36,8 @@ def _effective_attention(q, k, gate, mode, seed, causal=True, **blocks):
     return jnp.transpose(out[..., :t], (0, 2, 1, 3))
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("mode", ["eval", "train"])
-@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("family, mode, causal", [(f, m, True) for f in FAMILIES for m in ("eval", "train")]
+                         + [("bernoulli", "train", False)])
 def test_forward_and_gates_match_oracle(family, mode, causal):
     t = 11
     q, k, v = _qkv(t=t, d=16)
@@ -60,8 +59,7 @@ def test_forward_and_gates_match_oracle(family, mode, causal):
     assert 0.05 < o_adj.mean() < 0.95
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("mode", ["eval", "train"])
+@pytest.mark.parametrize("family, mode", [("bernoulli", "train"), ("hard_concrete", "train"), ("bernoulli", "eval")])
 def test_gradients_match_reference(family, mode):
     """d/d(q, k, v, bias) of sum(out * w) + sum(density^2): GQA, odd length, tiles that do not divide T."""
     b, t, h, kvh, d = 2, 13, 4, 2, 8
@@ -222,3 +220,43 @@ def test_block_skipping_inference_is_exact_and_counts_tiles(causal):
     visited = 6 if causal else 9
     assert occ["empty_tile_share"] == pytest.approx((visited * 8 - tiles.sum()) / (visited * 8))
     assert 0 < occ["empty_tile_share"] < 1 and 0 < occ["skipped_pair_share"] < 1
+
+
+def test_kernel_under_the_training_mesh_equals_unsharded():
+    """8 fake devices, mesh (data 2, fsdp 2, tensor 2): inside the steps' rule context the kernel runs under
+    shard_map (batch over data x fsdp, heads over tensor) and draws the same gates as on one device."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import jax, jax.numpy as jnp, numpy as np
+        import sparsejax as sj
+        from sparsejax import sharding
+        rng = np.random.default_rng(0)
+        q = jnp.asarray(rng.normal(size=(4, 12, 4, 8)), jnp.float32)
+        k, v = (jnp.asarray(rng.normal(size=(4, 12, 2, 8)), jnp.float32) for _ in range(2))
+        bias = jnp.asarray([0.3, -0.2, 0.5, 0.0], jnp.float32)
+        def loss(q, k, v, b):
+            out, st = sj.sparse_attention(q, k, v, sj.Gate(b), mode="train", seed=7, implementation="pallas",
+                                          block_q=8, block_k=8, block_q_bwd=8, block_k_bwd=8)
+            return jnp.sum(out ** 2) + jnp.sum(st.expected_density), (out, st.edge_density)
+        f = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3), has_aux=True))
+        want = f(q, k, v, bias)
+        mesh = sharding.make_mesh(2, 2, 2)
+        def ruled(*a):
+            with sharding.use_rules():
+                return jax.value_and_grad(loss, argnums=(0, 1, 2, 3), has_aux=True)(*a)
+        with jax.set_mesh(mesh):
+            g = jax.jit(ruled)
+            text = g.lower(q, k, v, bias).as_text()
+            got = g(q, k, v, bias)
+        assert "manual" in text or "shard_map" in text, "no shard_map in the lowered step"
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5, rtol=1e-5)
+        print("SHARDED_OK")
+    """)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)
+    assert "SHARDED_OK" in proc.stdout, proc.stderr[-3000:]

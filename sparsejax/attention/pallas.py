@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import pallas as pl
 
+from .. import sharding
 from ..gates import Gate, expected_gate, expected_gate_slope, gate_value_and_slope, is_edge, key_uniform, row_hash
 
 _NEG = -1e30
@@ -303,21 +304,22 @@ def _pad_heads_major(x, length):
     return jnp.pad(x, ((0, 0), (0, 0), (0, length - x.shape[2]), (0, 0)))
 
 
-def _rows(st: _Static, bsz, h, seed, bias):
-    """Per-row kernel inputs: row hashes (uint32) and the head's bias, both ``[B, H, Tp, 1]``."""
+def _rows(st: _Static, bsz, h, seed, bias, offsets):
+    """Per-row kernel inputs: row hashes (uint32) and the head's bias, both ``[B, H, Tp, 1]``. ``offsets``: the
+    global index of this shard's first batch row and first head (the noise is a function of global indices)."""
     shape = (bsz, h, st.tp, 1)
     if st.train and st.gate is not None:
-        rows = row_hash(seed, jnp.arange(bsz)[:, None, None, None], jnp.arange(h)[None, :, None, None],
-                        jnp.arange(st.tp)[None, None, :, None])
+        rows = row_hash(seed, offsets[0] + jnp.arange(bsz)[:, None, None, None],
+                        offsets[1] + jnp.arange(h)[None, :, None, None], jnp.arange(st.tp)[None, None, :, None])
     else:
         rows = jnp.zeros(shape, jnp.uint32)
     return rows, jnp.broadcast_to(bias.astype(jnp.float32)[None, :, None, None], shape)
 
 
-def _fwd_impl(st: _Static, q, k, v, bias, seed):
+def _fwd_impl(st: _Static, q, k, v, bias, seed, offsets):
     bsz, t, h, _ = q.shape
     qh, kh, vh = _pad_heads_major(q, st.tp), _pad_heads_major(k, st.sp), _pad_heads_major(v, st.sp)
-    rows, bias_rows = _rows(st, bsz, h, seed, bias)
+    rows, bias_rows = _rows(st, bsz, h, seed, bias, offsets)
     o, lse, rho, edges = _forward(st, qh, kh, vh, rows, bias_rows)
     out = jnp.transpose(o[:, :, :t], (0, 2, 1, 3))
     if st.gate is None:
@@ -329,13 +331,13 @@ def _fwd_impl(st: _Static, q, k, v, bias, seed):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _fused(st: _Static, q, k, v, bias, seed):
-    out, density, edge_density, _ = _fwd_impl(st, q, k, v, bias, seed)
+def _fused(st: _Static, q, k, v, bias, seed, offsets):
+    out, density, edge_density, _ = _fwd_impl(st, q, k, v, bias, seed, offsets)
     return out, density, edge_density
 
 
-def _fused_fwd(st, q, k, v, bias, seed):
-    out, density, edge_density, res = _fwd_impl(st, q, k, v, bias, seed)
+def _fused_fwd(st, q, k, v, bias, seed, offsets):
+    out, density, edge_density, res = _fwd_impl(st, q, k, v, bias, seed, offsets)
     return (out, density, edge_density), (res, bias, seed)
 
 
@@ -351,7 +353,7 @@ def _fused_bwd(st, res, cts):
     back = lambda x, n, dt: jnp.transpose(x[:, :, :n], (0, 2, 1, 3)).astype(dt)
     dbias = db.sum(axis=(0, 2, 3)) if st.gate is not None else jnp.zeros_like(bias)
     return (back(dq, t, qh.dtype), back(dk, s, kh.dtype), back(dv, s, vh.dtype), dbias.astype(bias.dtype),
-            None)
+            None, None)
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd)
@@ -383,6 +385,33 @@ def _fit(block: int, length: int, backend: str) -> int:
     return max(floor, min(block, pl.next_power_of_2(length)))
 
 
+def _shard_mapped(st: _Static, q, k, v, bias, seed, mesh, rules):
+    """The kernel under ``jax.shard_map`` on the training mesh: batch and heads split by the logical-axis rules
+    (sequence and head_dim whole), each shard drawing the noise of its global (batch, head) indices, so the gates
+    equal the unsharded kernel's. Heads stay whole when query and key/value heads cannot split alike (GQA groups
+    must not straddle shards)."""
+    from jax.sharding import PartitionSpec as P
+
+    qspec = sharding.logical_spec(("batch", "_", "heads", "_"), q.shape, mesh, rules)
+    kspec = sharding.logical_spec(("batch", "_", "kv_heads", "_"), k.shape, mesh, rules)
+    if qspec[2] != kspec[2]:
+        qspec, kspec = P(qspec[0], None, None, None), P(kspec[0], None, None, None)
+    batch_axes, head_axes = qspec[0], qspec[2]
+    as_tuple = lambda a: () if a is None else (tuple(a) if isinstance(a, (tuple, list)) else (a,))
+
+    def index(axes):
+        axes = as_tuple(axes)
+        return jax.lax.axis_index(axes) if axes else jnp.zeros((), jnp.int32)
+
+    def body(q, k, v, bias, seed):
+        offsets = jnp.stack([index(batch_axes) * q.shape[0], index(head_axes) * q.shape[2]]).astype(jnp.int32)
+        return _fused(st, q, k, v, bias, seed, offsets)
+
+    stats = P(batch_axes, head_axes)
+    return jax.shard_map(body, in_specs=(qspec, kspec, kspec, P(head_axes), P()),
+                         out_specs=(qspec, stats, stats), check_vma=False)(q, k, v, bias, seed)
+
+
 def pallas_attention(q, k, v, gate: Gate | None, *, causal: bool, train: bool, seed, return_adjacency: bool,
                      backend: str | None = None, tpu_interpret: bool = False, **blocks):
     """Same contract as :func:`reference_attention`, fused. ``backend`` defaults to the default device's
@@ -408,7 +437,12 @@ def pallas_attention(q, k, v, gate: Gate | None, *, causal: bool, train: bool, s
                  num_warps=cfg.get("num_warps"), num_stages=cfg.get("num_stages"), tpu_interpret=tpu_interpret)
     bias = jnp.zeros((h,), jnp.float32) if gate is None else jnp.broadcast_to(gate.bias, (h,)).astype(jnp.float32)
     seed = jnp.zeros((), jnp.uint32) if seed is None else seed
-    out, density, edge_density = _fused(st, q, k, v, bias, seed)
+    mesh = jax.sharding.get_abstract_mesh()
+    rules = sharding.active_rules()
+    if rules is not None and not mesh.empty and mesh.size > 1:
+        out, density, edge_density = _shard_mapped(st, q, k, v, bias, seed, mesh, rules)
+    else:
+        out, density, edge_density = _fused(st, q, k, v, bias, seed, jnp.zeros((2,), jnp.int32))
     adjacency = None
     if return_adjacency:  # analysis only: the materialised edges, from the reference statement (same gates)
         from .reference import attention_weights
