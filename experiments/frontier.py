@@ -36,8 +36,10 @@ def plot(results: dict, dense_ce: float, out: Path):
 
     pts = sorted(results["points"], key=lambda p: p["edge_density"])
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.6))
-    ax.plot([p["edge_density"] for p in pts], [p["eval_ce"] for p in pts], "o-", color="tab:blue",
-            label="sparse post-trained (final models)")
+    for steps in sorted({p["steps"] for p in pts}):  # one line per post-training length
+        grp = [p for p in pts if p["steps"] == steps]
+        ax.plot([p["edge_density"] for p in grp], [p["eval_ce"] for p in grp], "o-",
+                label=f"sparse post-trained, {steps} steps (final models)")
     for p in pts:
         ax.annotate(p["label"], (p["edge_density"], p["eval_ce"]), textcoords="offset points", xytext=(4, 4),
                     fontsize=7)

@@ -72,6 +72,12 @@ def test_plan_cli_json_and_errors(capsys):
     assert out["devices"] == 2 and out["mesh"]["data"] == 2
     for key in ("devices", "params", "bytes_per_device", "flops_per_step", "tokens_per_step"):
         assert key in out
+    # model FLOPs: equal to XLA's count where that count is exact (one layer: the scan body runs once)
+    one = ["model.n_layers=1", "model.d_model=512", "model.n_heads=8", "model.d_ff=2048", "model.vocab_size=512",
+           "model.max_position=128", "data.batch_size=64"]
+    assert cli.main(["plan", "toy_addition_pretrain", *one, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["flops_per_step"] == pytest.approx(out["xla_flops_per_step"], rel=0.05)
     with pytest.raises(ValueError, match="AXIS=N"):
         parse_mesh(["fsdp=0"])
     with pytest.raises(ValueError, match="unknown model shape"):
