@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +18,7 @@ import numpy as np
 from jax.experimental import pallas as pl
 
 from ..gates import Gate, as_gate, is_edge
-from .pallas import _dot_nn, _dot_nt, _pad_heads_major, backend_of
+from .pallas import _dot_nn, _pad_heads_major, _tile, backend_of
 
 _NEG = -1e30
 
@@ -33,6 +32,7 @@ class _Static:
     s: int
     block: int
     nk_pad: int  # key tiles, padded to a power of two (Triton block shapes)
+    train: bool = False  # inference: deterministic gates only (read by the shared tile math)
 
     def k_blocks(self, qi):
         n = -(-self.s // self.block)
@@ -42,15 +42,9 @@ class _Static:
 
 
 def _scores(st, q, k, qi, kj, bias):
-    b = st.block
-    s = _dot_nt(q, k) * np.float32(1.0 / math.sqrt(q.shape[-1]))
-    i = qi * b + jax.lax.broadcasted_iota(jnp.int32, (b, b), 0)
-    j = kj * b + jax.lax.broadcasted_iota(jnp.int32, (b, b), 1)
-    valid = (i < st.t) & (j < st.s)
-    if st.causal:
-        valid = valid & (j <= i)
-    edge = valid & is_edge(st.gate, s + bias) if st.gate is not None else valid
-    return s, valid, edge
+    """Scores, validity and open (eval-mode) edges of one tile: the fused kernel's tile math, deterministic gates."""
+    s, valid, g, _, _ = _tile(st, q, k, qi, kj, st.block, st.block, None, bias)
+    return s, valid, valid if g is None else valid & is_edge(st.gate, g)
 
 
 def _pass1(q_ref, k_ref, bias_ref, lse_ref, occ_ref, *, st):
