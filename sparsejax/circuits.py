@@ -18,6 +18,7 @@ recompute its gates from its own queries and keys; ``gates="frozen"`` fixes ever
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -154,3 +155,289 @@ def rank_agreement(a: dict, b: dict, k: int) -> float:
 def correlation(a: dict, b: dict) -> float:
     keys = sorted(a)
     return float(np.corrcoef([a[k] for k in keys], [b[k] for k in keys])[0, 1])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Edge level. Writers put their output into the residual stream: the embedding (``hook_embed``), every head (its
+# ``attn.hook_result``, the head's slice of the output projection) and every MLP (``hook_mlp_out``). Readers take
+# their input from it: every query head's q input and every key/value head's k and v inputs (separate targets, as
+# EAP-IG; ``attn.hook_{q,k,v}_input``), every MLP's input (``hook_mlp_in``) and the logits (the last layer's
+# ``hook_resid_post``, before the final norm). An edge is a writer upstream of a reader. Patching an edge gives the
+# reader the writer's corrupted output in place of its clean one and leaves every other reader alone.
+# Needs a residual stream that is the sum of the writers' outputs (pre-norm families; OLMo-2's post-norm applies a
+# norm to each sublayer's output, so only node-level scores apply there).
+
+READER_HOOKS = {"q": "attn.hook_q_input", "k": "attn.hook_k_input", "v": "attn.hook_v_input", "mlp": "hook_mlp_in",
+                "logits": "hook_resid_post"}
+_WRITER_CAPTURE = ["hook_embed", "blocks.*.attn.hook_result", "blocks.*.hook_mlp_out"]
+
+
+def writers(config) -> list[tuple]:
+    """Edge sources in model order: ``("embed",)``, ``("head", l, h)``, ``("mlp", l)`` (as :func:`nodes`)."""
+    return nodes(config)
+
+
+def readers(config) -> list[tuple]:
+    """Edge targets in model order: ``("q", l, h)``, ``("k", l, g)``, ``("v", l, g)`` (g a key/value head),
+    ``("mlp", l)``, then ``("logits",)``."""
+    out = []
+    for l in range(config.n_layers):
+        out += [("q", l, h) for h in range(config.n_heads)]
+        out += [(kind, l, g) for kind in ("k", "v") for g in range(config.n_kv_heads)] + [("mlp", l)]
+    return out + [("logits",)]
+
+
+def _position(node, n_layers: int) -> int:
+    if node[0] in ("embed",):
+        return 0
+    if node[0] == "logits":
+        return 2 * n_layers + 1
+    return 2 * node[1] + (2 if node[0] == "mlp" else 1)
+
+
+def allowed(config) -> np.ndarray:
+    """``[writers, readers]`` bool: the writer is upstream of the reader."""
+    pw = np.array([_position(w, config.n_layers) for w in writers(config)])
+    pr = np.array([_position(r, config.n_layers) for r in readers(config)])
+    return pw[:, None] < pr[None, :]
+
+
+def edges(config) -> list[tuple]:
+    """Every edge ``(writer, reader)`` of the graph, in model order."""
+    ws, rs, ok = writers(config), readers(config), allowed(config)
+    return [(ws[i], rs[j]) for i, j in zip(*np.nonzero(ok))]
+
+
+def _check_edge_model(config):
+    if config.norm_position != "pre":
+        raise ValueError(f"edge-level circuits need a pre-norm model (the residual stream is then the sum of the "
+                         f"writers' outputs); {config.family} normalises each sublayer's output: use the node-level "
+                         f"eap_scores / patching_effects / explained_effect instead")
+
+
+def _writer_stack(config, caps) -> jax.Array:
+    """``[writers, B, T, d]`` float32, in :func:`writers` order."""
+    parts = [caps["hook_embed"][None]]
+    for l in range(config.n_layers):
+        parts += [jnp.moveaxis(caps[f"blocks.{l}.attn.hook_result"], 2, 0), caps[f"blocks.{l}.hook_mlp_out"][None]]
+    return jnp.concatenate(parts).astype(jnp.float32)
+
+
+def _reader_index(config) -> dict:
+    """Per reader hook: the reader indices laid out as the hook's per-layer slots (``[L, slots]`` or ``[L]``)."""
+    idx = {r: i for i, r in enumerate(readers(config))}
+    L = range(config.n_layers)
+    out = {"q": np.array([[idx[("q", l, h)] for h in range(config.n_heads)] for l in L]),
+           "mlp": np.array([idx[("mlp", l)] for l in L])}
+    for kind in ("k", "v"):
+        out[kind] = np.array([[idx[(kind, l, g)] for g in range(config.n_kv_heads)] for l in L])
+    return out
+
+
+def _reader_deltas(config, diffs, weights) -> dict:
+    """Per reader hook, ``[L, B, T, (slots,) d]`` additive inputs ``sum_w weights[w, r] * diffs[w]``."""
+    index = _reader_index(config)
+    out = {}
+    for kind, hook in READER_HOOKS.items():
+        if kind == "logits":
+            last = jnp.einsum("wbtd,w->btd", diffs, weights[:, -1])
+            out[hook] = jnp.zeros((config.n_layers, *last.shape), last.dtype).at[-1].set(last)
+        elif kind == "mlp":
+            out[hook] = jnp.einsum("wbtd,wl->lbtd", diffs, weights[:, index[kind]])
+        else:
+            out[hook] = jnp.einsum("wbtd,wls->lbtsd", diffs, weights[:, index[kind]])
+    return out
+
+
+def _reader_scores(config, diffs, grads) -> jax.Array:
+    """``[writers, readers]``: ``sum_{b,t} diffs[w] . grads[reader r]``."""
+    index = _reader_index(config)
+    scores = jnp.zeros((diffs.shape[0], len(readers(config))), jnp.float32)
+    for kind, hook in READER_HOOKS.items():
+        g = grads[hook]
+        if kind == "logits":
+            scores = scores.at[:, -1].set(jnp.einsum("wbtd,btd->w", diffs, g[-1]))
+        elif kind == "mlp":
+            scores = scores.at[:, index[kind]].set(jnp.einsum("wbtd,lbtd->wl", diffs, g))
+        else:
+            scores = scores.at[:, index[kind]].set(jnp.einsum("wbtd,lbtsd->wls", diffs, g))
+    return scores
+
+
+def _edge_context(config, params, gate, clean, corrupt, gates):
+    """Frozen-gate interventions, and the writers' outputs on the clean and corrupted inputs."""
+    _check_edge_model(config)
+    frozen = _frozen_gates(config, params, gate, clean, gates)
+    caps = lambda toks: _run(config, params, gate, toks, frozen, capture=_WRITER_CAPTURE)[1]["captures"]
+    c_clean, c_corrupt = caps(clean), caps(corrupt)
+    return frozen, _writer_stack(config, c_clean), _writer_stack(config, c_corrupt), c_clean, c_corrupt
+
+
+def _with_deltas(frozen, deltas, extra=None):
+    from .models.hooks import PerLayer
+    return {**frozen, **{h: PerLayer(d) for h, d in deltas.items()}, **(extra or {})}
+
+
+def edge_score_matrix(config, params, gate, clean, corrupt, metric, *, method: str = "eap", steps: int = 5,
+                      gates: str = "recompute") -> np.ndarray:
+    """Attribution scores of every edge as a ``[writers, readers]`` array (0 where no edge; see :func:`edges`).
+
+    ``method="eap"``: ``(a_w(corrupt) - a_w(clean)) . d metric / d input_r`` at the clean run (two forwards and one
+    backward for every edge at once). ``method="eap-ig"`` (EAP-IG, Hanna et al. 2024, integrated gradients over the
+    input): the gradient averaged over ``steps`` runs whose input embeddings lie on the line from the corrupted to
+    the clean ones (``alpha = 1/steps ... 1``). Scores estimate the mean effect over examples."""
+    if method not in ("eap", "eap-ig"):
+        raise ValueError(f"method must be 'eap' or 'eap-ig', got {method!r}")
+    if method == "eap-ig" and steps < 1:
+        raise ValueError(f"eap-ig needs steps >= 1, got {steps}")
+    return np.asarray(_edge_scores_jit(config, params, gate, jnp.asarray(clean), jnp.asarray(corrupt), metric,
+                                       method, steps, gates))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8))
+def _edge_scores_jit(config, params, gate, clean, corrupt, metric, method, steps, gates):
+    frozen, w_clean, w_corrupt, c_clean, c_corrupt = _edge_context(config, params, gate, clean, corrupt, gates)
+    diffs = w_corrupt - w_clean
+    zeros = _reader_deltas(config, diffs, jnp.zeros((diffs.shape[0], len(readers(config)))))
+
+    def m(deltas, embed=None):
+        extra = None if embed is None else {"hook_embed": embed}
+        logits, _ = _run(config, params, gate, clean, _with_deltas(frozen, deltas, extra))
+        return jnp.mean(metric(logits))
+
+    if method == "eap":
+        grads = jax.grad(m)(zeros)
+    else:
+        e_clean, e_corrupt = c_clean["hook_embed"], c_corrupt["hook_embed"]
+        alphas = (jnp.arange(steps) + 1.0) / steps
+        grads = jax.lax.map(lambda a: jax.grad(m)(zeros, e_corrupt + a * (e_clean - e_corrupt)), alphas)
+        grads = jax.tree.map(lambda g: jnp.mean(g, axis=0), grads)
+    return _reader_scores(config, diffs, grads) * jnp.asarray(allowed(config))
+
+
+def edge_scores(config, params, gate, clean, corrupt, metric, **kw) -> dict:
+    """:func:`edge_score_matrix` as ``{(writer, reader): score}`` over :func:`edges`."""
+    s = edge_score_matrix(config, params, gate, clean, corrupt, metric, **kw)
+    ws, rs, ok = writers(config), readers(config), allowed(config)
+    return {(ws[i], rs[j]): float(s[i, j]) for i, j in zip(*np.nonzero(ok))}
+
+
+def _edge_matrix(config, chosen) -> np.ndarray:
+    """Edges (``(writer, reader)`` tuples or a ``[writers, readers]`` bool array) as a bool matrix."""
+    ok = allowed(config)
+    if isinstance(chosen, np.ndarray) and chosen.dtype == bool:
+        if chosen.shape != ok.shape:
+            raise ValueError(f"edge matrix has shape {chosen.shape}, the graph is {ok.shape} (writers, readers)")
+        return chosen & ok
+    wi = {w: i for i, w in enumerate(writers(config))}
+    ri = {r: i for i, r in enumerate(readers(config))}
+    out = np.zeros_like(ok)
+    for e in chosen:
+        w, r = tuple(e[0]), tuple(e[1])
+        if w not in wi or r not in ri or not ok[wi[w], ri[r]]:
+            raise ValueError(f"{(w, r)} is not an edge of this model's graph (see circuits.edges(config))")
+        out[wi[w], ri[r]] = True
+    return out
+
+
+def edge_patching_effects(config, params, gate, clean, corrupt, metric, *, only=None,
+                          gates: str = "recompute") -> dict:
+    """Exact edge patching: ``{edge: mean metric(clean run whose reader gets the writer's corrupted output) -
+    mean metric(clean)}``, one forward per edge (every edge, or those in ``only``): the reference for the scores."""
+    frozen, w_clean, w_corrupt, _, _ = _edge_context(config, params, gate, jnp.asarray(clean),
+                                                     jnp.asarray(corrupt), gates)
+    diffs = w_corrupt - w_clean
+    clean = jnp.asarray(clean)
+
+    @jax.jit
+    def m(weights):
+        logits, _ = _run(config, params, gate, clean, _with_deltas(frozen, _reader_deltas(config, diffs, weights)))
+        return jnp.mean(metric(logits))
+
+    ws, rs = writers(config), readers(config)
+    base = float(m(jnp.zeros((len(ws), len(rs)))))
+    todo = _edge_matrix(config, edges(config) if only is None else only)
+    out = {}
+    for i, j in zip(*np.nonzero(todo)):
+        out[(ws[i], rs[j])] = float(m(jnp.zeros((len(ws), len(rs))).at[i, j].set(1.0))) - base
+    return out
+
+
+class _CircuitRunner:
+    """Evaluates circuits of edges on one clean/corrupted batch (one compiled forward, reused across circuits)."""
+
+    def __init__(self, config, params, gate, clean, corrupt, metric, gates):
+        clean, corrupt = jnp.asarray(clean), jnp.asarray(corrupt)
+        frozen, self.w_clean, self.w_corrupt, _, _ = _edge_context(config, params, gate, clean, corrupt, gates)
+        self.config, self.clean = config, clean
+
+        @jax.jit
+        def run(current, toks, weights):
+            inter = _with_deltas(frozen, _reader_deltas(config, self.w_corrupt - current, weights))
+            logits, aux = _run(config, params, gate, toks, inter, capture=_WRITER_CAPTURE)
+            return jnp.mean(metric(logits)), _writer_stack(config, aux["captures"])
+
+        self.run = run
+        no_edit = jnp.zeros(allowed(config).shape, jnp.float32)
+        self.m_clean = float(run(self.w_clean, clean, no_edit)[0])
+        self.m_corrupt = float(run(self.w_corrupt, corrupt, no_edit)[0])
+        if abs(self.m_clean - self.m_corrupt) < 1e-12:
+            raise ValueError("clean and corrupted inputs give the same metric: nothing to explain")
+
+    def explained(self, keep) -> float:
+        removed = jnp.asarray(allowed(self.config) & ~_edge_matrix(self.config, keep), jnp.float32)
+        current = self.w_clean
+        for _ in range(2 * self.config.n_layers + 1):
+            m_circuit, new = self.run(current, self.clean, removed)
+            if bool(jnp.array_equal(new, current)):
+                break
+            current = new
+        return (float(m_circuit) - self.m_corrupt) / (self.m_clean - self.m_corrupt)
+
+
+def edge_explained_effect(config, params, gate, clean, corrupt, metric, keep, *, gates: str = "recompute") -> float:
+    """Explained effect of a circuit of edges: every reader's input is the sum of its kept writers' outputs in the
+    circuit run and of its other writers' outputs on the corrupted input; ``(m_circuit - m_corrupt) / (m_clean -
+    m_corrupt)``. ``keep``: edges as tuples or a ``[writers, readers]`` bool array.
+
+    Computed exactly by fixed-point passes: each forward gives every reader the corrupted-minus-current difference
+    of its removed writers as measured in the previous pass; a writer's output is final once everything upstream
+    is, so at most ``2 L + 1`` passes are needed (it stops as soon as a pass leaves every writer unchanged)."""
+    return _CircuitRunner(config, params, gate, clean, corrupt, metric, gates).explained(keep)
+
+
+def top_edges(config, scores, k: int) -> np.ndarray:
+    """The ``k`` edges of largest ``|score|`` (``scores``: ``[writers, readers]`` or ``{edge: score}``) as a bool
+    ``[writers, readers]`` matrix."""
+    ws, rs = writers(config), readers(config)
+    if isinstance(scores, dict):
+        mat = np.zeros((len(ws), len(rs)))
+        wi, ri = {w: i for i, w in enumerate(ws)}, {r: i for i, r in enumerate(rs)}
+        for (w, r), v in scores.items():
+            mat[wi[w], ri[r]] = v
+        scores = mat
+    flat = np.where(allowed(config), np.abs(scores), -np.inf).ravel()
+    keep = np.zeros(flat.shape, bool)
+    keep[np.argsort(-flat, kind="stable")[:k]] = True
+    return keep.reshape(len(ws), len(rs)) & allowed(config)
+
+
+def edge_effect_curve(config, params, gate, clean, corrupt, metric, scores, ks, *, gates: str = "recompute"):
+    """Explained effect when keeping the top-``k`` edges by ``|score|`` (:func:`top_edges`), for each k."""
+    runner = _CircuitRunner(config, params, gate, clean, corrupt, metric, gates)
+    return [runner.explained(top_edges(config, scores, k)) for k in ks]
+
+
+def circuit_heads(config, keep) -> set:
+    """The heads a circuit of edges touches (as a writer, or through a q/k/v input)."""
+    mat = _edge_matrix(config, keep)
+    ws, rs = writers(config), readers(config)
+    heads = {ws[i] for i in np.nonzero(mat.any(1))[0] if ws[i][0] == "head"}
+    ratio = config.n_heads // config.n_kv_heads
+    for j in np.nonzero(mat.any(0))[0]:
+        r = rs[j]
+        if r[0] == "q":
+            heads.add(("head", r[1], r[2]))
+        elif r[0] in ("k", "v"):  # a key/value head serves n_heads / n_kv_heads query heads
+            heads.update(("head", r[1], r[2] * ratio + i) for i in range(ratio))
+    return heads

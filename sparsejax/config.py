@@ -306,6 +306,9 @@ def validate(cfg: RunConfig) -> RunConfig:
             problems.append("constraint.sense=density works with constraint.method=pi or geco")
     if c.error_scale == "slack" and c.sense == "ce" and not c.slack > 0 and c.method == "pi":
         problems.append("constraint.error_scale=slack needs constraint.slack > 0")
+    if g.enabled and not g.learnable and g.bias_lr is not None:
+        problems.append(f"gate.bias_lr={g.bias_lr} has no effect while gate.learnable=false: set "
+                        f"gate.learnable=true (learn the gate bias at that rate) or drop gate.bias_lr")
     if c.beta_init < c.beta_min:
         problems.append(f"constraint.beta_init={c.beta_init} must be >= constraint.beta_min={c.beta_min}")
     if problems:

@@ -155,6 +155,7 @@ def test_density_target_mode_on_the_toy(tmp_path):
     ("train.log_every=0", "train.log_every=0 must"), ("constraint.alpha=1.0", "constraint.alpha=1.0 must"),
     ("constraint.density_target=2", "density_target=2.0 must be a share"),
     ("train.warmup=-1", "train.warmup=-1 must"), ("gate.per=row", "gate.per='row' must be model, layer or head"),
+    ("gate.bias_lr=0.03", "gate.bias_lr=0.03 has no effect while gate.learnable=false: set gate.learnable=true"),
 ])
 def test_invalid_values_are_refused_before_anything_runs(override, message, tmp_path):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("*", r"\*")):

@@ -6,7 +6,10 @@ every layer's). An intervention replaces the activation before anything downstre
 
 * an array (replace; broadcast to the activation's shape) — e.g. the same hook captured on a corrupted input,
 * ``"zero"`` (zero ablation), ``"mean"`` (the mean over the batch axis: mean ablation),
-* a function ``f(value) -> value`` (e.g. patch one head: ``lambda z: z.at[:, :, 3].set(other[:, :, 3])``).
+* a function ``f(value) -> value`` (e.g. patch one head: ``lambda z: z.at[:, :, 3].set(other[:, :, 3])``),
+* :class:`PerLayer` under a layer hook's short name (``"attn.hook_q_input"``): one array per layer, stacked
+  ``[L, *shape]``, added to (or replacing) the activation of layer l with a dynamic index — one op per layer,
+  where L exact-name interventions on the same hook cost L ops per layer (used by edge-level circuit discovery).
 
 Arrays must be given under exact names; the other specs also under patterns. Captured values are those after the
 intervention. Layer hooks run inside the layer scan: each intervention is applied where ``layer == l``.
@@ -21,6 +24,7 @@ from another run (patch ``hook_gate``) or recomputed (leave it alone).
 from __future__ import annotations
 
 import fnmatch
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import jax.numpy as jnp
@@ -64,6 +68,18 @@ def _apply(spec, value):
     return jnp.broadcast_to(jnp.asarray(spec), value.shape).astype(value.dtype)
 
 
+@dataclass(frozen=True)
+class PerLayer:
+    """Stacked per-layer values ``[L, *hook shape]`` for one layer hook: ``value + values[l]`` (``add=True``) or
+    ``values[l]`` in layer l."""
+    values: Any
+    add: bool = True
+
+    def apply(self, index, value):
+        v = self.values[index].astype(value.dtype)
+        return value + v if self.add else jnp.broadcast_to(v, value.shape)
+
+
 class Hooks:
     """The capture filter and the interventions of one forward pass."""
 
@@ -77,7 +93,17 @@ class Hooks:
         self.keep: Callable[[str], bool] = lambda name: any(_matches(name, p) for p in patterns)
         # (layer or None, hook name without the blocks prefix) -> [specs]
         self.edits: dict[tuple[int | None, str], list] = {}
+        self.per_layer: dict[str, PerLayer] = {}
         for key, spec in (interventions or {}).items():
+            if isinstance(spec, PerLayer):
+                if key not in LAYER_HOOKS or key in CAPTURE_ONLY:
+                    raise ValueError(f"PerLayer interventions take a layer hook's short name (one of "
+                                     f"{', '.join(h for h in LAYER_HOOKS if h not in CAPTURE_ONLY)}), got {key!r}")
+                if spec.values.shape[0] != n_layers:
+                    raise ValueError(f"PerLayer values for {key} have {spec.values.shape[0]} layers on axis 0; the "
+                                     f"model has {n_layers}")
+                self.per_layer[key] = spec
+                continue
             hits = [n for n in names if _matches(n, key)] if isinstance(spec, str) or callable(spec) else \
                 [n for n in names if n == key]
             if not hits:
@@ -94,7 +120,7 @@ class Hooks:
                 else:
                     self.edits.setdefault((None, n), []).append(spec)
         self.layer_hooks = {h for h in LAYER_HOOKS if any(self.keep(f"blocks.{l}.{h}") for l in range(n_layers))}
-        self.layer_edits = {h for (l, h) in self.edits if l is not None}
+        self.layer_edits = {h for (l, h) in self.edits if l is not None} | set(self.per_layer)
         active = self.layer_hooks | self.layer_edits
         self.split_inputs = bool(active & set(SPLIT_INPUTS))
         self.materialise_pattern = bool(self.layer_edits & {"attn.hook_pattern", "attn.hook_gate"})
@@ -115,6 +141,8 @@ class Hooks:
             if h == name and l is not None:
                 for spec in specs:
                     value = jnp.where(index == l, _apply(spec, value), value)
+        if name in self.per_layer:
+            value = self.per_layer[name].apply(index, value)
         if name in self.layer_hooks:
             captured[name] = value
         return value

@@ -1,0 +1,128 @@
+"""Edge-level circuit discovery: EAP / EAP-IG against exact edge patching, the identity node score = sum of its
+outgoing edge scores, explained-effect bounds, removing a node's outgoing edges = patching the node (node-level
+code path), and a hand-built model whose circuit is known by construction."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sparsejax as sj
+from sparsejax import circuits
+from sparsejax.models.hooks import PerLayer
+
+
+def _setup(gated):
+    config = sj.ModelConfig(family="llama", vocab_size=24, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                            d_ff=64, max_position=16)
+    params = sj.init_params(config, jax.random.PRNGKey(1))
+    rng = np.random.default_rng(0)
+    clean = rng.integers(0, 24, size=(8, 10))
+    corrupt = clean.copy()
+    corrupt[:, 3] = (clean[:, 3] + 1 + rng.integers(0, 22, size=8)) % 24
+    good, bad = rng.integers(0, 24, size=8), rng.integers(0, 24, size=8)
+    gate = sj.make_gate(np.linspace(-1, 2, 8).reshape(2, 4), shape=(2, 4)) if gated else None
+    return config, params, gate, jnp.asarray(clean), jnp.asarray(corrupt), circuits.logit_diff(good, bad)
+
+
+def test_graph_shape_gqa():
+    config = _setup(False)[0]
+    ws, rs, edges = circuits.writers(config), circuits.readers(config), circuits.edges(config)
+    assert len(ws) == 1 + 2 * 4 + 2 and len(rs) == 2 * (4 + 2 * 2 + 1) + 1
+    assert (("head", 0, 1), ("k", 1, 0)) in edges and (("head", 1, 0), ("q", 1, 0)) not in edges
+    assert (("head", 1, 3), ("mlp", 1)) in edges and (("mlp", 1), ("logits",)) in edges
+    assert (("mlp", 0), ("q", 0, 0)) not in edges
+    # by hand: 8 q/k/v readers of layer 0 read the embedding; its MLP reads embed + 4 heads; the 8 of layer 1
+    # read embed, 4 heads, MLP 0; MLP 1 reads 10 writers; the logits all 11
+    assert len(edges) == 8 * 1 + 5 + 8 * 6 + 10 + 11
+
+
+def test_edge_scores_against_exact_patching(gates="frozen"):  # dense models: test_known_circuit_is_found
+    config, params, gate, clean, corrupt, metric = _setup(True)
+    eap = circuits.edge_scores(config, params, gate, clean, corrupt, metric, gates=gates)
+    ig = circuits.edge_scores(config, params, gate, clean, corrupt, metric, gates=gates, method="eap-ig", steps=5)
+    exact = circuits.edge_patching_effects(config, params, gate, clean, corrupt, metric, gates=gates)
+    assert set(eap) == set(ig) == set(exact) == set(circuits.edges(config))
+    assert circuits.correlation(eap, exact) > 0.8, circuits.correlation(eap, exact)
+    assert circuits.correlation(ig, exact) > 0.99, circuits.correlation(ig, exact)
+    assert circuits.rank_agreement(ig, exact, 10) >= 0.8
+    # a node's EAP score (gradient at its hook_z) is the sum of its outgoing edges' scores (gradients at readers)
+    node = circuits.eap_scores(config, params, gate, clean, corrupt, metric, gates=gates)
+    for n in circuits.writers(config):
+        out = sum(v for (w, _), v in eap.items() if w == n)
+        assert out == pytest.approx(node[n], rel=1e-3, abs=1e-7), n
+
+
+def test_edge_explained_effect_bounds_and_node_patching():
+    config, params, gate, clean, corrupt, metric = _setup(True)
+    every = circuits.edges(config)
+    assert circuits.edge_explained_effect(config, params, gate, clean, corrupt, metric, every) == pytest.approx(1.0,
+                                                                                                       abs=1e-4)
+    assert circuits.edge_explained_effect(config, params, gate, clean, corrupt, metric, []) == pytest.approx(0.0,
+                                                                                                    abs=1e-4)
+    everyone = circuits.nodes(config)
+    for n in [("head", 0, 3), ("mlp", 0)]:  # removing every outgoing edge of a node = patching the node itself
+        by_edges = circuits.edge_explained_effect(config, params, gate, clean, corrupt, metric,
+                                                  [e for e in every if e[0] != n])
+        by_node = circuits.explained_effect(config, params, gate, clean, corrupt, metric,
+                                            [m for m in everyone if m != n])
+        assert by_edges == pytest.approx(by_node, rel=1e-3, abs=1e-3), n
+    scores = circuits.edge_score_matrix(config, params, gate, clean, corrupt, metric)
+    curve = circuits.edge_effect_curve(config, params, gate, clean, corrupt, metric, scores, [0, len(every)])
+    assert curve == pytest.approx([0.0, 1.0], abs=1e-4)
+
+
+def known_circuit_model():
+    """The embedding writes subspace A (plus a large constant in D, so the RMS norms barely couple subspaces);
+    head (0, 0) averages A into B, head (1, 0) averages B into C, the unembedding reads C. Every other writer is
+    silent (zero output projection, zero MLP output); queries and keys are zero (uniform causal attention).
+    The circuit is the three edges embed -> v(0, 0), head(0, 0) -> v(1, 0), head(1, 0) -> logits."""
+    c = sj.ModelConfig(family="llama", vocab_size=8, d_model=16, n_layers=2, n_heads=2, head_dim=4, d_ff=8,
+                       max_position=16)
+    p = jax.tree.map(np.array, sj.init_params(c, jax.random.PRNGKey(0)))
+    rng = np.random.default_rng(0)
+    A, B, C, D = (slice(4 * i, 4 * i + 4) for i in range(4))
+    eye = np.eye(4, dtype=np.float32)
+    p["embed"]["tokens"] = np.zeros((8, 16), np.float32)
+    p["embed"]["tokens"][:, A] = rng.normal(size=(8, 4))
+    p["embed"]["tokens"][:, D] = 10.0
+    a = p["layers"]["attn"]
+    for name in ("q", "k", "v", "o"):
+        a[name]["kernel"][:] = 0
+    a["v"]["kernel"][0, A, 0:4], a["o"]["kernel"][0, 0:4, B] = eye, 3 * eye
+    a["v"]["kernel"][1, B, 0:4], a["o"]["kernel"][1, 0:4, C] = eye, 3 * eye
+    p["layers"]["mlp"]["down"]["kernel"][:] = 0
+    p["lm_head"]["kernel"] = np.zeros((16, 8), np.float32)
+    p["lm_head"]["kernel"][C] = rng.normal(size=(4, 8))
+    truth = [(("embed",), ("v", 0, 0)), (("head", 0, 0), ("v", 1, 0)), (("head", 1, 0), ("logits",))]
+    return c, jax.tree.map(jnp.asarray, p), truth
+
+
+@pytest.mark.parametrize("method", ["eap", "eap-ig"])
+def test_known_circuit_is_found(method):
+    config, params, truth = known_circuit_model()
+    rng = np.random.default_rng(1)
+    clean, corrupt = rng.integers(0, 8, size=(16, 6)), rng.integers(0, 8, size=(16, 6))
+    last = np.asarray(sj.forward(config, params, jnp.asarray(clean))[0][:, -1])
+    metric = circuits.logit_diff(last.argmax(-1), last.argmin(-1))
+    scores = circuits.edge_scores(config, params, None, clean, corrupt, metric, method=method)
+    assert set(sorted(scores, key=lambda e: -abs(scores[e]))[:3]) == set(truth)
+    runner = dict(config=config, params=params, gate=None, clean=clean, corrupt=corrupt, metric=metric)
+    assert circuits.edge_explained_effect(**runner, keep=truth) >= 0.9
+    rest = [e for e in circuits.edges(config) if e not in truth]
+    assert abs(circuits.edge_explained_effect(**runner, keep=rest)) <= 0.1
+    assert circuits.circuit_heads(config, truth) == {("head", 0, 0), ("head", 1, 0)}
+
+
+def test_edge_errors():
+    config, params, gate, clean, corrupt, metric = _setup(False)
+    with pytest.raises(ValueError, match="not an edge"):
+        circuits.edge_explained_effect(config, params, gate, clean, corrupt, metric, [(("mlp", 1), ("q", 0, 0))])
+    with pytest.raises(ValueError, match="method must be"):
+        circuits.edge_scores(config, params, gate, clean, corrupt, metric, method="acdc")
+    post = sj.ModelConfig(family="olmo2", vocab_size=24, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_position=16)
+    with pytest.raises(ValueError, match="pre-norm"):
+        circuits.edge_scores(post, sj.init_params(post, jax.random.PRNGKey(0)), None, clean, corrupt, metric)
+    with pytest.raises(ValueError, match="layer hook's short name"):
+        sj.forward(config, params, clean, interventions={"blocks.0.attn.hook_z": PerLayer(jnp.zeros((2,)))})
+    with pytest.raises(ValueError, match="model has 2"):
+        sj.forward(config, params, clean, interventions={"attn.hook_z": PerLayer(jnp.zeros((3, 8, 10, 4, 8)))})
