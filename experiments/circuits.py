@@ -1,12 +1,20 @@
-"""Induction circuits, dense vs sparse: how many attention heads explain 90% of the effect?
+"""Circuits, dense vs sparse: how many attention heads, and how many edges, explain 90% of the effect?
 
-Task (works with any tokenizer): a random token sequence ``s`` of length n, then its repeat up to the last token:
+Tasks. ``--task addition`` (the toy models): ``ab+cd=`` and the first four answer digits, predicting the units
+digit; the corrupted prompt changes ``d`` (the units digit of the second operand) to another digit, so the units
+answer changes. Metric: ``logit[clean units digit] - logit[corrupted units digit]``.
+``--task induction`` (any tokenizer): a random token sequence ``s`` of length n, then its repeat up to the last token:
 ``clean = s + s[:-1]``, answer ``s[-1]``; the corrupted prompt replaces the first half by another random sequence
 ``r`` (``r + s[:-1]``), whose induction answer would be ``r[-1]``. Metric: ``logit[s[-1]] - logit[r[-1]]`` at the
 last position. Heads are ranked by exact activation patching (and scored by EAP, whose agreement is reported);
 the curve keeps the embedding, every MLP and the top-k heads and patches the other heads with their corrupted
-outputs. Eval gates on the sparse model, recomputed on patched runs.
+outputs. Edges (embedding / heads / MLPs -> q, k, v inputs of each head, MLP inputs, logits) are scored by EAP-IG
+(5 steps) and the edge curve keeps the top-k edges (every other reader input gets the corrupted writer output);
+``edges for 0.9`` is the smallest k reaching 0.9 (:func:`sparsejax.circuits.smallest_edge_circuit`). Eval gates
+on the sparse model, recomputed on patched runs.
 
+    python experiments/circuits.py --task addition --dense runs/ctl_explore/dense/model \
+        --sparse runs/controllers_toy/pi_lrdecay/seed2/model --out runs/circuits_toy
     python experiments/circuits.py --dense runs/shakespeare/dense/model --sparse runs/long_d01/d0.01/model \
         --out runs/circuits
 """
@@ -29,6 +37,9 @@ def analyse(model, clean, corrupt, metric) -> dict:
     curve = [circuits.explained_effect(c, p, g, clean, corrupt, metric, others + ranked[:k])
              for k in range(len(heads) + 1)]
     need = next((k for k, e in enumerate(curve) if e >= 0.9), None)
+    edge_scores = circuits.edge_score_matrix(c, p, g, clean, corrupt, metric, method="eap-ig", steps=5)
+    n_edges, edge_curve = circuits.smallest_edge_circuit(c, p, g, clean, corrupt, metric, edge_scores, 0.9)
+    kept = circuits.top_edges(c, edge_scores, n_edges) if n_edges else None
     import jax.numpy as jnp
     from sparsejax.models import forward
 
@@ -37,6 +48,12 @@ def analyse(model, clean, corrupt, metric) -> dict:
     return {"m_clean": m_clean, "m_corrupt": m_corrupt, "curve": curve, "heads_for_0.9": need,
             "ranked_heads": [list(n) for n in ranked], "eap_vs_exact_corr": circuits.correlation(eap, exact),
             "top3_agreement": circuits.rank_agreement(eap, exact, 3),
+            "edges_total": len(circuits.edges(c)), "edges_for_0.9": n_edges,
+            "edge_curve": {str(k): v for k, v in edge_curve.items()},
+            "heads_in_edge_circuit": None if kept is None else len(circuits.circuit_heads(c, kept)),
+            "edge_circuit": None if kept is None else [[list(w), list(r)] for w, r in circuits.edges(c)
+                                                        if kept[circuits.writers(c).index(w),
+                                                                circuits.readers(c).index(r)]],
             "exact": {str(k): v for k, v in exact.items()}, "eap": {str(k): v for k, v in eap.items()}}
 
 
@@ -49,6 +66,7 @@ def main(argv=None):
     from sparsejax.train.checkpointing import atomic_write_text
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", choices=("induction", "addition"), default="induction")
     p.add_argument("--dense", default="runs/shakespeare/dense/model")
     p.add_argument("--sparse", default="runs/long_d01/d0.01/model")
     p.add_argument("--out", default="runs/circuits")
@@ -63,7 +81,17 @@ def main(argv=None):
     models = {"dense": sj.from_pretrained(args.dense), "sparse": sj.from_pretrained(args.sparse)}
     vocab = models["dense"].config.vocab_size
     rng = np.random.default_rng(args.seed)
-    if args.text:  # passages of held-out text (s) and other passages (r)
+    if args.task == "addition":
+        from sparsejax.data import addition
+
+        rows = addition.split("validation")[rng.permutation(1000)[:args.examples]]
+        clean = rows[:, :10].copy()
+        corrupt = clean.copy()
+        corrupt[:, 4] = (clean[:, 4] + rng.integers(1, 10, size=len(rows))) % 10
+        good, bad = (clean[:, 1] + clean[:, 4]) % 10, (clean[:, 1] + corrupt[:, 4]) % 10
+        clean, corrupt = jnp.asarray(clean, jnp.int32), jnp.asarray(corrupt, jnp.int32)
+        metric = circuits.logit_diff(good, bad)
+    elif args.text:  # passages of held-out text (s) and other passages (r)
         import tempfile
 
         from sparsejax.config import load_config
@@ -78,16 +106,18 @@ def main(argv=None):
     else:
         s = rng.integers(vocab // 8, vocab, size=(args.examples, args.half))  # skip the lowest ids (bytes/specials)
         r = rng.integers(vocab // 8, vocab, size=(args.examples, args.half))
-    clean = jnp.asarray(np.concatenate([s, s[:, :-1]], 1), jnp.int32)
-    corrupt = jnp.asarray(np.concatenate([r, s[:, :-1]], 1), jnp.int32)
-    metric = circuits.logit_diff(s[:, -1], r[:, -1])
+    if args.task == "induction":
+        clean = jnp.asarray(np.concatenate([s, s[:, :-1]], 1), jnp.int32)
+        corrupt = jnp.asarray(np.concatenate([r, s[:, :-1]], 1), jnp.int32)
+        metric = circuits.logit_diff(s[:, -1], r[:, -1])
     results = {}
     for name, model in models.items():
         results[name] = analyse(model, clean, corrupt, metric)
         res = results[name]
         print(f"{name}: metric clean {res['m_clean']:.3f} corrupt {res['m_corrupt']:.3f}; heads for 0.9: "
-              f"{res['heads_for_0.9']} of {len(res['ranked_heads'])}; EAP~exact corr {res['eap_vs_exact_corr']:.3f}",
-              flush=True)
+              f"{res['heads_for_0.9']} of {len(res['ranked_heads'])}; edges for 0.9: {res['edges_for_0.9']} of "
+              f"{res['edges_total']} ({res['heads_in_edge_circuit']} heads touched); EAP~exact corr (heads) "
+              f"{res['eap_vs_exact_corr']:.3f}", flush=True)
     results["setup"] = vars(args)
     atomic_write_text(out / "results.json", json.dumps(results, indent=1))
 
@@ -96,19 +126,30 @@ def main(argv=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
     for name in models:
-        curve = results[name]["curve"]
-        ax.plot(range(len(curve)), curve, "o-", label=f"{name} (0.9 at {results[name]['heads_for_0.9']} heads)")
-    ax.axhline(0.9, color="gray", ls="--", lw=1)
+        res = results[name]
+        ax.plot(range(len(res["curve"])), res["curve"], "o-", label=f"{name} (0.9 at {res['heads_for_0.9']} heads)")
+        ks = sorted(int(k) for k in res["edge_curve"])
+        bx.plot(ks, [res["edge_curve"][str(k)] for k in ks], "o-", label=f"{name} (0.9 at {res['edges_for_0.9']} of "
+                f"{res['edges_total']} edges)")
+    for a in (ax, bx):
+        a.axhline(0.9, color="gray", ls="--", lw=1)
+        a.set_ylabel("explained effect")
+        a.legend()
     ax.set_xlabel("attention heads kept (ranked by exact patching; embedding and MLPs kept)")
-    ax.set_ylabel("explained effect")
-    what = "held-out text" if args.text else "random tokens"
-    ax.set_title(f"induction (repeat of {args.half} tokens of {what}), {args.examples} prompts")
-    ax.legend()
+    bx.set_xscale("log")
+    bx.set_xlabel("edges kept (top-k by EAP-IG; log scale)")
+    d, sp = results["dense"], results["sparse"]
+    ratio = lambda a, b: f"{a / b:.1f}x" if a and b else "n/a"
+    what = ("addition, units digit (corrupt: 2nd operand's units digit)" if args.task == "addition" else
+            f"induction (repeat of {args.half} tokens of {'held-out text' if args.text else 'random tokens'})")
+    fig.suptitle(f"{what}, {args.examples} prompts; dense/sparse: heads {ratio(d['heads_for_0.9'], sp['heads_for_0.9'])}"
+                 f", edges {ratio(d['edges_for_0.9'], sp['edges_for_0.9'])}")
     fig.tight_layout()
-    fig.savefig(out / "induction_heads.png", dpi=120)
-    print(f"wrote {out / 'results.json'} and {out / 'induction_heads.png'}")
+    name = "addition_circuits.png" if args.task == "addition" else "induction_heads.png"
+    fig.savefig(out / name, dpi=120)
+    print(f"wrote {out / 'results.json'} and {out / name}")
 
 
 if __name__ == "__main__":

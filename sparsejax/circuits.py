@@ -428,6 +428,28 @@ def edge_effect_curve(config, params, gate, clean, corrupt, metric, scores, ks, 
     return [runner.explained(top_edges(config, scores, k)) for k in ks]
 
 
+def smallest_edge_circuit(config, params, gate, clean, corrupt, metric, scores, target: float = 0.9, *,
+                          gates: str = "recompute") -> tuple[int | None, dict]:
+    """The fewest top-scored edges (:func:`top_edges`) whose circuit explains ``>= target`` of the effect, and every
+    ``{k: explained effect}`` evaluated on the way: a doubling grid, then bisection between the last grid point
+    below the target and the first at or above it (the curve is not always monotone: the bisection finds a crossing,
+    the grid points are returned too). ``None`` if even every edge falls short (never, up to rounding: all edges
+    explain 1)."""
+    runner = _CircuitRunner(config, params, gate, clean, corrupt, metric, gates)
+    total = int(allowed(config).sum())
+    seen = {}
+    effect = lambda k: seen.setdefault(k, runner.explained(top_edges(config, scores, k)))
+    ks = sorted({min(2 ** i, total) for i in range(total.bit_length() + 1)})
+    hi = next((k for k in ks if effect(k) >= target), None)
+    if hi is None:
+        return None, seen
+    lo = max([k for k in ks if k < hi] or [0])
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if effect(mid) >= target else (mid, hi)
+    return hi, dict(sorted(seen.items()))
+
+
 def circuit_heads(config, keep) -> set:
     """The heads a circuit of edges touches (as a writer, or through a q/k/v input)."""
     mat = _edge_matrix(config, keep)
