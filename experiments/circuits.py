@@ -25,7 +25,10 @@ import json
 from pathlib import Path
 
 
-def analyse(model, clean, corrupt, metric) -> dict:
+import numpy as np
+
+
+def analyse(model, clean, corrupt, metric, target) -> dict:
     from sparsejax import circuits
 
     c, p, g = model.config, model.params, model.gate
@@ -40,6 +43,9 @@ def analyse(model, clean, corrupt, metric) -> dict:
     edge_scores = circuits.edge_score_matrix(c, p, g, clean, corrupt, metric, method="eap-ig", steps=5)
     n_edges, edge_curve = circuits.smallest_edge_circuit(c, p, g, clean, corrupt, metric, edge_scores, 0.9)
     kept = circuits.top_edges(c, edge_scores, n_edges) if n_edges else None
+    att = circuits.attention_attribution(c, p, g, clean, target)
+    heads80, ranking = circuits.heads_for_share(att["per_head"], 0.8)
+    mags = np.array([abs(v) for _, _, v in ranking])
     import jax.numpy as jnp
     from sparsejax.models import forward
 
@@ -48,6 +54,8 @@ def analyse(model, clean, corrupt, metric) -> dict:
     return {"m_clean": m_clean, "m_corrupt": m_corrupt, "curve": curve, "heads_for_0.9": need,
             "ranked_heads": [list(n) for n in ranked], "eap_vs_exact_corr": circuits.correlation(eap, exact),
             "top3_agreement": circuits.rank_agreement(eap, exact, 3),
+            "attribution_heads_for_0.8": heads80, "attribution_ranking": ranking,
+            "attribution_cumulative_share": (np.cumsum(mags) / mags.sum()).tolist(),
             "edges_total": len(circuits.edges(c)), "edges_for_0.9": n_edges,
             "edge_curve": {str(k): v for k, v in edge_curve.items()},
             "heads_in_edge_circuit": None if kept is None else len(circuits.circuit_heads(c, kept)),
@@ -90,7 +98,7 @@ def main(argv=None):
         corrupt[:, 4] = (clean[:, 4] + rng.integers(1, 10, size=len(rows))) % 10
         good, bad = (clean[:, 1] + clean[:, 4]) % 10, (clean[:, 1] + corrupt[:, 4]) % 10
         clean, corrupt = jnp.asarray(clean, jnp.int32), jnp.asarray(corrupt, jnp.int32)
-        metric = circuits.logit_diff(good, bad)
+        metric, target = circuits.logit_diff(good, bad), good
     elif args.text:  # passages of held-out text (s) and other passages (r)
         import tempfile
 
@@ -109,14 +117,15 @@ def main(argv=None):
     if args.task == "induction":
         clean = jnp.asarray(np.concatenate([s, s[:, :-1]], 1), jnp.int32)
         corrupt = jnp.asarray(np.concatenate([r, s[:, :-1]], 1), jnp.int32)
-        metric = circuits.logit_diff(s[:, -1], r[:, -1])
+        metric, target = circuits.logit_diff(s[:, -1], r[:, -1]), s[:, -1]
     results = {}
     for name, model in models.items():
-        results[name] = analyse(model, clean, corrupt, metric)
+        results[name] = analyse(model, clean, corrupt, metric, target)
         res = results[name]
         print(f"{name}: metric clean {res['m_clean']:.3f} corrupt {res['m_corrupt']:.3f}; heads for 0.9: "
               f"{res['heads_for_0.9']} of {len(res['ranked_heads'])}; edges for 0.9: {res['edges_for_0.9']} of "
-              f"{res['edges_total']} ({res['heads_in_edge_circuit']} heads touched); EAP~exact corr (heads) "
+              f"{res['edges_total']} ({res['heads_in_edge_circuit']} heads touched); attention attribution: "
+              f"{res['attribution_heads_for_0.8']} heads for 80%; EAP~exact corr (heads) "
               f"{res['eap_vs_exact_corr']:.3f}", flush=True)
     results["setup"] = vars(args)
     atomic_write_text(out / "results.json", json.dumps(results, indent=1))
@@ -126,17 +135,23 @@ def main(argv=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(16, 4))
     for name in models:
         res = results[name]
         ax.plot(range(len(res["curve"])), res["curve"], "o-", label=f"{name} (0.9 at {res['heads_for_0.9']} heads)")
         ks = sorted(int(k) for k in res["edge_curve"])
         bx.plot(ks, [res["edge_curve"][str(k)] for k in ks], "o-", label=f"{name} (0.9 at {res['edges_for_0.9']} of "
                 f"{res['edges_total']} edges)")
+        share = res["attribution_cumulative_share"]
+        cx.plot(range(1, len(share) + 1), share, "o-", label=f"{name} (80% at {res['attribution_heads_for_0.8']} heads)")
     for a in (ax, bx):
         a.axhline(0.9, color="gray", ls="--", lw=1)
         a.set_ylabel("explained effect")
         a.legend()
+    cx.axhline(0.8, color="gray", ls="--", lw=1)
+    cx.set_xlabel("heads, ranked by |direct attribution| to the answer logit")
+    cx.set_ylabel("share of total |attribution|")
+    cx.legend()
     ax.set_xlabel("attention heads kept (ranked by exact patching; embedding and MLPs kept)")
     bx.set_xscale("log")
     bx.set_xlabel("edges kept (top-k by EAP-IG; log scale)")

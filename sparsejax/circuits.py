@@ -463,3 +463,63 @@ def circuit_heads(config, keep) -> set:
         elif r[0] in ("k", "v"):  # a key/value head serves n_heads / n_kv_heads query heads
             heads.update(("head", r[1], r[2] * ratio + i) for i in range(ratio))
     return heads
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Attention attribution: the direct contribution of every (layer, head, key) to a target logit through the frozen
+# eval-gated pattern. With the final norm's scale frozen at the run's value, the logit is linear in the residual
+# stream: ``logit_t = u . x_final + const`` with ``u = r (s * W_U[:, t])`` (RMSNorm; LayerNorm centres u, and its
+# bias adds a constant). A head's output at the query is ``sum_k (P*A)[q, k] v_k W_O``, so its direct share splits
+# exactly over keys: ``(P*A)[q, k] (v_k W_O) . u``; closed gates contribute exactly 0.
+
+def _frozen_unembed(config, params, x, target) -> jax.Array:
+    """``u [B, d]``: the direction whose dot product with a residual-stream component gives its logit share."""
+    head = params["embed"]["tokens"].T if config.tie_embeddings else params["lm_head"]["kernel"]
+    w = head[:, target].T.astype(jnp.float32)                                  # [B, d]
+    fn = params.get("final_norm", {})
+    if "scale" in fn:
+        w = w * fn["scale"]
+    x = x.astype(jnp.float32)
+    if config.norm == "rmsnorm":
+        return w * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + config.norm_eps)
+    xc = x - jnp.mean(x, -1, keepdims=True)
+    r = jax.lax.rsqrt(jnp.mean(xc * xc, -1, keepdims=True) + config.norm_eps)
+    return (w - jnp.mean(w, -1, keepdims=True)) * r
+
+
+def attention_attribution(config, params, gate, tokens, target, *, position: int = -1) -> dict:
+    """Direct attribution of the logit of ``target`` (``[B]`` token ids) at ``position`` to every head and key.
+
+    Returns ``per_key [B, L, H, T]`` (key k's share through head (l, h)), ``per_head [B, L, H]`` (their sums),
+    ``other [B]`` (the rest: embedding, MLPs, biases), ``logit [B]`` (the model's logit; ``per_head`` summed with
+    ``other`` equals it). Eval gates (the deterministic pattern); materialises the T x T pattern: analysis sizes."""
+    _check_edge_model(config)
+    tokens, target = jnp.asarray(tokens), jnp.asarray(target)
+    L, H = config.n_layers, config.n_heads
+    logits, aux = _run(config, params, gate, tokens, capture=["blocks.*.attn.hook_pattern", "blocks.*.attn.hook_v",
+                                                               f"blocks.{L - 1}.hook_resid_post"])
+    caps = aux["captures"]
+    q = position % tokens.shape[1]
+    u = _frozen_unembed(config, params, caps[f"blocks.{L - 1}.hook_resid_post"][:, q], target)
+    ratio = H // config.n_kv_heads
+    wo = params["layers"]["attn"]["o"]["kernel"].reshape(L, H, config.head_dim, config.d_model)
+    per_key = []
+    for l in range(L):
+        v = jnp.repeat(caps[f"blocks.{l}.attn.hook_v"].astype(jnp.float32), ratio, axis=2)   # [B, T, H, hd]
+        proj = jnp.einsum("bkhe,hed,bd->bhk", v, wo[l].astype(jnp.float32), u)                # (v_k W_O) . u
+        per_key.append(caps[f"blocks.{l}.attn.hook_pattern"][:, :, q, :] * proj)
+    per_key = jnp.stack(per_key, 1)
+    per_head = per_key.sum(-1)
+    logit = logits[jnp.arange(tokens.shape[0]), q, target]
+    return {"per_key": np.asarray(per_key), "per_head": np.asarray(per_head),
+            "other": np.asarray(logit - per_head.sum((1, 2))), "logit": np.asarray(logit)}
+
+
+def heads_for_share(per_head, share: float = 0.8) -> tuple[int, list[tuple]]:
+    """How many heads, ranked by ``|mean over examples|`` of their attribution, cover ``share`` of the summed
+    absolute attribution of all heads; and the ranking ``[(layer, head, mean attribution)]``."""
+    mean = np.asarray(per_head).mean(0)
+    order = sorted(np.ndindex(mean.shape), key=lambda i: -abs(mean[i]))
+    mags = np.array([abs(mean[i]) for i in order])
+    k = int(np.searchsorted(np.cumsum(mags) / max(mags.sum(), 1e-30), share - 1e-12) + 1)
+    return min(k, len(order)), [(int(l), int(h), float(mean[l, h])) for l, h in order]

@@ -102,6 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparsejax", description="Extremely sparse attention by post-training "
                                      "(arXiv 2512.05865), in JAX.")
     parser.add_argument("--version", action="version", version=f"sparsejax {__version__}")
+    dist = parser.add_argument_group("multi-process runs (one process per host; see experiments/launch/)")
+    dist.add_argument("--distributed", action="store_true", help="join a multi-process run, cluster auto-detected "
+                      "(Cloud TPU pods, SLURM)")
+    dist.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address (with --num-processes and "
+                      "--process-id: an explicit multi-process run)")
+    dist.add_argument("--num-processes", type=int)
+    dist.add_argument("--process-id", type=int)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     info = sub.add_parser("info", help="versions, devices and attention implementations")
     info.set_defaults(func=_info)
@@ -156,6 +163,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        if args.distributed or args.coordinator is not None or args.num_processes is not None or \
+                args.process_id is not None:
+            from sparsejax.distributed import initialize
+
+            initialize(args.coordinator, args.num_processes, args.process_id)
         return args.func(args)
     except (ValueError, FileNotFoundError) as e:  # bad input: one clear line, no traceback
         print(f"sparsejax {args.command}: error: {e}", file=sys.stderr)

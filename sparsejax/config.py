@@ -91,6 +91,7 @@ class ConstraintSection:
     max_log_step_down: float | None = None  # geco: clip of decreasing steps (None: max_log_step)
     pi_ki: float = 0.02             # pi: integral gain (max change of log beta per step)
     pi_kp: float = 2.0              # pi: proportional gain on the clipped relative error
+    pi_ki_down: float | None = None  # pi: integral gain while beta falls (anti-windup; None: pi_ki)
     error_clip: float = 1.0         # pi: clip of the scaled error
     error_scale: str = "tau"        # pi: the error's unit: "tau" (relative error) or "slack" (units of the slack)
     tau_data: str = "validation"    # where the dense CE behind tau is measured: "validation" or "train" batches
@@ -256,6 +257,7 @@ _RULES = (
     ("constraint.alpha", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("constraint.pi_ki", lambda v: math.isfinite(v) and v > 0, "a number > 0"),
     ("constraint.pi_kp", lambda v: math.isfinite(v) and v >= 0, "a number >= 0"),
+    ("constraint.pi_ki_down", lambda v: v is None or (math.isfinite(v) and v > 0), "a number > 0 or null"),
     ("constraint.error_clip", lambda v: math.isfinite(v) and v > 0, "a number > 0"),
     ("constraint.error_scale", lambda v: v in ("tau", "slack"), "tau or slack"),
     ("constraint.tau_data", lambda v: v in ("validation", "train"), "validation or train"),

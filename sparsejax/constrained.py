@@ -105,7 +105,7 @@ def geco(tau: float, *, beta_init: float = 1e-2, eta: float = 1.0, alpha: float 
 
 def pi_control(tau: float, *, beta_init: float = 1e-2, ki: float = 0.02, kp: float = 2.0, alpha: float = 0.9,
                beta_min: float = 1e-4, beta_max: float = 1e4, error_clip: float = 1.0, scale: float | None = None,
-               sense: str = "ce") -> optax.GradientTransformationExtraArgs:
+               sense: str = "ce", ki_down: float | None = None) -> optax.GradientTransformationExtraArgs:
     """PI controller on ``log beta`` for ``CE <= tau`` (or ``density <= tau`` with ``sense="density"``).
 
     With ``C_t`` the EMA (decay ``alpha``) of the constrained quantity and the scaled satisfaction
@@ -118,8 +118,14 @@ def pi_control(tau: float, *, beta_init: float = 1e-2, ki: float = 0.02, kp: flo
 
     A loss spike above target drops beta by up to ``exp(kp * error_clip)`` in the same step and the integral
     starts falling; when the loss returns, the proportional part releases at once.
+
+    ``ki_down`` (anti-windup; default ``ki``): the integral gain while ``e_t < 0`` (beta must fall: CE above its
+    target, or density below its target). A larger value unwinds, in a few steps, the integral accumulated during a
+    long approach to the target, so the multiplier does not carry the run far past it.
     """
     _check_positive(ki=ki, error_clip=error_clip, scale=tau if scale is None else scale)
+    if ki_down is not None:
+        _check_positive(ki_down=ki_down)
     if kp < 0:
         raise ValueError(f"kp must be >= 0, got {kp}")
     _check_multiplier(alpha, beta_init, beta_min, beta_max, sense)
@@ -134,7 +140,8 @@ def pi_control(tau: float, *, beta_init: float = 1e-2, ki: float = 0.02, kp: flo
         c = jnp.asarray(constraint, jnp.float32)
         ema = jnp.where(state.count == 0, c, alpha * state.ema + (1 - alpha) * c)
         e = jnp.clip(sign * (state.tau - ema) / (state.tau if scale is None else scale), -error_clip, error_clip)
-        integral = jnp.clip(state.integral + ki * e, lo, hi)
+        rate = ki if ki_down is None else jnp.where(e < 0, ki_down, ki)
+        integral = jnp.clip(state.integral + rate * e, lo, hi)
         beta = jnp.exp(jnp.clip(integral + kp * e, lo, hi))
         return updates, PIState(beta, integral, ema, state.tau, state.count + 1)
 

@@ -147,40 +147,229 @@ def plot_attention_maps(dense_maps, sparse_maps, labels, out: Path, title: str =
     return Path(out)
 
 
-def _img(path: Path) -> str:
+def plot_head_density(per_head, out: Path, title: str = "") -> Path:
+    """Heatmap of the held-out edge density per (layer, head), log colour scale, values written in the cells."""
+    plt = _plt()
+    from matplotlib.colors import LogNorm
+
+    d = np.maximum(np.asarray(per_head, float), 1e-5)
+    L, H = d.shape
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.6 + 0.55 * H), 1.0 + 0.45 * L))
+    im = ax.imshow(d, cmap="viridis", norm=LogNorm(vmin=max(d.min(), 1e-4), vmax=1.0), aspect="auto")
+    for l in range(L):
+        for h in range(H):
+            ax.text(h, l, f"{100 * d[l, h]:.3g}", ha="center", va="center", fontsize=6,
+                    color="white" if d[l, h] < 0.1 else "black")
+    ax.set_xticks(range(H))
+    ax.set_yticks(range(L))
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    fig.colorbar(im, ax=ax, label="share of causal pairs kept")
+    ax.set_title(title or "held-out edge density per head (%)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return Path(out)
+
+
+def _img(path: Path, caption: str | None = None) -> str:
     data = base64.b64encode(Path(path).read_bytes()).decode()
     return f'<figure><img src="data:image/png;base64,{data}" style="max-width:100%"><figcaption>' \
-           f'{html.escape(path.name)}</figcaption></figure>'
+           f'{html.escape(caption or path.name)}</figcaption></figure>'
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Build ``RUN_DIR/report.html`` from what the run left there."""
+MAX_RUNS = 16
+
+
+def find_runs(run_dir: Path) -> list[Path]:
+    """``run_dir`` itself when it holds a ``metrics.jsonl``, else the run directories one or two levels below
+    (an experiment's ``dense/``, ``sparse/``, ``name/seedN/``); never a deeper walk."""
+    if (run_dir / "metrics.jsonl").exists():
+        return [run_dir]
+    return sorted({m.parent for pattern in ("*/metrics.jsonl", "*/*/metrics.jsonl") for m in run_dir.glob(pattern)})
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list) and all(isinstance(x, (int, float)) for x in v):
+        return ", ".join(_fmt(float(x)) for x in v)
+    return html.escape(json.dumps(v) if isinstance(v, (dict, list)) else str(v))
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table border=1 cellpadding=4 style='border-collapse:collapse'><tr>{th}</tr>{body}</table>"
+
+
+def summary_rows(run: Path) -> tuple[list[str], list[list]]:
+    """The summary table of a run: dense model, initial gated model, final model, best feasible checkpoint."""
+    _, evals = read_metrics(run / "metrics.jsonl")
+    evals = [r for r in evals if "eval_ce" in r]
+    start = next((r for r in evals if r["step"] == 0), None)
+    dense = start.get("dense_eval_ce") if start else None
+    header = ["model", "step", "held-out CE", "CE - dense", "edge density", "per layer"]
+    rows = []
+    if dense is not None:
+        rows.append(["dense (the starting checkpoint)", 0, dense, 0.0, 1.0, ""])
+    add = lambda name, r: rows.append([name, r["step"], r["eval_ce"], "" if dense is None else r["eval_ce"] - dense,
+                                       r.get("edge_density", 1.0), r.get("edge_density_per_layer", "")])
+    if start is not None and "edge_density" in start:
+        add("gated, before post-training", start)
+    last = evals[-1] if evals else None
+    if last is not None and last is not start:
+        add("final" if last.get("final") else "last evaluation (run unfinished)", last)
+    if (run / "best.json").exists():
+        add("best feasible (best_model/)", json.loads((run / "best.json").read_text()))
+    return header, rows
+
+
+def _attention_section(run: Path, n_tokens: int = 24) -> str:
+    """Dense vs sparse per-head attention on the first held-out example (needs the run's model/ and its dense
+    starting checkpoint); a note instead when something is missing."""
+    import tempfile
+
+    from .checkpoints import from_pretrained
+    from .config import load_config
+    from .data import batch_at
+    from .train.state import build_data
+
+    if not (run / "model").exists() or not (run / "config.yaml").exists():
+        return "<p>attention maps: no exported model/ yet.</p>"
+    try:
+        cfg = load_config(str(run / "config.yaml"))
+        sparse = from_pretrained(run / "model")
+        if sparse.gate is None:
+            return "<p>attention maps: a dense run (no gate).</p>"
+        dense_dir = cfg.model.checkpoint
+        if not dense_dir or not Path(dense_dir).exists():
+            return f"<p>attention maps: the dense checkpoint ({html.escape(str(dense_dir))}) is not here.</p>"
+        with tempfile.TemporaryDirectory() as tmp:
+            _, val, tok = build_data(cfg, Path(tmp))
+            row = np.asarray(batch_at(val, 0, 1, seed=0)["tokens"])[0][:n_tokens]
+        if tok is not None:
+            labels = [tok.id_to_token(int(i)) for i in row]
+        elif cfg.data.kind == "addition":
+            from .data import addition
+
+            labels = list(addition.decode(row))
+        else:
+            labels = [str(int(i)) for i in row]
+        dense = from_pretrained(dense_dir)
+        out = run / "report_attention_maps.png"
+        plot_attention_maps(head_maps(dense, row, None), head_maps(sparse, row, sparse.gate), labels, out,
+                            f"first {len(row)} tokens of the first held-out example: dense (left) vs final sparse "
+                            f"(right); red: edges kept")
+        return _img(out, "per-head effective attention P x A, dense vs final sparse model")
+    except Exception as e:  # the report still renders; say what was missing
+        return f"<p>attention maps skipped: {html.escape(type(e).__name__)}: {html.escape(str(e))}</p>"
+
+
+def _run_section(run_dir: Path, run: Path, maps: bool) -> list[str]:
+    rel = run.relative_to(run_dir) if run != run_dir else Path(".")
+    parts = [f"<h2>run {html.escape(str(rel))}</h2>"]
+    train, evals = read_metrics(run / "metrics.jsonl")
+    if not train and not evals:
+        return parts + ["<p>no records yet: the run has not logged its first step (or was stopped before).</p>"]
+    header, rows = summary_rows(run)
+    if rows:
+        parts.append(_table(header, rows))
+    target = next((r for r in reversed(evals) if "tau" in r), None)
+    if target is not None:
+        cfg = (run / "config.yaml").read_text() if (run / "config.yaml").exists() else ""
+        what = "edge density <= " if "sense: density" in cfg else "held-out CE <= tau = "
+        parts.append(f"<p>constraint: {html.escape(what)}{target['tau']:.4g}</p>")
+    if train:
+        parts.append(_img(plot_dynamics(run / "metrics.jsonl", run / "dynamics.png"),
+                          "training dynamics: density, multiplier, CE; dots are held-out evaluations"))
+    last = next((r for r in reversed(evals) if "edge_density_per_head" in r), None)
+    if last is not None:
+        parts.append(_img(plot_head_density(last["edge_density_per_head"], run / "report_head_density.png",
+                                            f"held-out edge density per head (%), step {last['step']}")))
+    if maps:
+        parts.append(_attention_section(run))
+    if (run / "config.yaml").exists():
+        parts.append(f"<details><summary>config.yaml</summary><pre>{html.escape((run / 'config.yaml').read_text())}"
+                     f"</pre></details>")
+    return parts
+
+
+def write_report(run_dir: str | Path, *, maps: bool = True) -> Path:
+    """Build ``RUN_DIR/report.html`` (one self-contained file) from what the run left there: per run a summary
+    table (dense / before / final / best feasible: held-out CE, edge density overall and per layer), the training
+    dynamics, the per-head density heatmap, dense-vs-sparse attention maps (``maps``) and the config; an
+    experiment's ``results.json`` and figures. Works on partial runs (empty or truncated metrics)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
-    metrics = sorted(run_dir.rglob("metrics.jsonl"))
-    if not metrics and not (run_dir / "results.json").exists():
-        raise FileNotFoundError(f"{run_dir} holds no metrics.jsonl or results.json: is it a sparsejax run?")
+    runs = find_runs(run_dir)
+    if not runs and not (run_dir / "results.json").exists():
+        raise FileNotFoundError(f"{run_dir} holds no metrics.jsonl or results.json (nor one or two levels below): "
+                                f"give a run directory written by sparsejax pretrain/posttrain or an experiment")
+    if len(runs) > MAX_RUNS:
+        raise ValueError(f"{run_dir} holds {len(runs)} runs (more than {MAX_RUNS}): give one run directory, e.g. "
+                         f"{runs[0]}")
     parts = [f"<h1>sparsejax run: {html.escape(str(run_dir))}</h1>"]
     if (run_dir / "results.json").exists():
         results = json.loads((run_dir / "results.json").read_text())
-        rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(json.dumps(v))}</td></tr>"
-                       for k, v in results.items())
-        parts.append(f"<h2>results</h2><table border=1 cellpadding=4>{rows}</table>")
-    for m in metrics:
-        rel = m.parent.relative_to(run_dir)
-        _, evals = read_metrics(m)
-        png = m.parent / "dynamics.png"
-        plot_dynamics(m, png)
-        parts.append(f"<h2>run {html.escape(str(rel))}</h2>{_img(png)}")
-        if evals:
-            last = summary(evals[-1])
-            parts.append(f"<pre>{html.escape(json.dumps(last, indent=1))}</pre>")
-    for png in sorted(run_dir.glob("*.png")):
-        parts.append(_img(png))
+        flat = [[k, v] for k, v in results.items() if not isinstance(v, dict)]
+        parts.append("<h2>results</h2>" + _table(["key", "value"], flat))
+    for run in runs:
+        parts += _run_section(run_dir, run, maps)
+    made = {"dynamics.png", "report_head_density.png", "report_attention_maps.png"} if run_dir in runs else set()
+    for png in sorted(run_dir.glob("*.png")):  # an experiment's own figures (not the ones made above)
+        if png.name not in made:
+            parts.append(_img(png))
     out = run_dir / "report.html"
     tmp = out.with_suffix(".html.tmp")
     tmp.write_text("<!doctype html><meta charset=utf-8><title>sparsejax report</title>"
-                   "<body style='font-family:sans-serif;max-width:1300px'>" + "\n".join(parts) + "</body>")
+                   "<body style='font-family:sans-serif;max-width:1300px;margin:auto'>" + "\n".join(parts) +
+                   "</body>")
     tmp.replace(out)
     return out
+
+
+def circuitsvis_patterns(model, tokens, gate=None) -> np.ndarray:
+    """The effective attention ``P * A`` of one sequence as CircuitsVis expects it: ``[layers * heads, dest, src]``
+    (layer-major; ``circuitsvis.attention.attention_patterns(tokens=labels, attention=array)``)."""
+    pattern, _ = head_maps(model, tokens, gate)
+    L, H, T, _ = pattern.shape
+    return pattern.reshape(L * H, T, T)
+
+
+_HTML = """<!doctype html><meta charset=utf-8><title>%(title)s</title>
+<style>body{font-family:sans-serif;max-width:1100px;margin:auto}span.t{padding:2px 3px;margin:1px;display:inline-block;
+border-radius:3px;cursor:pointer;font-family:monospace;white-space:pre}#heads button{margin:2px;font-size:11px}
+button.on{background:#2060c0;color:white}</style>
+<h2>%(title)s</h2><p>Pick a head, then hover a token (the query): keys are shaded by the attention it gives them
+(<code>P&times;A</code>, eval gates; a red outline marks an edge kept by the gate).</p>
+<div id=heads></div><div id=toks></div>
+<script>
+const D = %(data)s; let cur = 0;
+const heads = document.getElementById('heads'), toks = document.getElementById('toks');
+D.names.forEach((n, i) => { const b = document.createElement('button'); b.textContent = n;
+  b.onclick = () => { cur = i; draw(-1); [...heads.children].forEach((c, j) => c.className = j == i ? 'on' : ''); };
+  heads.appendChild(b); });
+function draw(q) { toks.innerHTML = ''; D.tokens.forEach((t, k) => { const s = document.createElement('span');
+  s.className = 't'; s.textContent = t; const w = q < 0 ? 0 : D.attention[cur][q][k];
+  s.style.background = q == k ? '#ffe08a' : `rgba(32,96,192,${Math.min(1, w)})`;
+  s.style.color = w > 0.5 ? 'white' : 'black'; if (q >= 0 && w > 0) s.style.outline = '1px solid #c02020';
+  s.title = q < 0 ? '' : `attention ${w.toFixed(3)}`; s.onmouseenter = () => draw(k); toks.appendChild(s); }); }
+heads.children[0].className = 'on'; draw(-1);
+</script>"""
+
+
+def attention_html(path, tokens: list[str], attention, names: list[str] | None = None, title: str = "attention"):
+    """A self-contained HTML page (no network) to browse ``attention [heads, dest, src]`` over ``tokens``."""
+    att = np.asarray(attention, float)
+    if att.ndim != 3 or att.shape[1] != att.shape[2] or att.shape[1] != len(tokens):
+        raise ValueError(f"attention must be [heads, dest, src] with dest = src = {len(tokens)} tokens, got "
+                         f"{att.shape}")
+    names = names or [f"head {i}" for i in range(att.shape[0])]
+    data = json.dumps({"tokens": [str(t) for t in tokens], "names": names,
+                       "attention": np.round(att, 4).tolist()}).replace("</", "<\\/")  # safe inside <script>
+    from .train.checkpointing import atomic_write_text
+
+    atomic_write_text(Path(path), _HTML % {"title": html.escape(title), "data": data})
+    return Path(path)

@@ -166,5 +166,29 @@ def batch_sharding(mesh, rules=DEFAULT_RULES) -> NamedSharding:
     return NamedSharding(mesh, P(dict(rules)["batch"] or None))
 
 
+def local_rows(shard: NamedSharding, batch_size: int) -> slice:
+    """The rows of a global batch held by this process's devices under ``shard`` (one contiguous range)."""
+    starts, stops = [], []
+    for index in shard.addressable_devices_indices_map((batch_size, 1)).values():
+        rows = index[0]
+        starts.append(rows.start or 0)
+        stops.append(batch_size if rows.stop is None else rows.stop)
+    lo, hi = min(starts), max(stops)
+    covered = sorted(set(zip(starts, stops)))
+    if sum(b - a for a, b in covered) != hi - lo:
+        raise ValueError(f"this process's devices hold batch rows {covered}, not one contiguous range; order the "
+                         f"mesh so each process's devices are adjacent on the batch axes")
+    return slice(lo, hi)
+
+
+def place_batch(read, batch_size: int, shard: NamedSharding):
+    """A global batch on ``shard``. ``read(rows)`` returns the rows ``rows`` (a slice) of the batch as a dict of
+    numpy arrays. One process reads the whole batch; with several, each reads only its own rows."""
+    if jax.process_count() == 1:
+        return jax.device_put(read(slice(None)), shard)
+    local = read(local_rows(shard, batch_size))
+    return {k: jax.make_array_from_process_local_data(shard, v, (batch_size, *v.shape[1:])) for k, v in local.items()}
+
+
 def replicated(mesh) -> NamedSharding:
     return NamedSharding(mesh, P())

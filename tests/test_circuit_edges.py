@@ -126,3 +126,32 @@ def test_edge_errors():
         sj.forward(config, params, clean, interventions={"blocks.0.attn.hook_z": PerLayer(jnp.zeros((2,)))})
     with pytest.raises(ValueError, match="model has 2"):
         sj.forward(config, params, clean, interventions={"attn.hook_z": PerLayer(jnp.zeros((3, 8, 10, 4, 8)))})
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_attention_attribution_decomposes_the_logit(family):
+    """Independent check: the embedding, MLP outputs and biases through the same frozen-norm direction, plus the
+    per-(head, key) shares, add up to the model's logit; keys whose gate is closed contribute exactly 0."""
+    config = sj.ModelConfig(family=family, vocab_size=24, d_model=32, n_layers=2, n_heads=4, d_ff=64,
+                            max_position=16, **({"n_kv_heads": 2} if family == "llama" else {}))
+    params = sj.init_params(config, jax.random.PRNGKey(5))
+    for name in ("q", "k"):  # attention scores of order 1: some gates open, some closed
+        params["layers"]["attn"][name]["kernel"] = params["layers"]["attn"][name]["kernel"] * 8
+    gate = sj.make_gate(0.1)
+    tokens = jnp.asarray(np.random.default_rng(2).integers(0, 24, size=(4, 9)))
+    target = jnp.asarray([1, 5, 7, 11])
+    att = circuits.attention_attribution(config, params, gate, tokens, target)
+    caps = sj.forward(config, params, tokens, gate, capture=["hook_embed", "blocks.*.hook_mlp_out",
+                                                             "blocks.*.attn.hook_adjacency", "blocks.1.hook_resid_post"])[1]["captures"]
+    u = circuits._frozen_unembed(config, params, caps["blocks.1.hook_resid_post"][:, -1], target)
+    rest = caps["hook_embed"][:, -1] + sum(caps[f"blocks.{l}.hook_mlp_out"][:, -1] for l in range(2))
+    if family == "gpt2":  # the output projection's bias, and the final LayerNorm's bias through the unembedding
+        rest = rest + params["layers"]["attn"]["o"]["bias"].sum(0)
+    const = 0.0 if family == "llama" else np.asarray(params["final_norm"]["bias"] @ params["embed"]["tokens"].T)[target]
+    expected_other = np.asarray(jnp.sum(rest * u, -1)) + const
+    np.testing.assert_allclose(att["per_head"].sum((1, 2)) + expected_other, att["logit"], atol=2e-4, rtol=1e-4)
+    closed = ~np.stack([np.asarray(caps[f"blocks.{l}.attn.hook_adjacency"][:, :, -1]) for l in range(2)], 1)
+    assert closed.any() and (~closed).any() and np.all(att["per_key"][closed] == 0)
+    k, ranking = circuits.heads_for_share(att["per_head"], 0.8)
+    assert 1 <= k <= 8 and len(ranking) == 8
+    assert circuits.heads_for_share(np.eye(8)[None, :1].reshape(1, 2, 4), 0.8)[0] == 1

@@ -125,6 +125,21 @@ def test_pi_drops_at_once_when_violated_and_integral_is_bounded():
     np.testing.assert_allclose(float(s.beta), np.exp(-0.01), rtol=1e-4)
 
 
+def test_pi_anti_windup_unwinds_faster_in_density_mode():
+    """Density far above target for 100 steps winds the integral up by ki per step; once the density is below
+    target, ki_down unwinds it ki_down / ki times faster (by hand: 100 * 0.02 = 2 up, then 0.2 per step down)."""
+    t = constrained.pi_control(0.02, beta_init=1.0, ki=0.02, kp=0.0, alpha=0.0, sense="density", ki_down=0.2)
+    s = t.init(None)
+    for _ in range(100):
+        _, s = t.update(None, s, constraint=0.5)   # e = +1 (clipped): beta must grow
+    np.testing.assert_allclose(float(s.integral), 2.0, rtol=1e-4)
+    for _ in range(5):
+        _, s = t.update(None, s, constraint=0.01)  # half the target: e = -0.5, at ki_down
+    np.testing.assert_allclose(float(s.integral), 2.0 - 5 * 0.2 * 0.5, rtol=1e-4)
+    with pytest.raises(ValueError, match="ki_down must be > 0"):
+        constrained.pi_control(0.02, ki_down=0.0)
+
+
 def test_geco_asymmetric_steps():
     t = constrained.geco(1.0, beta_init=1.0, eta=1.0, alpha=0.0, relative=True, max_log_step=0.01,
                          max_log_step_down=0.5)

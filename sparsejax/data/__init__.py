@@ -46,6 +46,7 @@ def batch_indices(n_rows: int, step: int, batch_size: int, seed: int) -> np.ndar
     return np.sort(perm[within * batch_size:(within + 1) * batch_size])
 
 
-def batch_at(source, step: int, batch_size: int, seed: int = 0) -> dict:
-    """Batch number ``step`` of a source (deterministic in ``seed`` and ``step``)."""
-    return source.rows(batch_indices(len(source), step, batch_size, seed))
+def batch_at(source, step: int, batch_size: int, seed: int = 0, rows: slice = slice(None)) -> dict:
+    """Batch number ``step`` of a source (deterministic in ``seed`` and ``step``); ``rows``: only that part of it
+    is read (one process's share of a global batch)."""
+    return source.rows(batch_indices(len(source), step, batch_size, seed)[rows])

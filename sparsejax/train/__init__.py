@@ -134,9 +134,13 @@ class Trainer:
         checkpointing.export(self.config, self.params(), self.gate(), path, tokenizer=self.tokenizer)
 
     def fit(self, callbacks=()) -> dict:
+        from ..distributed import is_main
+
         check_run_dir(self.run_dir, self.cfg)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if self.tokenizer is not None:
-            self.tokenizer.save(str(self.run_dir / "tokenizer.json"))
-        checkpointing.atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
+        if is_main():  # multi-process runs: process 0 writes the run directory
+            if self.tokenizer is not None:
+                self.tokenizer.save(str(self.run_dir / "tokenizer.json"))
+            checkpointing.atomic_write_text(self.run_dir / "config.yaml",
+                                            yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
         return loop.fit(self, progress=self.progress, callbacks=callbacks)

@@ -61,7 +61,11 @@ def restore_latest(mgr, state):
 def export(config, params, gate, path: Path, tokenizer=None) -> None:
     """A Hugging Face directory (float32, plus ``sparsejax_gate.json`` when gated and ``tokenizer.json`` when
     the run has a tokenizer), written atomically."""
-    params, gate = jax.device_get((params, gate))
+    from ..distributed import gather, is_main
+
+    params, gate = gather((params, gate))  # every process takes part; process 0 writes
+    if not is_main():
+        return
     save_pretrained(Model(config.replace(dtype="float32", remat="none"), params, gate), path, tokenizer=tokenizer)
 
 
@@ -75,7 +79,9 @@ def keep_best(run_dir: Path, rec: dict, tau: float | None, export_fn) -> bool:
     if best is not None and rec["edge_density"] >= best["edge_density"]:
         return False
     export_fn(Path(run_dir) / "best_model")
+    from ..distributed import is_main
     from .evaluate import summary
 
-    atomic_write_text(best_file, json.dumps(summary(rec)))
+    if is_main():  # the other processes read it back at the next evaluation, after collectives in between
+        atomic_write_text(best_file, json.dumps(summary(rec)))
     return True

@@ -17,7 +17,7 @@ def eval_batches(src, batch_size: int, count: int, mesh):
     n = min(count, max(1, len(src) // batch_size))
     shard = sharding.batch_sharding(mesh)
     for i in range(n):
-        yield jax.device_put(batch_at(src, i, batch_size, seed=0), shard)
+        yield sharding.place_batch(lambda rows, i=i: batch_at(src, i, batch_size, seed=0, rows=rows), batch_size, shard)
 
 
 def edge_stats(per_head: np.ndarray) -> dict:

@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..data import batch_at
+from ..distributed import is_main
+from ..sharding import place_batch
 from . import checkpointing
 from .metrics import MetricsWriter
 
@@ -32,17 +34,19 @@ def fit(run, *, progress: bool = True, callbacks=()) -> dict:
     mgr = checkpointing.manager(run_dir, t.keep)
     run.state, resumed = checkpointing.restore_latest(mgr, run.state)
     start = int(run.state["step"])
-    if resumed is not None:
+    main = is_main()  # only process 0 writes files (multi-process runs: sparsejax.distributed)
+    if resumed is not None and main:
         print(f"resumed {run_dir} from step {start} (checkpoint {resumed})")
-    writer = MetricsWriter(run_dir, resume_step=start if resumed is not None else None)
+    writer = MetricsWriter(run_dir, resume_step=start if resumed is not None else None) if main else None
 
     def emit(rec: dict):
-        writer.write(rec)
+        if writer is not None:
+            writer.write(rec)
         for cb in callbacks:
             cb(rec)
 
     bar = None
-    if progress:
+    if progress and main:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=t.steps, initial=start, desc="post-train" if run.spec.gate is not None else "train",
@@ -51,9 +55,12 @@ def fit(run, *, progress: bool = True, callbacks=()) -> dict:
     tokens_per_step = cfg.data.batch_size * run.train_src.seq_len
     t0, last, pending = time.perf_counter(), start, None
     try:
+        if resumed is None and run.spec.gate is not None:  # the starting point: gated and dense held-out CE
+            emit({"step": 0, **run.evaluate(), "dense_eval_ce": run.evaluate(dense=True)["eval_ce"]})
         with jax.set_mesh(run.mesh):
             for step in range(start, t.steps):
-                batch = jax.device_put(batch_at(run.train_src, step, cfg.data.batch_size, cfg.data.seed), shard)
+                batch = place_batch(lambda rows: batch_at(run.train_src, step, cfg.data.batch_size, cfg.data.seed,
+                                                          rows=rows), cfg.data.batch_size, shard)
                 run.state, out = run.step_fn(run.state, run.frozen, batch, step_seed(t.seed, step))
                 # the previous step's counter is ready by now while the device runs this one; after a bad step,
                 # check every step at once so that the run stops exactly at max_bad_steps
@@ -86,7 +93,8 @@ def fit(run, *, progress: bool = True, callbacks=()) -> dict:
             checkpointing.keep_best(run_dir, final, run.tau, run.export)
         emit({**final, "final": True})
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
         if bar is not None:
             bar.close()
     if int(run.state["step"]) not in (mgr.all_steps() or []):

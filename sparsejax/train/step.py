@@ -62,7 +62,8 @@ def make_multiplier(cfg: RunConfig, tau: float | None):
     if c.method == "pi":
         scale = c.slack if c.error_scale == "slack" and c.sense == "ce" else None
         return constrained.pi_control(tau, beta_init=c.beta_init, ki=c.pi_ki, kp=c.pi_kp, alpha=c.alpha,
-                                      beta_min=c.beta_min, error_clip=c.error_clip, scale=scale, sense=c.sense)
+                                      beta_min=c.beta_min, error_clip=c.error_clip, scale=scale, sense=c.sense,
+                                      ki_down=c.pi_ki_down)
     return constrained.dual_ascent(tau, lr=c.lr, kp=c.kp)
 
 

@@ -1,0 +1,81 @@
+"""``sparsejax report``: summary table from the records, robust to empty / truncated metrics and partial runs, no
+figure twice, no walk below two levels, a clear error for a directory holding many runs."""
+import json
+
+import numpy as np
+
+import pytest
+
+from sparsejax import report
+
+
+def _records(tau=0.5):
+    recs = [{"step": 0, "eval_ce": 0.7, "edge_density": 0.9, "edge_density_per_layer": [0.95, 0.85],
+             "edge_density_per_head": [[1.0, 0.9], [0.8, 0.9]], "dense_eval_ce": 0.45}]
+    for s in (10, 20):
+        recs.append({"step": s, "loss": 1.0, "ce": 0.6 - s / 100, "expected_density": 0.5, "beta": 0.1, "tau": tau,
+                     "ce_ema": 0.6, "train_edge_density": 0.5, "violation": 0.0})
+    recs.append({"step": 20, "eval_ce": 0.48, "edge_density": 0.2, "edge_density_per_layer": [0.3, 0.1],
+                 "edge_density_per_head": [[0.3, 0.3], [0.1, 0.1]], "tau": tau, "final": True})
+    return recs
+
+
+def _write(run, recs, tail=""):
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs) + tail)
+
+
+def test_summary_table_and_sections(tmp_path):
+    run = tmp_path / "run"
+    _write(run, _records(), tail='{"step": 30, "loss": 0.')  # a killed writer's truncated last line
+    (run / "best.json").write_text(json.dumps({"step": 10, "eval_ce": 0.49, "edge_density": 0.3,
+                                               "edge_density_per_layer": [0.4, 0.2]}))
+    header, rows = report.summary_rows(run)
+    names = [r[0] for r in rows]
+    assert names == ["dense (the starting checkpoint)", "gated, before post-training", "final",
+                     "best feasible (best_model/)"]
+    final = rows[2]
+    assert final[1] == 20 and final[2] == 0.48 and final[3] == pytest.approx(0.03) and final[4] == 0.2
+    page = report.write_report(run).read_text()
+    assert page.count("<figure>") == 2  # dynamics and the per-head heatmap, each once
+    assert "held-out CE &lt;= tau = 0.5" in page and "no exported model/ yet" in page
+
+
+def test_partial_and_empty_runs(tmp_path):
+    exp = tmp_path / "exp"
+    _write(exp / "a", [])                                # started, nothing logged yet
+    _write(exp / "b", _records()[:2])                    # killed before its first evaluation after step 0
+    _write(exp / "c" / "seed1", _records())              # two levels down: found
+    _write(exp / "d" / "x" / "deep", _records())         # three levels down: not walked
+    page = report.write_report(exp, maps=False).read_text()
+    assert "no records yet" in page and "run c/seed1" in page and "deep" not in page
+    assert "run b" in page and "run a" in page
+
+
+def test_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        report.write_report(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="holds no metrics.jsonl"):
+        report.write_report(tmp_path)
+    for i in range(report.MAX_RUNS + 1):
+        _write(tmp_path / "many" / f"r{i}", [])
+    with pytest.raises(ValueError, match="holds 17 runs.*give one run directory"):
+        report.write_report(tmp_path / "many")
+
+
+def test_circuitsvis_arrays_and_html(tmp_path):
+    import jax
+
+    import sparsejax as sj
+
+    config = sj.ModelConfig(family="llama", vocab_size=16, d_model=16, n_layers=2, n_heads=2, d_ff=32, max_position=8)
+    model = sj.Model(config, sj.init_params(config, jax.random.PRNGKey(0)), sj.make_gate(0.0))
+    tokens = [3, 1, 4, 1, 5]
+    att = report.circuitsvis_patterns(model, tokens, model.gate)
+    caps = sj.forward(config, model.params, [tokens], model.gate, capture="attn.hook_pattern")[1]["captures"]
+    assert att.shape == (4, 5, 5)
+    np.testing.assert_array_equal(att[3], np.asarray(caps["blocks.1.attn.hook_pattern"][0, 1]))  # layer-major
+    page = report.attention_html(tmp_path / "a.html", ["a", "</script>", "c", "d", "e"], att).read_text()
+    assert "http" not in page and page.count("</script>") == 1 and '"head 3"' in page
+    with pytest.raises(ValueError, match=r"\[heads, dest, src\] with dest = src = 4 tokens"):
+        report.attention_html(tmp_path / "b.html", list("abcd"), att)
