@@ -77,3 +77,15 @@ def test_tfds_array_record_builders(tmp_path):
     assert len(srcs["train"]) == len(ref_train)
     rows = {bytes(r) for r in ref_train.tokens}
     assert all(bytes(r) in rows for r in srcs["train"].rows(range(5))["tokens"])
+
+
+def test_non_utf8_corpus_is_one_clear_error_and_the_fix_works(tmp_path):
+    from sparsejax.data import text
+
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("café au lait. ".encode("latin-1") * 50)
+    with pytest.raises(ValueError, match=r"latin1.txt is not UTF-8 text .*iconv -f latin1 -t utf-8"):
+        text.corpus_files(bad)
+    fixed = tmp_path / "latin1.utf8.txt"  # what the suggested iconv command writes
+    fixed.write_text(bad.read_bytes().decode("latin-1"), encoding="utf-8")
+    assert text.corpus_files(fixed) == [fixed]

@@ -58,6 +58,12 @@ def corpus_files(path: str | os.PathLike) -> list[Path]:
     if not files or not all(f.is_file() for f in files):
         hint = " (run `sparsejax data shakespeare` to fetch the embedded corpus)" if "shakespeare" in str(path) else ""
         raise FileNotFoundError(f"no text files at {path}{hint}")
+    for f in files:
+        try:
+            f.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{f} is not UTF-8 text (invalid byte at offset {e.start}): convert it first, e.g. "
+                             f"`iconv -f latin1 -t utf-8 {f} > {f.with_suffix('.utf8.txt')}`") from None
     return files
 
 
