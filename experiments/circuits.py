@@ -1,6 +1,8 @@
 """Circuits, dense vs sparse: how many attention heads, and how many edges, explain 90% of the effect?
 
-Tasks. ``--task addition`` (the toy models): ``ab+cd=`` and the first four answer digits, predicting the units
+Tasks (generators in ``sparsejax/tasks.py``). ``--task ioi | greater_than | docstring``: templated tasks for a
+model with a real tokenizer (``--tokenizer``, default the dense model directory's ``tokenizer.json``; e.g. GPT-2).
+``--task addition`` (the toy models): ``ab+cd=`` and the first four answer digits, predicting the units
 digit; the corrupted prompt changes ``d`` (the units digit of the second operand) to another digit, so the units
 answer changes. Metric: ``logit[clean units digit] - logit[corrupted units digit]``.
 ``--task induction`` (any tokenizer): a random token sequence ``s`` of length n, then its repeat up to the last token:
@@ -74,7 +76,10 @@ def main(argv=None):
     from sparsejax.train.checkpointing import atomic_write_text
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", choices=("induction", "addition"), default="induction")
+    p.add_argument("--task", choices=("induction", "addition", "ioi", "greater_than", "docstring"),
+                   default="induction")
+    p.add_argument("--tokenizer", help="tokenizer.json for ioi / greater_than / docstring (default: the dense "
+                   "model directory's)")
     p.add_argument("--dense", default="runs/shakespeare/dense/model")
     p.add_argument("--sparse", default="runs/long_d01/d0.01/model")
     p.add_argument("--out", default="runs/circuits")
@@ -88,18 +93,9 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     models = {"dense": sj.from_pretrained(args.dense), "sparse": sj.from_pretrained(args.sparse)}
     vocab = models["dense"].config.vocab_size
-    rng = np.random.default_rng(args.seed)
-    if args.task == "addition":
-        from sparsejax.data import addition
+    from sparsejax import tasks
 
-        rows = addition.split("validation")[rng.permutation(1000)[:args.examples]]
-        clean = rows[:, :10].copy()
-        corrupt = clean.copy()
-        corrupt[:, 4] = (clean[:, 4] + rng.integers(1, 10, size=len(rows))) % 10
-        good, bad = (clean[:, 1] + clean[:, 4]) % 10, (clean[:, 1] + corrupt[:, 4]) % 10
-        clean, corrupt = jnp.asarray(clean, jnp.int32), jnp.asarray(corrupt, jnp.int32)
-        metric, target = circuits.logit_diff(good, bad), good
-    elif args.text:  # passages of held-out text (s) and other passages (r)
+    if args.text:  # induction on passages of held-out text (s) and other passages (r)
         import tempfile
 
         from sparsejax.config import load_config
@@ -111,13 +107,19 @@ def main(argv=None):
             _, val, _ = build_data(cfg, Path(tmp))
             rows = np.asarray(batch_at(val, 0, 2 * args.examples, seed=args.seed)["tokens"])
         s, r = rows[:args.examples, :args.half], rows[args.examples:, :args.half]
+        task = tasks.Task(np.concatenate([s, s[:, :-1]], 1).astype(np.int32),
+                          np.concatenate([r, s[:, :-1]], 1).astype(np.int32), circuits.logit_diff(s[:, -1], r[:, -1]),
+                          s[:, -1], r[:, -1], [])
+    elif args.task == "addition":
+        task = tasks.addition(args.examples, args.seed)
+    elif args.task in ("ioi", "greater_than", "docstring"):  # templated tasks (sparsejax/tasks.py)
+        from sparsejax.data.text import load_tokenizer
+
+        task = getattr(tasks, args.task)(load_tokenizer(args.tokenizer or args.dense), args.examples, args.seed)
     else:
-        s = rng.integers(vocab // 8, vocab, size=(args.examples, args.half))  # skip the lowest ids (bytes/specials)
-        r = rng.integers(vocab // 8, vocab, size=(args.examples, args.half))
-    if args.task == "induction":
-        clean = jnp.asarray(np.concatenate([s, s[:, :-1]], 1), jnp.int32)
-        corrupt = jnp.asarray(np.concatenate([r, s[:, :-1]], 1), jnp.int32)
-        metric, target = circuits.logit_diff(s[:, -1], r[:, -1]), s[:, -1]
+        task = tasks.induction(vocab, args.examples, args.half, args.seed)
+    clean, corrupt = jnp.asarray(task.clean), jnp.asarray(task.corrupt)
+    metric, target = task.metric, task.good
     results = {}
     for name, model in models.items():
         results[name] = analyse(model, clean, corrupt, metric, target)
@@ -157,12 +159,14 @@ def main(argv=None):
     bx.set_xlabel("edges kept (top-k by EAP-IG; log scale)")
     d, sp = results["dense"], results["sparse"]
     ratio = lambda a, b: f"{a / b:.1f}x" if a and b else "n/a"
-    what = ("addition, units digit (corrupt: 2nd operand's units digit)" if args.task == "addition" else
-            f"induction (repeat of {args.half} tokens of {'held-out text' if args.text else 'random tokens'})")
+    what = {"addition": "addition, units digit (corrupt: 2nd operand's units digit)",
+            "induction": f"induction (repeat of {args.half} tokens of "
+                         f"{'held-out text' if args.text else 'random tokens'})"}.get(args.task, args.task)
     fig.suptitle(f"{what}, {args.examples} prompts; dense/sparse: heads {ratio(d['heads_for_0.9'], sp['heads_for_0.9'])}"
                  f", edges {ratio(d['edges_for_0.9'], sp['edges_for_0.9'])}")
     fig.tight_layout()
-    name = "addition_circuits.png" if args.task == "addition" else "induction_heads.png"
+    name = {"addition": "addition_circuits.png", "induction": "induction_heads.png"}.get(args.task,
+                                                                                          f"{args.task}_circuits.png")
     fig.savefig(out / name, dpi=120)
     print(f"wrote {out / 'results.json'} and {out / name}")
 

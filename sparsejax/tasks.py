@@ -1,0 +1,180 @@
+"""Circuit tasks: generators of clean / corrupted prompt pairs with their metric, for any tokenizer.
+
+Each generator returns a :class:`Task` whose ``clean`` and ``corrupt`` are ``[n, T]`` int32 token batches of one
+length (templates are filled with words that are a single token of the given tokenizer, so no padding is needed),
+and whose ``metric`` maps logits ``[n, T, vocab]`` to one number per example (larger = the clean behaviour), ready for
+:mod:`sparsejax.circuits`::
+
+    tok = tokenizers.Tokenizer.from_file("gpt2/tokenizer.json")     # e.g. a GPT-2 checkpoint's tokenizer
+    task = tasks.ioi(tok, 64)
+    scores = circuits.edge_scores(cfg, params, gate, task.clean, task.corrupt, task.metric, method="eap-ig")
+
+* :func:`ioi` (Wang et al. 2022): "When Mary and John went to the store, John gave a drink to" -> " Mary";
+  corrupted: the second mention of the subject is a third name (ABC); metric ``logit(IO) - logit(S)``.
+* :func:`greater_than` (Hanna et al. 2023): "The war lasted from the year 1732 to the year 17" -> a year > 32;
+  corrupted: the start year ends in "01"; metric: mean logit of the two-digit years above YY minus those at or below.
+* :func:`docstring` (Heimersheim & Janiak 2023, templated): a Python function whose docstring documents its
+  arguments in order; the prompt ends at ``:param`` before the third argument; corrupted: the argument names in the
+  signature are replaced; metric ``logit(third argument) - logit(first argument)``.
+* :func:`induction`: a random token sequence then its repeat (see experiments/circuits.py).
+* :func:`addition`: the toy model's task (``ab+cd=`` and four answer digits -> the units digit).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax.numpy as jnp
+import numpy as np
+
+from .circuits import logit_diff
+
+NAMES = ["Mary", "John", "Alice", "Bob", "Tom", "James", "Sarah", "Paul", "Anna", "David", "Emma", "Mark", "Lisa",
+         "Peter", "Kate", "Mike", "Laura", "Daniel", "Jane", "Chris", "Ben", "Sam", "Max", "Lucy", "Jack", "Rose"]
+PLACES = ["store", "park", "school", "station", "garden", "market", "office", "river", "house", "beach"]
+OBJECTS = ["drink", "book", "ball", "letter", "ring", "bag", "gift", "key", "cake", "pen"]
+IOI_TEMPLATES = ["When{A} and{B} went to the{P},{S2} gave a{O} to",
+                 "After{A} and{B} arrived at the{P},{S2} handed a{O} to",
+                 "Then{A} and{B} had a long day at the{P}.{S2} gave a{O} to"]
+NOUNS = ["war", "deal", "trip", "strike", "project", "festival", "program", "reign", "drought", "tour"]
+ARG_WORDS = ["data", "size", "name", "value", "path", "mode", "count", "key", "index", "text", "user", "file",
+             "model", "color", "limit", "label", "query", "token", "state", "level"]
+
+
+@dataclasses.dataclass
+class Task:
+    clean: np.ndarray           # [n, T] int32
+    corrupt: np.ndarray         # [n, T] int32
+    metric: Callable            # logits [n, T, V] -> [n]
+    good: np.ndarray            # [n] the clean answer token
+    bad: np.ndarray             # [n] the answer of the corrupted behaviour (or a reference token)
+    prompts: list[str]          # the clean prompts, for reading
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return list(tokenizer.encode(text).ids)
+
+
+def single_tokens(tokenizer, words, prefix: str = " ") -> dict[str, int]:
+    """The words that are one token (with ``prefix``, a leading space for GPT-2-style BPEs) and decode back to
+    themselves (not an unknown-token id): ``{word: id}``."""
+    out = {}
+    for w in words:
+        ids = _ids(tokenizer, prefix + w)
+        if len(ids) == 1 and tokenizer.decode(ids).strip() == w:
+            out[w] = ids[0]
+    return out
+
+
+def _need(pool: dict, k: int, what: str):
+    if len(pool) < k:
+        raise ValueError(f"the tokenizer has only {len(pool)} single-token {what} ({sorted(pool)}); the task needs "
+                         f"{k}: use a tokenizer with a larger vocabulary (e.g. GPT-2's)")
+
+
+def _batch(tokenizer, clean: list[str], corrupt: list[str]):
+    a = [_ids(tokenizer, t) for t in clean]
+    b = [_ids(tokenizer, t) for t in corrupt]
+    lengths = {len(x) for x in a + b}
+    if len(lengths) != 1:
+        raise ValueError(f"prompts tokenise to different lengths {sorted(lengths)}; this tokenizer splits the "
+                         f"template words differently: use single-token words")
+    return np.asarray(a, np.int32), np.asarray(b, np.int32)
+
+
+def ioi(tokenizer, n: int, seed: int = 0) -> Task:
+    """Indirect object identification with ABC corruption (the second mention of the subject becomes a third name).
+    Prompts whose template tokenises to another length than the most common one are dropped (fewer than ``n``)."""
+    rng = np.random.default_rng(seed)
+    names = single_tokens(tokenizer, NAMES)
+    places, objects = single_tokens(tokenizer, PLACES), single_tokens(tokenizer, OBJECTS)
+    _need(names, 3, "names"), _need(places, 1, "places"), _need(objects, 1, "objects")
+    rows = []
+    for _ in range(n):
+        tpl = IOI_TEMPLATES[rng.integers(len(IOI_TEMPLATES))]
+        a, b, c = rng.choice(sorted(names), 3, replace=False)
+        p, o = rng.choice(sorted(places)), rng.choice(sorted(objects))
+        fill = lambda s2: tpl.format(A=" " + a, B=" " + b, S2=" " + s2, P=" " + p, O=" " + o)
+        rows.append((fill(b), fill(c), names[a], names[b]))
+    lengths = [len(_ids(tokenizer, r[0])) for r in rows]
+    common = max(set(lengths), key=lengths.count)
+    rows = [r for r, length in zip(rows, lengths) if length == common]
+    clean, corrupt = _batch(tokenizer, [r[0] for r in rows], [r[1] for r in rows])
+    good, bad = np.array([r[2] for r in rows]), np.array([r[3] for r in rows])
+    return Task(clean, corrupt, logit_diff(good, bad), good, bad, [r[0] for r in rows])
+
+
+def greater_than(tokenizer, n: int, seed: int = 0) -> Task:
+    """Greater-Than: the metric is ``mean logit(years > YY) - mean logit(years <= YY)`` over the two-digit year
+    tokens (``"00"`` ... ``"99"``, which must each be one token)."""
+    rng = np.random.default_rng(seed)
+    years = single_tokens(tokenizer, [f"{y:02d}" for y in range(100)], prefix="")
+    if len(years) != 100:
+        raise ValueError("greater_than needs every two-digit year 00-99 to be one token (as in GPT-2's BPE); this "
+                         f"tokenizer has {len(years)} of them")
+    nouns = single_tokens(tokenizer, NOUNS)
+    _need(nouns, 1, "nouns")
+    ids = np.array([years[f"{y:02d}"] for y in range(100)])
+    yy = rng.integers(2, 99, size=n)
+    cent = rng.choice([11, 12, 13, 14, 15, 16, 17, 18], size=n)
+    noun = rng.choice(sorted(nouns), size=n)
+    text = lambda c, y, w: f"The {w} lasted from the year {c}{y:02d} to the year {c}"
+    clean, corrupt = _batch(tokenizer, [text(c, y, w) for c, y, w in zip(cent, yy, noun)],
+                            [text(c, 1, w) for c, w in zip(cent, noun)])
+    above = jnp.asarray(np.arange(100)[None, :] > yy[:, None], jnp.float32)   # [n, 100]
+    ids_j = jnp.asarray(ids)
+
+    def metric(logits):
+        last = logits[:, -1][:, ids_j]                                        # [n, 100]
+        return (jnp.sum(last * above, 1) / jnp.sum(above, 1) -
+                jnp.sum(last * (1 - above), 1) / jnp.sum(1 - above, 1))
+
+    good = ids[np.minimum(yy + 1, 99)]
+    return Task(clean, corrupt, metric, good, ids[yy], [text(c, y, w) for c, y, w in zip(cent, yy, noun)])
+
+
+def docstring(tokenizer, n: int, seed: int = 0) -> Task:
+    """Docstring argument completion (templated): predict the third argument's name after ``:param``."""
+    rng = np.random.default_rng(seed)
+    words = single_tokens(tokenizer, ARG_WORDS)
+    _need(words, 6, "argument names")
+    pool = sorted(words)
+    text = lambda fn, args, doc: (f"def {fn}(self, {args[0]}, {args[1]}, {args[2]}):\n    \"\"\"Process the "
+                                  f"{fn}.\n\n    :param {doc[0]}: the first one\n    :param {doc[1]}: the second "
+                                  f"one\n    :param")
+    clean, corrupt, good, bad = [], [], [], []
+    for _ in range(n):
+        a = rng.choice(pool, 6, replace=False)
+        fn = rng.choice(["load", "save", "run", "update"])
+        clean.append(text(fn, a[:3], a[:2]))
+        corrupt.append(text(fn, a[3:6], a[:2]))  # the signature names other arguments
+        good.append(words[a[2]])
+        bad.append(words[a[0]])
+    c, d = _batch(tokenizer, clean, corrupt)
+    good, bad = np.array(good), np.array(bad)
+    return Task(c, d, logit_diff(good, bad), good, bad, clean)
+
+
+def induction(vocab_size: int, n: int, half: int = 20, seed: int = 0) -> Task:
+    """Random tokens ``s`` then ``s[:-1]`` again (answer ``s[-1]``); corrupted: the first copy is another sequence
+    ``r`` (whose induction answer would be ``r[-1]``). Ids from the top 7/8 of the vocabulary."""
+    rng = np.random.default_rng(seed)
+    s = rng.integers(vocab_size // 8, vocab_size, size=(n, half))
+    r = rng.integers(vocab_size // 8, vocab_size, size=(n, half))
+    clean = np.concatenate([s, s[:, :-1]], 1).astype(np.int32)
+    corrupt = np.concatenate([r, s[:, :-1]], 1).astype(np.int32)
+    return Task(clean, corrupt, logit_diff(s[:, -1], r[:, -1]), s[:, -1], r[:, -1], [])
+
+
+def addition(n: int, seed: int = 0) -> Task:
+    """The toy task: ``ab+cd=`` and the first four answer digits, predicting the units digit; corrupted: ``d`` is
+    another digit. Token ids are the toy vocabulary's (``sparsejax.data.addition``)."""
+    from .data import addition as add
+
+    rng = np.random.default_rng(seed)
+    rows = add.split("validation")[rng.permutation(1000)[:n]]
+    clean = rows[:, :10].astype(np.int32)
+    corrupt = clean.copy()
+    corrupt[:, 4] = (clean[:, 4] + rng.integers(1, 10, size=len(rows))) % 10
+    good, bad = (clean[:, 1] + clean[:, 4]) % 10, (clean[:, 1] + corrupt[:, 4]) % 10
+    return Task(clean, corrupt, logit_diff(good, bad), good, bad, [add.decode(r) for r in clean])
