@@ -363,10 +363,11 @@ def edge_patching_effects(config, params, gate, clean, corrupt, metric, *, only=
     return out
 
 
-class _CircuitRunner:
-    """Evaluates circuits of edges on one clean/corrupted batch (one compiled forward, reused across circuits)."""
+class EdgeCircuitEvaluator:
+    """Evaluates circuits of edges on one clean/corrupted batch (one compiled forward, reused across circuits):
+    ``EdgeCircuitEvaluator(config, params, gate, clean, corrupt, metric, gates).explained(keep)``."""
 
-    def __init__(self, config, params, gate, clean, corrupt, metric, gates):
+    def __init__(self, config, params, gate, clean, corrupt, metric, gates: str = "recompute"):
         clean, corrupt = jnp.asarray(clean), jnp.asarray(corrupt)
         frozen, self.w_clean, self.w_corrupt, _, _ = _edge_context(config, params, gate, clean, corrupt, gates)
         self.config, self.clean = config, clean
@@ -403,7 +404,7 @@ def edge_explained_effect(config, params, gate, clean, corrupt, metric, keep, *,
     Computed exactly by fixed-point passes: each forward gives every reader the corrupted-minus-current difference
     of its removed writers as measured in the previous pass; a writer's output is final once everything upstream
     is, so at most ``2 L + 1`` passes are needed (it stops as soon as a pass leaves every writer unchanged)."""
-    return _CircuitRunner(config, params, gate, clean, corrupt, metric, gates).explained(keep)
+    return EdgeCircuitEvaluator(config, params, gate, clean, corrupt, metric, gates).explained(keep)
 
 
 def top_edges(config, scores, k: int) -> np.ndarray:
@@ -424,7 +425,7 @@ def top_edges(config, scores, k: int) -> np.ndarray:
 
 def edge_effect_curve(config, params, gate, clean, corrupt, metric, scores, ks, *, gates: str = "recompute"):
     """Explained effect when keeping the top-``k`` edges by ``|score|`` (:func:`top_edges`), for each k."""
-    runner = _CircuitRunner(config, params, gate, clean, corrupt, metric, gates)
+    runner = EdgeCircuitEvaluator(config, params, gate, clean, corrupt, metric, gates)
     return [runner.explained(top_edges(config, scores, k)) for k in ks]
 
 
@@ -435,7 +436,7 @@ def smallest_edge_circuit(config, params, gate, clean, corrupt, metric, scores, 
     below the target and the first at or above it (the curve is not always monotone: the bisection finds a crossing,
     the grid points are returned too). ``None`` if even every edge falls short (never, up to rounding: all edges
     explain 1)."""
-    runner = _CircuitRunner(config, params, gate, clean, corrupt, metric, gates)
+    runner = EdgeCircuitEvaluator(config, params, gate, clean, corrupt, metric, gates)
     total = int(allowed(config).sum())
     seen = {}
     effect = lambda k: seen.setdefault(k, runner.explained(top_edges(config, scores, k)))

@@ -55,20 +55,16 @@ def test_edge_scores_against_exact_patching(gates="frozen"):  # dense models: te
 def test_edge_explained_effect_bounds_and_node_patching():
     config, params, gate, clean, corrupt, metric = _setup(True)
     every = circuits.edges(config)
-    assert circuits.edge_explained_effect(config, params, gate, clean, corrupt, metric, every) == pytest.approx(1.0,
-                                                                                                       abs=1e-4)
-    assert circuits.edge_explained_effect(config, params, gate, clean, corrupt, metric, []) == pytest.approx(0.0,
-                                                                                                    abs=1e-4)
+    evaluate = circuits.EdgeCircuitEvaluator(config, params, gate, clean, corrupt, metric).explained
+    assert evaluate(every) == pytest.approx(1.0, abs=1e-4)
+    assert evaluate([]) == pytest.approx(0.0, abs=1e-4)
     everyone = circuits.nodes(config)
     for n in [("head", 0, 3), ("mlp", 0)]:  # removing every outgoing edge of a node = patching the node itself
-        by_edges = circuits.edge_explained_effect(config, params, gate, clean, corrupt, metric,
-                                                  [e for e in every if e[0] != n])
         by_node = circuits.explained_effect(config, params, gate, clean, corrupt, metric,
                                             [m for m in everyone if m != n])
-        assert by_edges == pytest.approx(by_node, rel=1e-3, abs=1e-3), n
-    scores = circuits.edge_score_matrix(config, params, gate, clean, corrupt, metric)
-    curve = circuits.edge_effect_curve(config, params, gate, clean, corrupt, metric, scores, [0, len(every)])
-    assert curve == pytest.approx([0.0, 1.0], abs=1e-4)
+        assert evaluate([e for e in every if e[0] != n]) == pytest.approx(by_node, rel=1e-3, abs=1e-3), n
+    top = circuits.top_edges(config, {e: float(i) for i, e in enumerate(every)}, len(every))
+    assert top.sum() == len(every) and evaluate(top) == pytest.approx(1.0, abs=1e-4)
 
 
 def known_circuit_model():
@@ -97,19 +93,20 @@ def known_circuit_model():
     return c, jax.tree.map(jnp.asarray, p), truth
 
 
-@pytest.mark.parametrize("method", ["eap", "eap-ig"])
-def test_known_circuit_is_found(method):
+def test_known_circuit_is_found():
     config, params, truth = known_circuit_model()
     rng = np.random.default_rng(1)
     clean, corrupt = rng.integers(0, 8, size=(16, 6)), rng.integers(0, 8, size=(16, 6))
     last = np.asarray(sj.forward(config, params, jnp.asarray(clean))[0][:, -1])
     metric = circuits.logit_diff(last.argmax(-1), last.argmin(-1))
-    scores = circuits.edge_scores(config, params, None, clean, corrupt, metric, method=method)
-    assert set(sorted(scores, key=lambda e: -abs(scores[e]))[:3]) == set(truth)
-    runner = dict(config=config, params=params, gate=None, clean=clean, corrupt=corrupt, metric=metric)
-    assert circuits.edge_explained_effect(**runner, keep=truth) >= 0.9
-    rest = [e for e in circuits.edges(config) if e not in truth]
-    assert abs(circuits.edge_explained_effect(**runner, keep=rest)) <= 0.1
+    for method in ("eap", "eap-ig"):
+        scores = circuits.edge_scores(config, params, None, clean, corrupt, metric, method=method)
+        assert set(sorted(scores, key=lambda e: -abs(scores[e]))[:3]) == set(truth), method
+    evaluate = circuits.EdgeCircuitEvaluator(config, params, None, clean, corrupt, metric).explained
+    assert evaluate(truth) >= 0.9
+    assert abs(evaluate([e for e in circuits.edges(config) if e not in truth])) <= 0.1
+    k, curve = circuits.smallest_edge_circuit(config, params, None, clean, corrupt, metric, scores, 0.9)
+    assert k == 3 and curve[2] < 0.9 <= curve[3]  # two of the three links explain nothing: the chain is broken
     assert circuits.circuit_heads(config, truth) == {("head", 0, 0), ("head", 1, 0)}
 
 

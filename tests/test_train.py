@@ -140,7 +140,7 @@ def _sharded_run(tmp_path, devices, mesh):
 
 def test_sharded_training_equals_single_device(tmp_path):
     ref_rec, ref_w = _sharded_run(tmp_path, 1, (1, 1, 1))
-    for mesh in ((2, 2, 2), (8, 1, 1), (1, 2, 4)):
+    for mesh in ((2, 2, 2), (1, 2, 4)):  # pure data parallelism: tests/test_multihost.py (data x fsdp)
         rec, w = _sharded_run(tmp_path, 8, mesh)
         for step in ref_rec:
             np.testing.assert_allclose(rec[step]["ce"], ref_rec[step]["ce"], rtol=1e-5, err_msg=str(mesh))
