@@ -23,7 +23,7 @@ run: $(BIN)/.core
 	$(BIN)/python experiments/toy_addition.py --out runs/toy
 
 test: $(BIN)/.extras
-	$(BIN)/python -m pytest -q --durations=15 tests
+	$(BIN)/python -m pytest -q -n 2 --durations=15 tests
 
 bench: $(BIN)/.extras
 	$(BIN)/python benchmarks/attention.py
