@@ -9,19 +9,7 @@ import pytest
 import sparsejax as sj
 from sparsejax import circuits
 from sparsejax.models.hooks import PerLayer
-
-
-def _setup(gated):
-    config = sj.ModelConfig(family="llama", vocab_size=24, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
-                            d_ff=64, max_position=16)
-    params = sj.init_params(config, jax.random.PRNGKey(1))
-    rng = np.random.default_rng(0)
-    clean = rng.integers(0, 24, size=(8, 10))
-    corrupt = clean.copy()
-    corrupt[:, 3] = (clean[:, 3] + 1 + rng.integers(0, 22, size=8)) % 24
-    good, bad = rng.integers(0, 24, size=8), rng.integers(0, 24, size=8)
-    gate = sj.make_gate(np.linspace(-1, 2, 8).reshape(2, 4), shape=(2, 4)) if gated else None
-    return config, params, gate, jnp.asarray(clean), jnp.asarray(corrupt), circuits.logit_diff(good, bad)
+from test_circuits import _setup  # the same tiny gated GQA model and one-token corruption
 
 
 def test_graph_shape_gqa():
