@@ -169,6 +169,20 @@ def main(argv=None):
                                                                                           f"{args.task}_circuits.png")
     fig.savefig(out / name, dpi=120)
     print(f"wrote {out / 'results.json'} and {out / name}")
+    from sparsejax import report
+
+    for name, model in models.items():  # the smallest edge circuit with 0.9 explained effect, as a graph
+        res = results[name]
+        if res["edge_circuit"]:
+            c = model.config
+            ws, rs = circuits.writers(c), circuits.readers(c)
+            keep = np.zeros((len(ws), len(rs)), bool)
+            for w, r in res["edge_circuit"]:
+                keep[ws.index(tuple(w)), rs.index(tuple(r))] = True
+            path = out / f"{args.task}_{name}_circuit.png"
+            report.draw_circuit(c, keep, path, title=f"{name}: {res['edges_for_0.9']} edges for 0.9 explained effect "
+                                f"({res['heads_in_edge_circuit']} heads)")
+            print(f"wrote {path}")
 
 
 if __name__ == "__main__":

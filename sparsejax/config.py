@@ -95,6 +95,10 @@ class ConstraintSection:
     error_clip: float = 1.0         # pi: clip of the scaled error
     error_scale: str = "tau"        # pi: the error's unit: "tau" (relative error) or "slack" (units of the slack)
     tau_data: str = "validation"    # where the dense CE behind tau is measured: "validation" or "train" batches
+    anneal_steps: int = 0           # pi/geco: move the target geometrically from anneal_from to its final value over
+    #                                 this many steps (0: the final target from the start)
+    anneal_from: float | None = None  # start of the annealed target; None (density mode): the gated model's
+    #                                   held-out edge density, measured before post-training
     lr: float = 0.1                 # dual ascent
     kp: float = 0.0                 # dual ascent PI damping
 
@@ -261,6 +265,8 @@ _RULES = (
     ("constraint.error_clip", lambda v: math.isfinite(v) and v > 0, "a number > 0"),
     ("constraint.error_scale", lambda v: v in ("tau", "slack"), "tau or slack"),
     ("constraint.tau_data", lambda v: v in ("validation", "train"), "validation or train"),
+    ("constraint.anneal_steps", lambda v: v >= 0, "an integer >= 0 (0: no annealing)"),
+    ("constraint.anneal_from", lambda v: v is None or (math.isfinite(v) and v > 0), "a number > 0 or null"),
     ("constraint.lr", lambda v: math.isfinite(v) and v > 0, "a number > 0"),
     ("constraint.kp", lambda v: math.isfinite(v) and v >= 0, "a number >= 0"),
     ("constraint.max_log_step", lambda v: v is None or (math.isfinite(v) and v > 0), "a number > 0 or null"),
@@ -306,6 +312,16 @@ def validate(cfg: RunConfig) -> RunConfig:
             problems.append("constraint.sense=density needs constraint.density_target (e.g. 0.01)")
         if c.method not in ("pi", "geco"):
             problems.append("constraint.sense=density works with constraint.method=pi or geco")
+    if c.anneal_steps and c.method not in ("pi", "geco", "none", "penalty"):
+        problems.append(f"constraint.anneal_steps works with constraint.method=pi or geco, not {c.method}: set "
+                        "constraint.method=pi or constraint.anneal_steps=0")
+    if c.anneal_steps and c.sense == "ce" and c.anneal_from is None and c.method in ("pi", "geco"):
+        problems.append("constraint.anneal_steps in CE-target mode needs constraint.anneal_from (the CE target to "
+                        "start from, e.g. the dense CE)")
+    if c.anneal_steps and c.sense == "density" and c.density_target is not None and c.anneal_from is not None \
+            and not c.anneal_from > c.density_target:
+        problems.append(f"constraint.anneal_from={c.anneal_from} must be above constraint.density_target="
+                        f"{c.density_target} (the target falls from one to the other)")
     if c.error_scale == "slack" and c.sense == "ce" and not c.slack > 0 and c.method == "pi":
         problems.append("constraint.error_scale=slack needs constraint.slack > 0")
     if g.enabled and not g.learnable and g.bias_lr is not None:

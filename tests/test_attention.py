@@ -288,3 +288,30 @@ def test_memory_chunked_linear_reference_quadratic():
     for a, b in zip(reference, reference[1:]):
         assert b / a > 3.3, reference  # quadratic
     assert chunked[-1] * 8 < reference[-1]
+
+
+def test_padding_mask_equals_the_unpadded_rows():
+    """attention_mask (left / right padding): on the real tokens the gated attention, the edges and the densities
+    are those of the unpadded sequence (the oracle, which knows no padding); padded queries output 0."""
+    q, k, v = _qkv(t=11, scale=1.5)
+    bias = np.array([0.3, -0.5, 1.0, 0.0], np.float32)
+    mask = np.ones((2, 11), bool)
+    mask[0, :4] = False   # left padding
+    mask[1, -3:] = False  # right padding
+    out, st = sj.sparse_attention(q, k, v, sj.Gate(jnp.asarray(bias)), mode="eval", attention_mask=mask,
+                                  return_adjacency=True)
+    for row, real in enumerate(mask):
+        sl = lambda x: np.asarray(x)[row:row + 1][:, real]
+        o_out, o_dens, o_adj, _ = oracle.attention(sl(q), sl(k), sl(v), bias)
+        np.testing.assert_allclose(np.asarray(out)[row][real], o_out[0], atol=2e-5, rtol=2e-5)
+        np.testing.assert_allclose(np.asarray(out)[row][~real], 0.0)
+        np.testing.assert_allclose(st.expected_density[row], o_dens[0], atol=1e-6, rtol=1e-5)
+        np.testing.assert_allclose(st.edge_density[row], o_adj[0].sum((1, 2)) / (real.sum() * (real.sum() + 1) / 2),
+                                   atol=1e-6)
+        adj = np.asarray(st.adjacency)[row]
+        np.testing.assert_array_equal(adj[:, real][:, :, real], o_adj[0])
+        assert not adj[:, ~real].any() and not adj[:, :, ~real].any()
+    with pytest.raises(ValueError, match="attention_mask is supported by implementation='reference'"):
+        sj.sparse_attention(q, k, v, 1.0, mode="eval", attention_mask=mask, implementation="chunked")
+    with pytest.raises(ValueError, match=r"attention_mask must be \[batch, seq\]"):
+        sj.sparse_attention(q, k, v, 1.0, mode="eval", attention_mask=mask[:, :5])

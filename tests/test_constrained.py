@@ -177,3 +177,35 @@ def test_pi_error_in_units_of_a_given_scale():
     np.testing.assert_allclose(float(s.integral), 0.05, rtol=1e-4)
     _, s = t.update(None, s, constraint=3.7)    # 0.1 over = 10 units, clipped to -1
     np.testing.assert_allclose(float(s.integral), 0.05 - 0.1, rtol=1e-4)
+
+
+def test_annealed_target_schedule_by_hand():
+    """Geometric from 0.5 to 0.02 over 4 steps: 0.5 * 0.04 ** (k / 4), then 0.02 for ever."""
+    sched = constrained.target_schedule(0.02, 0.5, 4)
+    want = [0.5 * 0.04 ** (k / 4) for k in range(5)] + [0.02, 0.02]
+    np.testing.assert_allclose([float(sched(k)) for k in range(7)], want, rtol=1e-6)
+    assert float(constrained.target_schedule(0.3)(123)) == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="needs anneal_steps > 0 and target_start"):
+        constrained.target_schedule(0.02, None, 10)
+
+
+@pytest.mark.parametrize("make", [
+    lambda **kw: constrained.pi_control(0.02, beta_init=1.0, ki=0.1, kp=0.0, alpha=0.0, sense="density", error_clip=10.0,
+                                       **kw),
+    lambda **kw: constrained.geco(0.02, beta_init=1.0, eta=0.1, alpha=0.0, sense="density", relative=True, **kw)])
+def test_annealed_density_target_drives_the_multiplier(make):
+    """A density of 0.1 is under an annealed target that starts at 0.4 (beta falls) and over it once the target
+    has passed 0.1 (beta rises); the error of each step is against that step's target (by hand, relative)."""
+    t = make(target_start=0.4, anneal_steps=4)  # targets 0.4 * 0.05 ** (k / 4): 0.4, 0.189, 0.0894, 0.0423, 0.02
+    s = t.init(None)
+    np.testing.assert_allclose(float(s.tau), 0.4, rtol=1e-6)
+    logs = []
+    for _ in range(6):
+        _, s = t.update(None, s, constraint=0.1)
+        logs.append(float(np.log(s.beta)))
+    # the log-beta step is 0.1 * e with e = -(target_k - 0.1) / target_k (pi: ki * e; geco: eta * e)
+    targets = [0.4 * 0.05 ** (k / 4) for k in range(5)] + [0.02]
+    want = np.cumsum([0.1 * -(tk - 0.1) / tk for tk in targets])
+    np.testing.assert_allclose(logs, want, rtol=1e-4, atol=1e-6)
+    assert logs[1] < logs[0] and logs[2] > logs[1]  # falls while the target is above 0.1, rises once below
+    np.testing.assert_allclose(float(s.tau), 0.02, rtol=1e-6)

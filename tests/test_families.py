@@ -71,6 +71,20 @@ def test_fresh_model_through_transformers_and_back(family, tmp_path):
         ref = hf(torch.as_tensor(tokens)).logits.float().numpy()
     ours, _ = sj.forward(cfg, params, tokens)
     np.testing.assert_allclose(np.asarray(ours), ref, atol=1e-4, rtol=1e-4)
+    # padded batches (issue E): left and right padding with transformers' attention_mask (and position_ids), compared
+    # on the real tokens; left padding with positions = cumsum(mask) - 1 equals the unpadded rows
+    mask = np.ones_like(tokens)
+    mask[0, :5] = 0   # row 0 left-padded
+    mask[1, -4:] = 0  # row 1 right-padded
+    positions = np.maximum(np.cumsum(mask, 1) - 1, 0)
+    with torch.no_grad():
+        ref = hf(torch.as_tensor(tokens), attention_mask=torch.as_tensor(mask),
+                 position_ids=torch.as_tensor(positions)).logits.float().numpy()
+    padded, _ = sj.forward(cfg, params, tokens, attention_mask=mask, positions=positions)
+    real = mask.astype(bool)
+    np.testing.assert_allclose(np.asarray(padded)[real], ref[real], atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(padded)[0, 5:], np.asarray(sj.forward(cfg, params, tokens[:1, 5:])[0])[0],
+                               atol=1e-5, rtol=1e-5)
     back = sj.from_pretrained(tmp_path / "m")
     assert back.config == cfg
     flat = lambda tree: {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(tree)}

@@ -79,3 +79,30 @@ def test_circuitsvis_arrays_and_html(tmp_path):
     assert "http" not in page and page.count("</script>") == 1 and '"head 3"' in page
     with pytest.raises(ValueError, match=r"\[heads, dest, src\] with dest = src = 4 tokens"):
         report.attention_html(tmp_path / "b.html", list("abcd"), att)
+
+
+def test_draw_circuit_one_line_per_kept_edge(tmp_path):
+    import sparsejax as sj
+    from sparsejax import circuits
+
+    config = sj.ModelConfig(family="llama", vocab_size=16, d_model=16, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=32,
+                            max_position=8)
+    ws, rs = circuits.writers(config), circuits.readers(config)
+    keep = np.zeros((len(ws), len(rs)), bool)
+    chosen = [(("embed",), ("q", 0, 1)), (("head", 0, 1), ("v", 1, 1)), (("head", 1, 2), ("logits",)),
+              (("mlp", 0), ("mlp", 1))]
+    for w, r in chosen:
+        keep[ws.index(w), rs.index(r)] = True
+    scores = np.where(keep, 2.0, 0.0)
+    fig = report.draw_circuit(config, keep, tmp_path / "c.png", scores=scores)
+    ax = fig.axes[0]
+    drawn = [ln for ln in ax.get_lines() if len(ln.get_xdata())]
+    assert len(drawn) == 4 and (tmp_path / "c.png").stat().st_size > 0
+    colours = sorted(ln.get_color() for ln in drawn)
+    assert colours == sorted(report.READER_COLOURS[r[0]] for _, r in chosen)
+    # the v input of kv group 1 in layer 1 feeds query heads 2 and 3: the edge ends at their centre (x = 2.5)
+    assert any(list(ln.get_xdata()) == [1, 2.5] for ln in drawn)
+    faint = [t.get_text() for t in ax.texts if t.get_color() == "lightgray"]
+    assert "0.1" not in faint and "1.2" not in faint and "1.3" not in faint and "0.0" in faint
+    with pytest.raises(ValueError, match=r"keep must be a \[writers, readers\]"):
+        report.draw_circuit(config, keep[:, :-1])

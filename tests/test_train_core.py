@@ -147,6 +147,23 @@ def test_density_target_mode_on_the_toy(tmp_path):
     with pytest.raises(ValueError, match="density_target=1.5 must be a share in"):
         Trainer(load_config("toy_addition_posttrain", common[:-1] + ["constraint.density_target=1.5"]),
                 tmp_path / "bad", progress=False)
+    # annealed: the target starts at the gated model's measured held-out density and falls geometrically to 0.05
+    # over 4 steps (logged after each step k = 1..8: start * (0.05 / start) ** min(k - 1, 4) / 4)
+    run = tmp_path / "anneal"
+    trainer = Trainer(load_config("toy_addition_posttrain", common + ["constraint.density_target=0.05",
+                                                                      "constraint.anneal_steps=4"]), run,
+                      progress=False)
+    start = trainer.evaluate()["edge_density"]
+    assert trainer.target_start == pytest.approx(start) and start > 0.05
+    trainer.fit()
+    train = [r for r in (json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()) if "ce" in r]
+    want = [start * (0.05 / start) ** (min(k, 4) / 4) for k in range(8)]
+    np.testing.assert_allclose([r["density_target"] for r in train], want, rtol=1e-5)
+    with pytest.raises(ValueError, match="anneal_from=0.01 must be above constraint.density_target=0.05"):
+        load_config("toy_addition_posttrain", common + ["constraint.density_target=0.05", "constraint.anneal_steps=4",
+                                                        "constraint.anneal_from=0.01"])
+    with pytest.raises(ValueError, match="CE-target mode needs constraint.anneal_from"):
+        load_config("toy_addition_posttrain", ["constraint.anneal_steps=4"])
 
 
 @pytest.mark.parametrize("override, message", [

@@ -78,6 +78,17 @@ def _check(q, k, v, gate: Gate | None, mode: str, seed, implementation: str):
         raise ValueError(f"unknown implementation {implementation!r}; choose 'auto' or one of {sorted(IMPLEMENTATIONS)}")
 
 
+def _check_mask(mask, q, k, implementation):
+    shape = jnp.shape(mask)
+    if q.shape[1] != k.shape[1] or shape != (q.shape[0], q.shape[1]):
+        raise ValueError(f"attention_mask must be [batch, seq] = {(q.shape[0], q.shape[1])} of a self-attention "
+                         f"(seq_q == seq_k), got mask {shape} for seq_q {q.shape[1]}, seq_k {k.shape[1]}")
+    if implementation not in ("auto", "reference"):
+        raise ValueError(f"attention_mask is supported by implementation='reference' (materialised), not "
+                         f"{implementation!r}: pass implementation='auto' or 'reference', or batch prompts of one "
+                         "length without a mask")
+
+
 def _as_seed(seed):
     if seed is None:
         return None
@@ -92,7 +103,8 @@ def _as_seed(seed):
 
 
 def sparse_attention(q, k, v, gate: Any = None, *, causal: bool = True, mode: str = "train", seed=None,
-                     implementation: str = "auto", return_adjacency: bool = False, **block_sizes):
+                     implementation: str = "auto", return_adjacency: bool = False, attention_mask=None,
+                     **block_sizes):
     """Gated sparse attention (docs/method.md §1): ``y_i = sum_j softmax_j(s)_ij * A_ij * v_j``.
 
     Args:
@@ -110,6 +122,10 @@ def sparse_attention(q, k, v, gate: Any = None, *, causal: bool = True, mode: st
         ``"chunked"`` (XLA, O(T) memory) or ``"pallas"`` (the fused kernel; Pallas interpret mode on CPU: slow,
         for correctness).
       return_adjacency: also return the boolean edge tensor ``[batch, heads, seq_q, seq_k]``.
+      attention_mask: ``[batch, seq]`` padding mask of self-attention (1/True = real token), as Hugging Face's:
+        the softmax runs over real keys only, gates exist only between real tokens (a padded query's output is
+        0) and densities average over pairs of real tokens. Materialised (``"reference"``; ``"auto"`` picks it):
+        for analysis batches of prompts of different lengths, not for long-context training.
       block_sizes: ``block_q``/``block_k`` for the chunked implementation; for ``"pallas"`` also ``block_q_bwd``,
         ``block_k_bwd``, ``num_warps``, ``num_stages`` (defaults: ``attention.pallas.BLOCK_SIZES``).
 
@@ -118,6 +134,9 @@ def sparse_attention(q, k, v, gate: Any = None, *, causal: bool = True, mode: st
     """
     gate = as_gate(gate)
     _check(q, k, v, gate, mode, seed, implementation)
+    if attention_mask is not None:
+        _check_mask(attention_mask, q, k, implementation)
+        implementation = "reference"
     impl = resolve_implementation(implementation, q, k, v)
     kwargs = dict(block_sizes) if impl in ("chunked", "pallas") else {}
     if block_sizes and impl == "reference":
@@ -130,11 +149,14 @@ def sparse_attention(q, k, v, gate: Any = None, *, causal: bool = True, mode: st
     train = mode == "train" and gate is not None
     out, density, edges, adjacency = IMPLEMENTATIONS[impl](q, k, v, gate, causal=causal, train=train,
                                                            seed=_as_seed(seed) if train else None,
-                                                           return_adjacency=return_adjacency, **kwargs)
+                                                           return_adjacency=return_adjacency, **kwargs,
+                                                           **({} if attention_mask is None else
+                                                              {"attention_mask": attention_mask}))
     return out, AttentionStats(density, adjacency, jax.lax.stop_gradient(edges))
 
 
-def attention_pattern(q, k, gate: Any = None, *, causal: bool = True, mode: str = "eval", seed=None):
+def attention_pattern(q, k, gate: Any = None, *, causal: bool = True, mode: str = "eval", seed=None,
+                      attention_mask=None):
     """The materialised attention of the method: ``(P, A)``, both ``[batch, heads, seq_q, seq_k]`` float32 —
     the softmax over all causal keys and the gate values (sampled with ``seed`` in ``mode="train"``; exactly
     those :func:`sparse_attention` draws). The effective attention is ``P * A`` and the output is
@@ -142,6 +164,9 @@ def attention_pattern(q, k, gate: Any = None, *, causal: bool = True, mode: str 
     for analysis and hooks, not for training."""
     gate = as_gate(gate)
     _check(q, k, k, gate, mode, seed, "reference")
+    if attention_mask is not None:
+        _check_mask(attention_mask, q, k, "reference")
     train = mode == "train" and gate is not None
-    p, a, _, _ = attention_weights(q, k, gate, causal=causal, train=train, seed=_as_seed(seed) if train else None)
+    p, a, _, _ = attention_weights(q, k, gate, causal=causal, train=train, seed=_as_seed(seed) if train else None,
+                                   attention_mask=attention_mask)
     return p, a

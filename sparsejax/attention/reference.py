@@ -12,17 +12,31 @@ def causal_mask(t: int, s: int):
     return jnp.arange(s)[None, :] <= jnp.arange(t)[:, None]
 
 
-def attention_weights(q, k, gate: Gate | None, *, causal: bool, train: bool, seed):
+def attention_weights(q, k, gate: Gate | None, *, causal: bool, train: bool, seed, attention_mask=None):
     """Materialised softmax ``p``, gate values ``a`` (0 outside the mask; straight-through gradients attached),
     both ``[B, H, T, S]`` f32, the expected density ``[B, H]`` and the deterministic edge density ``[B, H]``
-    (share of causal pairs that are eval-mode edges). ``p * a`` is the effective attention."""
+    (share of causal pairs that are eval-mode edges). ``p * a`` is the effective attention.
+
+    ``attention_mask`` ``[B, T]`` (self-attention, T == S; True/1 = a real token, False/0 = padding): the softmax
+    runs over the real keys only, gates (and so edges and outputs) exist only between real tokens — a padded
+    query's row is all zero — and the densities average over the pairs of real tokens."""
     b, t, h, d = q.shape
     s_len, kv_heads = k.shape[1], k.shape[2]
     kh = jnp.repeat(k.astype(jnp.float32), h // kv_heads, axis=2)
     s = jnp.einsum("bthd,bshd->bhts", q.astype(jnp.float32), kh) / jnp.sqrt(jnp.float32(d))
     mask = causal_mask(t, s_len) if causal else jnp.ones((t, s_len), bool)
-    p = jax.nn.softmax(jnp.where(mask, s, -jnp.inf), axis=-1)  # softmax over all (causal) keys, as dense
+    if attention_mask is not None:  # [B, 1, T, S]: the pairs of real tokens
+        real = jnp.asarray(attention_mask).astype(bool)
+        mask = mask[None, None] & real[:, None, :, None] & real[:, None, None, :]
+        keys = jnp.broadcast_to(jnp.asarray(causal_mask(t, s_len) if causal else True)[None, None]
+                                & real[:, None, None, :], mask.shape)
+        logits = jnp.where(keys, s, -jnp.inf)
+        p = jnp.where(jnp.any(keys, -1, keepdims=True), jax.nn.softmax(
+            jnp.where(jnp.any(keys, -1, keepdims=True), logits, 0.0), axis=-1), 0.0)
+    else:
+        p = jax.nn.softmax(jnp.where(mask, s, -jnp.inf), axis=-1)  # softmax over all (causal) keys, as dense
 
+    pairs = jnp.maximum(jnp.sum(mask, axis=(-2, -1)), 1)  # () or [B, 1]
     if gate is None:  # the dense model: every gate open
         ones = jnp.ones((b, h), jnp.float32)
         return p, jnp.broadcast_to(mask, p.shape).astype(jnp.float32), ones, ones
@@ -31,14 +45,16 @@ def attention_weights(q, k, gate: Gate | None, *, causal: bool, train: bool, see
     noise = hash_uniform(seed, *jnp.ix_(jnp.arange(b), jnp.arange(h), jnp.arange(t), jnp.arange(s_len))) \
         if train else None
     a = jnp.where(mask, gate_sample(gate, g, noise, train), 0.0)
-    density = jnp.sum(jnp.where(mask, expected_gate(gate, g), 0.0), axis=(2, 3)) / jnp.sum(mask)
-    edges = jnp.sum(mask & is_edge(gate, jax.lax.stop_gradient(g)), axis=(2, 3)) / jnp.sum(mask)
+    density = jnp.sum(jnp.where(mask, expected_gate(gate, g), 0.0), axis=(2, 3)) / pairs
+    edges = jnp.sum(mask & is_edge(gate, jax.lax.stop_gradient(g)), axis=(2, 3)) / pairs
     return p, a, density, edges.astype(jnp.float32)
 
 
-def reference_attention(q, k, v, gate: Gate | None, *, causal: bool, train: bool, seed, return_adjacency: bool):
+def reference_attention(q, k, v, gate: Gate | None, *, causal: bool, train: bool, seed, return_adjacency: bool,
+                        attention_mask=None):
     """Returns ``(out [B,T,H,D], expected_density [B,H], edge_density [B,H], adjacency [B,H,T,S] bool or None)``."""
-    p, a, density, edges = attention_weights(q, k, gate, causal=causal, train=train, seed=seed)
+    p, a, density, edges = attention_weights(q, k, gate, causal=causal, train=train, seed=seed,
+                                             attention_mask=attention_mask)
     vh = jnp.repeat(v.astype(jnp.float32), q.shape[2] // k.shape[2], axis=2)
     out = jnp.einsum("bhts,bshd->bthd", p * a, vh)  # no renormalisation: closed gates drop their mass
     return out.astype(q.dtype), density, edges, (a > 0) if return_adjacency else None

@@ -106,10 +106,11 @@ def rope_tables(t: int, head_dim: int, theta: float, scaling: tuple | None = Non
 
 
 def apply_rope(x, cos, sin):
-    """HF's rotate-half RoPE on ``[B, T, heads, hd]`` with ``cos, sin`` of shape ``[T, hd]``."""
+    """HF's rotate-half RoPE on ``[B, T, heads, hd]`` with ``cos, sin`` of shape ``[T, hd]`` or ``[B, T, hd]``."""
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    return (x * cos[None, :, None, :] + rotated * sin[None, :, None, :]).astype(x.dtype)
+    cos, sin = (c if c.ndim == 3 else c[None] for c in (cos, sin))
+    return (x * cos[:, :, None, :] + rotated * sin[:, :, None, :]).astype(x.dtype)
 
 
 def _activation(c: ModelConfig, x):
@@ -156,7 +157,7 @@ def _project(c: ModelConfig, p: dict, h, heads: int):
 
 def forward(config: ModelConfig, params: dict, tokens, gate: Any = None, *, mode: str = "eval", seed=None,
             capture: str | Sequence[str] | None = None, interventions: dict | None = None,
-            implementation: str = "auto"):
+            implementation: str = "auto", attention_mask=None, positions=None):
     """Logits ``[B, T, vocab]`` (float32) and ``aux``.
 
     Args:
@@ -167,6 +168,11 @@ def forward(config: ModelConfig, params: dict, tokens, gate: Any = None, *, mode
         what matches is computed and returned.
       interventions: ``{hook name: array | "zero" | "mean" | function}`` applied before the rest of the model
         reads the activation (see :mod:`sparsejax.models.hooks`).
+      attention_mask: ``[B, T]`` padding mask (1 = real token, 0 = padding; left or right), as Hugging Face's
+        ``attention_mask``: no attention to or from padding (see :func:`sparsejax.sparse_attention`).
+      positions: ``[B, T]`` position ids (Hugging Face's ``position_ids``; default ``0 .. T-1``). With left
+        padding, ``positions = cumsum(mask) - 1`` (clipped at 0) gives the real tokens the positions they have
+        unpadded.
 
     Returns:
       ``(logits, aux)`` with ``aux["density"]`` ``[L, B, H]`` expected density per layer (ones when dense),
@@ -189,6 +195,17 @@ def forward(config: ModelConfig, params: dict, tokens, gate: Any = None, *, mode
     if t > c.max_position:
         raise ValueError(f"sequence length {t} exceeds the model's max_position {c.max_position}; use shorter "
                          "contexts (or a config with a larger max_position)")
+    if attention_mask is not None and jnp.shape(attention_mask) != (b, t):
+        raise ValueError(f"attention_mask must have the tokens' shape {(b, t)}, got {jnp.shape(attention_mask)}")
+    if positions is not None:
+        positions = jnp.asarray(positions)
+        if positions.shape != (b, t) or not jnp.issubdtype(positions.dtype, jnp.integer):
+            raise ValueError(f"positions must be integer ids of the tokens' shape {(b, t)}, got {positions.dtype} "
+                             f"{positions.shape}")
+        if not isinstance(positions, jax.core.Tracer) and not 0 <= int(positions.min()) <= int(positions.max()) \
+                < c.max_position:
+            raise ValueError(f"positions must lie in [0, {c.max_position}) (the model's max_position), got "
+                             f"[{int(positions.min())}, {int(positions.max())}]")
     gate = model_gate(gate, c)
     if gate is not None and mode == "train" and seed is None:
         raise ValueError("mode='train' samples gates and needs seed=; pass mode='eval' for deterministic gates")
@@ -199,10 +216,14 @@ def forward(config: ModelConfig, params: dict, tokens, gate: Any = None, *, mode
     x = jnp.take(params["embed"]["tokens"], tokens, axis=0).astype(dtype)
     captures = {}
     if c.position == "learned":
-        x = x + params["embed"]["positions"][:t].astype(dtype)
+        table = params["embed"]["positions"]
+        x = x + (table[:t] if positions is None else jnp.take(table, positions, axis=0)).astype(dtype)
     x = constrain(hooks.model_point("hook_embed", x, captures), "resid")
     if c.position == "rope":
-        cos, sin = rope_tables(t, c.head_dim, c.rope_theta, c.rope_scaling, dtype)
+        cos, sin = rope_tables(t if positions is None else c.max_position, c.head_dim, c.rope_theta, c.rope_scaling,
+                               dtype)
+        if positions is not None:
+            cos, sin = jnp.take(cos, positions, axis=0), jnp.take(sin, positions, axis=0)
     seed_arr = jnp.asarray(0 if seed is None else seed).astype(jnp.uint32)
 
     def layer(x, inputs):
@@ -234,9 +255,10 @@ def forward(config: ModelConfig, params: dict, tokens, gate: Any = None, *, mode
         g = None if gate is None else Gate(bias, gate.kind, gate.temperature, gate.stretch)
         lseed = layer_seed(seed_arr, index)
         z, stats = sparse_attention(q, k, v, g, mode=mode, seed=lseed if g is not None else None,
-                                    implementation=implementation)
+                                    implementation=implementation, attention_mask=attention_mask)
         if hooks.need_pattern:
-            pw, gw = attention_pattern(q, k, g, mode=mode, seed=lseed if g is not None else None)
+            pw, gw = attention_pattern(q, k, g, mode=mode, seed=lseed if g is not None else None,
+                                       attention_mask=attention_mask)
             gw = hk("attn.hook_gate", gw)
             pattern = hk("attn.hook_pattern", pw * gw)
             hk("attn.hook_adjacency", gw > 0)

@@ -99,7 +99,8 @@ class Trainer:
         self._eval = {dense: jax.jit(make_eval_step(self.spec, dense=dense)) for dense in (False, True)}
         self.tau = self._measure_tau(trainable)
         self.optimizer = _step.make_optimizer(cfg)
-        self.multiplier = _step.make_multiplier(cfg, self.tau)
+        self.target_start = self._measure_target_start(trainable)
+        self.multiplier = _step.make_multiplier(cfg, self.tau, self.target_start)
         self.state = _state.init_state(trainable, self.optimizer, self.multiplier)
         self.step_fn = jax.jit(make_train_step(self.spec, self.optimizer, self.multiplier), donate_argnums=0)
 
@@ -113,6 +114,20 @@ class Trainer:
             return c.tau
         src = self.train_src if c.tau_data == "train" else self.val_src
         return self.evaluate(trainable, dense=True, src=src)["eval_ce"] + c.slack
+
+    def _measure_target_start(self, trainable):
+        """Where an annealed target starts: ``constraint.anneal_from``, or the gated model's held-out density."""
+        c = self.cfg.constraint
+        if self.tau is None or not c.anneal_steps:
+            return None
+        if c.anneal_from is not None:
+            return c.anneal_from
+        start = self.evaluate(trainable)["edge_density"]
+        if not start > self.tau:
+            raise ValueError(f"the gated model starts at {start:.4g} edge density, already at or below "
+                             f"constraint.density_target={self.tau}: drop constraint.anneal_steps or set "
+                             "constraint.anneal_from")
+        return start
 
     def evaluate(self, trainable=None, *, dense: bool = False, src=None) -> dict:
         """Held-out CE and (when gated) deterministic edge density overall / per layer / per head (``src``: other

@@ -48,8 +48,9 @@ def make_optimizer(cfg: RunConfig) -> optax.GradientTransformation:
 METHODS = ("pi", "geco", "dual_ascent", "penalty", "none")
 
 
-def make_multiplier(cfg: RunConfig, tau: float | None):
-    """The multiplier transformation of the run (None for ``penalty`` / ``none`` / dense runs)."""
+def make_multiplier(cfg: RunConfig, tau: float | None, target_start: float | None = None):
+    """The multiplier transformation of the run (None for ``penalty`` / ``none`` / dense runs); ``target_start``:
+    where an annealed target starts (``constraint.anneal_from`` or, in density mode, the measured density)."""
     c = cfg.constraint
     if c.method not in METHODS:
         raise ValueError(f"constraint.method must be one of {', '.join(METHODS)}, got {c.method!r}")
@@ -58,12 +59,14 @@ def make_multiplier(cfg: RunConfig, tau: float | None):
     if c.method == "geco":
         return constrained.geco(tau, beta_init=c.beta_init, eta=c.eta, alpha=c.alpha, beta_min=c.beta_min,
                                 relative=c.relative, max_log_step=c.max_log_step,
-                                max_log_step_down=c.max_log_step_down, sense=c.sense)
+                                max_log_step_down=c.max_log_step_down, sense=c.sense, target_start=target_start,
+                                anneal_steps=c.anneal_steps)
     if c.method == "pi":
         scale = c.slack if c.error_scale == "slack" and c.sense == "ce" else None
         return constrained.pi_control(tau, beta_init=c.beta_init, ki=c.pi_ki, kp=c.pi_kp, alpha=c.alpha,
                                       beta_min=c.beta_min, error_clip=c.error_clip, scale=scale, sense=c.sense,
-                                      ki_down=c.pi_ki_down)
+                                      ki_down=c.pi_ki_down, target_start=target_start,
+                                      anneal_steps=c.anneal_steps)
     return constrained.dual_ascent(tau, lr=c.lr, kp=c.kp)
 
 
