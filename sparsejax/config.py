@@ -123,6 +123,8 @@ class TrainSection:
     checkpoint_every: int = 0       # 0 = only at the end
     keep: int = 2
     max_bad_steps: int = 10         # consecutive non-finite steps before the run stops
+    export_shard_mb: float = 0.0    # exported model/ and best_model/: 0 = one model.safetensors; > 0 = Hugging Face's
+    #                                 sharded files of at most this many MiB, written shard by shard (large models)
     attention: str = "auto"         # attention implementation: auto (pallas kernel on GPU/TPU, chunked on CPU),
     #                                 chunked, pallas, reference
 
@@ -288,6 +290,7 @@ _RULES = (
     ("train.checkpoint_every", lambda v: v >= 0, "an integer >= 0 (0: only at the end)"),
     ("train.keep", lambda v: v >= 1, "an integer >= 1"),
     ("train.max_bad_steps", lambda v: v >= 1, "an integer >= 1"),
+    ("train.export_shard_mb", lambda v: math.isfinite(v) and v >= 0, "a number of MiB >= 0 (0: one file)"),
     ("mesh.data", lambda v: v >= 1, "an integer >= 1"),
     ("mesh.fsdp", lambda v: v >= 1, "an integer >= 1"),
     ("mesh.tensor", lambda v: v >= 1, "an integer >= 1"),

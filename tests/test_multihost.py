@@ -38,7 +38,7 @@ def test_two_processes_train_like_one(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     flags = lambda i: ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)]
-    procs = [subprocess.Popen(_cmd(tmp_path / "two", *flags(i)), cwd=REPO, env=_env(2), stdout=subprocess.PIPE,
+    procs = [subprocess.Popen(_cmd(tmp_path / "two", *flags(i)) + ["train.export_shard_mb=0.02"], cwd=REPO, env=_env(2), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for i in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
@@ -49,8 +49,12 @@ def test_two_processes_train_like_one(tmp_path):
     for a, b in zip(eval1, eval2):
         np.testing.assert_allclose(b["eval_ce"], a["eval_ce"], rtol=1e-5)
         np.testing.assert_allclose(b.get("edge_density", 1), a.get("edge_density", 1), atol=1e-6)
-    w1, w2 = load_file(str(tmp_path / "one" / "model" / "model.safetensors")), \
-        load_file(str(tmp_path / "two" / "model" / "model.safetensors"))
+    w1 = load_file(str(tmp_path / "one" / "model" / "model.safetensors"))
+    # the two-process run exported in sharded files (train.export_shard_mb), each tensor gathered on its own
+    index = json.loads((tmp_path / "two" / "model" / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 2
+    w2 = {k: v for f in shards for k, v in load_file(str(tmp_path / "two" / "model" / f)).items()}
     assert set(w1) == set(w2)
     for k in w1:
         np.testing.assert_allclose(w2[k], w1[k], atol=2e-5, err_msg=k)

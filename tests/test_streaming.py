@@ -80,3 +80,57 @@ def test_multi_shard_checkpoint_streams_with_one_tensor_of_host_memory(tmp_path)
         assert res["transient"] < 8 * largest, (mesh, res["transient"], total, largest)
         if mesh:
             assert any("fsdp" in s or "tensor" in s for s in res["specs"]), res["specs"]
+
+
+def test_sharded_export_streams_with_one_shard_of_host_memory(tmp_path):
+    """save_pretrained(max_shard_bytes=...) writes Hugging Face's sharded layout from the device arrays shard by
+    shard: the host's transient memory stays near one shard, the files and index are what from_pretrained reads back
+    bit-exactly, and every shard but the last is full up to its limit."""
+    script = textwrap.dedent(f"""
+        import json, threading, time, jax, numpy as np
+        import sparsejax as sj
+        from sparsejax.checkpoints.hf import export_tensors
+        def rss():
+            for line in open("/proc/self/status"):
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+        big = sj.ModelConfig(family="llama", vocab_size=512, d_model=256, n_layers=24, n_heads=4, d_ff=1024,
+                             max_position=64)
+        small = big.replace(n_layers=2)
+        sj.save_pretrained(sj.Model(small, sj.init_params(small, jax.random.PRNGKey(1))), {str(tmp_path / "warm")!r},
+                           max_shard_bytes=2**20)   # warm up: imports, the slicing ops
+        model = sj.Model(big, sj.init_params(big, jax.random.PRNGKey(0)))
+        jax.block_until_ready(model.params)
+        largest = max(x.nbytes for x in export_tensors(small, model.params).values())  # same widths as big's
+        base = rss()
+        peak, done = [base], []
+        def sample():
+            while not done:
+                peak[0] = max(peak[0], rss())
+                time.sleep(0.0005)
+        thread = threading.Thread(target=sample)
+        thread.start()
+        sj.save_pretrained(model, {str(tmp_path / "out")!r}, max_shard_bytes=3 * largest)
+        done.append(1)
+        thread.join()
+        back = sj.from_pretrained({str(tmp_path / "out")!r})
+        same = all(np.array_equal(np.asarray(a), np.asarray(b))
+                   for a, b in zip(jax.tree.leaves(model.params), jax.tree.leaves(back.params)))
+        total = sum(x.size * 4 for x in jax.tree.leaves(model.params))
+        print("RESULT " + json.dumps(dict(transient=peak[0] - base, same=same, largest=largest, total=total)))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                          capture_output=True, text=True, timeout=900)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    assert line, proc.stderr[-3000:]
+    res = json.loads(line[0][7:])
+    assert res["same"]
+    index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
+    files = sorted(set(index["weight_map"].values()))
+    assert len(files) > 10 and files[0] == f"model-00001-of-{len(files):05d}.safetensors"
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.safetensors")) == files
+    assert index["metadata"]["total_size"] == res["total"]
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+    # one shard (<= 3 tensors) plus the tensor being sliced, far below the model (~60 tensors of that size)
+    assert res["total"] > 40 * res["largest"]
+    assert res["transient"] < 8 * res["largest"], res

@@ -251,22 +251,65 @@ def from_pretrained(path: str | os.PathLike, *, gate: Any = None, mesh=None, rul
 
 
 # ------------------------------------------------------------------------------------------------- writing
-def export_tensors(c: ModelConfig, params: dict) -> dict[str, np.ndarray]:
-    """Our params as HF-named float32 numpy tensors (the inverse of :func:`load_params`)."""
-    out = {}
+def iter_export_tensors(c: ModelConfig, params: dict, fetch=np.asarray):
+    """``(HF name, float32 numpy tensor)`` one at a time (the inverse of :func:`load_params`): a layer's tensor is
+    sliced from the stacked (possibly sharded) device array before ``fetch`` copies it to the host, so the host holds
+    one tensor at a time, never a whole stacked layer group. Multi-process: ``fetch`` gathers the slice across
+    processes (a collective: every process iterates, in the same order)."""
     for hf, ours, hook in name_map(c):
-        if hook == "split3":
-            value = np.concatenate([np.asarray(_get(params, p)) for p in ours], axis=-1)
-        else:
-            value = np.asarray(_get(params, ours))
-            if hook == "linear":
-                value = np.swapaxes(value, -1, -2)
-        if "{l}" in hf:
-            for l in range(c.n_layers):
-                out[hf.format(l=l)] = np.ascontiguousarray(value[l], np.float32)
-        else:
-            out[hf] = np.ascontiguousarray(value, np.float32)
-    return out
+        layers = range(c.n_layers) if "{l}" in hf else [None]
+        for l in layers:
+            pick = (lambda x: x) if l is None else (lambda x: x[l])
+            if hook == "split3":
+                value = np.concatenate([fetch(pick(_get(params, p))) for p in ours], axis=-1)
+            else:
+                value = fetch(pick(_get(params, ours)))
+                if hook == "linear":
+                    value = np.swapaxes(value, -1, -2)
+            yield (hf if l is None else hf.format(l=l)), np.ascontiguousarray(value, np.float32)
+
+
+def export_tensors(c: ModelConfig, params: dict, fetch=np.asarray) -> dict[str, np.ndarray]:
+    """Our params as HF-named float32 numpy tensors, all at once (small models; see :func:`iter_export_tensors`)."""
+    return dict(iter_export_tensors(c, params, fetch))
+
+
+def _write_safetensors(c: ModelConfig, params: dict, directory: Path, max_shard_bytes: int | None,
+                       fetch=np.asarray) -> None:
+    """``model.safetensors``, or (``max_shard_bytes``) Hugging Face's sharded layout: ``model-0000i-of-0000N
+    .safetensors`` files of at most ``max_shard_bytes`` each (or one tensor, if larger) and
+    ``model.safetensors.index.json``. Host memory: one shard's tensors at a time."""
+    from safetensors.numpy import save_file
+
+    meta = {"format": "pt"}
+    if max_shard_bytes is None:
+        save_file(export_tensors(c, params, fetch), str(directory / "model.safetensors"), metadata=meta)
+        return
+    if not max_shard_bytes > 0:
+        raise ValueError(f"max_shard_bytes must be > 0 (or None for one file), got {max_shard_bytes}")
+    files, shard, size, total, weight_map = [], {}, 0, 0, {}
+
+    def flush():
+        name = f"shard-{len(files):05d}.tmp"
+        save_file(shard, str(directory / name), metadata=meta)
+        files.append((name, list(shard)))
+        shard.clear()
+
+    for name, tensor in iter_export_tensors(c, params, fetch):
+        if shard and size + tensor.nbytes > max_shard_bytes:
+            flush()
+            size = 0
+        shard[name] = tensor
+        size += tensor.nbytes
+        total += tensor.nbytes
+    if shard:
+        flush()
+    for i, (tmp_name, names) in enumerate(files):
+        final = f"model-{i + 1:05d}-of-{len(files):05d}.safetensors"
+        os.replace(directory / tmp_name, directory / final)
+        weight_map.update({n: final for n in names})
+    (directory / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
 
 
 def atomic_directory(path: Path, write) -> None:
@@ -291,15 +334,18 @@ def atomic_directory(path: Path, write) -> None:
         raise
 
 
-def save_pretrained(model: Model, path: str | os.PathLike, *, tokenizer=None) -> None:
+def save_pretrained(model: Model, path: str | os.PathLike, *, tokenizer=None,
+                    max_shard_bytes: int | None = None, fetch=np.asarray) -> None:
     """Write ``config.json`` + ``model.safetensors`` (loadable by ``transformers``, dense semantics), when the
     model has a gate ``sparsejax_gate.json``, and ``tokenizer.json`` when a ``tokenizers.Tokenizer`` is given.
-    Atomic: the directory appears complete or not at all."""
-    from safetensors.numpy import save_file
+    ``max_shard_bytes`` (e.g. ``2 * 2**30``): Hugging Face's sharded layout with an index, written shard by shard
+    from (sharded) device arrays, so the host never holds more than one shard — the export of a model larger than
+    host memory. ``fetch``: how a device array reaches the host (see :func:`iter_export_tensors`). Atomic: the
+    directory appears complete or not at all."""
 
     def write(tmp: Path):
         (tmp / "config.json").write_text(json.dumps(config_to_hf(model.config), indent=2))
-        save_file(export_tensors(model.config, model.params), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        _write_safetensors(model.config, model.params, tmp, max_shard_bytes, fetch)
         if model.gate is not None:
             (tmp / GATE_FILE).write_text(json.dumps(gate_to_json(model.gate)))
         if tokenizer is not None:

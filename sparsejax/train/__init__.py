@@ -32,7 +32,7 @@ __all__ = ["NonFiniteError", "StepSpec", "Trainer", "build_data", "build_model",
 # changing these on resume does not change the trajectory so far
 RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.eval_every", "train.checkpoint_every", "train.keep",
                      "train.attention",  # the same mathematics, e.g. chunked on CPU, the kernel on GPU
-                     "data.eval_batches")
+                     "data.eval_batches", "train.export_shard_mb")
 
 
 def check_run_dir(run_dir: Path, cfg: RunConfig) -> None:
@@ -146,7 +146,9 @@ class Trainer:
         return gate_of(self.spec, self.state["trainable"], self.frozen)
 
     def export(self, path: Path):
-        checkpointing.export(self.config, self.params(), self.gate(), path, tokenizer=self.tokenizer)
+        mb = self.cfg.train.export_shard_mb
+        checkpointing.export(self.config, self.params(), self.gate(), path, tokenizer=self.tokenizer,
+                             max_shard_bytes=int(mb * 2**20) if mb else None)
 
     def fit(self, callbacks=()) -> dict:
         from ..distributed import is_main

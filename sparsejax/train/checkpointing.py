@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 import jax
+import numpy as np
 
 from ..checkpoints import Model, save_pretrained
 
@@ -58,15 +59,23 @@ def restore_latest(mgr, state):
     return mgr.restore(latest, args=ocp.args.StandardRestore(abstract)), latest
 
 
-def export(config, params, gate, path: Path, tokenizer=None) -> None:
+def export(config, params, gate, path: Path, tokenizer=None, max_shard_bytes: int | None = None) -> None:
     """A Hugging Face directory (float32, plus ``sparsejax_gate.json`` when gated and ``tokenizer.json`` when
-    the run has a tokenizer), written atomically."""
+    the run has a tokenizer), written atomically; ``max_shard_bytes``: sharded files, written shard by shard.
+    Tensors reach the host one at a time (gathered across processes: every process takes part, process 0
+    writes)."""
+    from ..checkpoints.hf import iter_export_tensors
     from ..distributed import gather, is_main
 
-    params, gate = gather((params, gate))  # every process takes part; process 0 writes
+    gate = gather(gate)
+    fetch = lambda x: np.asarray(gather(x))
+    config = config.replace(dtype="float32", remat="none")
     if not is_main():
+        for _ in iter_export_tensors(config, params, fetch):  # the same collectives as process 0's writer
+            pass
         return
-    save_pretrained(Model(config.replace(dtype="float32", remat="none"), params, gate), path, tokenizer=tokenizer)
+    save_pretrained(Model(config, params, gate), path, tokenizer=tokenizer, max_shard_bytes=max_shard_bytes,
+                    fetch=fetch)
 
 
 def keep_best(run_dir: Path, rec: dict, tau: float | None, export_fn) -> bool:

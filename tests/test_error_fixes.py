@@ -1,0 +1,117 @@
+"""Every error that tells the user what to do: the mistake raises it, and doing what it says works (issue S).
+
+Each case is ``(mistake, message, fix)``: ``mistake()`` must raise with ``message``; ``fix()`` is the same call
+changed exactly as the message says, and must succeed. Cases that need a training run live beside their feature
+(tests/test_train*.py: tokenizer, checkpoint vocabulary/context, resume, run directory, corpus encoding)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sparsejax as sj
+from sparsejax import data
+from sparsejax.config import load_config
+from sparsejax.data import addition
+from sparsejax.models import config_from_hf
+
+CFG = sj.ModelConfig(family="llama", vocab_size=16, d_model=16, n_layers=2, n_heads=2, d_ff=32, max_position=8)
+PARAMS = sj.init_params(CFG, jax.random.PRNGKey(0))
+TOKENS = np.array([[1, 2, 3, 4]])
+QKV = [jnp.asarray(np.random.default_rng(0).normal(size=(1, 5, 2, 4)), jnp.float32) for _ in range(3)]
+MASK = np.array([[0, 1, 1, 1, 1]])
+QWEN = {"model_type": "qwen2", "hidden_size": 16, "num_attention_heads": 2, "num_key_value_heads": 2,
+        "num_hidden_layers": 1, "intermediate_size": 32, "vocab_size": 16, "max_position_embeddings": 8,
+        "use_sliding_window": True}
+
+
+def _tasks_with(tokenizer_words):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from sparsejax import tasks
+
+    vocab = {w: i for i, w in enumerate(["[UNK]", *tokenizer_words])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return tasks, tok
+
+
+CASES = {
+    # "use shorter contexts"
+    "context": (lambda: sj.forward(CFG, PARAMS, np.ones((1, 9), int)), "exceeds the model's max_position 8; use "
+                "shorter", lambda: sj.forward(CFG, PARAMS, np.ones((1, 8), int))),
+    # "pass mode='eval' for deterministic gates"
+    "train_seed": (lambda: sj.forward(CFG, PARAMS, TOKENS, 1.0, mode="train"), "pass mode='eval'",
+                   lambda: sj.forward(CFG, PARAMS, TOKENS, 1.0, mode="eval")),
+    # "use (), (L,) layers, (H,) heads or (L, H)"
+    "gate_shape": (lambda: sj.forward(CFG, PARAMS, TOKENS, jnp.zeros((3,))), r"use \(\), \(2,\) layers",
+                   lambda: sj.forward(CFG, PARAMS, TOKENS, jnp.zeros((2, 2)))),
+    # "pass implementation='auto' or 'reference'"
+    "mask_impl": (lambda: sj.sparse_attention(*QKV, 1.0, mode="eval", attention_mask=MASK, implementation="chunked"),
+                  "pass implementation='auto' or 'reference'",
+                  lambda: sj.sparse_attention(*QKV, 1.0, mode="eval", attention_mask=MASK, implementation="auto")),
+    # "use an array, 'zero', 'mean' or a function"
+    "intervention": (lambda: sj.forward(CFG, PARAMS, TOKENS, interventions={"blocks.0.hook_mlp_out": "zeros"}),
+                     "use an array, 'zero', 'mean'",
+                     lambda: sj.forward(CFG, PARAMS, TOKENS, interventions={"blocks.0.hook_mlp_out": "zero"})),
+    # "{where} is a section; give its keys (e.g. train.steps=...)"
+    "section": (lambda: load_config("toy_addition_posttrain", ["train=5"]), r"give its keys \(e.g. train.steps=",
+                lambda: load_config("toy_addition_posttrain", ["train.steps=5"])),
+    # "did you mean train.steps?"
+    "typo": (lambda: load_config("toy_addition_posttrain", ["train.step=5"]), "did you mean train.steps",
+             lambda: load_config("toy_addition_posttrain", ["train.steps=5"])),
+    # "presets: gpt2_small, ..." (one of the listed names)
+    "preset": (lambda: load_config("toy_addition"), "presets: .*toy_addition_posttrain",
+               lambda: load_config("toy_addition_posttrain")),
+    # "set gate.learnable=true ... or drop gate.bias_lr"
+    "bias_lr": (lambda: load_config("toy_addition_posttrain", ["gate.bias_lr=0.03"]), "set gate.learnable=true",
+                lambda: load_config("toy_addition_posttrain", ["gate.bias_lr=0.03", "gate.learnable=true"])),
+    # "CE-target mode needs constraint.anneal_from"
+    "anneal": (lambda: load_config("toy_addition_posttrain", ["constraint.anneal_steps=100"]),
+               "needs constraint.anneal_from",
+               lambda: load_config("toy_addition_posttrain", ["constraint.anneal_steps=100",
+                                                               "constraint.anneal_from=0.3"])),
+    # "set constraint.method=pi or constraint.anneal_steps=0"
+    "anneal_method": (lambda: load_config("toy_addition_posttrain", ["constraint.method=dual_ascent",
+                                                                      "constraint.anneal_steps=100"]),
+                      "set constraint.method=pi or constraint.anneal_steps=0",
+                      lambda: load_config("toy_addition_posttrain", ["constraint.method=pi",
+                                                                      "constraint.anneal_steps=100",
+                                                                      "constraint.anneal_from=0.3"])),
+    # "constraint.sense=density needs constraint.density_target (e.g. 0.01)"
+    "density_target": (lambda: load_config("toy_addition_posttrain", ["constraint.sense=density"]),
+                       r"needs constraint.density_target \(e.g. 0.01\)",
+                       lambda: load_config("toy_addition_posttrain", ["constraint.sense=density",
+                                                                       "constraint.density_target=0.01"])),
+    # "use a smaller batch or more data"
+    "batch": (lambda: data.batch_indices(10, 0, 16, 0), "use a smaller batch",
+              lambda: data.batch_indices(10, 0, 8, 0)),
+    # "use 'train' or 'validation'"
+    "split": (lambda: addition.split("test"), "use 'train' or 'validation'",
+              lambda: addition.split("validation")),
+    # "set use_sliding_window=false"
+    "qwen_window": (lambda: config_from_hf(QWEN), "set use_sliding_window=false",
+                    lambda: config_from_hf({**QWEN, "use_sliding_window": False})),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_the_suggested_fix_works(name):
+    mistake, message, fix = CASES[name]
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        mistake()
+    fix()
+
+
+def test_task_vocabulary_fix(tmp_path):
+    """"use a tokenizer with a larger vocabulary (e.g. GPT-2's)": a word-level tokenizer with one name fails, one
+    with the task's names works (GPT-2's own is tested in test_tasks.py)."""
+    from sparsejax import tasks as t
+
+    words = ["When", "and", "went", "to", "the", ",", "gave", "a", "Then", "While", "After", "had", "fun", "at",
+             "decided", "give", "were", "working", "thinking", "about", "going", "lot", "of", "wanted", "ride",
+             "walk", "got", "long"]
+    tasks, small = _tasks_with(words + ["Mary"] + t.PLACES + t.OBJECTS)
+    with pytest.raises(ValueError, match="use a tokenizer with a larger vocabulary"):
+        tasks.ioi(small, 4)
+    tasks, larger = _tasks_with(sorted(set(words + t.NAMES + t.PLACES + t.OBJECTS)))
+    assert tasks.ioi(larger, 4).clean.shape[0] > 0
