@@ -278,6 +278,9 @@ def _with_deltas(frozen, deltas, extra=None):
     return {**frozen, **{h: PerLayer(d) for h, d in deltas.items()}, **(extra or {})}
 
 
+EDGE_METHODS = ("eap", "eap-ig", "eap-ig-activations")
+
+
 def edge_score_matrix(config, params, gate, clean, corrupt, metric, *, method: str = "eap", steps: int = 5,
                       gates: str = "recompute") -> np.ndarray:
     """Attribution scores of every edge as a ``[writers, readers]`` array (0 where no edge; see :func:`edges`).
@@ -285,11 +288,16 @@ def edge_score_matrix(config, params, gate, clean, corrupt, metric, *, method: s
     ``method="eap"``: ``(a_w(corrupt) - a_w(clean)) . d metric / d input_r`` at the clean run (two forwards and one
     backward for every edge at once). ``method="eap-ig"`` (EAP-IG, Hanna et al. 2024, integrated gradients over the
     input): the gradient averaged over ``steps`` runs whose input embeddings lie on the line from the corrupted to
-    the clean ones (``alpha = 1/steps ... 1``). Scores estimate the mean effect over examples."""
-    if method not in ("eap", "eap-ig"):
-        raise ValueError(f"method must be 'eap' or 'eap-ig', got {method!r}")
-    if method == "eap-ig" and steps < 1:
-        raise ValueError(f"eap-ig needs steps >= 1, got {steps}")
+    the clean ones (``alpha = 1/steps ... 1``). ``method="eap-ig-activations"`` (their activation variant): for
+    each writer group — the embedding, one layer's heads, one layer's MLP — the gradient at every reader averaged
+    over ``steps`` runs in which only that group's outputs lie on the line from corrupted to clean (the rest of the
+    model runs on the clean input): ``(2 L + 1) * steps`` forward+backward passes. Its scores of a group's edges sum,
+    as ``steps`` grows, to the exact effect of patching that group (completeness; a test). Scores estimate the mean
+    effect over examples."""
+    if method not in EDGE_METHODS:
+        raise ValueError(f"method must be one of {', '.join(EDGE_METHODS)}, got {method!r}")
+    if method != "eap" and steps < 1:
+        raise ValueError(f"{method} needs steps >= 1, got {steps}")
     return np.asarray(_edge_scores_jit(config, params, gate, jnp.asarray(clean), jnp.asarray(corrupt), metric,
                                        method, steps, gates))
 
@@ -307,12 +315,55 @@ def _edge_scores_jit(config, params, gate, clean, corrupt, metric, method, steps
 
     if method == "eap":
         grads = jax.grad(m)(zeros)
+    elif method == "eap-ig-activations":
+        return _ig_activation_scores(config, params, gate, clean, corrupt, metric, steps, frozen, diffs, zeros,
+                                     c_clean, c_corrupt) * jnp.asarray(allowed(config))
     else:
         e_clean, e_corrupt = c_clean["hook_embed"], c_corrupt["hook_embed"]
         alphas = (jnp.arange(steps) + 1.0) / steps
         grads = jax.lax.map(lambda a: jax.grad(m)(zeros, e_corrupt + a * (e_clean - e_corrupt)), alphas)
         grads = jax.tree.map(lambda g: jnp.mean(g, axis=0), grads)
     return _reader_scores(config, diffs, grads) * jnp.asarray(allowed(config))
+
+
+def _writer_groups(config) -> np.ndarray:
+    """Group of every writer: 0 the embedding, ``1 + 2 l`` layer l's heads, ``2 + 2 l`` layer l's MLP."""
+    return np.array([0 if w[0] == "embed" else 1 + 2 * w[1] + (w[0] == "mlp") for w in writers(config)])
+
+
+def _ig_activation_scores(config, params, gate, clean, corrupt, metric, steps, frozen, diffs, zeros, c_clean,
+                          c_corrupt):
+    from .models.hooks import PerLayer
+
+    L = config.n_layers
+    z = lambda toks: _run(config, params, gate, toks, frozen, capture="attn.hook_z")[1]["captures"]
+    z_clean, z_corrupt = z(clean), z(corrupt)
+    dz = jnp.stack([z_clean[f"blocks.{l}.attn.hook_z"] - z_corrupt[f"blocks.{l}.attn.hook_z"] for l in range(L)])
+    dm = jnp.stack([c_clean[f"blocks.{l}.hook_mlp_out"] - c_corrupt[f"blocks.{l}.hook_mlp_out"] for l in range(L)])
+    e_clean, e_corrupt = c_clean["hook_embed"], c_corrupt["hook_embed"]
+    group = _writer_groups(config)
+    g_ids = np.arange(2 * L + 1)
+    is_attn = jnp.asarray(g_ids[:, None] == 1 + 2 * np.arange(L)[None, :], jnp.float32)   # [groups, L]
+    is_mlp = jnp.asarray(g_ids[:, None] == 2 + 2 * np.arange(L)[None, :], jnp.float32)
+    of_group = jnp.asarray(group[None, :] == g_ids[:, None], jnp.float32)                  # [groups, writers]
+
+    def one(pair):
+        gi, a = pair
+        shift = a - 1.0  # the group's output: clean + (a - 1)(clean - corrupt) = corrupt + a (clean - corrupt)
+        extra = {"attn.hook_z": PerLayer(shift * is_attn[gi].reshape(L, *(1,) * (dz.ndim - 1)) * dz),
+                 "hook_mlp_out": PerLayer(shift * is_mlp[gi].reshape(L, *(1,) * (dm.ndim - 1)) * dm),
+                 "hook_embed": e_clean + shift * (gi == 0) * (e_clean - e_corrupt)}
+
+        def m(deltas):
+            logits, _ = _run(config, params, gate, clean, _with_deltas(frozen, deltas, extra))
+            return jnp.mean(metric(logits))
+
+        grads = jax.grad(m)(zeros)
+        return _reader_scores(config, diffs * of_group[gi][:, None, None, None], grads)
+
+    alphas = (jnp.arange(steps) + 1.0) / steps
+    pairs = (jnp.repeat(jnp.arange(2 * L + 1), steps), jnp.tile(alphas, 2 * L + 1))
+    return jnp.sum(jax.lax.map(one, pairs), axis=0) / steps
 
 
 def edge_scores(config, params, gate, clean, corrupt, metric, **kw) -> dict:

@@ -40,6 +40,35 @@ def test_edge_scores_against_exact_patching(gates="frozen"):  # dense models: te
         assert out == pytest.approx(node[n], rel=1e-3, abs=1e-7), n
 
 
+def test_eap_ig_over_activations_completeness_and_eap_limit():
+    """EAP-IG over activations: with one step (alpha = 1, the clean run) it is EAP exactly; with many steps the
+    scores of a writer group's outgoing edges sum to the exact effect of patching that group (IG completeness),
+    checked against the node-level exact patching of the embedding, each MLP and (all heads of) a layer."""
+    config, params, gate, clean, corrupt, metric = _setup(True)
+    kw = dict(gates="frozen")
+    eap = circuits.edge_score_matrix(config, params, gate, clean, corrupt, metric, **kw)
+    one = circuits.edge_score_matrix(config, params, gate, clean, corrupt, metric, method="eap-ig-activations",
+                                     steps=1, **kw)
+    np.testing.assert_allclose(one, eap, rtol=1e-4, atol=1e-6)
+    ig = circuits.edge_score_matrix(config, params, gate, clean, corrupt, metric, method="eap-ig-activations",
+                                    steps=24, **kw)
+    exact = circuits.patching_effects(config, params, gate, clean, corrupt, metric, **kw)
+    ws = circuits.writers(config)
+    row = lambda node: ig[ws.index(node)].sum()
+    for node in [("embed",), ("mlp", 0), ("mlp", 1)]:
+        assert row(node) == pytest.approx(exact[node], rel=0.05, abs=1e-4), (node, row(node), exact[node])
+    m = lambda toks, iv=None: float(jnp.mean(metric(sj.forward(config, params, toks, gate, interventions=iv)[0])))
+    frozen = circuits._frozen_gates(config, params, gate, clean, "frozen")  # the clean run's gates, as kw says
+    z_corrupt = sj.forward(config, params, corrupt, gate, capture="blocks.0.attn.hook_z",
+                           interventions=frozen)[1]["captures"]
+    layer0 = m(clean, {**frozen, "blocks.0.attn.hook_z": z_corrupt["blocks.0.attn.hook_z"]}) - m(clean, frozen)
+    heads0 = sum(row(("head", 0, h)) for h in range(config.n_heads))
+    assert heads0 == pytest.approx(layer0, rel=0.05, abs=1e-4), (heads0, layer0)
+    assert abs(layer0) > 1e-3  # the check is not vacuous
+    with pytest.raises(ValueError, match="eap-ig-activations needs steps >= 1"):
+        circuits.edge_score_matrix(config, params, gate, clean, corrupt, metric, method="eap-ig-activations", steps=0)
+
+
 def test_edge_explained_effect_bounds_and_node_patching():
     config, params, gate, clean, corrupt, metric = _setup(True)
     every = circuits.edges(config)
