@@ -86,6 +86,8 @@ def main(argv=None):
     p.add_argument("--examples", type=int, default=16)
     p.add_argument("--half", type=int, default=20, help="length n of the repeated sequence")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sets", type=int, default=1, help="prompt sets (seeds seed .. seed + sets - 1): mean and spread "
+                   "of the counts over them")
     p.add_argument("--text", help="a run's config.yaml: draw the sequences from its held-out text instead of random "
                    "tokens")
     args = p.parse_args(argv)
@@ -95,35 +97,49 @@ def main(argv=None):
     vocab = models["dense"].config.vocab_size
     from sparsejax import tasks
 
-    if args.text:  # induction on passages of held-out text (s) and other passages (r)
-        import tempfile
+    def make_task(seed):
+        if args.text:  # induction on passages of held-out text (s) and other passages (r)
+            import tempfile
 
-        from sparsejax.config import load_config
-        from sparsejax.data import batch_at
-        from sparsejax.train.state import build_data
+            from sparsejax.config import load_config
+            from sparsejax.data import batch_at
+            from sparsejax.train.state import build_data
 
-        cfg = load_config(args.text)
-        with tempfile.TemporaryDirectory() as tmp:
-            _, val, _ = build_data(cfg, Path(tmp))
-            rows = np.asarray(batch_at(val, 0, 2 * args.examples, seed=args.seed)["tokens"])
-        s, r = rows[:args.examples, :args.half], rows[args.examples:, :args.half]
-        task = tasks.Task(np.concatenate([s, s[:, :-1]], 1).astype(np.int32),
-                          np.concatenate([r, s[:, :-1]], 1).astype(np.int32), circuits.logit_diff(s[:, -1], r[:, -1]),
-                          s[:, -1], r[:, -1], [])
-    elif args.task == "addition":
-        task = tasks.addition(args.examples, args.seed)
-    elif args.task in ("ioi", "greater_than", "docstring"):  # templated tasks (sparsejax/tasks.py)
-        from sparsejax.data.text import load_tokenizer
+            cfg = load_config(args.text)
+            with tempfile.TemporaryDirectory() as tmp:
+                _, val, _ = build_data(cfg, Path(tmp))
+                rows = np.asarray(batch_at(val, 0, 2 * args.examples, seed=seed)["tokens"])
+            s, r = rows[:args.examples, :args.half], rows[args.examples:, :args.half]
+            task = tasks.Task(np.concatenate([s, s[:, :-1]], 1).astype(np.int32),
+                              np.concatenate([r, s[:, :-1]], 1).astype(np.int32),
+                              circuits.logit_diff(s[:, -1], r[:, -1]), s[:, -1], r[:, -1], [])
+        elif args.task == "addition":
+            task = tasks.addition(args.examples, seed)
+        elif args.task in ("ioi", "greater_than", "docstring"):  # templated tasks (sparsejax/tasks.py)
+            from sparsejax.data.text import load_tokenizer
 
-        task = getattr(tasks, args.task)(load_tokenizer(args.tokenizer or args.dense), args.examples, args.seed)
-    else:
-        task = tasks.induction(vocab, args.examples, args.half, args.seed)
-    clean, corrupt = jnp.asarray(task.clean), jnp.asarray(task.corrupt)
-    metric, target = task.metric, task.good
-    results = {}
-    for name, model in models.items():
-        results[name] = analyse(model, clean, corrupt, metric, target)
+            task = getattr(tasks, args.task)(load_tokenizer(args.tokenizer or args.dense), args.examples, seed)
+        else:
+            task = tasks.induction(vocab, args.examples, args.half, seed)
+        return task
+
+    results, over_sets = {}, {name: [] for name in models}
+    for k in range(args.sets):  # prompt sets drawn with seeds seed, seed + 1, ...; the first set's analysis is kept
+        task = make_task(args.seed + k)
+        clean, corrupt = jnp.asarray(task.clean), jnp.asarray(task.corrupt)
+        for name, model in models.items():
+            res = analyse(model, clean, corrupt, task.metric, task.good)
+            keys = ("heads_for_0.9", "edges_for_0.9", "heads_in_edge_circuit", "attribution_heads_for_0.8")
+            over_sets[name].append({key: res[key] for key in keys})
+            if k == 0:
+                results[name] = res
+            print(f"set {k}: {name}: {over_sets[name][-1]}", flush=True)
+    for name in models:
         res = results[name]
+        res["over_sets"] = over_sets[name]
+        res["mean_sd_over_sets"] = {key: [float(np.mean([o[key] for o in over_sets[name] if o[key] is not None])),
+                                          float(np.std([o[key] for o in over_sets[name] if o[key] is not None]))]
+                                    for key in over_sets[name][0]}
         print(f"{name}: metric clean {res['m_clean']:.3f} corrupt {res['m_corrupt']:.3f}; heads for 0.9: "
               f"{res['heads_for_0.9']} of {len(res['ranked_heads'])}; edges for 0.9: {res['edges_for_0.9']} of "
               f"{res['edges_total']} ({res['heads_in_edge_circuit']} heads touched); attention attribution: "

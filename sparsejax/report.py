@@ -194,6 +194,9 @@ def _fmt(v) -> str:
         return f"{v:.4g}"
     if isinstance(v, list) and all(isinstance(x, (int, float)) for x in v):
         return ", ".join(_fmt(float(x)) for x in v)
+    if isinstance(v, list) and v and all(isinstance(x, dict) for x in v):  # records: a nested table, not JSON
+        keys = list(dict.fromkeys(k for x in v for k in x))
+        return _table(keys, [[x.get(k, "") for k in keys] for x in v])
     return html.escape(json.dumps(v) if isinstance(v, (dict, list)) else str(v))
 
 
@@ -281,8 +284,10 @@ def _run_section(run_dir: Path, run: Path, maps: bool) -> list[str]:
         what = "edge density <= " if "sense: density" in cfg else "held-out CE <= tau = "
         parts.append(f"<p>constraint: {html.escape(what)}{target['tau']:.4g}</p>")
     if train:
+        gated = any("train_edge_density" in r for r in train)
         parts.append(_img(plot_dynamics(run / "metrics.jsonl", run / "dynamics.png"),
-                          "training dynamics: density, multiplier, CE; dots are held-out evaluations"))
+                          f"training dynamics: {'density, multiplier, CE' if gated else 'CE (a dense run)'}; dots are "
+                          "held-out evaluations"))
     last = next((r for r in reversed(evals) if "edge_density_per_head" in r), None)
     if last is not None:
         parts.append(_img(plot_head_density(last["edge_density_per_head"], run / "report_head_density.png",
@@ -324,7 +329,7 @@ def write_report(run_dir: str | Path, *, maps: bool = True) -> Path:
     out = run_dir / "report.html"
     tmp = out.with_suffix(".html.tmp")
     tmp.write_text("<!doctype html><meta charset=utf-8><title>sparsejax report</title>"
-                   "<body style='font-family:sans-serif;max-width:1300px;margin:auto'>" + "\n".join(parts) +
+                   "<body style='font-family:sans-serif;max-width:1300px;margin:auto;padding:0 16px'>" + "\n".join(parts) +
                    "</body>")
     tmp.replace(out)
     return out

@@ -22,3 +22,22 @@ def test_compose_flax_example_runs():
     out = subprocess.run([sys.executable, "experiments/compose_flax.py", "--steps", "3"], check=True, cwd=REPO,
                          capture_output=True, text=True).stdout
     assert "final: eval-mode expected density" in out
+
+
+def test_controller_summary_and_curve_figure(tmp_path):
+    """experiments/controllers.py's numbers from a run's records (by hand), and toy_curves.py's figure."""
+    sys.path.insert(0, str(REPO / "experiments"))
+    import controllers
+
+    recs = [{"step": 0, "eval_ce": 0.9, "edge_density": 0.8, "edge_density_per_layer": [0.8]},   # the gated start
+            {"step": 10, "ce": 0.1, "tau": 0.5},
+            {"step": 10, "eval_ce": 0.7, "edge_density": 0.04, "edge_density_per_layer": [0.04]},
+            {"step": 20, "eval_ce": 0.3, "edge_density": 0.008, "edge_density_per_layer": [0.008], "final": True}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    s = controllers.summarise(tmp_path, 0.5)
+    assert s["final_density"] == 0.008 and abs(s["final_ce_minus_tau"] + 0.2) < 1e-12
+    assert abs(s["worst_excursion"] - 0.2) < 1e-12  # step 10, not the gated start's 0.4
+    assert s["steps_to_5pct"] == 10 and s["steps_to_1pct"] == 20
+    subprocess.run([sys.executable, "experiments/toy_curves.py", "--out", str(tmp_path / "c.png"), f"{tmp_path}=run"],
+                   check=True, cwd=REPO, capture_output=True)
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"

@@ -39,6 +39,14 @@ def test_summary_table_and_sections(tmp_path):
     page = report.write_report(run).read_text()
     assert page.count("<figure>") == 2  # dynamics and the per-head heatmap, each once
     assert "held-out CE &lt;= tau = 0.5" in page and "no exported model/ yet" in page
+    assert "density, multiplier, CE; dots" in page
+    # an experiment's results.json: records become a nested table, not a JSON dump; a dense run's caption says so
+    (tmp_path / "results.json").write_text(json.dumps({"edge_density": 0.25, "heads": [{"layer": 0, "edges": 3},
+                                                                                      {"layer": 1, "edges": 5}]}))
+    _write(tmp_path / "dense", [{"step": 10, "loss": 1.0, "ce": 0.9, "expected_density": 1.0}])
+    page = report.write_report(tmp_path, maps=False).read_text()
+    assert "<th>layer</th><th>edges</th>" in page and "{&quot;layer&quot;" not in page
+    assert "CE (a dense run); dots" in page
 
 
 def test_partial_and_empty_runs(tmp_path):
