@@ -9,18 +9,14 @@ import textwrap
 import numpy as np
 
 
-def _transient_rss(ckpt, mesh: bool):
-    script = textwrap.dedent(f"""
-        import json, os, threading, time, jax, numpy as np
-        import sparsejax as sj
-        from sparsejax import sharding
-        def rss():  # anonymous resident memory: what the process allocated (the mmapped checkpoint files are
-            for line in open("/proc/self/status"):  # file-backed page cache, not counted)
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1]) * 1024
-        m = sharding.make_mesh(2, 2, 2) if {mesh} else None
-        small = sj.from_pretrained({str(ckpt)!r} + "_small", mesh=m)   # warm up: imports, compiles
-        jax.block_until_ready(small.params)
+# the measuring scripts' tools: rss() and a background sampler of its peak (start_peak() -> peak, done, thread)
+_PEAK_TOOLS = textwrap.dedent("""
+    import threading, time
+    def rss():  # anonymous resident memory: what the process allocated (the mmapped checkpoint files are
+        for line in open("/proc/self/status"):  # file-backed page cache, not counted)
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    def start_peak():
         peak, done = [rss()], []
         def sample():
             while not done:
@@ -28,6 +24,19 @@ def _transient_rss(ckpt, mesh: bool):
                 time.sleep(0.0005)
         thread = threading.Thread(target=sample)
         thread.start()
+        return peak, done, thread
+""")
+
+
+def _transient_rss(ckpt, mesh: bool):
+    script = _PEAK_TOOLS + textwrap.dedent(f"""
+        import json, os, jax, numpy as np
+        import sparsejax as sj
+        from sparsejax import sharding
+        m = sharding.make_mesh(2, 2, 2) if {mesh} else None
+        small = sj.from_pretrained({str(ckpt)!r} + "_small", mesh=m)   # warm up: imports, compiles
+        jax.block_until_ready(small.params)
+        peak, done, thread = start_peak()
         model = sj.from_pretrained({str(ckpt)!r}, mesh=m)
         jax.block_until_ready(model.params)
         done.append(1)
@@ -86,14 +95,10 @@ def test_sharded_export_streams_with_one_shard_of_host_memory(tmp_path):
     """save_pretrained(max_shard_bytes=...) writes Hugging Face's sharded layout from the device arrays shard by
     shard: the host's transient memory stays near one shard, the files and index are what from_pretrained reads back
     bit-exactly, and every shard but the last is full up to its limit."""
-    script = textwrap.dedent(f"""
-        import json, threading, time, jax, numpy as np
+    script = _PEAK_TOOLS + textwrap.dedent(f"""
+        import json, jax, numpy as np
         import sparsejax as sj
         from sparsejax.checkpoints.hf import export_tensors
-        def rss():
-            for line in open("/proc/self/status"):
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1]) * 1024
         big = sj.ModelConfig(family="llama", vocab_size=512, d_model=256, n_layers=24, n_heads=4, d_ff=1024,
                              max_position=64)
         small = big.replace(n_layers=2)
@@ -102,14 +107,8 @@ def test_sharded_export_streams_with_one_shard_of_host_memory(tmp_path):
         model = sj.Model(big, sj.init_params(big, jax.random.PRNGKey(0)))
         jax.block_until_ready(model.params)
         largest = max(x.nbytes for x in export_tensors(small, model.params).values())  # same widths as big's
-        base = rss()
-        peak, done = [base], []
-        def sample():
-            while not done:
-                peak[0] = max(peak[0], rss())
-                time.sleep(0.0005)
-        thread = threading.Thread(target=sample)
-        thread.start()
+        peak, done, thread = start_peak()
+        base = peak[0]
         sj.save_pretrained(model, {str(tmp_path / "out")!r}, max_shard_bytes=3 * largest)
         done.append(1)
         thread.join()

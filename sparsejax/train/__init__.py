@@ -49,8 +49,9 @@ def check_run_dir(run_dir: Path, cfg: RunConfig) -> None:
     if not (saved.exists() and (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())):
         return
     old, new = _flat(yaml.safe_load(saved.read_text())), _flat(to_dict(cfg))
+    default = _flat(to_dict(RunConfig()))  # a key the saved config predates had its default value
     changed = [k for k in sorted(set(old) | set(new)) if k not in RESUMABLE_CHANGES
-               and _norm(old.get(k)) != _norm(new.get(k))]
+               and _norm(old.get(k, default.get(k))) != _norm(new.get(k))]
     if changed:
         diff = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
         raise ValueError(f"{run_dir} holds a run with a different config ({diff}); resuming it would change its "
