@@ -115,3 +115,32 @@ def test_task_vocabulary_fix(tmp_path):
         tasks.ioi(small, 4)
     tasks, larger = _tasks_with(sorted(set(words + t.NAMES + t.PLACES + t.OBJECTS)))
     assert tasks.ioi(larger, 4).clean.shape[0] > 0
+
+
+def test_checkpoint_data_fixes(tmp_path):
+    """With a pretrained checkpoint, the vocabulary / context errors name fixes that act on the data (the model's
+    sizes come from the checkpoint, so model.vocab_size / model.max_position would do nothing): each works; and a
+    checkpoint without tokenizer.json gets the data.tokenizer fix, which works."""
+    from sparsejax.data import text
+    from sparsejax.train import Trainer
+
+    corpus = tmp_path / "c.txt"
+    rng = np.random.default_rng(0)  # many distinct words, so that both BPE vocabularies fill up
+    corpus.write_text(" ".join("".join(rng.choice(list("abcdefghijklmnop"), rng.integers(2, 8))) for _ in range(6000)))
+    small = text.train_tokenizer([corpus], 300, tmp_path / "small.json")
+    text.train_tokenizer([corpus], 400, tmp_path / "large.json")
+    assert small.get_vocab_size() < text.load_tokenizer(tmp_path / "large.json").get_vocab_size()
+    cfg = sj.ModelConfig(family="llama", vocab_size=small.get_vocab_size(), d_model=16, n_layers=1, n_heads=2,
+                         d_ff=32, max_position=16)
+    ckpt = tmp_path / "ckpt"
+    sj.save_pretrained(sj.Model(cfg, sj.init_params(cfg, jax.random.PRNGKey(0))), ckpt)   # no tokenizer.json
+    base = [f"model.checkpoint={ckpt}", "data.kind=text", f"data.path={corpus}", "data.batch_size=4",
+            "data.eval_batches=1", "train.steps=1", "gate.enabled=false", "constraint.method=none"]
+    make = lambda extra: Trainer(load_config(None, base + extra), tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match="pass data.tokenizer=PATH/tokenizer.json"):
+        make(["data.seq_len=16"])
+    with pytest.raises(ValueError, match=r"use the checkpoint's own tokenizer \(data.tokenizer=...\)"):
+        make(["data.seq_len=16", f"data.tokenizer={tmp_path / 'large.json'}"])
+    with pytest.raises(ValueError, match="longer than the model's max_position=16; lower data.seq_len$"):
+        make(["data.seq_len=32", f"data.tokenizer={tmp_path / 'small.json'}"])
+    make(["data.seq_len=16", f"data.tokenizer={tmp_path / 'small.json'}"])   # the fixes applied: it builds
