@@ -190,13 +190,8 @@ def main(argv=None):
     for name, model in models.items():  # the smallest edge circuit with 0.9 explained effect, as a graph
         res = results[name]
         if res["edge_circuit"]:
-            c = model.config
-            ws, rs = circuits.writers(c), circuits.readers(c)
-            keep = np.zeros((len(ws), len(rs)), bool)
-            for w, r in res["edge_circuit"]:
-                keep[ws.index(tuple(w)), rs.index(tuple(r))] = True
             path = out / f"{args.task}_{name}_circuit.png"
-            report.draw_circuit(c, keep, path, title=f"{name}: {res['edges_for_0.9']} edges for 0.9 explained effect "
+            report.draw_circuit(model.config, res["edge_circuit"], path, title=f"{name}: {res['edges_for_0.9']} edges for 0.9 explained effect "
                                 f"({res['heads_in_edge_circuit']} heads)")
             print(f"wrote {path}")
 

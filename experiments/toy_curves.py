@@ -5,13 +5,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from sparsejax.report import read_metrics  # noqa: E402
 
 
 def main(argv=None):
@@ -23,11 +24,11 @@ def main(argv=None):
     fig, (ax_d, ax_c) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
     for spec in args.runs:
         path, _, label = spec.partition("=")
-        recs = [json.loads(line) for line in (Path(path) / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        target = next((r["tau"] for r in recs if "tau" in r and "ce" in r), args.tau)
+        train, evals = read_metrics(Path(path) / "metrics.jsonl")
+        target = next((r["tau"] for r in train if "tau" in r), args.tau)
         if target is None:
             raise SystemExit(f"{path} has no CE target (density-target run): pass --tau")
-        evals = [r for r in recs if "eval_ce" in r and "edge_density" in r]
+        evals = [r for r in evals if "eval_ce" in r and "edge_density" in r]
         steps = [r["step"] for r in evals]
         line, = ax_d.plot(steps, [r["edge_density"] for r in evals], label=label or path)
         ax_c.plot(steps, [r["eval_ce"] - target for r in evals], color=line.get_color())

@@ -316,8 +316,8 @@ def _edge_scores_jit(config, params, gate, clean, corrupt, metric, method, steps
     if method == "eap":
         grads = jax.grad(m)(zeros)
     elif method == "eap-ig-activations":
-        return _ig_activation_scores(config, params, gate, clean, corrupt, metric, steps, frozen, diffs, zeros,
-                                     c_clean, c_corrupt) * jnp.asarray(allowed(config))
+        return _ig_activation_scores(config, params, gate, clean, metric, steps, frozen, diffs, zeros,
+                                     c_clean["hook_embed"]) * jnp.asarray(allowed(config))
     else:
         e_clean, e_corrupt = c_clean["hook_embed"], c_corrupt["hook_embed"]
         alphas = (jnp.arange(steps) + 1.0) / steps
@@ -331,28 +331,26 @@ def _writer_groups(config) -> np.ndarray:
     return np.array([0 if w[0] == "embed" else 1 + 2 * w[1] + (w[0] == "mlp") for w in writers(config)])
 
 
-def _ig_activation_scores(config, params, gate, clean, corrupt, metric, steps, frozen, diffs, zeros, c_clean,
-                          c_corrupt):
+def _ig_activation_scores(config, params, gate, clean, metric, steps, frozen, diffs, zeros, embed_clean):
+    """EAP-IG over activations from the writers' output differences ``diffs`` (corrupt - clean, ``[W, B, T, d]``):
+    a group's move is the sum of its writers' differences, added where the group writes (the embedding, a layer's
+    attention output, a layer's MLP output) — no extra forward passes to capture anything."""
     from .models.hooks import PerLayer
 
     L = config.n_layers
-    z = lambda toks: _run(config, params, gate, toks, frozen, capture="attn.hook_z")[1]["captures"]
-    z_clean, z_corrupt = z(clean), z(corrupt)
-    dz = jnp.stack([z_clean[f"blocks.{l}.attn.hook_z"] - z_corrupt[f"blocks.{l}.attn.hook_z"] for l in range(L)])
-    dm = jnp.stack([c_clean[f"blocks.{l}.hook_mlp_out"] - c_corrupt[f"blocks.{l}.hook_mlp_out"] for l in range(L)])
-    e_clean, e_corrupt = c_clean["hook_embed"], c_corrupt["hook_embed"]
-    group = _writer_groups(config)
     g_ids = np.arange(2 * L + 1)
-    is_attn = jnp.asarray(g_ids[:, None] == 1 + 2 * np.arange(L)[None, :], jnp.float32)   # [groups, L]
-    is_mlp = jnp.asarray(g_ids[:, None] == 2 + 2 * np.arange(L)[None, :], jnp.float32)
-    of_group = jnp.asarray(group[None, :] == g_ids[:, None], jnp.float32)                  # [groups, writers]
+    of_group = jnp.asarray(_writer_groups(config)[None, :] == g_ids[:, None], jnp.float32)   # [groups, writers]
+    moved = jnp.einsum("gw,wbtd->gbtd", of_group, diffs)          # each group's corrupt - clean output
+    is_layer = lambda first: jnp.asarray(g_ids[:, None] == first + 2 * np.arange(L)[None, :], jnp.float32)
+    is_attn, is_mlp = is_layer(1), is_layer(2)                     # [groups, L]
+    per_layer = lambda sel, values: PerLayer(sel.reshape(L, 1, 1, 1) * values)
 
     def one(pair):
         gi, a = pair
-        shift = a - 1.0  # the group's output: clean + (a - 1)(clean - corrupt) = corrupt + a (clean - corrupt)
-        extra = {"attn.hook_z": PerLayer(shift * is_attn[gi].reshape(L, *(1,) * (dz.ndim - 1)) * dz),
-                 "hook_mlp_out": PerLayer(shift * is_mlp[gi].reshape(L, *(1,) * (dm.ndim - 1)) * dm),
-                 "hook_embed": e_clean + shift * (gi == 0) * (e_clean - e_corrupt)}
+        shift = 1.0 - a  # the group's output: clean + (1 - a)(corrupt - clean) = corrupt + a (clean - corrupt)
+        extra = {"hook_attn_out": per_layer(shift * is_attn[gi], moved[1::2]),
+                 "hook_mlp_out": per_layer(shift * is_mlp[gi], moved[2::2]),
+                 "hook_embed": embed_clean + shift * (gi == 0) * moved[0]}
 
         def m(deltas):
             logits, _ = _run(config, params, gate, clean, _with_deltas(frozen, deltas, extra))

@@ -384,7 +384,8 @@ READER_COLOURS = {"q": "tab:blue", "k": "tab:green", "v": "tab:orange", "mlp": "
 
 
 def draw_circuit(config, keep, out: Path | None = None, *, scores=None, title: str = ""):
-    """Draw an edge circuit (``keep``: bool ``[writers, readers]``, e.g. :func:`sparsejax.circuits.top_edges`) as a
+    """Draw an edge circuit (``keep``: bool ``[writers, readers]``, e.g. :func:`sparsejax.circuits.top_edges`, or a
+    list of ``(writer, reader)`` edges) as a
     graph: the embedding at the bottom, each layer's heads in a row with its MLP above and to the right, the logits on
     top; one
     line per kept edge from the writer to the reader's node, coloured by what it feeds (a head's q / k / v input,
@@ -394,7 +395,7 @@ def draw_circuit(config, keep, out: Path | None = None, *, scores=None, title: s
 
     plt = _plt()
     ws, rs = circuits.writers(config), circuits.readers(config)
-    keep = np.asarray(keep, bool)
+    keep = np.asarray(keep, bool) if hasattr(keep, "shape") else circuits._edge_matrix(config, keep)
     if keep.shape != (len(ws), len(rs)):
         raise ValueError(f"keep must be a [writers, readers] = {(len(ws), len(rs))} bool matrix (circuits.top_edges), "
                          f"got {keep.shape}")

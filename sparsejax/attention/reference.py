@@ -25,14 +25,12 @@ def attention_weights(q, k, gate: Gate | None, *, causal: bool, train: bool, see
     kh = jnp.repeat(k.astype(jnp.float32), h // kv_heads, axis=2)
     s = jnp.einsum("bthd,bshd->bhts", q.astype(jnp.float32), kh) / jnp.sqrt(jnp.float32(d))
     mask = causal_mask(t, s_len) if causal else jnp.ones((t, s_len), bool)
-    if attention_mask is not None:  # [B, 1, T, S]: the pairs of real tokens
+    if attention_mask is not None:
         real = jnp.asarray(attention_mask).astype(bool)
-        mask = mask[None, None] & real[:, None, :, None] & real[:, None, None, :]
-        keys = jnp.broadcast_to(jnp.asarray(causal_mask(t, s_len) if causal else True)[None, None]
-                                & real[:, None, None, :], mask.shape)
-        logits = jnp.where(keys, s, -jnp.inf)
-        p = jnp.where(jnp.any(keys, -1, keepdims=True), jax.nn.softmax(
-            jnp.where(jnp.any(keys, -1, keepdims=True), logits, 0.0), axis=-1), 0.0)
+        keys = mask[None, None] & real[:, None, None, :]   # [B, 1, T, S]: the real keys each query's softmax sees
+        mask = keys & real[:, None, :, None]                # the pairs of real tokens
+        has_key = jnp.any(keys, -1, keepdims=True)          # a left-padded query may have none: its row is 0
+        p = jnp.where(has_key, jax.nn.softmax(jnp.where(keys, s, jnp.where(has_key, -jnp.inf, 0.0)), axis=-1), 0.0)
     else:
         p = jax.nn.softmax(jnp.where(mask, s, -jnp.inf), axis=-1)  # softmax over all (causal) keys, as dense
 
