@@ -30,29 +30,31 @@ from pathlib import Path
 import numpy as np
 
 
-def analyse(model, clean, corrupt, metric, target) -> dict:
+def analyse(model, clean, corrupt, metric, target, attention_mask=None) -> dict:
     from sparsejax import circuits
 
     c, p, g = model.config, model.params, model.gate
-    exact = circuits.patching_effects(c, p, g, clean, corrupt, metric)
-    eap = circuits.eap_scores(c, p, g, clean, corrupt, metric)
+    pad = dict(attention_mask=attention_mask)   # a left-padded batch (templated tasks of several lengths) or None
+    exact = circuits.patching_effects(c, p, g, clean, corrupt, metric, **pad)
+    eap = circuits.eap_scores(c, p, g, clean, corrupt, metric, **pad)
     heads = [n for n in circuits.nodes(c) if n[0] == "head"]
     others = [n for n in circuits.nodes(c) if n[0] != "head"]
     ranked = sorted(heads, key=lambda n: exact[n])   # patching a helpful head lowers the metric: most negative first
-    curve = [circuits.explained_effect(c, p, g, clean, corrupt, metric, others + ranked[:k])
+    curve = [circuits.explained_effect(c, p, g, clean, corrupt, metric, others + ranked[:k], **pad)
              for k in range(len(heads) + 1)]
     need = next((k for k, e in enumerate(curve) if e >= 0.9), None)
-    edge_scores = circuits.edge_score_matrix(c, p, g, clean, corrupt, metric, method="eap-ig", steps=5)
-    n_edges, edge_curve = circuits.smallest_edge_circuit(c, p, g, clean, corrupt, metric, edge_scores, 0.9)
+    edge_scores = circuits.edge_score_matrix(c, p, g, clean, corrupt, metric, method="eap-ig", steps=5, **pad)
+    n_edges, edge_curve = circuits.smallest_edge_circuit(c, p, g, clean, corrupt, metric, edge_scores, 0.9, **pad)
     kept = circuits.top_edges(c, edge_scores, n_edges) if n_edges else None
-    att = circuits.attention_attribution(c, p, g, clean, target)
+    att = circuits.attention_attribution(c, p, g, clean, target, **pad)
     heads80, ranking = circuits.heads_for_share(att["per_head"], 0.8)
     mags = np.array([abs(v) for _, _, v in ranking])
     import jax.numpy as jnp
     from sparsejax.models import forward
 
-    m_clean = float(jnp.mean(metric(forward(c, p, clean, g, mode="eval")[0])))
-    m_corrupt = float(jnp.mean(metric(forward(c, p, corrupt, g, mode="eval")[0])))
+    fw = circuits.padding(attention_mask)
+    m_clean = float(jnp.mean(metric(forward(c, p, clean, g, mode="eval", **fw)[0])))
+    m_corrupt = float(jnp.mean(metric(forward(c, p, corrupt, g, mode="eval", **fw)[0])))
     return {"m_clean": m_clean, "m_corrupt": m_corrupt, "curve": curve, "heads_for_0.9": need,
             "ranked_heads": [list(n) for n in ranked], "eap_vs_exact_corr": circuits.correlation(eap, exact),
             "top3_agreement": circuits.rank_agreement(eap, exact, 3),
@@ -128,7 +130,7 @@ def main(argv=None):
         task = make_task(args.seed + k)
         clean, corrupt = jnp.asarray(task.clean), jnp.asarray(task.corrupt)
         for name, model in models.items():
-            res = analyse(model, clean, corrupt, task.metric, task.good)
+            res = analyse(model, clean, corrupt, task.metric, task.good, task.attention_mask)
             keys = ("heads_for_0.9", "edges_for_0.9", "heads_in_edge_circuit", "attribution_heads_for_0.8")
             over_sets[name].append({key: res[key] for key in keys})
             if k == 0:

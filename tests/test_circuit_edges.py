@@ -169,3 +169,67 @@ def test_attention_attribution_decomposes_the_logit(family):
     k, ranking = circuits.heads_for_share(att["per_head"], 0.8)
     assert 1 <= k <= 8 and len(ranking) == 8
     assert circuits.heads_for_share(np.eye(8)[None, :1].reshape(1, 2, 4), 0.8)[0] == 1
+
+
+def test_left_padded_batches_equal_their_unpadded_groups():
+    """A left-padded batch of prompts of two lengths gives the circuit quantities of the prompts run unpadded, group
+    by group (scores and effects are means over examples, so the padded batch's are the size-weighted means of
+    the groups'): node EAP and exact patching, edge EAP / EAP-IG and exact edge patching, the explained effect of a
+    circuit, and the attention attribution per example. Gated GQA model, frozen and recomputed gates."""
+    config, params, gate = _setup(True)[:3]
+    rng = np.random.default_rng(3)
+    groups = []
+    for n, t in ((3, 7), (5, 10)):
+        clean = rng.integers(1, 24, size=(n, t))
+        corrupt = clean.copy()
+        corrupt[:, t - 6] = (clean[:, t - 6] + 1 + rng.integers(0, 22, size=n)) % 24
+        groups.append((clean, corrupt, rng.integers(0, 24, size=n), rng.integers(0, 24, size=n)))
+    T = max(g[0].shape[1] for g in groups)
+    lpad = lambda x: np.pad(x, ((0, 0), (T - x.shape[1], 0)))
+    clean = np.concatenate([lpad(g[0]) for g in groups])
+    corrupt = np.concatenate([lpad(g[1]) for g in groups])
+    mask = np.concatenate([lpad(np.ones_like(g[0])) for g in groups])
+    good, bad = np.concatenate([g[2] for g in groups]), np.concatenate([g[3] for g in groups])
+    sizes = np.array([len(g[0]) for g in groups], float)
+    wmean = lambda vals: sum(s * v for s, v in zip(sizes, vals)) / sizes.sum()
+    metric = circuits.logit_diff(good, bad)
+    gm = [circuits.logit_diff(g[2], g[3]) for g in groups]
+    pad = dict(attention_mask=mask)
+    for gates, method in (("recompute", "eap"), ("frozen", "eap-ig")):
+        got = circuits.edge_score_matrix(config, params, gate, clean, corrupt, metric, method=method, gates=gates,
+                                         **pad)
+        parts = [circuits.edge_score_matrix(config, params, gate, g[0], g[1], m, method=method, gates=gates)
+                 for g, m in zip(groups, gm)]
+        np.testing.assert_allclose(got, wmean(parts), rtol=1e-4, atol=1e-6)
+    kw = dict(gates="frozen")  # from here on the path with most parts
+    for fn in (circuits.eap_scores, circuits.patching_effects):
+        got_n = fn(config, params, gate, clean, corrupt, metric, **kw, **pad)
+        parts_n = [fn(config, params, gate, g[0], g[1], m, **kw) for g, m in zip(groups, gm)]
+        for node in got_n:
+            assert got_n[node] == pytest.approx(wmean([p[node] for p in parts_n]), rel=1e-4, abs=1e-6), (fn, node)
+    only = circuits.edges(config)[::7]
+    got_e = circuits.edge_patching_effects(config, params, gate, clean, corrupt, metric, only=only, **kw, **pad)
+    parts_e = [circuits.edge_patching_effects(config, params, gate, g[0], g[1], m, only=only, **kw)
+               for g, m in zip(groups, gm)]
+    for e in got_e:
+        assert got_e[e] == pytest.approx(wmean([p[e] for p in parts_e]), rel=1e-4, abs=1e-6)
+    # explained effect: a ratio of means, rebuilt from each group's clean / corrupt / circuit means
+    keep = circuits.top_edges(config, got, 12)
+    ev = [circuits.EdgeCircuitEvaluator(config, params, gate, g[0], g[1], m, **kw) for g, m in zip(groups, gm)]
+    m_circ = [e.m_corrupt + e.explained(keep) * (e.m_clean - e.m_corrupt) for e in ev]
+    want = ((wmean(m_circ) - wmean([e.m_corrupt for e in ev])) /
+            (wmean([e.m_clean for e in ev]) - wmean([e.m_corrupt for e in ev])))
+    got_x = circuits.edge_explained_effect(config, params, gate, clean, corrupt, metric, keep, **kw, **pad)
+    assert 0.05 < abs(want) and got_x == pytest.approx(want, rel=1e-4, abs=1e-6)
+    att = circuits.attention_attribution(config, params, gate, clean, good, **pad)
+    start = 0
+    for g in groups:
+        n, t = g[0].shape
+        part = circuits.attention_attribution(config, params, gate, g[0], g[2])
+        for key in ("per_head", "logit", "other"):
+            np.testing.assert_allclose(att[key][start:start + n], part[key], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(att["per_key"][start:start + n, ..., T - t:], part["per_key"], rtol=1e-4, atol=1e-5)
+        assert not att["per_key"][start:start + n, ..., :T - t].any()  # padding keys contribute exactly nothing
+        start += n
+    with pytest.raises(ValueError, match="left padding"):
+        circuits.eap_scores(config, params, gate, clean, corrupt, metric, attention_mask=mask[:, ::-1])

@@ -29,9 +29,13 @@ def _word_tokenizer():
 def test_ioi_pairs_and_answers():
     tok = _word_tokenizer()
     t = tasks.ioi(tok, 24, seed=1)
-    assert t.clean.shape == t.corrupt.shape and 0 < len(t.clean) <= 24
-    assert not (t.clean == tok.token_to_id("[UNK]")).any()
-    for row_c, row_x, good, bad, prompt in zip(t.clean, t.corrupt, t.good, t.bad, t.prompts):
+    assert t.clean.shape == t.corrupt.shape and len(t.clean) == 24
+    # the three templates differ in length: left padding, the mask marks each prompt's own tokens
+    lengths = t.attention_mask.sum(1)
+    assert len(set(lengths)) > 1 and (t.attention_mask[:, -1] == 1).all()
+    assert (np.diff(t.attention_mask, axis=1) >= 0).all()  # zeros (padding) only on the left
+    for row_c, row_x, good, bad, prompt, n in zip(t.clean, t.corrupt, t.good, t.bad, t.prompts, lengths):
+        assert list(row_c[-n:]) == tok.encode(prompt).ids and not (row_c[-n:] == tok.token_to_id("[UNK]")).any()
         diff = np.nonzero(row_c != row_x)[0]
         assert len(diff) == 1 and row_c[diff[0]] == bad  # only the second subject mention changed
         io = tok.id_to_token(int(good))
@@ -51,6 +55,7 @@ def test_greater_than_and_docstring():
     logits[:, -1, years] = np.arange(100, dtype=np.float32)     # logit of year y = y
     above = [np.arange(y + 1, 100).mean() - np.arange(0, y + 1).mean() for y in yy]   # by hand
     np.testing.assert_allclose(np.asarray(t.metric(jnp.asarray(logits))), above, rtol=1e-5)
+    assert t.attention_mask is None  # one template, one length: no padding
     d = tasks.docstring(tok, 8, seed=0)
     assert d.clean.shape == d.corrupt.shape and (d.good != d.bad).all()
     for row, good in zip(d.clean, d.good):
@@ -73,6 +78,8 @@ def test_tasks_drive_edge_scores_and_errors():
         tasks.ioi(tiny, 4)
     with pytest.raises(ValueError, match="every two-digit year"):
         tasks.greater_than(tiny, 4)
+    with pytest.raises(ValueError, match="aligned token for token"):
+        tasks._batch(tiny, ["Mary"], ["Mary Mary"])
 
 
 @pytest.fixture(scope="module")

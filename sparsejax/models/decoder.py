@@ -202,10 +202,11 @@ def forward(config: ModelConfig, params: dict, tokens, gate: Any = None, *, mode
         if positions.shape != (b, t) or not jnp.issubdtype(positions.dtype, jnp.integer):
             raise ValueError(f"positions must be integer ids of the tokens' shape {(b, t)}, got {positions.dtype} "
                              f"{positions.shape}")
-        if not isinstance(positions, jax.core.Tracer) and not 0 <= int(positions.min()) <= int(positions.max()) \
-                < c.max_position:
-            raise ValueError(f"positions must lie in [0, {c.max_position}) (the model's max_position), got "
-                             f"[{int(positions.min())}, {int(positions.max())}]")
+        if not isinstance(positions, jax.core.Tracer):  # on the host, as the token ids above
+            lo, hi = int(np.asarray(positions).min()), int(np.asarray(positions).max())
+            if not 0 <= lo <= hi < c.max_position:
+                raise ValueError(f"positions must lie in [0, {c.max_position}) (the model's max_position), got "
+                                 f"[{lo}, {hi}]")
     gate = model_gate(gate, c)
     if gate is not None and mode == "train" and seed is None:
         raise ValueError("mode='train' samples gates and needs seed=; pass mode='eval' for deterministic gates")
