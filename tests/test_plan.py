@@ -11,7 +11,7 @@ import pytest
 from sparsejax import cli
 from sparsejax.plan import SHAPES, parse_mesh, plan_overrides
 
-TINY = ["model.d_model=32", "model.n_layers=2", "model.n_heads=4", "model.d_ff=64", "data.batch_size=16",
+TINY = ["model.family=llama", "model.d_model=32", "model.n_layers=2", "model.n_heads=4", "model.d_ff=64", "data.batch_size=16",
         "data.eval_batches=1", "gate.enabled=true"]
 
 

@@ -13,7 +13,7 @@ import pytest
 from sparsejax.config import load_config
 from sparsejax.train import NonFiniteError, Trainer
 
-TINY = ["model.d_model=32", "model.n_layers=2", "model.n_heads=4", "model.d_ff=64", "data.batch_size=16",
+TINY = ["model.family=llama", "model.d_model=32", "model.n_layers=2", "model.n_heads=4", "model.d_ff=64", "data.batch_size=16",
         "data.eval_batches=2", "train.log_every=1"]
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,7 +66,8 @@ def test_pretrain_then_posttrain_short(tmp_path):
     assert not np.allclose(model.gate.bias, 3.0)  # learnable bias moved
 
     lora = load_config("toy_addition_posttrain", TINY + ["train.steps=5", f"model.checkpoint={tmp_path / 'dense' / 'model'}",
-                                                         "train.lora_rank=2", "train.lora_modules=attn.q,attn.v"])
+                                                         "train.lora_rank=2", "train.lora_modules=attn.q,attn.v",
+                                                         "gate.learnable=false", "gate.bias_lr=null"])
     trainer = Trainer(lora, tmp_path / "lora", progress=False)
     trainer.fit()
     assert set(trainer.state["trainable"]) == {"lora"}

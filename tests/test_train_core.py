@@ -14,7 +14,7 @@ from sparsejax.config import load_config, model_config
 from sparsejax.train import StepSpec, make_eval_step, make_train_step
 from sparsejax.train import state as st, step as stp
 
-TINY = ["model.d_model=32", "model.n_layers=2", "model.n_heads=4", "model.d_ff=64", "data.batch_size=16",
+TINY = ["model.family=llama", "model.d_model=32", "model.n_layers=2", "model.n_heads=4", "model.d_ff=64", "data.batch_size=16",
         "data.eval_batches=2", "train.log_every=1"]
 
 
@@ -172,14 +172,15 @@ def test_density_target_mode_on_the_toy(tmp_path):
     ("train.log_every=0", "train.log_every=0 must"), ("constraint.alpha=1.0", "constraint.alpha=1.0 must"),
     ("constraint.density_target=2", "density_target=2.0 must be a share"),
     ("train.warmup=-1", "train.warmup=-1 must"), ("gate.per=row", "gate.per='row' must be model, layer or head"),
-    ("gate.bias_lr=0.03", "gate.bias_lr=0.03 has no effect while gate.learnable=false: set gate.learnable=true"),
+    ("gate.learnable=false gate.bias_lr=0.03",
+     "gate.bias_lr=0.03 has no effect while gate.learnable=false: set gate.learnable=true"),
 ])
 def test_invalid_values_are_refused_before_anything_runs(override, message, tmp_path):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("*", r"\*")):
-        load_config("toy_addition_posttrain", ["train.steps=100", override])
+        load_config("toy_addition_posttrain", ["train.steps=100", *override.split()])
     from sparsejax import cli
     run = tmp_path / "run"
-    assert cli.main(["posttrain", "toy_addition_posttrain", str(run), "train.steps=100", override]) == 2
+    assert cli.main(["posttrain", "toy_addition_posttrain", str(run), "train.steps=100", *override.split()]) == 2
     assert not run.exists()
 
 
