@@ -15,6 +15,9 @@ and every MLP (``blocks.l.hook_mlp_out``). A metric maps logits ``[B, T, V]`` to
 Sparse models: the model runs in eval mode (deterministic gates). ``gates="recompute"`` (default) lets a patched run
 recompute its gates from its own queries and keys; ``gates="frozen"`` fixes every layer's gates to the clean run's
 (patching ``attn.hook_gate``; materialises the T x T pattern: for analysis sizes).
+
+Prompts of several lengths: every function takes ``attention_mask=`` (``[B, T]``, 1 = token) for a left-padded batch,
+shared by the clean and corrupted prompts (:func:`padding`; ``sparsejax.tasks`` builds such batches).
 """
 from __future__ import annotations
 
