@@ -38,6 +38,11 @@ def test_controller_summary_and_curve_figure(tmp_path):
     assert s["final_density"] == 0.008 and abs(s["final_ce_minus_tau"] + 0.2) < 1e-12
     assert abs(s["worst_excursion"] - 0.2) < 1e-12  # step 10, not the gated start's 0.4
     assert s["steps_to_5pct"] == 10 and s["steps_to_1pct"] == 20
+    # tau measured on training batches: the held-out target is the dense held-out CE (step 0) + slack
+    recs[0]["dense_eval_ce"] = 0.25
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    s = controllers.summarise(tmp_path, 0.5, slack=0.05)
+    assert abs(s["final_ce_minus_tau"] - 0.0) < 1e-12 and abs(s["worst_excursion"] - 0.4) < 1e-12
     subprocess.run([sys.executable, "experiments/toy_curves.py", "--out", str(tmp_path / "c.png"), f"{tmp_path}=run"],
                    check=True, cwd=REPO, capture_output=True)
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
