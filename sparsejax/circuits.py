@@ -85,8 +85,11 @@ def _frozen_gates(config, params, gate, tokens, how: str, pad=None) -> dict:
 
 def activations(config, params, gate, tokens, interventions=None, *, attention_mask=None) -> dict:
     """The node activations of a run: ``hook_embed`` and every layer's ``attn.hook_z`` and ``hook_mlp_out``."""
-    return dict(_run(config, params, gate, tokens, interventions, capture=_hook_names(config),
-                     pad=padding(attention_mask))[1]["captures"])
+    return _activations(config, params, gate, tokens, interventions, padding(attention_mask))
+
+
+def _activations(config, params, gate, tokens, interventions, pad) -> dict:
+    return dict(_run(config, params, gate, tokens, interventions, capture=_hook_names(config), pad=pad)[1]["captures"])
 
 
 def _node_value(acts: dict, node):
@@ -102,8 +105,8 @@ def eap_scores(config, params, gate, clean, corrupt, metric, *, gates: str = "re
     """Attribution-patching score of every node (:func:`nodes` order), as ``{node: float}`` (mean over examples)."""
     pad = padding(attention_mask)
     frozen = _frozen_gates(config, params, gate, clean, gates, pad)
-    a_clean = activations(config, params, gate, clean, frozen, attention_mask=attention_mask)
-    a_corrupt = activations(config, params, gate, corrupt, frozen, attention_mask=attention_mask)
+    a_clean = _activations(config, params, gate, clean, frozen, pad)
+    a_corrupt = _activations(config, params, gate, corrupt, frozen, pad)
     names = _hook_names(config)
     deltas = {n: jnp.zeros_like(a_clean[n]) for n in names}
 
@@ -139,7 +142,7 @@ def patching_effects(config, params, gate, clean, corrupt, metric, *, gates: str
     """Exact activation patching: ``{node: mean metric(clean with node corrupted) - mean metric(clean)}``."""
     pad = padding(attention_mask)
     frozen = _frozen_gates(config, params, gate, clean, gates, pad)
-    a_corrupt = activations(config, params, gate, corrupt, frozen, attention_mask=attention_mask)
+    a_corrupt = _activations(config, params, gate, corrupt, frozen, pad)
     base = float(jnp.mean(metric(_run(config, params, gate, clean, frozen, pad=pad)[0])))
     out = {}
     for node in nodes(config):
@@ -154,7 +157,7 @@ def explained_effect(config, params, gate, clean, corrupt, metric, keep, *, gate
     input (every other node patched to its corrupted activation); means over examples."""
     pad = padding(attention_mask)
     frozen = _frozen_gates(config, params, gate, clean, gates, pad)
-    a_corrupt = activations(config, params, gate, corrupt, frozen, attention_mask=attention_mask)
+    a_corrupt = _activations(config, params, gate, corrupt, frozen, pad)
     m_clean = float(jnp.mean(metric(_run(config, params, gate, clean, frozen, pad=pad)[0])))
     m_corrupt = float(jnp.mean(metric(_run(config, params, gate, corrupt, frozen, pad=pad)[0])))
     patch = set(nodes(config)) - set(map(tuple, keep))
