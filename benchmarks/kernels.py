@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -41,14 +42,16 @@ def _inputs(b, t, h, kvh, d, dtype, seed=0):
 
 
 # ------------------------------------------------------------------------------------------------ correctness
-def check(t, dtype, mode, *, b=1, h=4, kvh=2, d=128, bias=0.5, seed=7, windows=4):
+def check(t, dtype, mode, *, b=1, h=4, kvh=2, d=128, bias=0.5, seed=7, windows=4, blocks=None):
+    blocks = blocks or {}
     q, k, v = _inputs(b, t, h, kvh, d, dtype, seed=t)
     hb = jnp.asarray(np.linspace(-bias, bias, h), jnp.float32)
     ct = jnp.asarray(np.random.default_rng(1).normal(size=(b, t, h, d)), dtype)
 
     def grads(impl):
         def loss(qq, kk, vv, bb):
-            out, st = sj.sparse_attention(qq, kk, vv, sj.Gate(bb), mode=mode, seed=seed, implementation=impl)
+            out, st = sj.sparse_attention(qq, kk, vv, sj.Gate(bb), mode=mode, seed=seed, implementation=impl,
+                                          **(blocks if impl == "pallas" else {}))
             return (jnp.sum((out * ct).astype(jnp.float32)) + jnp.sum(st.expected_density * 100.0),
                     (out, st.expected_density, st.edge_density))
         f = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3), has_aux=True))
@@ -67,7 +70,8 @@ def check(t, dtype, mode, *, b=1, h=4, kvh=2, d=128, bias=0.5, seed=7, windows=4
     _, _, _, adj = reference_attention(q, k, k, gate, causal=True, train=train,
                                        seed=jnp.uint32(seed) if train else None, return_adjacency=True)
     adj = np.asarray(adj)
-    eff = jax.jit(lambda vv: sj.sparse_attention(q, k, vv, gate, mode=mode, seed=seed, implementation="pallas")[0])
+    eff = jax.jit(lambda vv: sj.sparse_attention(q, k, vv, gate, mode=mode, seed=seed, implementation="pallas",
+                                                 **blocks)[0])
     starts = sorted({int(x) for x in np.linspace(0, max(t - d, 0), windows)})
     wrong = total = 0
     for j0 in starts:
@@ -97,12 +101,13 @@ def _median_ms(fn, args, block, repeats):
     return statistics.median(ts) * 1e3
 
 
-def jax_step(impl, bias):
+def jax_step(impl, bias, blocks=None):
     def loss(q, k, v):
         if impl in ("cudnn", "xla"):
             return jnp.sum(jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=impl)
                            .astype(jnp.float32))
-        out, st = sj.sparse_attention(q, k, v, bias, mode="train", seed=0, implementation=impl)
+        out, st = sj.sparse_attention(q, k, v, bias, mode="train", seed=0, implementation=impl,
+                                      **((blocks or {}) if impl == "pallas" else {}))
         return jnp.sum(out.astype(jnp.float32)) + jnp.sum(st.expected_density)
     return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
 
@@ -145,7 +150,7 @@ def torch_steps(bias):
     return torch, {"torch fused SDPA (dense)": wrap(sdpa), "torch plain formula (sparse)": wrap(plain)}
 
 
-def speed(seqs, b, h, d, dtype, bias, repeats, max_plain_seq):
+def speed(seqs, b, h, d, dtype, bias, repeats, max_plain_seq, blocks=None):
     backend = jax.default_backend()
     dense = "cudnn" if backend == "gpu" else "xla"
     impls = {"sparsejax pallas (sparse, fused)": "pallas", "sparsejax chunked (sparse, XLA)": "chunked",
@@ -159,7 +164,7 @@ def speed(seqs, b, h, d, dtype, bias, repeats, max_plain_seq):
         res = {}
         for name, impl in impls.items():
             try:
-                fn = jax_step(impl, bias)
+                fn = jax_step(impl, bias, blocks)
                 mem = fn.lower(q, k, v).compile().memory_analysis().temp_size_in_bytes / 2**20
                 res[name] = (_median_ms(fn, (q, k, v), jax.block_until_ready, repeats), mem)
             except Exception as e:  # noqa: BLE001 - a row that fails is reported, the table goes on
@@ -202,10 +207,17 @@ def main(argv=None):
     p.add_argument("--bias", type=float, default=2.0, help="gate bias of the speed runs (most gates open)")
     p.add_argument("--repeats", type=int, default=10 if on_gpu else 2)
     p.add_argument("--max-plain-seq", type=int, default=4096)
+    p.add_argument("--blocks", default=None,
+                   help="kernel options for every pallas run: a JSON object or a JSON file (kernel_tuning.py "
+                        "--write-best); default attention.pallas.BLOCK_SIZES")
     args = p.parse_args(argv)
+    blocks = None
+    if args.blocks:
+        text = open(args.blocks).read() if os.path.exists(args.blocks) else args.blocks
+        blocks = json.loads(text)
     dev = jax.devices()[0]
     print(f"# device: {getattr(dev, 'device_kind', dev.platform)} ({jax.default_backend()}), jax {jax.__version__}, "
-          f"host {platform.machine()} cpus={os.cpu_count()}", flush=True)
+          f"host {platform.machine()} cpus={os.cpu_count()}; pallas options: {blocks or 'defaults'}", flush=True)
 
     if args.check_seq:
         jax.config.update("jax_default_matmul_precision", "highest")  # the reference in true float32
@@ -216,7 +228,7 @@ def main(argv=None):
             for dtype in (jnp.float32, jnp.bfloat16):
                 for mode in ("train", "eval"):
                     try:
-                        r = check(t, dtype, mode, d=args.dim)
+                        r = check(t, dtype, mode, d=args.dim, blocks=blocks)
                         print(f"| {t} | {jnp.dtype(dtype).name} | {'sampled' if mode == 'train' else 'eval'} | "
                               + " | ".join(f"{r[c]:.1e}" for c in ("out", "dq", "dk", "dv", "dbias", "density",
                                                                    "edge_density"))
@@ -228,7 +240,7 @@ def main(argv=None):
 
     if args.seq:
         rows, ref_name = speed(args.seq, args.batch, args.heads, args.dim, jnp.bfloat16, args.bias, args.repeats,
-                               args.max_plain_seq)
+                               args.max_plain_seq, blocks)
         fmt = lambda x, spec: "—" if x != x else format(x, spec)
         print(f"\n# fwd+bwd, train mode (sampled gates), causal, bf16, batch {args.batch}, {args.heads} heads x "
               f"{args.dim}; ratio = time / {ref_name}")

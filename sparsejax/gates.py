@@ -193,10 +193,11 @@ def is_edge(gate: Gate, g):
 
 def expected_gate(gate: Gate, g):
     """Probability that the pair is an edge: ``sigmoid(g)`` (Bernoulli) or the expected L0 (hard-concrete)."""
-    return jax.nn.sigmoid(g - _l0_shift(gate))
+    shift = _l0_shift(gate)
+    return jax.nn.sigmoid(g - shift if shift else g)  # the same op as the sample's sigmoid(g): kernels share it
 
 
 def expected_gate_slope(gate: Gate, g):
     """``d expected_gate / d g``."""
-    e = jax.nn.sigmoid(g - _l0_shift(gate))
+    e = expected_gate(gate, g)
     return e * (1.0 - e)

@@ -59,9 +59,11 @@ def test_forward_and_gates_match_oracle(family, mode, causal):
     assert 0.05 < o_adj.mean() < 0.95
 
 
-@pytest.mark.parametrize("family, mode", [("bernoulli", "train"), ("hard_concrete", "train"), ("bernoulli", "eval")])
-def test_gradients_match_reference(family, mode):
-    """d/d(q, k, v, bias) of sum(out * w) + sum(density^2): GQA, odd length, tiles that do not divide T."""
+@pytest.mark.parametrize("family, mode, backward", [("bernoulli", "train", "split"), ("hard_concrete", "train", "split"),
+                                                    ("bernoulli", "eval", "split"), ("bernoulli", "train", "atomic")])
+def test_gradients_match_reference(family, mode, backward):
+    """d/d(q, k, v, bias) of sum(out * w) + sum(density^2): GQA, odd length, tiles that do not divide T (padded
+    rows and keys), both backward variants (two kernels; one kernel with atomic dq)."""
     b, t, h, kvh, d = 2, 13, 4, 2, 8
     q, k, v = _qkv(b=b, t=t, h=h, kvh=kvh, d=d, seed=3)
     bias = jnp.asarray([0.4, -0.3, 0.9, 0.0], jnp.float32)
@@ -76,7 +78,7 @@ def test_gradients_match_reference(family, mode):
         return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3), has_aux=True))(q, k, v, bias)
 
     (_, ref_aux), ref_grads = run("reference")
-    (_, pal_aux), pal_grads = run("pallas", block_q=8, block_k=4, block_q_bwd=4, block_k_bwd=8)
+    (_, pal_aux), pal_grads = run("pallas", block_q=8, block_k=4, block_q_bwd=4, block_k_bwd=8, backward=backward)
     chex.assert_trees_all_close(pal_aux, ref_aux, atol=2e-5, rtol=1e-5)
     chex.assert_trees_all_close(pal_grads, ref_grads, atol=5e-5, rtol=1e-4)
     assert np.abs(np.asarray(ref_grads[3])).max() > 1e-3  # the bias path carries gradient
@@ -84,10 +86,11 @@ def test_gradients_match_reference(family, mode):
 
 def test_dense_and_noncausal_gradients_match_reference():
     q, k, v = _qkv(t=10, h=2, kvh=1, seed=4)
-    for gate, causal in ((None, True), (0.5, False)):
+    for gate, causal, backward in ((None, True, "split"), (0.5, False, "split"), (0.5, False, "atomic")):
         def loss(impl, qq, kk, vv):
+            kw = dict(BLOCKS, backward=backward) if impl == "pallas" else {}
             out, st = sj.sparse_attention(qq, kk, vv, gate, mode="train", seed=1, causal=causal,
-                                          implementation=impl, **(BLOCKS if impl == "pallas" else {}))
+                                          implementation=impl, **kw)
             return jnp.sum(out ** 2) + jnp.sum(st.expected_density)
         want = jax.jit(jax.grad(lambda *a: loss("reference", *a), argnums=(0, 1, 2)))(q, k, v)
         got = jax.jit(jax.grad(lambda *a: loss("pallas", *a), argnums=(0, 1, 2)))(q, k, v)
@@ -131,20 +134,25 @@ def test_dispatch_and_errors():
     assert resolve_implementation("pallas", q, k, v) == "pallas"
     with pytest.raises(ValueError, match="unknown block option"):
         sj.sparse_attention(q, k, v, 1.0, mode="eval", implementation="pallas", block_x=8)
+    with pytest.raises(ValueError, match="backward='fused' is not available"):
+        sj.sparse_attention(q, k, v, 1.0, mode="eval", implementation="pallas", backward="fused")
+    with pytest.raises(ValueError, match="no atomic adds"):
+        pallas_attention(q, k, v, None, causal=True, train=False, seed=None, return_adjacency=False, backend="tpu",
+                         backward="atomic")
     with pytest.raises(ValueError, match="block_q/block_k only"):
         sj.sparse_attention(q, k, v, 1.0, mode="eval", implementation="chunked", num_warps=4)
     with pytest.raises(ValueError, match="head_dim 8.*use implementation='chunked'"):  # Triton needs >= 16
         pallas_attention(q, k, v, None, causal=True, train=False, seed=None, return_adjacency=False, backend="gpu")
 
 
-def _lower_for(backend, platform, d=128, t=256):
+def _lower_for(backend, platform, d=128, t=256, **blocks):
     q = jax.ShapeDtypeStruct((1, t, 4, d), jnp.bfloat16)
     k = jax.ShapeDtypeStruct((1, t, 2, d), jnp.bfloat16)
     bias = jax.ShapeDtypeStruct((4,), jnp.float32)
 
     def loss(qq, kk, vv, bb):
         out, dens, _, _ = pallas_attention(qq, kk, vv, sj.Gate(bb), causal=True, train=True, seed=jnp.uint32(3),
-                                           return_adjacency=False, backend=backend)
+                                           return_adjacency=False, backend=backend, **blocks)
         return jnp.sum(out.astype(jnp.float32)) + jnp.sum(dens)
 
     traced = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3))).trace(q, k, k, bias)
@@ -156,6 +164,7 @@ def test_kernels_lower_for_gpu_and_tpu():
     checks block shapes, layouts and op support; the final compilation needs the accelerator."""
     text = _lower_for("gpu", "cuda")
     assert text.count("sparse_attention_") >= 3
+    assert "sparse_attention_bwd_atomic" in _lower_for("gpu", "cuda", backward="atomic")
     from sparsejax.attention.skipping import block_skipping_attention
 
     q = jax.ShapeDtypeStruct((1, 256, 4, 64), jnp.bfloat16)

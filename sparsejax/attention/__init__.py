@@ -127,7 +127,7 @@ def sparse_attention(q, k, v, gate: Any = None, *, causal: bool = True, mode: st
         0) and densities average over pairs of real tokens. Materialised (``"reference"``; ``"auto"`` picks it):
         for analysis batches of prompts of different lengths, not for long-context training.
       block_sizes: ``block_q``/``block_k`` for the chunked implementation; for ``"pallas"`` also ``block_q_bwd``,
-        ``block_k_bwd``, ``num_warps``, ``num_stages`` (defaults: ``attention.pallas.BLOCK_SIZES``).
+        ``block_k_bwd``, ``num_warps``, ``num_stages``, ``backward`` (defaults: ``attention.pallas.BLOCK_SIZES``).
 
     Returns:
       ``(out, AttentionStats(expected_density [batch, heads], adjacency or None))``.

@@ -7,8 +7,14 @@ CPU: slow, for correctness). The mathematics is that of ``chunked.py`` (docs/met
   keep the running max ``m``, the softmax denominator ``l`` over **all** causal keys and the gated numerator
   ``acc = sum_j exp(s_ij - m) A_ij v_j``; write ``out = acc / l``, the row log-sum-exp, and per row the sum of
   expected gates and the count of open (eval-mode) edges — never a T x T array.
-* backward, ``dk``/``dv``: one program per (batch, head, key block), looping over query blocks; ``dq`` and the
-  bias gradient: one program per (batch, head, query block), looping over key blocks. Both regenerate the gates.
+* backward, ``backward="split"`` (deterministic): ``dk``/``dv``: one program per (batch, head, key block), looping
+  over query blocks; ``dq`` and the bias gradient: one program per (batch, head, query block), looping over key
+  blocks. Both regenerate the gates. ``backward="atomic"`` (GPU): one kernel, the ``dk``/``dv`` programs also add
+  their ``dq`` and bias-gradient contributions to float32 buffers with atomic adds (one recomputation of each tile
+  instead of two; the summation order, hence the last bits of ``dq``, varies from run to run).
+* causal tiles are split: tiles wholly below the diagonal (and inside the sequence) run without any mask
+  arithmetic; only the diagonal and edge tiles compute the validity mask. Padded rows are made inert instead
+  (zero ``q``/``dO``/density cotangent, log-sum-exp 0, their statistics zeroed), so no tile needs them masked.
 
 The gate noise is the counter-based hash of ``gates.py``: the row part ``row_hash(seed, b, h, i)`` is computed
 once per query row outside the kernel (one uint32 per row), the key part ``key_uniform(row, j)`` inside, so the
@@ -39,10 +45,12 @@ _NEG = -1e30
 # Triton's launch parameters. GPU: the best of a sweep on one H200 (T=4096, bf16, 16 heads x 128;
 # benchmarks/kernel_tuning.py).
 BLOCK_SIZES = {
-    "gpu": dict(block_q=128, block_k=32, block_q_bwd=64, block_k_bwd=32, num_warps=4, num_stages=3),
-    "tpu": dict(block_q=256, block_k=256, block_q_bwd=256, block_k_bwd=256),
-    "interpret": dict(block_q=128, block_k=128, block_q_bwd=128, block_k_bwd=128),
+    "gpu": dict(block_q=128, block_k=32, block_q_bwd=64, block_k_bwd=32, num_warps=4, num_stages=3,
+                backward="split"),
+    "tpu": dict(block_q=256, block_k=256, block_q_bwd=256, block_k_bwd=256, backward="split"),
+    "interpret": dict(block_q=128, block_k=128, block_q_bwd=128, block_k_bwd=128, backward="split"),
 }
+BACKWARDS = ("split", "atomic")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +69,7 @@ class _Static:
     block_k_bwd: int
     num_warps: int | None = None
     num_stages: int | None = None
+    backward: str = "split"  # "split" (two kernels, deterministic) | "atomic" (one kernel, atomic dq; GPU)
     tpu_interpret: bool = False  # TPU-style kernels under pltpu interpret mode (tests)
 
     @property
@@ -86,8 +95,21 @@ class _Static:
         last_row = jnp.minimum((qi + 1) * bq, self.t) - 1
         return jnp.minimum(last_row // bk + 1, n)
 
+    def full_k_blocks(self, qi, bq, bk):
+        """Leading key blocks of query block ``qi`` that need no mask: every key <= the block's first row (causal)
+        and < ``s``."""
+        inside = self.s // bk
+        return jnp.minimum((qi * bq + 1) // bk, inside) if self.causal else inside
+
     def first_q_block(self, kj, bq, bk):
         return (kj * bk) // bq if self.causal else 0
+
+    def first_full_q_block(self, kj, bq, bk):
+        """First query block whose tile with key block ``kj`` needs no mask (padded rows are inert; a key block
+        holding padded keys is masked throughout)."""
+        n_q = self.tp // bq
+        first = jnp.minimum(((kj + 1) * bk - 1 + bq - 1) // bq, n_q) if self.causal else 0
+        return jnp.where((kj + 1) * bk > self.s, n_q, first)
 
 
 # ------------------------------------------------------------------------------------------------ tile math
@@ -108,17 +130,30 @@ def _dot_tn(a, b):
     return jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())), precision=prec, preferred_element_type=jnp.float32)
 
 
-def _tile(st: _Static, q, k, qi, kj, bq, bk, row, bias):
+def _exp(x):
+    """The softmax's exponential as ``2 ** (x log2 e)``: one hardware ``ex2`` on GPU (``exp`` lowers to libdevice's
+    slower accurate ``expf``). Float tolerance only: the gates' own sigmoid keeps ``exp`` (bit-identical gates)."""
+    return jnp.exp2(x * np.float32(math.log2(math.e)))
+
+
+def _where(valid, x, fill):
+    return x if valid is None else jnp.where(valid, x, fill)
+
+
+def _tile(st: _Static, q, k, qi, kj, bq, bk, row, bias, masked=True):
     """Scores, validity, gate logits, gate values and slopes of one (query tile, key tile).
 
     q: [bq, D], k: [bk, D] (input dtype); row: [bq, 1] uint32 row hashes; bias: [bq, 1] f32 (the head's bias).
-    Per-row vectors are [bq, 1] columns throughout (a layout both Triton and Mosaic take)."""
+    Per-row vectors are [bq, 1] columns throughout (a layout both Triton and Mosaic take). ``masked=False``: a
+    tile with every pair valid (validity ``None``: no mask arithmetic)."""
     s = _dot_nt(q, k) * np.float32(1.0 / math.sqrt(q.shape[-1]))
-    i = qi * bq + jax.lax.broadcasted_iota(jnp.int32, (bq, bk), 0)
     j = kj * bk + jax.lax.broadcasted_iota(jnp.int32, (bq, bk), 1)
-    valid = (i < st.t) & (j < st.s)
-    if st.causal:
-        valid = valid & (j <= i)
+    valid = None
+    if masked:
+        i = qi * bq + jax.lax.broadcasted_iota(jnp.int32, (bq, bk), 0)
+        valid = (i < st.t) & (j < st.s)
+        if st.causal:
+            valid = valid & (j <= i)
     if st.gate is None:
         return s, valid, None, None, None
     g = s + bias
@@ -135,67 +170,86 @@ def _fwd_kernel(q_ref, k_ref, v_ref, row_ref, bias_ref, o_ref, lse_ref, rho_ref,
     bias = bias_ref[...]
     d_v = v_ref.shape[-1]
 
-    def body(kj, carry):
+    def body(kj, carry, masked):
         m, l, acc, rho, edges = carry
         start = pl.multiple_of(kj * bk, bk)
         k = k_ref[pl.ds(start, bk), :]
         v = v_ref[pl.ds(start, bk), :]
-        s, valid, g, a, _ = _tile(st, q, k, qi, kj, bq, bk, row, bias)
-        m_new = jnp.maximum(m, jnp.max(jnp.where(valid, s, _NEG), axis=1, keepdims=True))
-        p = jnp.where(valid, jnp.exp(s - m_new), 0.0)
-        alpha = jnp.exp(m - m_new)
+        s, valid, g, a, _ = _tile(st, q, k, qi, kj, bq, bk, row, bias, masked)
+        m_new = jnp.maximum(m, jnp.max(_where(valid, s, _NEG), axis=1, keepdims=True))
+        p = _where(valid, _exp(s - m_new), 0.0)
+        alpha = _exp(m - m_new)
         l = alpha * l + jnp.sum(p, axis=1, keepdims=True)
         pa = p if a is None else p * a
         acc = alpha * acc + _dot_nn(pa.astype(v.dtype), v)
         if g is not None:
-            rho = rho + jnp.sum(jnp.where(valid, expected_gate(st.gate, g), 0.0), axis=1, keepdims=True)
-            edges = edges + jnp.sum((valid & is_edge(st.gate, g)).astype(jnp.int32), axis=1, keepdims=True)
+            rho = rho + jnp.sum(_where(valid, expected_gate(st.gate, g), 0.0), axis=1, keepdims=True)
+            open_ = is_edge(st.gate, g) if valid is None else valid & is_edge(st.gate, g)
+            edges = edges + jnp.sum(open_.astype(jnp.int32), axis=1, keepdims=True)
         return m_new, l, acc, rho, edges
 
     col = (bq, 1)
     init = (jnp.full(col, _NEG, jnp.float32), jnp.zeros(col, jnp.float32), jnp.zeros((bq, d_v), jnp.float32),
             jnp.zeros(col, jnp.float32), jnp.zeros(col, jnp.int32))
-    m, l, acc, rho, edges = jax.lax.fori_loop(0, st.k_blocks(qi, bq, bk), body, init)
+    n_full = st.full_k_blocks(qi, bq, bk)
+    carry = jax.lax.fori_loop(0, n_full, functools.partial(body, masked=False), init)
+    m, l, acc, rho, edges = jax.lax.fori_loop(n_full, st.k_blocks(qi, bq, bk), functools.partial(body, masked=True),
+                                              carry)
+    row_ok = qi * bq + jax.lax.broadcasted_iota(jnp.int32, col, 0) < st.t  # padded rows: inert
     l = jnp.where(l > 0, l, 1.0)  # padded rows only
     o_ref[...] = (acc / l).astype(o_ref.dtype)
-    lse_ref[...] = m + jnp.log(l)
-    rho_ref[...] = rho
-    edge_ref[...] = edges
+    lse_ref[...] = jnp.where(row_ok, m + jnp.log(l), 0.0)
+    rho_ref[...] = jnp.where(row_ok, rho, 0.0)
+    edge_ref[...] = jnp.where(row_ok, edges, 0)
 
 
-def _bwd_tile(st, q, k, v, do, lse, delta, row, bias, dd, qi, kj, bq, bk):
+def _bwd_tile(st, q, k, v, do, lse, delta, row, bias, dd, qi, kj, bq, bk, masked=True):
     """``(p * a, ds, dg)`` of one tile for the backward kernels (docs/method.md §4)."""
-    s, valid, g, a, slope = _tile(st, q, k, qi, kj, bq, bk, row, bias)
-    p = jnp.where(valid, jnp.exp(s - lse), 0.0)
+    s, valid, g, a, slope = _tile(st, q, k, qi, kj, bq, bk, row, bias, masked)
+    p = _where(valid, _exp(s - lse), 0.0)
     dov = _dot_nt(do, v)
     if a is None:
         return p, p * (dov - delta), None
     pa = p * a
-    dg = p * dov * slope + jnp.where(valid, dd * expected_gate_slope(st.gate, g), 0.0)
+    dg = p * dov * slope + _where(valid, dd * expected_gate_slope(st.gate, g), 0.0)
     return pa, pa * dov - p * delta + dg, dg
 
 
-def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, row_ref, bias_ref, dd_ref, dk_ref, dv_ref, *,
+def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, row_ref, bias_ref, dd_ref, *out_refs,
                  st: _Static):
+    """``dk``/``dv`` of one key block; with ``backward="atomic"`` also ``dq`` and the bias gradient (``out_refs`` =
+    ``(dq_in, db_in, dk, dv, dq, db)``, the first two aliased to the last two)."""
+    if len(out_refs) == 2:
+        (dk_ref, dv_ref), atomic_refs = out_refs, ()
+    else:
+        _, _, dk_ref, dv_ref, *atomic_refs = out_refs
     bq, bk = st.block_q_bwd, st.block_k_bwd
     kj = pl.program_id(2)
     k = k_ref[...]
     v = v_ref[...]
     scale = np.float32(1.0 / math.sqrt(k.shape[-1]))
 
-    def body(qi, carry):
+    def body(qi, carry, masked):
         dk, dv = carry
         rows = pl.ds(pl.multiple_of(qi * bq, bq), bq)
         q, do = q_ref[rows, :], do_ref[rows, :]
-        pa, ds, _ = _bwd_tile(st, q, k, v, do, lse_ref[rows, :], delta_ref[rows, :], row_ref[rows, :],
-                              bias_ref[rows, :], dd_ref[rows, :], qi, kj, bq, bk)
+        pa, ds, dg = _bwd_tile(st, q, k, v, do, lse_ref[rows, :], delta_ref[rows, :], row_ref[rows, :],
+                               bias_ref[rows, :], dd_ref[rows, :], qi, kj, bq, bk, masked)
         dv = dv + _dot_tn(pa.astype(do.dtype), do)
         dk = dk + _dot_tn(ds.astype(q.dtype), q) * scale
+        if atomic_refs:  # backward="atomic": this tile's dq and bias-gradient contributions, added in place
+            from jax.experimental.pallas import triton as plgpu
+
+            dq_ref, db_ref = atomic_refs
+            plgpu.atomic_add(dq_ref, (rows, slice(None)), _dot_nn(ds.astype(k.dtype), k) * scale)
+            if dg is not None:
+                plgpu.atomic_add(db_ref, (rows, slice(None)), jnp.sum(dg, axis=1, keepdims=True))
         return dk, dv
 
-    n_q = st.tp // bq
     init = (jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32))
-    dk, dv = jax.lax.fori_loop(st.first_q_block(kj, bq, bk), n_q, body, init)
+    q_full = st.first_full_q_block(kj, bq, bk)
+    carry = jax.lax.fori_loop(st.first_q_block(kj, bq, bk), q_full, functools.partial(body, masked=True), init)
+    dk, dv = jax.lax.fori_loop(q_full, st.tp // bq, functools.partial(body, masked=False), carry)
     dk_ref[...] = dk
     dv_ref[...] = dv
 
@@ -208,25 +262,27 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, row_ref, bias_re
     lse, delta, row, bias, dd = lse_ref[...], delta_ref[...], row_ref[...], bias_ref[...], dd_ref[...]
     scale = np.float32(1.0 / math.sqrt(q.shape[-1]))
 
-    def body(kj, carry):
+    def body(kj, carry, masked):
         dq, db = carry
         cols = pl.ds(pl.multiple_of(kj * bk, bk), bk)
         k, v = k_ref[cols, :], v_ref[cols, :]
-        _, ds, dg = _bwd_tile(st, q, k, v, do, lse, delta, row, bias, dd, qi, kj, bq, bk)
+        _, ds, dg = _bwd_tile(st, q, k, v, do, lse, delta, row, bias, dd, qi, kj, bq, bk, masked)
         dq = dq + _dot_nn(ds.astype(k.dtype), k) * scale
         if dg is not None:
             db = db + jnp.sum(dg, axis=1, keepdims=True)
         return dq, db
 
     init = (jnp.zeros(q.shape, jnp.float32), jnp.zeros((bq, 1), jnp.float32))
-    dq, db = jax.lax.fori_loop(0, st.k_blocks(qi, bq, bk), body, init)
+    n_full = st.full_k_blocks(qi, bq, bk)
+    carry = jax.lax.fori_loop(0, n_full, functools.partial(body, masked=False), init)
+    dq, db = jax.lax.fori_loop(n_full, st.k_blocks(qi, bq, bk), functools.partial(body, masked=True), carry)
     dq_ref[...] = dq
     db_ref[...] = db
 
 
 # ----------------------------------------------------------------------------------------------- pallas_call
-def _call(st: _Static, kernel, grid, in_specs, out_specs, out_shape, name):
-    kwargs = {}
+def _call(st: _Static, kernel, grid, in_specs, out_specs, out_shape, name, aliases=None):
+    kwargs = {"input_output_aliases": aliases} if aliases else {}
     if st.backend == "interpret":
         kwargs["interpret"] = True
     elif st.backend == "gpu":
@@ -274,13 +330,23 @@ def _backward(st: _Static, qh, kh, vh, doh, lse, delta, rows, bias_rows, dd_rows
     full_row = _row(tp, lambda b, hh, j: (b, hh, 0))
     k_tile = lambda x: pl.BlockSpec((None, None, bk, x.shape[-1]), lambda b, hh, j: (b, hh // grp, j, 0))
     out_tile = lambda width: pl.BlockSpec((None, None, bk, width), lambda b, hh, j: (b, hh, j, 0))
+    dk_shapes = (jax.ShapeDtypeStruct((bsz, h, st.sp, d), jnp.float32),
+                 jax.ShapeDtypeStruct((bsz, h, st.sp, dv_dim), jnp.float32))
+    if st.backward == "atomic":  # one kernel: dq and the bias gradient accumulate in float32 buffers in place
+        dq0, db0 = jnp.zeros((bsz, h, tp, d), jnp.float32), jnp.zeros((bsz, h, tp, 1), jnp.float32)
+        dk, dv, dq, db = _call(st, _dkdv_kernel, (bsz, h, st.sp // bk),
+                               [full_q(qh), k_tile(kh), k_tile(vh), full_q(doh), *[full_row] * 5, full_q(dq0),
+                                full_row],
+                               [out_tile(d), out_tile(dv_dim), full_q(dq0), full_row],
+                               (*dk_shapes, jax.ShapeDtypeStruct(dq0.shape, jnp.float32),
+                                jax.ShapeDtypeStruct(db0.shape, jnp.float32)),
+                               "sparse_attention_bwd_atomic", aliases={9: 2, 10: 3})(
+                                   qh, kh, vh, doh, lse, delta, rows, bias_rows, dd_rows, dq0, db0)
+        return dq, _sum_groups(dk, kvh), _sum_groups(dv, kvh), db
     dk, dv = _call(st, _dkdv_kernel, (bsz, h, st.sp // bk),
                    [full_q(qh), k_tile(kh), k_tile(vh), full_q(doh), full_row, full_row, full_row, full_row,
                     full_row],
-                   [out_tile(d), out_tile(dv_dim)],
-                   (jax.ShapeDtypeStruct((bsz, h, st.sp, d), jnp.float32),
-                    jax.ShapeDtypeStruct((bsz, h, st.sp, dv_dim), jnp.float32)),
-                   "sparse_attention_dkdv")(qh, kh, vh, doh, lse, delta, rows, bias_rows, dd_rows)
+                   [out_tile(d), out_tile(dv_dim)], dk_shapes, "sparse_attention_dkdv")(qh, kh, vh, doh, lse, delta, rows, bias_rows, dd_rows)
     q_tile = lambda x: pl.BlockSpec((None, None, bq, x.shape[-1]), lambda b, hh, i: (b, hh, i, 0))
     full_kv = lambda x: pl.BlockSpec((None, None, st.sp, x.shape[-1]), lambda b, hh, i: (b, hh // grp, 0, 0))
     row_tile = _row(bq, lambda b, hh, i: (b, hh, i))
@@ -291,10 +357,13 @@ def _backward(st: _Static, qh, kh, vh, doh, lse, delta, rows, bias_rows, dd_rows
                    (jax.ShapeDtypeStruct((bsz, h, tp, d), jnp.float32),
                     jax.ShapeDtypeStruct((bsz, h, tp, 1), jnp.float32)),
                    "sparse_attention_dq")(qh, kh, vh, doh, lse, delta, rows, bias_rows, dd_rows)
-    # grouped-query attention: the k/v gradient of a kv head sums over its query heads
-    dk = dk.reshape(bsz, kvh, grp, st.sp, d).sum(2)
-    dv = dv.reshape(bsz, kvh, grp, st.sp, dv_dim).sum(2)
-    return dq, dk, dv, db
+    return dq, _sum_groups(dk, kvh), _sum_groups(dv, kvh), db
+
+
+def _sum_groups(x, kvh):
+    """Grouped-query attention: the k/v gradient of a kv head sums over its query heads."""
+    bsz, h, sp, width = x.shape
+    return x.reshape(bsz, kvh, h // kvh, sp, width).sum(2)
 
 
 # ------------------------------------------------------------------------------------------ custom_vjp glue
@@ -348,7 +417,8 @@ def _fused_bwd(st, res, cts):
     t, s = st.t, st.s
     doh = _pad_heads_major(dout.astype(qh.dtype), tp)
     delta = jnp.sum(doh.astype(jnp.float32) * o.astype(jnp.float32), axis=-1, keepdims=True)  # D_i = dy_i . y_i
-    dd_rows = jnp.broadcast_to((ddens.astype(jnp.float32) / st.pairs())[:, :, None, None], (bsz, h, tp, 1))
+    dd_rows = jnp.where(jnp.arange(tp)[:, None] < t,  # padded rows inert
+                        (ddens.astype(jnp.float32) / st.pairs())[:, :, None, None], 0.0)
     dq, dk, dv, db = _backward(st, qh, kh, vh, doh, lse, delta, rows, bias_rows, dd_rows)
     back = lambda x, n, dt: jnp.transpose(x[:, :, :n], (0, 2, 1, 3)).astype(dt)
     dbias = db.sum(axis=(0, 2, 3)) if st.gate is not None else jnp.zeros_like(bias)
@@ -416,7 +486,7 @@ def pallas_attention(q, k, v, gate: Gate | None, *, causal: bool, train: bool, s
                      backend: str | None = None, tpu_interpret: bool = False, **blocks):
     """Same contract as :func:`reference_attention`, fused. ``backend`` defaults to the default device's
     (``"interpret"`` on CPU); ``blocks`` override :data:`BLOCK_SIZES` (``block_q``, ``block_k``, ``block_q_bwd``,
-    ``block_k_bwd``, and on GPU ``num_warps``, ``num_stages``)."""
+    ``block_k_bwd``, ``backward`` (``"split"`` | ``"atomic"``), and on GPU ``num_warps``, ``num_stages``)."""
     backend = backend or backend_of(jax.default_backend())
     if backend not in BLOCK_SIZES:
         raise ValueError(f"unknown Pallas backend {backend!r}; choose one of {sorted(BLOCK_SIZES)}")
@@ -424,17 +494,21 @@ def pallas_attention(q, k, v, gate: Gate | None, *, causal: bool, train: bool, s
     if unknown:
         raise ValueError(f"unknown block option(s) {sorted(unknown)}; the Pallas kernel takes "
                          f"{sorted(BLOCK_SIZES['gpu'])}")
+    cfg = {**BLOCK_SIZES[backend], **blocks}
+    if cfg["backward"] not in BACKWARDS or (cfg["backward"] == "atomic" and backend == "tpu"):
+        raise ValueError(f"backward={cfg['backward']!r} is not available on {backend}; choose 'split'"
+                         + (" or 'atomic'" if backend != "tpu" else " (Mosaic TPU has no atomic adds)"))
     why = unsupported(q, k, v, backend)
     if why:
         raise ValueError(f"implementation='pallas' cannot run {why} on {backend}; use implementation='chunked' "
                          "(or 'auto', which falls back by itself)")
-    cfg = {**BLOCK_SIZES[backend], **blocks}
     t, s_len, h = q.shape[1], k.shape[1], q.shape[2]
     st = _Static(backend=backend, causal=causal, train=train,
                  gate=None if gate is None else dataclasses.replace(gate, bias=None), t=t, s=s_len,
                  block_q=_fit(cfg["block_q"], t, backend), block_k=_fit(cfg["block_k"], s_len, backend),
                  block_q_bwd=_fit(cfg["block_q_bwd"], t, backend), block_k_bwd=_fit(cfg["block_k_bwd"], s_len, backend),
-                 num_warps=cfg.get("num_warps"), num_stages=cfg.get("num_stages"), tpu_interpret=tpu_interpret)
+                 num_warps=cfg.get("num_warps"), num_stages=cfg.get("num_stages"), backward=cfg["backward"],
+                 tpu_interpret=tpu_interpret)
     bias = jnp.zeros((h,), jnp.float32) if gate is None else jnp.broadcast_to(gate.bias, (h,)).astype(jnp.float32)
     seed = jnp.zeros((), jnp.uint32) if seed is None else seed
     mesh = jax.sharding.get_abstract_mesh()
