@@ -28,7 +28,9 @@ from sparsejax.attention.pallas import BLOCK_SIZES  # noqa: E402
 GRID = [(128, 32, 64, 32, 4, 3, "split"), (128, 64, 64, 64, 4, 2, "split"), (64, 64, 32, 64, 4, 2, "split"),
         (128, 32, 64, 64, 4, 3, "split"), (64, 32, 64, 32, 4, 3, "split"),
         (128, 32, 64, 32, 4, 3, "atomic"), (128, 32, 64, 64, 4, 2, "atomic"), (128, 32, 32, 64, 4, 2, "atomic"),
-        (128, 32, 64, 128, 8, 2, "atomic"), (128, 32, 32, 128, 8, 2, "atomic"), (128, 32, 128, 64, 8, 3, "atomic")]
+        (128, 32, 64, 128, 8, 2, "atomic"), (128, 32, 32, 128, 8, 2, "atomic"), (128, 32, 128, 64, 8, 3, "atomic"),
+        (64, 32, 32, 32, 4, 3, "split"), (64, 32, 64, 32, 4, 2, "split"), (64, 64, 64, 32, 4, 3, "split"),
+        (64, 32, 64, 32, 8, 3, "split"), (32, 32, 64, 32, 4, 3, "split")]
 
 
 def timed(fn, args, repeats=10):
@@ -49,6 +51,8 @@ def main():
     p.add_argument("--heads", type=int, default=16)
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--write-best", default=None, help="write the fastest train configuration here (JSON)")
+    p.add_argument("--grid", choices=("full", "split"), default="full",
+                   help="split: only the two-kernel backward's configurations (a shorter sweep)")
     a = p.parse_args()
     rng = np.random.default_rng(0)
     shape = (a.batch, a.seq, a.heads, a.dim)
@@ -85,8 +89,9 @@ def main():
         from jax.experimental.pallas.ops.gpu import attention_mgpu as fa3
 
         cfg3 = fa3.TuningConfig(block_q=64, block_kv=128, max_concurrent_steps=2, causal=True)
-        run("mosaic-gpu FA3 example dense (fwd only)", lambda q, k, v: (fa3.attention(q, k, v, cfg3), jnp.zeros(())),
-            fwd_only=True)
+        f16 = lambda x: x.astype(jnp.float16)  # the example takes float16 only (the cast is timed with it)
+        run("mosaic-gpu FA3 example dense, float16 (fwd only)",
+            lambda q, k, v: (fa3.attention(f16(q), f16(k), f16(v), cfg3), jnp.zeros(())), fwd_only=True)
     except Exception as e:  # noqa: BLE001
         print(f"# mosaic-gpu FA3 example: {type(e).__name__}: {str(e)[:300]}", flush=True)
     for gate, mode in ((None, "eval"), (2.0, "eval"), (2.0, "train")):
@@ -94,7 +99,7 @@ def main():
         run(f"pallas {label} default blocks",
             lambda q, k, v, g=gate, m=mode: (lambda o, s: (o, s.expected_density))(
                 *sj.sparse_attention(q, k, v, g, mode=m, seed=0, implementation="pallas")))
-    for bq, bk, bqb, bkb, w, s, back in GRID:
+    for bq, bk, bqb, bkb, w, s, back in (g for g in GRID if a.grid == "full" or g[-1] == "split"):
         cfg = dict(block_q=bq, block_k=bk, block_q_bwd=bqb, block_k_bwd=bkb, num_warps=w, num_stages=s,
                    backward=back)
         run("pallas train " + " ".join(f"{k_}={v_}" for k_, v_ in cfg.items()),

@@ -137,18 +137,28 @@ def _hc_pre(gate: Gate, g, uniform, train: bool):
     return jax.nn.sigmoid(t) * (zeta - gamma) + gamma, t, dt_dg
 
 
-def _bernoulli(g, uniform, train: bool):
-    """``(hard, soft)`` = ``(1[z > 0], sigmoid(z))`` for ``z = g + log u - log(1 - u)`` (``z = g`` in eval).
+def bernoulli_terms(g, uniform, train: bool, recip=None, exp=jnp.exp):
+    """``(hard, soft, e)`` = ``(1[z > 0], sigmoid(z), sigmoid(g))`` for ``z = g + log u - log(1 - u)`` (``z = g``
+    and ``soft = e`` in eval).
 
-    Written without logarithms: with ``e = sigmoid(g)``, ``z > 0  <=>  1 - u < e`` and
-    ``sigmoid(z) = e u / (e u + (1 - e)(1 - u))``.
+    Written without logarithms, and without a division in the decision: ``z > 0  <=>  exp(-g) (1 - u) < u`` (one
+    exponential, one product, one comparison: bit-identical wherever ``exp`` is); ``sigmoid(z) = e u / (e u + (1 -
+    e)(1 - u))``. ``recip=None``: ``e = sigmoid(g)`` and true divisions (the statement autodiff differentiates,
+    finite for any ``g``). Kernels may pass a fast approximate ``recip`` (then ``e = recip(1 + exp(-g))``) and, for
+    eval mode, a fast ``exp``: only values, never the sample, depend on them.
     """
-    e = jax.nn.sigmoid(g)
+    if recip is None:
+        e = jax.nn.sigmoid(g)
+        div = lambda a, b: a / b
+    else:
+        e = recip(1.0 + (exp(-g) if not train else jnp.exp(-g)))
+        div = lambda a, b: a * recip(b)
     if not train:
-        return (g > 0).astype(g.dtype), e
+        return (g > 0).astype(g.dtype), e, e
     u, one_minus_u = uniform
+    hard = (jnp.exp(-g) * one_minus_u < u).astype(g.dtype)
     eu = e * u
-    return (one_minus_u < e).astype(g.dtype), eu / (eu + (1.0 - e) * one_minus_u)
+    return hard, div(eu, eu + (1.0 - e) * one_minus_u), e
 
 
 def gate_sample(gate: Gate, g, uniform, train: bool):
@@ -159,7 +169,7 @@ def gate_sample(gate: Gate, g, uniform, train: bool):
     so the forward value is exactly the hard sample and the gradient is that of ``sigmoid(z)``.
     """
     if gate.kind == "bernoulli":
-        hard, soft = _bernoulli(g, uniform, train)
+        hard, soft, _ = bernoulli_terms(g, uniform, train)
         return hard + (soft - jax.lax.stop_gradient(soft))
     pre, _, _ = _hc_pre(gate, g, uniform, train)
     return jnp.clip(pre, 0.0, 1.0)
@@ -168,7 +178,7 @@ def gate_sample(gate: Gate, g, uniform, train: bool):
 def gate_value_and_slope(gate: Gate, g, uniform, train: bool):
     """``(value, d value / d g)`` of :func:`gate_sample`, explicitly (for hand-written backward passes)."""
     if gate.kind == "bernoulli":
-        hard, soft = _bernoulli(g, uniform, train)
+        hard, soft, _ = bernoulli_terms(g, uniform, train)
         return hard, soft * (1.0 - soft)
     gamma, zeta = gate.stretch
     pre, t, dt_dg = _hc_pre(gate, g, uniform, train)

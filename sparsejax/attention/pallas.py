@@ -36,7 +36,7 @@ import numpy as np
 from jax.experimental import pallas as pl
 
 from .. import sharding
-from ..gates import Gate, expected_gate, expected_gate_slope, gate_value_and_slope, is_edge, key_uniform, row_hash
+from ..gates import Gate, bernoulli_terms, expected_gate, gate_value_and_slope, is_edge, key_uniform, row_hash
 
 _NEG = -1e30
 
@@ -155,11 +155,33 @@ def _tile(st: _Static, q, k, qi, kj, bq, bk, row, bias, masked=True):
         if st.causal:
             valid = valid & (j <= i)
     if st.gate is None:
-        return s, valid, None, None, None
+        return s, valid, None, None, None, None
     g = s + bias
     noise = key_uniform(row, j) if st.train else None
+    if st.gate.kind == "bernoulli":
+        a, soft, e = bernoulli_terms(g, noise, st.train, *_fast_math(st))
+        return s, valid, g, a, soft * (1.0 - soft), e
     a, slope = gate_value_and_slope(st.gate, g, noise, st.train)
-    return s, valid, g, a, slope
+    return s, valid, g, a, slope, expected_gate(st.gate, g)
+
+
+def _fast_math(st: _Static):
+    """``(recip, exp)`` for the gate's values (never its sample, see ``gates.bernoulli_terms``): on GPU the
+    hardware approximations ``rcp.approx`` and ``ex2.approx`` (relative error ~1e-7) instead of IEEE division and
+    libdevice's ``expf``; elsewhere ``(None, exp)`` = the reference's own statement."""
+    if st.backend != "gpu":
+        return None, jnp.exp
+    from jax.experimental.pallas import triton as plgpu
+
+    def approx(op):
+        def f(x):
+            [y] = plgpu.elementwise_inline_asm(f"{op}.approx.ftz.f32 $0, $1;", args=[x], constraints="=f,f", pack=1,
+                                               result_shape_dtypes=[jax.ShapeDtypeStruct(x.shape, x.dtype)])
+            return y
+        return f
+
+    ex2 = approx("ex2")
+    return approx("rcp"), lambda x: ex2(x * np.float32(math.log2(math.e)))
 
 
 def _fwd_kernel(q_ref, k_ref, v_ref, row_ref, bias_ref, o_ref, lse_ref, rho_ref, edge_ref, *, st: _Static):
@@ -175,7 +197,7 @@ def _fwd_kernel(q_ref, k_ref, v_ref, row_ref, bias_ref, o_ref, lse_ref, rho_ref,
         start = pl.multiple_of(kj * bk, bk)
         k = k_ref[pl.ds(start, bk), :]
         v = v_ref[pl.ds(start, bk), :]
-        s, valid, g, a, _ = _tile(st, q, k, qi, kj, bq, bk, row, bias, masked)
+        s, valid, g, a, _, e = _tile(st, q, k, qi, kj, bq, bk, row, bias, masked)
         m_new = jnp.maximum(m, jnp.max(_where(valid, s, _NEG), axis=1, keepdims=True))
         p = _where(valid, _exp(s - m_new), 0.0)
         alpha = _exp(m - m_new)
@@ -183,7 +205,7 @@ def _fwd_kernel(q_ref, k_ref, v_ref, row_ref, bias_ref, o_ref, lse_ref, rho_ref,
         pa = p if a is None else p * a
         acc = alpha * acc + _dot_nn(pa.astype(v.dtype), v)
         if g is not None:
-            rho = rho + jnp.sum(_where(valid, expected_gate(st.gate, g), 0.0), axis=1, keepdims=True)
+            rho = rho + jnp.sum(_where(valid, e, 0.0), axis=1, keepdims=True)
             open_ = is_edge(st.gate, g) if valid is None else valid & is_edge(st.gate, g)
             edges = edges + jnp.sum(open_.astype(jnp.int32), axis=1, keepdims=True)
         return m_new, l, acc, rho, edges
@@ -205,13 +227,13 @@ def _fwd_kernel(q_ref, k_ref, v_ref, row_ref, bias_ref, o_ref, lse_ref, rho_ref,
 
 def _bwd_tile(st, q, k, v, do, lse, delta, row, bias, dd, qi, kj, bq, bk, masked=True):
     """``(p * a, ds, dg)`` of one tile for the backward kernels (docs/method.md §4)."""
-    s, valid, g, a, slope = _tile(st, q, k, qi, kj, bq, bk, row, bias, masked)
+    s, valid, g, a, slope, e = _tile(st, q, k, qi, kj, bq, bk, row, bias, masked)
     p = _where(valid, _exp(s - lse), 0.0)
     dov = _dot_nt(do, v)
     if a is None:
         return p, p * (dov - delta), None
     pa = p * a
-    dg = p * dov * slope + _where(valid, dd * expected_gate_slope(st.gate, g), 0.0)
+    dg = p * dov * slope + _where(valid, dd * (e * (1.0 - e)), 0.0)  # + d density / d g
     return pa, pa * dov - p * delta + dg, dg
 
 

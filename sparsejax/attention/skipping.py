@@ -43,7 +43,7 @@ class _Static:
 
 def _scores(st, q, k, qi, kj, bias):
     """Scores, validity and open (eval-mode) edges of one tile: the fused kernel's tile math, deterministic gates."""
-    s, valid, g, _, _ = _tile(st, q, k, qi, kj, st.block, st.block, None, bias)
+    s, valid, g, *_ = _tile(st, q, k, qi, kj, st.block, st.block, None, bias)
     return s, valid, valid if g is None else valid & is_edge(st.gate, g)
 
 
