@@ -42,10 +42,11 @@ _NEG = -1e30
 
 # Block sizes, one row per backend ("interpret" = Pallas interpret mode on CPU: large blocks, fewer programs).
 # block_q / block_k: forward tiles; *_bwd: the tiles of both backward kernels. GPU: num_warps / num_stages are
-# Triton's launch parameters. GPU: the best of a sweep on one H200 (T=4096, bf16, 16 heads x 128;
-# benchmarks/kernel_tuning.py).
+# Triton's launch parameters. GPU: the best of two sweeps on one H200 (T=4096, bf16, 16 heads x 128, train mode;
+# benchmarks/kernel_tuning.py, docs/results/kernel_tuning_h200_*.txt). backward: "split" (the atomic one-kernel
+# backward measured 1.8-11x slower there: contention on dq).
 BLOCK_SIZES = {
-    "gpu": dict(block_q=128, block_k=32, block_q_bwd=64, block_k_bwd=32, num_warps=4, num_stages=3,
+    "gpu": dict(block_q=64, block_k=32, block_q_bwd=64, block_k_bwd=32, num_warps=4, num_stages=3,
                 backward="split"),
     "tpu": dict(block_q=256, block_k=256, block_q_bwd=256, block_k_bwd=256, backward="split"),
     "interpret": dict(block_q=128, block_k=128, block_q_bwd=128, block_k_bwd=128, backward="split"),
