@@ -165,6 +165,7 @@ def test_kernels_lower_for_gpu_and_tpu():
     text = _lower_for("gpu", "cuda")
     assert text.count("sparse_attention_") >= 3
     assert "sparse_attention_bwd_atomic" in _lower_for("gpu", "cuda", backward="atomic")
+    assert "rcp.approx" in text  # the gate's values use the hardware reciprocal on GPU (never its sample)
     from sparsejax.attention.skipping import block_skipping_attention
 
     q = jax.ShapeDtypeStruct((1, 256, 4, 64), jnp.bfloat16)
@@ -269,3 +270,24 @@ def test_kernel_under_the_training_mesh_equals_unsharded():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)
     assert "SHARDED_OK" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_block_skipping_benchmark_inputs_have_the_stated_edges():
+    """benchmarks/block_skipping.py's synthetic heads: query i keeps exactly the keys of its own window and the
+    first 64 (eval gates, the reference's adjacency), so its 'empty tiles' column is what it claims."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).parents[1] / "benchmarks" / "block_skipping.py"
+    spec = importlib.util.spec_from_file_location("block_skipping_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    t, window = 256, 32
+    q, k, v, bias = bench.windowed_inputs(1, t, 2, 16, window, sink=16)
+    _, st = sj.sparse_attention(q, k, v, sj.Gate(jnp.full((2,), bias)), mode="eval", implementation="reference",
+                                return_adjacency=True)
+    i, j = np.arange(t)[:, None], np.arange(t)[None, :]
+    want = ((i // window == j // window) | (j < 16)) & (j <= i)
+    np.testing.assert_array_equal(np.asarray(st.adjacency), np.broadcast_to(want, (1, 2, t, t)))
+    with pytest.raises(ValueError, match="window 8 too small"):
+        bench.windowed_inputs(1, t, 2, 16, 8)
