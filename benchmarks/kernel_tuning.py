@@ -51,8 +51,9 @@ def main():
     p.add_argument("--heads", type=int, default=16)
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--write-best", default=None, help="write the fastest train configuration here (JSON)")
-    p.add_argument("--grid", choices=("full", "split"), default="full",
-                   help="split: only the two-kernel backward's configurations (a shorter sweep)")
+    p.add_argument("--grid", choices=("full", "split", "none"), default="full",
+                   help="split: only the two-kernel backward's configurations (a shorter sweep); none: only the "
+                        "reference rows and the default blocks")
     a = p.parse_args()
     rng = np.random.default_rng(0)
     shape = (a.batch, a.seq, a.heads, a.dim)
@@ -99,7 +100,7 @@ def main():
         run(f"pallas {label} default blocks",
             lambda q, k, v, g=gate, m=mode: (lambda o, s: (o, s.expected_density))(
                 *sj.sparse_attention(q, k, v, g, mode=m, seed=0, implementation="pallas")))
-    for bq, bk, bqb, bkb, w, s, back in (g for g in GRID if a.grid == "full" or g[-1] == "split"):
+    for bq, bk, bqb, bkb, w, s, back in (g for g in GRID if a.grid == "full" or (a.grid == "split" and g[-1] == "split")):
         cfg = dict(block_q=bq, block_k=bk, block_q_bwd=bqb, block_k_bwd=bkb, num_warps=w, num_stages=s,
                    backward=back)
         run("pallas train " + " ".join(f"{k_}={v_}" for k_, v_ in cfg.items()),

@@ -141,24 +141,19 @@ def bernoulli_terms(g, uniform, train: bool, recip=None, exp=jnp.exp):
     """``(hard, soft, e)`` = ``(1[z > 0], sigmoid(z), sigmoid(g))`` for ``z = g + log u - log(1 - u)`` (``z = g``
     and ``soft = e`` in eval).
 
-    Written without logarithms, and without a division in the decision: ``z > 0  <=>  exp(-g) (1 - u) < u`` (one
-    exponential, one product, one comparison: bit-identical wherever ``exp`` is); ``sigmoid(z) = e u / (e u + (1 -
-    e)(1 - u))``. ``recip=None``: ``e = sigmoid(g)`` and true divisions (the statement autodiff differentiates,
-    finite for any ``g``). Kernels may pass a fast approximate ``recip`` (then ``e = recip(1 + exp(-g))``) and, for
-    eval mode, a fast ``exp``: only values, never the sample, depend on them.
+    Written without logarithms: ``z > 0  <=>  1 - u < e`` with ``e = sigmoid(g)``, and ``sigmoid(z) = e u / (e u +
+    (1 - e)(1 - u))``. ``recip=None``: true divisions (the statement autodiff differentiates). Kernels may pass a
+    fast approximate ``recip`` and, for eval mode, ``exp``: only values, never the sample, depend on them (in
+    training the sample needs the exact ``sigmoid(g)``; in eval it is ``g > 0``).
     """
-    if recip is None:
-        e = jax.nn.sigmoid(g)
-        div = lambda a, b: a / b
-    else:
-        e = recip(1.0 + (exp(-g) if not train else jnp.exp(-g)))
-        div = lambda a, b: a * recip(b)
     if not train:
+        e = jax.nn.sigmoid(g) if recip is None else recip(1.0 + exp(-g))
         return (g > 0).astype(g.dtype), e, e
     u, one_minus_u = uniform
-    hard = (jnp.exp(-g) * one_minus_u < u).astype(g.dtype)
+    e = jax.nn.sigmoid(g)
     eu = e * u
-    return hard, div(eu, eu + (1.0 - e) * one_minus_u), e
+    den = eu + (1.0 - e) * one_minus_u
+    return (one_minus_u < e).astype(g.dtype), eu / den if recip is None else eu * recip(den), e
 
 
 def gate_sample(gate: Gate, g, uniform, train: bool):
