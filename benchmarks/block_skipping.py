@@ -16,16 +16,16 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/kernels.py
 import sparsejax as sj  # noqa: E402
+from kernels import median_ms  # noqa: E402  (benchmarks/kernels.py)
 from sparsejax.attention.skipping import block_skipping_attention, causal_tiles  # noqa: E402
 
 
@@ -48,17 +48,6 @@ def windowed_inputs(b, t, h, d, window, sink=64, margin=8.0, seed=0):
     k = jnp.asarray(kf[None, :, None, :] + noise(), jnp.bfloat16)
     v = jnp.asarray(rng.normal(size=(b, t, h, d)), jnp.bfloat16)
     return q, k, v, -margin / 2
-
-
-def median_ms(fn, args, repeats):
-    jax.block_until_ready(fn(*args))
-    jax.block_until_ready(fn(*args))
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts) * 1e3
 
 
 def main(argv=None):
@@ -85,15 +74,15 @@ def main(argv=None):
         q, k, v, bias = windowed_inputs(a.batch, a.seq, a.heads, a.dim, window)
         gate = sj.Gate(jnp.full((a.heads,), bias, jnp.float32))
         fused = jax.jit(lambda q, k, v: sj.sparse_attention(q, k, v, gate, mode="eval", implementation="pallas")[0])
-        dense_ms = median_ms(dense, (q, k, v), a.repeats)
-        fused_ms = median_ms(fused, (q, k, v), a.repeats)
+        dense_ms = median_ms(dense, (q, k, v), repeats=a.repeats)
+        fused_ms = median_ms(fused, (q, k, v), repeats=a.repeats)
         want = np.float32(fused(q, k, v))
         for block in a.blocks:
             skip = jax.jit(lambda q, k, v, blk=block: block_skipping_attention(q, k, v, gate, block=blk))
             out, open_tiles = skip(q, k, v)
             visited = causal_tiles(a.seq, a.seq, block)
             empty = 1.0 - float(np.asarray(open_tiles).sum()) / (visited.sum() * a.batch * a.heads)
-            ms = median_ms(skip, (q, k, v), a.repeats)
+            ms = median_ms(skip, (q, k, v), repeats=a.repeats)
             diff = float(np.max(np.abs(np.float32(out) - want)))
             print(f"| {window} | {block} | {empty:.3f} | {ms:.3f} | {ms / dense_ms:.2f} | {fused_ms:.3f} | "
                   f"{fused_ms / dense_ms:.2f} | {ms / fused_ms:.2f} | {diff:.1e} |", flush=True)

@@ -12,16 +12,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/kernels.py
 import sparsejax as sj  # noqa: E402
+from kernels import median_ms  # noqa: E402  (benchmarks/kernels.py)
 from sparsejax.attention.pallas import BLOCK_SIZES  # noqa: E402
 
 # (block_q, block_k, block_q_bwd, block_k_bwd, num_warps, num_stages, backward)
@@ -31,17 +31,6 @@ GRID = [(128, 32, 64, 32, 4, 3, "split"), (128, 64, 64, 64, 4, 2, "split"), (64,
         (128, 32, 64, 128, 8, 2, "atomic"), (128, 32, 32, 128, 8, 2, "atomic"), (128, 32, 128, 64, 8, 3, "atomic"),
         (64, 32, 32, 32, 4, 3, "split"), (64, 32, 64, 32, 4, 2, "split"), (64, 64, 64, 32, 4, 3, "split"),
         (64, 32, 64, 32, 8, 3, "split"), (32, 32, 64, 32, 4, 3, "split")]
-
-
-def timed(fn, args, repeats=10):
-    jax.block_until_ready(fn(*args))
-    jax.block_until_ready(fn(*args))
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts) * 1e3
 
 
 def main():
@@ -74,8 +63,8 @@ def main():
     def run(name, attend, cfg=None, fwd_only=False):
         try:
             fwd, bwd = fns(attend)
-            f_ms = timed(fwd, (q, k, v))
-            b_ms = float("nan") if fwd_only else timed(bwd, (q, k, v))
+            f_ms = median_ms(fwd, (q, k, v))
+            b_ms = float("nan") if fwd_only else median_ms(bwd, (q, k, v))
         except Exception as e:  # noqa: BLE001 - a variant that fails is reported, the sweep goes on
             f_ms = b_ms = float("nan")
             print(f"# {name}: {type(e).__name__}: {str(e)[:400]}", flush=True)

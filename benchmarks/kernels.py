@@ -90,7 +90,9 @@ def check(t, dtype, mode, *, b=1, h=4, kvh=2, d=128, bias=0.5, seed=7, windows=4
 
 
 # ------------------------------------------------------------------------------------------------ speed
-def _median_ms(fn, args, block, repeats):
+def median_ms(fn, args, block=jax.block_until_ready, repeats=10):
+    """Median wall time (ms) of ``fn(*args)`` after two warm-up calls (the first compiles); ``block`` waits for
+    the result (``jax.block_until_ready``, or a device synchronise for torch)."""
     block(fn(*args))
     block(fn(*args))
     ts = []
@@ -166,7 +168,7 @@ def speed(seqs, b, h, d, dtype, bias, repeats, max_plain_seq, blocks=None):
             try:
                 fn = jax_step(impl, bias, blocks)
                 mem = fn.lower(q, k, v).compile().memory_analysis().temp_size_in_bytes / 2**20
-                res[name] = (_median_ms(fn, (q, k, v), jax.block_until_ready, repeats), mem)
+                res[name] = (median_ms(fn, (q, k, v), jax.block_until_ready, repeats), mem)
             except Exception as e:  # noqa: BLE001 - a row that fails is reported, the table goes on
                 res[name] = (float("nan"), float("nan"))
                 print(f"# {name} T={t}: {type(e).__name__}: {str(e)[:300]}", flush=True)
@@ -181,7 +183,7 @@ def speed(seqs, b, h, d, dtype, bias, repeats, max_plain_seq, blocks=None):
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
                 base = torch.cuda.memory_allocated()
-                ms = _median_ms(step, args, lambda x: torch.cuda.synchronize(), repeats)
+                ms = median_ms(step, args, lambda x: torch.cuda.synchronize(), repeats)
                 res[name] = (ms, (torch.cuda.max_memory_allocated() - base) / 2**20)
                 del args
                 torch.cuda.empty_cache()

@@ -150,7 +150,10 @@ def pi_control(tau: float, *, beta_init: float = 1e-2, ki: float = 0.02, kp: flo
 
     ``ki_down`` (anti-windup; default ``ki``): the integral gain while ``e_t < 0`` (beta must fall: CE above its
     target, or density below its target). A larger value unwinds, in a few steps, the integral accumulated during a
-    long approach to the target, so the multiplier does not carry the run far past it.
+    long approach to the target, so the multiplier does not carry the run far past it. It applies once the target
+    has stopped moving: while an annealed target is still falling, being ahead of it is expected and the integral
+    falls at ``ki`` (a brief dip below a moving target would otherwise drop beta to ``beta_min``, and the integral
+    would then need hundreds of steps to climb back once the target passes below; docs/controllers.md).
 
     ``target_start`` / ``anneal_steps``: an annealed target (:func:`target_schedule`; ``tau`` in the formulas
     above is the target of the step, ``state.tau``).
@@ -174,7 +177,8 @@ def pi_control(tau: float, *, beta_init: float = 1e-2, ki: float = 0.02, kp: flo
         ema = jnp.where(state.count == 0, c, alpha * state.ema + (1 - alpha) * c)
         tau_t = target(state.count)
         e = jnp.clip(sign * (tau_t - ema) / (tau_t if scale is None else scale), -error_clip, error_clip)
-        rate = ki if ki_down is None else jnp.where(e < 0, ki_down, ki)
+        settled = state.count >= anneal_steps  # a fixed target (at once without annealing)
+        rate = ki if ki_down is None else jnp.where((e < 0) & settled, ki_down, ki)
         integral = jnp.clip(state.integral + rate * e, lo, hi)
         beta = jnp.exp(jnp.clip(integral + kp * e, lo, hi))
         return updates, PIState(beta, integral, ema, tau_t, state.count + 1)

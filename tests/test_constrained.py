@@ -140,6 +140,19 @@ def test_pi_anti_windup_unwinds_faster_in_density_mode():
         constrained.pi_control(0.02, ki_down=0.0)
 
 
+def test_pi_anti_windup_waits_for_an_annealed_target_to_settle():
+    """Annealed over 10 steps: below the moving target the integral falls at ki (by hand: 0.02 * -0.5 a step);
+    once the target has settled, at ki_down (0.2 * -0.5)."""
+    t = constrained.pi_control(0.02, beta_init=1.0, ki=0.02, kp=0.0, alpha=0.0, sense="density", ki_down=0.2,
+                               target_start=0.02, anneal_steps=10)  # start = end: a constant target, annealed
+    s = t.init(None)
+    for _ in range(10):
+        _, s = t.update(None, s, constraint=0.01)  # e = -0.5 while annealing: at ki
+    np.testing.assert_allclose(float(s.integral), -10 * 0.02 * 0.5, atol=1e-6)
+    _, s = t.update(None, s, constraint=0.01)      # settled: at ki_down
+    np.testing.assert_allclose(float(s.integral), -10 * 0.02 * 0.5 - 0.2 * 0.5, atol=1e-6)
+
+
 def test_geco_asymmetric_steps():
     t = constrained.geco(1.0, beta_init=1.0, eta=1.0, alpha=0.0, relative=True, max_log_step=0.01,
                          max_log_step_down=0.5)
