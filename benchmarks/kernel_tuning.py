@@ -89,7 +89,8 @@ def main():
         run(f"pallas {label} default blocks",
             lambda q, k, v, g=gate, m=mode: (lambda o, s: (o, s.expected_density))(
                 *sj.sparse_attention(q, k, v, g, mode=m, seed=0, implementation="pallas")))
-    for bq, bk, bqb, bkb, w, s, back in (g for g in GRID if a.grid == "full" or (a.grid == "split" and g[-1] == "split")):
+    chosen = [g for g in GRID if a.grid == "full" or (a.grid == "split" and g[-1] == "split")]
+    for bq, bk, bqb, bkb, w, s, back in chosen:
         cfg = dict(block_q=bq, block_k=bk, block_q_bwd=bqb, block_k_bwd=bkb, num_warps=w, num_stages=s,
                    backward=back)
         run("pallas train " + " ".join(f"{k_}={v_}" for k_, v_ in cfg.items()),

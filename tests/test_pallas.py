@@ -59,8 +59,9 @@ def test_forward_and_gates_match_oracle(family, mode, causal):
     assert 0.05 < o_adj.mean() < 0.95
 
 
-@pytest.mark.parametrize("family, mode, backward", [("bernoulli", "train", "split"), ("hard_concrete", "train", "split"),
-                                                    ("bernoulli", "eval", "split"), ("bernoulli", "train", "atomic")])
+@pytest.mark.parametrize("family, mode, backward", [
+    ("bernoulli", "train", "split"), ("hard_concrete", "train", "split"), ("bernoulli", "eval", "split"),
+    ("bernoulli", "train", "atomic")])
 def test_gradients_match_reference(family, mode, backward):
     """d/d(q, k, v, bias) of sum(out * w) + sum(density^2): GQA, odd length, tiles that do not divide T (padded
     rows and keys), both backward variants (two kernels; one kernel with atomic dq)."""

@@ -369,7 +369,8 @@ def _backward(st: _Static, qh, kh, vh, doh, lse, delta, rows, bias_rows, dd_rows
     dk, dv = _call(st, _dkdv_kernel, (bsz, h, st.sp // bk),
                    [full_q(qh), k_tile(kh), k_tile(vh), full_q(doh), full_row, full_row, full_row, full_row,
                     full_row],
-                   [out_tile(d), out_tile(dv_dim)], dk_shapes, "sparse_attention_dkdv")(qh, kh, vh, doh, lse, delta, rows, bias_rows, dd_rows)
+                   [out_tile(d), out_tile(dv_dim)], dk_shapes, "sparse_attention_dkdv")(
+                       qh, kh, vh, doh, lse, delta, rows, bias_rows, dd_rows)
     q_tile = lambda x: pl.BlockSpec((None, None, bq, x.shape[-1]), lambda b, hh, i: (b, hh, i, 0))
     full_kv = lambda x: pl.BlockSpec((None, None, st.sp, x.shape[-1]), lambda b, hh, i: (b, hh // grp, 0, 0))
     row_tile = _row(bq, lambda b, hh, i: (b, hh, i))
