@@ -198,8 +198,7 @@ def is_edge(gate: Gate, g):
 
 def expected_gate(gate: Gate, g):
     """Probability that the pair is an edge: ``sigmoid(g)`` (Bernoulli) or the expected L0 (hard-concrete)."""
-    shift = _l0_shift(gate)
-    return jax.nn.sigmoid(g - shift if shift else g)  # the same op as the sample's sigmoid(g): kernels share it
+    return jax.nn.sigmoid(g - _l0_shift(gate))
 
 
 def expected_gate_slope(gate: Gate, g):

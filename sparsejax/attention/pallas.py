@@ -39,6 +39,7 @@ from .. import sharding
 from ..gates import Gate, bernoulli_terms, expected_gate, gate_value_and_slope, is_edge, key_uniform, row_hash
 
 _NEG = -1e30
+_LOG2E = np.float32(math.log2(math.e))
 
 # Block sizes, one row per backend ("interpret" = Pallas interpret mode on CPU: large blocks, fewer programs).
 # block_q / block_k: forward tiles; *_bwd: the tiles of both backward kernels. GPU: num_warps / num_stages are
@@ -134,7 +135,7 @@ def _dot_tn(a, b):
 def _exp(x):
     """The softmax's exponential as ``2 ** (x log2 e)``: one hardware ``ex2`` on GPU (``exp`` lowers to libdevice's
     slower accurate ``expf``). Float tolerance only: the gates' own sigmoid keeps ``exp`` (bit-identical gates)."""
-    return jnp.exp2(x * np.float32(math.log2(math.e)))
+    return jnp.exp2(x * _LOG2E)
 
 
 def _where(valid, x, fill):
@@ -182,7 +183,7 @@ def _fast_math(st: _Static):
         return f
 
     ex2 = approx("ex2")
-    return approx("rcp"), lambda x: ex2(x * np.float32(math.log2(math.e)))
+    return approx("rcp"), lambda x: ex2(x * _LOG2E)
 
 
 def _fwd_kernel(q_ref, k_ref, v_ref, row_ref, bias_ref, o_ref, lse_ref, rho_ref, edge_ref, *, st: _Static):
