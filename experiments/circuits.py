@@ -108,6 +108,7 @@ def main(argv=None):
             from sparsejax.train.state import build_data
 
             cfg = load_config(args.text)
+            cfg.data.repeat = 0.0  # plain held-out text (a run trained on repeated passages draws them itself)
             with tempfile.TemporaryDirectory() as tmp:
                 _, val, _ = build_data(cfg, Path(tmp))
                 rows = np.asarray(batch_at(val, 0, 2 * args.examples, seed=seed)["tokens"])

@@ -61,6 +61,7 @@ class DataSection:
     batch_size: int = 64
     seed: int = 0
     eval_batches: int = 8
+    repeat: float = 0.0             # text: share of rows with a passage copied later in the row (induction data)
 
 
 @dataclasses.dataclass
@@ -92,6 +93,8 @@ class ConstraintSection:
     pi_ki: float = 0.02             # pi: integral gain (max change of log beta per step)
     pi_kp: float = 2.0              # pi: proportional gain on the clipped relative error
     pi_ki_down: float | None = None  # pi: integral gain while beta falls (anti-windup; None: pi_ki)
+    pi_ki_follow_lr: bool = False   # pi: scale the integral gain while beta grows by lr / peak lr (anti-windup as
+    #                                 the lr decays; docs/controllers.md)
     error_clip: float = 1.0         # pi: clip of the scaled error
     error_scale: str = "tau"        # pi: the error's unit: "tau" (relative error) or "slack" (units of the slack)
     tau_data: str = "validation"    # where the dense CE behind tau is measured: "validation" or "train" batches
@@ -246,6 +249,7 @@ _RULES = (
     ("data.batch_size", lambda v: v >= 1, "an integer >= 1"),
     ("data.eval_batches", lambda v: v >= 1, "an integer >= 1"),
     ("data.bpe_vocab", lambda v: v >= 260, "an integer >= 260 (the byte alphabet plus specials)"),
+    ("data.repeat", lambda v: 0 <= v <= 1, "a share in [0, 1] (0: plain text)"),
     ("gate.bias", lambda v: math.isfinite(v), "a finite number"),
     ("gate.kind", lambda v: v in ("bernoulli", "hard_concrete"), "bernoulli or hard_concrete"),
     ("gate.per", lambda v: v in ("model", "layer", "head"), "model, layer or head"),
@@ -330,6 +334,11 @@ def validate(cfg: RunConfig) -> RunConfig:
     if g.enabled and not g.learnable and g.bias_lr is not None:
         problems.append(f"gate.bias_lr={g.bias_lr} has no effect while gate.learnable=false: set "
                         f"gate.learnable=true (learn the gate bias at that rate) or drop gate.bias_lr")
+    if cfg.data.repeat and cfg.data.kind != "text":
+        problems.append(f"data.repeat={cfg.data.repeat} (repeated passages) applies to text data only: set "
+                        "data.repeat=0 or data.kind=text")
+    if c.pi_ki_follow_lr and c.method != "pi":
+        problems.append(f"constraint.pi_ki_follow_lr works with constraint.method=pi, not {c.method}")
     if c.beta_init < c.beta_min:
         problems.append(f"constraint.beta_init={c.beta_init} must be >= constraint.beta_min={c.beta_min}")
     if problems:

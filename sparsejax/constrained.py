@@ -134,7 +134,7 @@ def geco(tau: float, *, beta_init: float = 1e-2, eta: float = 1.0, alpha: float 
 def pi_control(tau: float, *, beta_init: float = 1e-2, ki: float = 0.02, kp: float = 2.0, alpha: float = 0.9,
                beta_min: float = 1e-4, beta_max: float = 1e4, error_clip: float = 1.0, scale: float | None = None,
                sense: str = "ce", ki_down: float | None = None, target_start: float | None = None,
-               anneal_steps: int = 0) -> optax.GradientTransformationExtraArgs:
+               anneal_steps: int = 0, ki_up_scale=None) -> optax.GradientTransformationExtraArgs:
     """PI controller on ``log beta`` for ``CE <= tau`` (or ``density <= tau`` with ``sense="density"``).
 
     With ``C_t`` the EMA (decay ``alpha``) of the constrained quantity and the scaled satisfaction
@@ -157,6 +157,12 @@ def pi_control(tau: float, *, beta_init: float = 1e-2, ki: float = 0.02, kp: flo
 
     ``target_start`` / ``anneal_steps``: an annealed target (:func:`target_schedule`; ``tau`` in the formulas
     above is the target of the step, ``state.tau``).
+
+    ``ki_up_scale`` (anti-windup at the end of a schedule): a function of the step giving a factor in [0, 1] for the
+    integral gain while ``e_t > 0`` (beta growing), e.g. the learning rate over its peak. As the learning rate decays
+    the model can no longer follow a growing multiplier; without it the integral keeps growing while the constrained
+    quantity sits just inside its target, and the wound-up beta carries the last steps past the target
+    (docs/controllers.md). Falling beta keeps its full rate.
     """
     _check_positive(ki=ki, error_clip=error_clip, scale=tau if scale is None else scale)
     if ki_down is not None:
@@ -179,6 +185,8 @@ def pi_control(tau: float, *, beta_init: float = 1e-2, ki: float = 0.02, kp: flo
         e = jnp.clip(sign * (tau_t - ema) / (tau_t if scale is None else scale), -error_clip, error_clip)
         settled = state.count >= anneal_steps  # a fixed target (at once without annealing)
         rate = ki if ki_down is None else jnp.where((e < 0) & settled, ki_down, ki)
+        if ki_up_scale is not None:
+            rate = jnp.where(e > 0, rate * jnp.clip(ki_up_scale(state.count), 0.0, 1.0), rate)
         integral = jnp.clip(state.integral + rate * e, lo, hi)
         beta = jnp.exp(jnp.clip(integral + kp * e, lo, hi))
         return updates, PIState(beta, integral, ema, tau_t, state.count + 1)

@@ -222,3 +222,33 @@ def test_annealed_density_target_drives_the_multiplier(make):
     np.testing.assert_allclose(logs, want, rtol=1e-4, atol=1e-6)
     assert logs[1] < logs[0] and logs[2] > logs[1]  # falls while the target is above 0.1, rises once below
     np.testing.assert_allclose(float(s.tau), 0.02, rtol=1e-6)
+
+
+def test_pi_integral_growth_follows_the_lr_when_asked():
+    """ki_up_scale scales the integral's growth only (by hand: e = +0.5 -> 0.02 * 0.5 * scale; e = -0.5 -> full ki);
+    from a run config, the scale is the lr schedule over its peak (pi_ki_follow_lr)."""
+    t = constrained.pi_control(0.02, beta_init=1.0, ki=0.02, kp=0.0, alpha=0.0, sense="density",
+                               ki_up_scale=lambda count: 1.0 - count / 10)
+    s = t.init(None)
+    _, s = t.update(None, s, constraint=0.03)  # count 0: scale 1; density over its target: beta grows
+    _, s = t.update(None, s, constraint=0.03)  # count 1: scale 0.9
+    np.testing.assert_allclose(float(s.integral), 0.02 * 0.5 * (1 + 0.9), atol=1e-6)
+    _, s = t.update(None, s, constraint=0.01)  # under its target: falls at the full ki
+    np.testing.assert_allclose(float(s.integral), 0.02 * 0.5 * 1.9 - 0.02 * 0.5, atol=1e-6)
+
+    from sparsejax.config import load_config
+    from sparsejax.train.step import make_multiplier
+
+    over = ["constraint.method=pi", "constraint.sense=density", "constraint.density_target=0.02",
+            "constraint.pi_kp=0", "constraint.alpha=0", "constraint.beta_init=1", "train.steps=10", "train.warmup=0",
+            "train.schedule=linear", "train.lr_final=0.0"]
+    runs = {}
+    for follow in ("false", "true"):
+        m = make_multiplier(load_config("toy_addition_posttrain", over + [f"constraint.pi_ki_follow_lr={follow}"]), 0.02)
+        s = m.init(None)
+        for _ in range(10):
+            _, s = m.update(None, s, constraint=0.03)
+        runs[follow] = float(s.integral)
+    ki = load_config("toy_addition_posttrain", over).constraint.pi_ki
+    np.testing.assert_allclose(runs["false"], 10 * ki * 0.5, rtol=1e-5)
+    np.testing.assert_allclose(runs["true"], ki * 0.5 * sum(1 - k / 10 for k in range(10)), rtol=1e-5)

@@ -89,3 +89,30 @@ def test_non_utf8_corpus_is_one_clear_error_and_the_fix_works(tmp_path):
     fixed = tmp_path / "latin1.utf8.txt"  # what the suggested iconv command writes
     fixed.write_text(bad.read_bytes().decode("latin-1"), encoding="utf-8")
     assert text.corpus_files(fixed) == [fixed]
+
+
+def test_repeated_passages_copy_a_span_of_the_same_row():
+    from sparsejax.data import RepeatedPassages
+
+    base = ArraySource(np.arange(40 * 33, dtype=np.int32).reshape(40, 33))  # every token distinct
+    src = RepeatedPassages(base, 0.5, seed=3)
+    got = src.rows(np.arange(40))["tokens"]
+    np.testing.assert_array_equal(src.rows([7, 2])["tokens"], got[[7, 2]])  # a row's copy depends on the row alone
+    changed = 0
+    for i in range(40):
+        orig, row = base.tokens[i], got[i]
+        diff = np.flatnonzero(row != orig)
+        if diff.size == 0:
+            continue
+        changed += 1
+        b, length = diff[0], diff.size
+        assert 8 <= length <= 16 and np.all(np.diff(diff) == 1)  # one contiguous overwritten passage ...
+        a = row[b] - orig[0]
+        assert a + length <= b  # ... copied from earlier in the row, without overlap
+        np.testing.assert_array_equal(row[b:b + length], orig[a:a + length])
+    assert 10 <= changed <= 30  # about half the rows
+    assert np.array_equal(RepeatedPassages(base, 0.5, seed=4).rows(np.arange(40))["tokens"], got) is False
+    with pytest.raises(ValueError, match="share"):
+        RepeatedPassages(base, 1.5)
+    with pytest.raises(ValueError, match="cannot hold two passages"):
+        RepeatedPassages(ArraySource(np.zeros((4, 10), np.int32)), 0.5)

@@ -35,6 +35,41 @@ class ArraySource:
         return {"tokens": tokens, "mask": mask}
 
 
+class RepeatedPassages:
+    """Text with repeated passages (for induction heads): in a share ``share`` of the rows of ``source`` (chosen,
+    like everything here, by ``(seed, row)`` alone), a passage of ``min_len`` to ``(T + 1) // 2`` tokens is copied
+    to a later place in the same row, overwriting what was there. The loss mask is unchanged, so the model is
+    trained to predict the copy. Other rows are the source's."""
+
+    def __init__(self, source, share: float, seed: int = 0, min_len: int = 8):
+        if not 0 < share <= 1:
+            raise ValueError(f"the share of rows with a repeated passage must be in (0, 1], got {share}")
+        if source.seq_len + 1 < 2 * min_len:
+            raise ValueError(f"rows of {source.seq_len + 1} tokens cannot hold two passages of {min_len} tokens; "
+                             f"use a longer data.seq_len or no repeats")
+        self.source, self.share, self.seed, self.min_len = source, share, seed, min_len
+
+    def __len__(self):
+        return len(self.source)
+
+    @property
+    def seq_len(self) -> int:
+        return self.source.seq_len
+
+    def rows(self, indices) -> dict:
+        batch = self.source.rows(indices)
+        tokens, n = batch["tokens"].copy(), self.seq_len + 1
+        for j, i in enumerate(np.asarray(indices)):
+            rng = np.random.default_rng([self.seed, 0x5EED, int(i)])
+            if rng.random() >= self.share:
+                continue
+            length = int(rng.integers(self.min_len, n // 2 + 1))
+            a = int(rng.integers(0, n - 2 * length + 1))        # the passage ...
+            b = int(rng.integers(a + length, n - length + 1))   # ... and where its copy goes
+            tokens[j, b:b + length] = tokens[j, a:a + length]
+        return {**batch, "tokens": tokens}
+
+
 def batch_indices(n_rows: int, step: int, batch_size: int, seed: int) -> np.ndarray:
     """Row indices of batch ``step``: epochs are independent permutations drawn from ``(seed, epoch)``."""
     if batch_size > n_rows:

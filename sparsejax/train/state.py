@@ -90,8 +90,13 @@ def build_data(cfg: RunConfig, run_dir: Path):
         tok_path.parent.mkdir(parents=True, exist_ok=True)
         tokenizer.save(str(tok_path))
         srcs = tfds_builders.prepare("text", run_dir / "tfds", files=files, tokenizer_path=tok_path, seq_len=d.seq_len)
-        return srcs["train"], srcs["validation"], tokenizer
-    train, val = text.text_sources(text.encode_files(files, tokenizer), d.seq_len)
+        train, val = srcs["train"], srcs["validation"]
+    else:
+        train, val = text.text_sources(text.encode_files(files, tokenizer), d.seq_len)
+    if d.repeat:  # induction data: the same transformation of train and validation rows
+        from ..data import RepeatedPassages
+
+        train, val = RepeatedPassages(train, d.repeat, d.seed), RepeatedPassages(val, d.repeat, d.seed + 1)
     return train, val, tokenizer
 
 

@@ -62,11 +62,14 @@ def make_multiplier(cfg: RunConfig, tau: float | None, target_start: float | Non
                                 max_log_step_down=c.max_log_step_down, sense=c.sense, target_start=target_start,
                                 anneal_steps=c.anneal_steps)
     if c.method == "pi":
+        t = cfg.train  # pi_ki_follow_lr: beta grows at most as fast, relative to ki, as the lr relative to its peak
+        lr = lr_schedule(t.lr, t.warmup, t.steps, t.schedule, t.lr_final)
+        follow_lr = (lambda count: lr(count // t.grad_accum) / t.lr) if c.pi_ki_follow_lr else None
         scale = c.slack if c.error_scale == "slack" and c.sense == "ce" else None
         return constrained.pi_control(tau, beta_init=c.beta_init, ki=c.pi_ki, kp=c.pi_kp, alpha=c.alpha,
                                       beta_min=c.beta_min, error_clip=c.error_clip, scale=scale, sense=c.sense,
                                       ki_down=c.pi_ki_down, target_start=target_start,
-                                      anneal_steps=c.anneal_steps)
+                                      anneal_steps=c.anneal_steps, ki_up_scale=follow_lr)
     return constrained.dual_ascent(tau, lr=c.lr, kp=c.kp)
 
 
