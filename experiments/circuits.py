@@ -45,6 +45,9 @@ def analyse(model, clean, corrupt, metric, target, attention_mask=None) -> dict:
     need = next((k for k, e in enumerate(curve) if e >= 0.9), None)
     edge_scores = circuits.edge_score_matrix(c, p, g, clean, corrupt, metric, method="eap-ig", steps=5, **pad)
     n_edges, edge_curve = circuits.smallest_edge_circuit(c, p, g, clean, corrupt, metric, edge_scores, 0.9, **pad)
+    total = len(circuits.edges(c))
+    grid = sorted({min(2 ** i, total) for i in range(total.bit_length() + 1)})  # the same ks for every prompt set
+    grid_curve = circuits.edge_effect_curve(c, p, g, clean, corrupt, metric, edge_scores, grid, **pad)
     kept = circuits.top_edges(c, edge_scores, n_edges) if n_edges else None
     att = circuits.attention_attribution(c, p, g, clean, target, **pad)
     heads80, ranking = circuits.heads_for_share(att["per_head"], 0.8)
@@ -60,8 +63,8 @@ def analyse(model, clean, corrupt, metric, target, attention_mask=None) -> dict:
             "top3_agreement": circuits.rank_agreement(eap, exact, 3),
             "attribution_heads_for_0.8": heads80, "attribution_ranking": ranking,
             "attribution_cumulative_share": (np.cumsum(mags) / mags.sum()).tolist(),
-            "edges_total": len(circuits.edges(c)), "edges_for_0.9": n_edges,
-            "edge_curve": {str(k): v for k, v in edge_curve.items()},
+            "edges_total": total, "edges_for_0.9": n_edges,
+            "edge_curve": {str(k): v for k, v in edge_curve.items()}, "edge_grid": grid, "edge_grid_curve": grid_curve,
             "heads_in_edge_circuit": None if kept is None else len(circuits.circuit_heads(c, kept)),
             "edge_circuit": None if kept is None else [[list(w), list(r)] for w, r in circuits.edges(c)
                                                         if kept[circuits.writers(c).index(w),
@@ -126,7 +129,7 @@ def main(argv=None):
             task = tasks.induction(vocab, args.examples, args.half, seed)
         return task
 
-    results, over_sets = {}, {name: [] for name in models}
+    results, over_sets, curves = {}, {name: [] for name in models}, {name: [] for name in models}
     for k in range(args.sets):  # prompt sets drawn with seeds seed, seed + 1, ...; the first set's analysis is kept
         task = make_task(args.seed + k)
         clean, corrupt = jnp.asarray(task.clean), jnp.asarray(task.corrupt)
@@ -134,12 +137,14 @@ def main(argv=None):
             res = analyse(model, clean, corrupt, task.metric, task.good, task.attention_mask)
             keys = ("heads_for_0.9", "edges_for_0.9", "heads_in_edge_circuit", "attribution_heads_for_0.8")
             over_sets[name].append({key: res[key] for key in keys})
+            curves[name].append({"curve": res["curve"], "edge_grid_curve": res["edge_grid_curve"]})
             if k == 0:
                 results[name] = res
             print(f"set {k}: {name}: {over_sets[name][-1]}", flush=True)
     for name in models:
         res = results[name]
         res["over_sets"] = over_sets[name]
+        res["curves_over_sets"] = curves[name]
         res["mean_sd_over_sets"] = {key: [float(np.mean([o[key] for o in over_sets[name] if o[key] is not None])),
                                           float(np.std([o[key] for o in over_sets[name] if o[key] is not None]))]
                                     for key in over_sets[name][0]}
@@ -157,12 +162,19 @@ def main(argv=None):
     import matplotlib.pyplot as plt
 
     fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(16, 4))
-    for name in models:
+    mean_sd = lambda name, key: results[name]["mean_sd_over_sets"][key]
+    count = lambda name, key: (f"{mean_sd(name, key)[0]:.1f} ± {mean_sd(name, key)[1]:.1f}" if args.sets > 1
+                               else f"{results[name][key]}")
+    for name in models:  # mean over the prompt sets, shaded: +- one standard deviation
         res = results[name]
-        ax.plot(range(len(res["curve"])), res["curve"], "o-", label=f"{name} (0.9 at {res['heads_for_0.9']} heads)")
-        ks = sorted(int(k) for k in res["edge_curve"])
-        bx.plot(ks, [res["edge_curve"][str(k)] for k in ks], "o-", label=f"{name} (0.9 at {res['edges_for_0.9']} of "
-                f"{res['edges_total']} edges)")
+        for a, xs, key in ((ax, np.arange(len(res["curve"])), "curve"), (bx, np.asarray(res["edge_grid"]),
+                                                                          "edge_grid_curve")):
+            ys = np.array([c[key] for c in res["curves_over_sets"]])
+            label = (f"{name} (0.9 at {count(name, 'heads_for_0.9')} heads)" if key == "curve" else
+                     f"{name} (0.9 at {count(name, 'edges_for_0.9')} of {res['edges_total']} edges)")
+            line, = a.plot(xs, ys.mean(0), "o-", ms=3, label=label)
+            if len(ys) > 1:
+                a.fill_between(xs, ys.mean(0) - ys.std(0), ys.mean(0) + ys.std(0), color=line.get_color(), alpha=0.2)
         share = res["attribution_cumulative_share"]
         cx.plot(range(1, len(share) + 1), share, "o-", label=f"{name} (80% at {res['attribution_heads_for_0.8']} heads)")
     for a in (ax, bx):
@@ -176,13 +188,14 @@ def main(argv=None):
     ax.set_xlabel("attention heads kept (ranked by exact patching; embedding and MLPs kept)")
     bx.set_xscale("log")
     bx.set_xlabel("edges kept (top-k by EAP-IG; log scale)")
-    d, sp = results["dense"], results["sparse"]
-    ratio = lambda a, b: f"{a / b:.1f}x" if a and b else "n/a"
+    ratio = lambda key: (f"{mean_sd('dense', key)[0] / mean_sd('sparse', key)[0]:.1f}x"
+                         if mean_sd("dense", key)[0] and mean_sd("sparse", key)[0] else "n/a")
     what = {"addition": "addition, units digit (corrupt: 2nd operand's units digit)",
             "induction": f"induction (repeat of {args.half} tokens of "
                          f"{'held-out text' if args.text else 'random tokens'})"}.get(args.task, args.task)
-    fig.suptitle(f"{what}, {args.examples} prompts; dense/sparse: heads {ratio(d['heads_for_0.9'], sp['heads_for_0.9'])}"
-                 f", edges {ratio(d['edges_for_0.9'], sp['edges_for_0.9'])}")
+    sets = f" x {args.sets} sets (mean, ± sd shaded)" if args.sets > 1 else ""
+    fig.suptitle(f"{what}, {args.examples} prompts{sets}; at 0.9 explained effect, dense/sparse: heads "
+                 f"{ratio('heads_for_0.9')}, edges {ratio('edges_for_0.9')}")
     fig.tight_layout()
     name = {"addition": "addition_circuits.png", "induction": "induction_heads.png"}.get(args.task,
                                                                                           f"{args.task}_circuits.png")
