@@ -68,6 +68,7 @@ def main(argv=None):
     from sparsejax.config import load_config
     from sparsejax.data import addition
     from sparsejax.train import Trainer
+    from sparsejax.train.checkpointing import atomic_write_text
 
     out = Path(args.out or f"runs/controllers_{args.task}")
     out.mkdir(parents=True, exist_ok=True)
@@ -98,9 +99,9 @@ def main(argv=None):
                 f = jax.jit(lambda t: sj.forward(m.config, m.params, t, m.gate)[0])
                 row["final_greedy_exact_match"] = addition.greedy_exact_match(f, addition.split("validation"))
             results[key] = row
-            (out / "results.json").write_text(json.dumps(results, indent=1))
+            atomic_write_text(out / "results.json", json.dumps(results, indent=1))
             print(key, {k: v for k, v in row.items() if k not in ("curve", "final_density_per_layer")}, flush=True)
-    (out / "table.md").write_text(table(results))
+    atomic_write_text(out / "table.md", table(results))
     print(table(results))
 
 

@@ -89,6 +89,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     from sparsejax.config import load_config
     from sparsejax.train import Trainer
+    from sparsejax.train.checkpointing import atomic_write_text
     from sparsejax.train.evaluate import evaluate_checkpoint
 
     dense, out = Path(args.dense), Path(args.out)
@@ -108,14 +109,14 @@ def main(argv=None):
             continue
         Trainer(load_config("shakespeare_posttrain", base + over), out / name, progress=False).fit()
         results["points"].append(point(out / name, label))
-        res_path.write_text(json.dumps(results, indent=1))
+        atomic_write_text(res_path, json.dumps(results, indent=1))
         print(label, {k: v for k, v in results["points"][-1].items() if k != "config"}, flush=True)
     for run in args.runs:
         label = f"{Path(run).parent.name}/{Path(run).name}"
         results["points"] = [q for q in results["points"] if q["label"] != label] + [point(Path(run), label)]
-    res_path.write_text(json.dumps(results, indent=1))
+    atomic_write_text(res_path, json.dumps(results, indent=1))
     plot(results, results["dense_ce"], out / "frontier.png")
-    (out / "table.md").write_text(table(results, results["dense_ce"]))
+    atomic_write_text(out / "table.md", table(results, results["dense_ce"]))
     print(table(results, results["dense_ce"]))
 
 

@@ -15,6 +15,8 @@ import json
 import time
 from pathlib import Path
 
+from sparsejax.train.checkpointing import atomic_write_text
+
 import sparsejax as sj
 from sparsejax import report
 from sparsejax.config import load_config
@@ -104,7 +106,7 @@ def main(argv=None):
                "posttrain_minutes": minutes,
                "nontrivial_heads_prompt": report.nontrivial_heads(sparse_maps[1]),
                "pretrain_steps": pre_cfg.train.steps, "posttrain_steps": post_cfg.train.steps, "context": 256}
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    atomic_write_text(out / "results.json", json.dumps(results, indent=1))
     print(json.dumps({k: v for k, v in results.items() if k not in ("edge_density_per_head", "nontrivial_heads_prompt")},
                      indent=1))
     print(f"report: {report.write_report(out)}")

@@ -18,6 +18,8 @@ import argparse
 import json
 from pathlib import Path
 
+from sparsejax.train.checkpointing import atomic_write_text
+
 import jax
 import jax.numpy as jnp
 import matplotlib
@@ -133,7 +135,7 @@ def main(argv=None):
     report.plot_attention_maps(report.head_maps(dense, row[:-1], None), sparse_maps, list(addition.decode(row[:-1])),
                                out / "attention_maps.png", "95+17: per-head attention, dense (left) vs sparse (right)")
     results["nontrivial_heads_95+17"] = report.nontrivial_heads(sparse_maps[1])
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    atomic_write_text(out / "results.json", json.dumps(results, indent=1))
     print(json.dumps({k: v for k, v in results.items() if not k.startswith(("edge_density_per", "nontrivial"))},
                      indent=1))
     print(f"figures: {out / 'attention_graphs.png'}, {out / 'training_dynamics.png'}, {out / 'attention_maps.png'};"
