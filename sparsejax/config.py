@@ -62,6 +62,7 @@ class DataSection:
     seed: int = 0
     eval_batches: int = 8
     repeat: float = 0.0             # text: share of rows with a passage copied later in the row (induction data)
+    repeat_tokens: str = "text"     # the repeated passage: "text" (from the row) or "random" (uniform tokens)
 
 
 @dataclasses.dataclass
@@ -250,6 +251,7 @@ _RULES = (
     ("data.eval_batches", lambda v: v >= 1, "an integer >= 1"),
     ("data.bpe_vocab", lambda v: v >= 260, "an integer >= 260 (the byte alphabet plus specials)"),
     ("data.repeat", lambda v: 0 <= v <= 1, "a share in [0, 1] (0: plain text)"),
+    ("data.repeat_tokens", lambda v: v in ("text", "random"), "text or random"),
     ("gate.bias", lambda v: math.isfinite(v), "a finite number"),
     ("gate.kind", lambda v: v in ("bernoulli", "hard_concrete"), "bernoulli or hard_concrete"),
     ("gate.per", lambda v: v in ("model", "layer", "head"), "model, layer or head"),

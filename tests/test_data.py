@@ -112,7 +112,20 @@ def test_repeated_passages_copy_a_span_of_the_same_row():
         np.testing.assert_array_equal(row[b:b + length], orig[a:a + length])
     assert 10 <= changed <= 30  # about half the rows
     assert np.array_equal(RepeatedPassages(base, 0.5, seed=4).rows(np.arange(40))["tokens"], got) is False
+    # random passages: the passage is overwritten by tokens below vocab, and the copy repeats them
+    rnd = RepeatedPassages(base, 0.5, seed=3, vocab=7).rows(np.arange(40))["tokens"]
+    for i in np.flatnonzero((got != base.tokens).any(1)):
+        diff = np.flatnonzero(got[i] != base.tokens[i])
+        b, length = diff[0], diff.size
+        a = got[i, b] - base.tokens[i, 0]
+        assert np.all(rnd[i, a:a + length] < 7) and np.array_equal(rnd[i, b:b + length], rnd[i, a:a + length])
+        keep = np.ones(33, bool)
+        keep[a:a + length] = keep[b:b + length] = False
+        np.testing.assert_array_equal(rnd[i, keep], base.tokens[i, keep])  # the rest of the row is untouched
+    assert np.array_equal((rnd != base.tokens).any(1), (got != base.tokens).any(1))
     with pytest.raises(ValueError, match="share"):
         RepeatedPassages(base, 1.5)
+    with pytest.raises(ValueError, match="vocabulary of >= 2"):
+        RepeatedPassages(base, 0.5, vocab=1)
     with pytest.raises(ValueError, match="cannot hold two passages"):
         RepeatedPassages(ArraySource(np.zeros((4, 10), np.int32)), 0.5)

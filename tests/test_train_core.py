@@ -176,6 +176,7 @@ def test_density_target_mode_on_the_toy(tmp_path):
      "gate.bias_lr=0.03 has no effect while gate.learnable=false: set gate.learnable=true"),
     ("data.repeat=0.5", "applies to text data only: set data.repeat=0"),
     ("data.repeat=1.5", "data.repeat=1.5 must be a share in"),
+    ("data.repeat_tokens=noise", "data.repeat_tokens='noise' must be text or random"),
     ("constraint.method=geco constraint.pi_ki_follow_lr=true", "pi_ki_follow_lr works with constraint.method=pi"),
 ])
 def test_invalid_values_are_refused_before_anything_runs(override, message, tmp_path):

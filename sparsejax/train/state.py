@@ -96,7 +96,9 @@ def build_data(cfg: RunConfig, run_dir: Path):
     if d.repeat:  # induction data: the same transformation of train and validation rows
         from ..data import RepeatedPassages
 
-        train, val = RepeatedPassages(train, d.repeat, d.seed), RepeatedPassages(val, d.repeat, d.seed + 1)
+        vocab = tokenizer.get_vocab_size() if d.repeat_tokens == "random" else None
+        train, val = (RepeatedPassages(train, d.repeat, d.seed, vocab=vocab),
+                      RepeatedPassages(val, d.repeat, d.seed + 1, vocab=vocab))
     return train, val, tokenizer
 
 
