@@ -113,7 +113,9 @@ def test_repeated_passages_copy_a_span_of_the_same_row():
     assert 10 <= changed <= 30  # about half the rows
     assert np.array_equal(RepeatedPassages(base, 0.5, seed=4).rows(np.arange(40))["tokens"], got) is False
     # random passages: the passage is overwritten by tokens below vocab, and the copy repeats them
-    rnd = RepeatedPassages(base, 0.5, seed=3, vocab=7).rows(np.arange(40))["tokens"]
+    rnd_rows = RepeatedPassages(base, 0.5, seed=3, vocab=7).rows(np.arange(40))
+    rnd = rnd_rows["tokens"]
+    assert RepeatedPassages(base, 0.5, seed=3).rows(np.arange(40))["mask"].all()  # text passages: mask untouched
     for i in np.flatnonzero((got != base.tokens).any(1)):
         diff = np.flatnonzero(got[i] != base.tokens[i])
         b, length = diff[0], diff.size
@@ -122,6 +124,9 @@ def test_repeated_passages_copy_a_span_of_the_same_row():
         keep = np.ones(33, bool)
         keep[a:a + length] = keep[b:b + length] = False
         np.testing.assert_array_equal(rnd[i, keep], base.tokens[i, keep])  # the rest of the row is untouched
+        want = np.ones(32, np.float32)
+        want[max(a - 1, 0):a + length - 1] = 0  # no loss on predicting the random passage's first occurrence
+        np.testing.assert_array_equal(rnd_rows["mask"][i], want)
     assert np.array_equal((rnd != base.tokens).any(1), (got != base.tokens).any(1))
     with pytest.raises(ValueError, match="share"):
         RepeatedPassages(base, 1.5)

@@ -41,7 +41,8 @@ class RepeatedPassages:
     to a later place in the same row, overwriting what was there. The loss mask is unchanged, so the model is
     trained to predict the copy. Other rows are the source's. ``vocab``: the passage itself is first replaced by
     tokens drawn uniformly from ``[0, vocab)``, so only its copy is predictable (a much stronger pull towards
-    induction heads than text, whose copies bigram statistics already half-predict)."""
+    induction heads than text, whose copies bigram statistics already half-predict), and the loss mask drops the
+    targets inside that first, unpredictable occurrence (noise with nothing to learn)."""
 
     def __init__(self, source, share: float, seed: int = 0, min_len: int = 8, vocab: int | None = None):
         if not 0 < share <= 1:
@@ -62,7 +63,7 @@ class RepeatedPassages:
 
     def rows(self, indices) -> dict:
         batch = self.source.rows(indices)
-        tokens, n = batch["tokens"].copy(), self.seq_len + 1
+        tokens, mask, n = batch["tokens"].copy(), batch["mask"].copy(), self.seq_len + 1
         for j, i in enumerate(np.asarray(indices)):
             rng = np.random.default_rng([self.seed, 0x5EED, int(i)])
             if rng.random() >= self.share:
@@ -72,8 +73,9 @@ class RepeatedPassages:
             b = int(rng.integers(a + length, n - length + 1))   # ... and where its copy goes
             if self.vocab is not None:
                 tokens[j, a:a + length] = rng.integers(0, self.vocab, length)
+                mask[j, max(a - 1, 0):a + length - 1] = 0.0  # target t is token t + 1
             tokens[j, b:b + length] = tokens[j, a:a + length]
-        return {**batch, "tokens": tokens}
+        return {**batch, "tokens": tokens, "mask": mask}
 
 
 def batch_indices(n_rows: int, step: int, batch_size: int, seed: int) -> np.ndarray:
