@@ -38,8 +38,8 @@ class ArraySource:
 class RepeatedPassages:
     """Text with repeated passages (for induction heads): in a share ``share`` of the rows of ``source`` (chosen,
     like everything here, by ``(seed, row)`` alone), a passage of ``min_len`` to ``(T + 1) // 2`` tokens is copied
-    to a later place in the same row, overwriting what was there. The loss mask is unchanged, so the model is
-    trained to predict the copy. Other rows are the source's. ``vocab``: the passage itself is first replaced by
+    to a later place in the same row, overwriting what was there; the model is trained to predict the copy (the
+    loss mask is kept). Other rows are the source's. ``vocab``: the passage itself is first replaced by
     tokens drawn uniformly from ``[0, vocab)``, so only its copy is predictable (a much stronger pull towards
     induction heads than text, whose copies bigram statistics already half-predict), and the loss mask drops the
     targets inside that first, unpredictable occurrence (noise with nothing to learn)."""
