@@ -8,6 +8,8 @@ whose first occurrence costs ~log V); one without barely gains.
 
     python experiments/induction_score.py --text runs/induction_lm/dense/config.yaml \
         runs/shakespeare/dense/model runs/induction_lm/dense/model
+    python experiments/induction_score.py --text runs/induction_lm3/dense/config.yaml runs/induction_lm3/dense/model \
+        runs/induction_lm3/sparse_d/d0.01/model --maps docs/figures/induction_lm_attention.png
 """
 from __future__ import annotations
 
@@ -45,19 +47,24 @@ def main(argv=None):
     p.add_argument("--half", type=int, default=24)
     p.add_argument("--n", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--maps", help="with two models (dense, sparse): draw their per-head attention (P x A, eval gates) "
+                   "on the first random sequence and its copy to this .png")
     args = p.parse_args(argv)
+    if args.maps and len(args.models) != 2:
+        raise ValueError(f"--maps draws two models side by side (dense, sparse); got {len(args.models)} models")
     cfg = load_config(args.text)
     cfg.data.repeat = 0.0  # plain held-out text
     with tempfile.TemporaryDirectory() as tmp:
         _, val, tokenizer = build_data(cfg, Path(tmp))
         text = np.asarray(batch_at(val, 0, args.n, seed=args.seed)["tokens"])[:, :args.half]
     rand = np.random.default_rng(args.seed).integers(0, tokenizer.get_vocab_size(), (args.n, args.half))
-    rows = []
+    rows, models = [], []
     for path in args.models:
         model = sj.from_pretrained(path)
         if 2 * args.half > model.config.max_position:
             raise ValueError(f"2 x --half = {2 * args.half} tokens exceeds {path}'s {model.config.max_position} "
                              "positions: use a smaller --half")
+        models.append(model)
         row = {"model": path}
         for name, seqs in (("text", text), ("random", rand)):
             row[f"{name}_first"], row[f"{name}_copy"] = copy_losses(model, seqs)
@@ -67,6 +74,15 @@ def main(argv=None):
         print(f"| {r['model']} | {r['text_first']:.3f} | {r['text_copy']:.3f} | {r['random_first']:.3f} | "
               f"{r['random_copy']:.3f} |")
     print(json.dumps(rows))
+    if args.maps:
+        from sparsejax import report
+
+        seq = np.concatenate([rand[0], rand[0]])
+        maps = [report.head_maps(m, seq, m.gate) for m in models]
+        report.plot_attention_maps(*maps, [""] * len(seq), Path(args.maps),
+                                   f"a random {args.half}-token sequence and its copy: {args.models[0]} (left), "
+                                   f"{args.models[1]} (right); red: edges kept")
+        print(f"wrote {args.maps}")
 
 
 if __name__ == "__main__":
