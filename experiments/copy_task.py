@@ -23,6 +23,7 @@ def main(argv=None):
 
     from sparsejax.models import forward, init_params
     from sparsejax.models.config import ModelConfig
+    from sparsejax.objective import cross_entropy
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--max-gap", type=int, default=16)
@@ -40,9 +41,7 @@ def main(argv=None):
     state = opt.init(params)
 
     def loss(p, x, m):
-        logits = forward(cfg, p, x[:, :-1], None, mode="eval")[0]
-        nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, -1), x[:, 1:, None], -1)[..., 0]
-        return (nll * m).sum() / m.sum()
+        return cross_entropy(forward(cfg, p, x[:, :-1], None, mode="eval")[0], x[:, 1:], m)
 
     @jax.jit
     def step(p, s, x, m):

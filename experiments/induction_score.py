@@ -23,16 +23,16 @@ import numpy as np
 
 def copy_losses(model, sequences: np.ndarray) -> tuple[float, float]:
     """Mean loss on the first occurrence and on the copy of ``sequences`` [n, half] repeated once."""
-    import jax
     import jax.numpy as jnp
 
     from sparsejax.models import forward
+    from sparsejax.objective import cross_entropy
 
     half = sequences.shape[1]
     x = jnp.asarray(np.concatenate([sequences, sequences], 1), jnp.int32)
     logits = forward(model.config, model.params, x[:, :-1], model.gate, mode="eval")[0]
-    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits.astype(jnp.float32), -1), x[:, 1:, None], -1)[..., 0]
-    return float(nll[:, :half - 1].mean()), float(nll[:, half:].mean())
+    return (float(cross_entropy(logits[:, :half - 1], x[:, 1:half])),   # targets 1 .. half-1
+            float(cross_entropy(logits[:, half:], x[:, half + 1:])))    # the copy's targets half+1 .. 2 half-1
 
 
 def main(argv=None):
