@@ -46,3 +46,11 @@ def test_controller_summary_and_curve_figure(tmp_path):
     subprocess.run([sys.executable, "experiments/toy_curves.py", "--out", str(tmp_path / "c.png"), f"{tmp_path}=run"],
                    check=True, cwd=REPO, capture_output=True)
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    cmd = [sys.executable, "experiments/toy_curves.py", "--target", "0.3", "--goal", "0.01", "--beta",
+           "--out", str(tmp_path / "b.png"), f"{tmp_path}=run"]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    assert r.returncode != 0 and "logs no multiplier beta" in r.stderr and not (tmp_path / "b.png").exists()
+    recs[1]["beta"] = 0.5
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    subprocess.run(cmd, check=True, cwd=REPO, capture_output=True)
+    assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
