@@ -117,23 +117,56 @@ def nontrivial_heads(adjacency: np.ndarray) -> list[dict]:
     return out
 
 
-def plot_attention_maps(dense_maps, sparse_maps, labels, out: Path, title: str = "") -> Path:
-    """Per-head maps, dense (left block) and sparse (right block) side by side; rows are layers."""
+MAX_MAP_HEADS = 12  # a model with more heads gets a figure of the heads worth a look
+
+
+def pick_heads(dense_maps, sparse_maps, n: int = 12) -> list[tuple[int, int, str]]:
+    """The heads worth looking at, ``(layer, head, why)``: a third the most changed by sparsification (L1 distance
+    between the dense and the sparse effective attention), a third the sparsest heads that keep a non-trivial edge
+    (neither to the first token nor to the query itself), the rest the busiest head of evenly spaced layers."""
+    (dp, _), (sp, sa) = dense_maps, sparse_maps
+    L, H = dp.shape[:2]
+    change = np.abs(dp - sp).sum(axis=(2, 3))
+    edges = sa.sum(axis=(2, 3))
+    nontrivial = {(h["layer"], h["head"]): h["nontrivial_edges"] for h in nontrivial_heads(sa)}
+    picked: dict[tuple[int, int], str] = {}
+
+    def take(candidates, why, k):
+        for lh in candidates:
+            if len(picked) >= n or k <= 0:
+                return
+            if lh not in picked:
+                picked[lh], k = why, k - 1
+
+    order = lambda score: [tuple(int(x) for x in np.unravel_index(i, (L, H))) for i in np.argsort(score, axis=None)]
+    take(order(-change), "most changed", n // 3)
+    take(sorted(nontrivial, key=lambda lh: (edges[lh], lh)), "sparsest non-trivial", n // 3)
+    take([(int(l), int(np.argmax(edges[l]))) for l in np.unique(np.linspace(0, L - 1, n).round().astype(int))],
+         "busiest of its layer", n)
+    return sorted((l, h, why) for (l, h), why in picked.items())
+
+
+def plot_attention_maps(dense_maps, sparse_maps, labels, out: Path, title: str = "", heads=None) -> Path:
+    """Per-head maps, dense (left block) and sparse (right block) side by side; rows are layers. ``heads``: only
+    these ``(layer, head, why)`` (:func:`pick_heads`), one row each (dense | sparse), for models with many heads."""
     plt = _plt()
     (dp, _), (sp, sa) = dense_maps, sparse_maps
     L, H, T, _ = dp.shape
-    fig, axes = plt.subplots(L, 2 * H, figsize=(1.9 * 2 * H, 1.9 * L + 0.6), squeeze=False)
-    for l in range(L):
-        for h in range(H):
+    cells = [[(l, h) for h in range(H)] for l in range(L)] if heads is None else [[(l, h)] for l, h, _ in heads]
+    rows, cols = len(cells), len(cells[0])
+    fig, axes = plt.subplots(rows, 2 * cols, figsize=(1.9 * 2 * cols + (1.2 if heads else 0), 1.9 * rows + 0.6),
+                             squeeze=False)
+    for r, row in enumerate(cells):
+        for c, (l, h) in enumerate(row):
             for block, (maps, name) in enumerate(((dp, "dense"), (sp, "sparse"))):
-                ax = axes[l, block * H + h]
+                ax = axes[r, block * cols + c]
                 ax.imshow(maps[l, h], cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
                 ax.set_xticks([])
                 ax.set_yticks([])
-                if l == 0:
-                    ax.set_title(f"{name} h{h}", fontsize=8)
-                if block * H + h == 0:
-                    ax.set_ylabel(f"L{l}", fontsize=8)
+                if r == 0:
+                    ax.set_title(f"{name}" if heads else f"{name} h{h}", fontsize=8)
+                if block * cols + c == 0:
+                    ax.set_ylabel(f"L{l}" if heads is None else f"L{l} h{h}\n{heads[r][2]}", fontsize=7)
                 if name == "sparse":
                     ax.text(0.98, 0.02, f"{int(sa[l, h].sum())}", transform=ax.transAxes, ha="right", va="bottom",
                             fontsize=6, color="tab:red")
@@ -260,11 +293,26 @@ def _attention_section(run: Path, n_tokens: int = 24) -> str:
         else:
             labels = [str(int(i)) for i in row]
         dense = from_pretrained(dense_dir)
+        dense_maps, sparse_maps = head_maps(dense, row, None), head_maps(sparse, row, sparse.gate)
         out = run / "report_attention_maps.png"
-        plot_attention_maps(head_maps(dense, row, None), head_maps(sparse, row, sparse.gate), labels, out,
-                            f"first {len(row)} tokens of the first held-out example: dense (left) vs final sparse "
-                            f"(right); red: edges kept")
-        return _img(out, "per-head effective attention P x A, dense vs final sparse model")
+        what = f"first {len(row)} tokens of the first held-out example: dense (left) vs final sparse (right)"
+        n_heads = sparse.config.n_layers * sparse.config.n_heads
+        if n_heads <= MAX_MAP_HEADS:
+            plot_attention_maps(dense_maps, sparse_maps, labels, out, f"{what}; red: edges kept")
+            return _img(out, "per-head effective attention P x A, dense vs final sparse model")
+        heads = pick_heads(dense_maps, sparse_maps, MAX_MAP_HEADS)
+        plot_attention_maps(dense_maps, sparse_maps, labels, out, f"{what}; {len(heads)} of {n_heads} heads; red: "
+                            "edges kept", heads=heads)
+        everything = run / "report_attention_maps_all.png"
+        plot_attention_maps(dense_maps, sparse_maps, labels, everything, f"{what}; all heads; red: edges kept")
+        viewer = run / "report_attention_viewer.html"
+        names = [f"L{l} h{h}" for l in range(sparse.config.n_layers) for h in range(sparse.config.n_heads)]
+        attention_html(viewer, labels, circuitsvis_patterns(sparse, row, sparse.gate), names,
+                       "final sparse model: effective attention P x A per head")
+        return (_img(out, f"the {len(heads)} heads worth a look (most changed, sparsest non-trivial, the busiest of "
+                          f"evenly spaced layers) of {n_heads}: dense vs final sparse")
+                + f'<p>all {n_heads} heads: <a href="{everything.name}">one sheet</a> (large), '
+                  f'<a href="{viewer.name}">an interactive viewer</a> of the sparse model.</p>')
     except Exception as e:  # the report still renders; say what was missing
         return f"<p>attention maps skipped: {html.escape(type(e).__name__)}: {html.escape(str(e))}</p>"
 
@@ -322,7 +370,8 @@ def write_report(run_dir: str | Path, *, maps: bool = True) -> Path:
         parts.append("<h2>results</h2>" + _table(["key", "value"], flat))
     for run in runs:
         parts += _run_section(run_dir, run, maps)
-    made = {"dynamics.png", "report_head_density.png", "report_attention_maps.png"} if run_dir in runs else set()
+    made = {"dynamics.png", "report_head_density.png", "report_attention_maps.png",
+            "report_attention_maps_all.png"} if run_dir in runs else set()
     for png in sorted(run_dir.glob("*.png")):  # an experiment's own figures (not the ones made above)
         if png.name not in made:
             parts.append(_img(png))

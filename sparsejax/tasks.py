@@ -14,7 +14,8 @@ Ready for :mod:`sparsejax.circuits`::
 * :func:`ioi` (Wang et al. 2022): "When Mary and John went to the store, John gave a drink to" -> " Mary";
   corrupted: the second mention of the subject is a third name (ABC); metric ``logit(IO) - logit(S)``.
 * :func:`greater_than` (Hanna et al. 2023): "The war lasted from the year 1732 to the year 17" -> a year > 32;
-  corrupted: the start year ends in "01"; metric: mean logit of the two-digit years above YY minus those at or below.
+  corrupted: the start year ends in "01"; metric: mean logit of the two-digit years above YY minus those at or below
+  (for a tokenizer that splits numbers into digits: of the tens digits above YY's minus those below).
 * :func:`docstring` (Heimersheim & Janiak 2023, templated): a Python function whose docstring documents its
   arguments in order; the prompt ends at ``:param`` before the third argument; corrupted: the argument names in the
   signature are replaced; metric ``logit(third argument) - logit(first argument)``.
@@ -110,31 +111,42 @@ def ioi(tokenizer, n: int, seed: int = 0) -> Task:
 
 def greater_than(tokenizer, n: int, seed: int = 0) -> Task:
     """Greater-Than: the metric is ``mean logit(years > YY) - mean logit(years <= YY)`` over the two-digit year
-    tokens (``"00"`` ... ``"99"``, which must each be one token)."""
+    tokens (``"00"`` ... ``"99"``) when each is one token (GPT-2's BPE). A tokenizer that splits numbers into
+    single digits (SmolLM2, Llama 3 style ``\\p{N}`` splits) gets the digit variant: the model's next token is the
+    end year's *tens* digit, YY's tens digit ``t`` is drawn from 1-8 and the metric is ``mean logit(digits > t) -
+    mean logit(digits < t)`` (the tie ``t`` is left out: it is right or wrong depending on the units digit)."""
     rng = np.random.default_rng(seed)
     years = single_tokens(tokenizer, [f"{y:02d}" for y in range(100)], prefix="")
-    if len(years) != 100:
-        raise ValueError("greater_than needs every two-digit year 00-99 to be one token (as in GPT-2's BPE); this "
-                         f"tokenizer has {len(years)} of them")
+    digits = single_tokens(tokenizer, [str(d) for d in range(10)], prefix="")
+    by_digit = len(years) != 100 and len(digits) == 10 and _ids(tokenizer, "1732")[-2:] == [digits["3"], digits["2"]]
+    if len(years) != 100 and not by_digit:
+        raise ValueError("greater_than needs every two-digit year 00-99 to be one token (as in GPT-2's BPE) or every "
+                         f"digit to be one token (as in SmolLM2's); this tokenizer has {len(years)} years and "
+                         f"{len(digits)} digits as single tokens")
     nouns = single_tokens(tokenizer, NOUNS)
     _need(nouns, 1, "nouns")
-    ids = np.array([years[f"{y:02d}"] for y in range(100)])
-    yy = rng.integers(2, 99, size=n)
+    if by_digit:
+        ids, yy = np.array([digits[str(d)] for d in range(10)]), rng.integers(10, 90, size=n)
+        above = np.arange(10)[None, :] > (yy // 10)[:, None]
+        below = np.arange(10)[None, :] < (yy // 10)[:, None]
+        good, bad = ids[np.minimum(yy // 10 + 1, 9)], ids[yy // 10 - 1]
+    else:
+        ids, yy = np.array([years[f"{y:02d}"] for y in range(100)]), rng.integers(2, 99, size=n)
+        above = np.arange(100)[None, :] > yy[:, None]
+        below = ~above
+        good, bad = ids[np.minimum(yy + 1, 99)], ids[yy]
     cent = rng.choice([11, 12, 13, 14, 15, 16, 17, 18], size=n)
     noun = rng.choice(sorted(nouns), size=n)
     text = lambda c, y, w: f"The {w} lasted from the year {c}{y:02d} to the year {c}"
     clean, corrupt, mask = _batch(tokenizer, [text(c, y, w) for c, y, w in zip(cent, yy, noun)],
                                   [text(c, 1, w) for c, w in zip(cent, noun)])
-    above = jnp.asarray(np.arange(100)[None, :] > yy[:, None], jnp.float32)   # [n, 100]
-    ids_j = jnp.asarray(ids)
+    above, below, ids_j = jnp.asarray(above, jnp.float32), jnp.asarray(below, jnp.float32), jnp.asarray(ids)
 
     def metric(logits):
-        last = logits[:, -1][:, ids_j]                                        # [n, 100]
-        return (jnp.sum(last * above, 1) / jnp.sum(above, 1) -
-                jnp.sum(last * (1 - above), 1) / jnp.sum(1 - above, 1))
+        last = logits[:, -1][:, ids_j]                                        # [n, years or digits]
+        return jnp.sum(last * above, 1) / jnp.sum(above, 1) - jnp.sum(last * below, 1) / jnp.sum(below, 1)
 
-    good = ids[np.minimum(yy + 1, 99)]
-    return Task(clean, corrupt, metric, good, ids[yy], [text(c, y, w) for c, y, w in zip(cent, yy, noun)], mask)
+    return Task(clean, corrupt, metric, good, bad, [text(c, y, w) for c, y, w in zip(cent, yy, noun)], mask)
 
 
 def docstring(tokenizer, n: int, seed: int = 0) -> Task:

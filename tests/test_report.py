@@ -114,3 +114,25 @@ def test_draw_circuit_one_line_per_kept_edge(tmp_path):
     assert "0.1" not in faint and "1.2" not in faint and "1.3" not in faint and "0.0" in faint
     with pytest.raises(ValueError, match=r"keep must be a \[writers, readers\]"):
         report.draw_circuit(config, keep[:, :-1])
+
+
+def test_pick_heads_finds_the_changed_the_sparse_and_covers_layers(tmp_path):
+    L, H, T = 6, 4, 8
+    causal = np.tril(np.ones((T, T)))
+    dense_p = np.broadcast_to(causal / causal.sum(-1, keepdims=True), (L, H, T, T)).copy()
+    adj = np.zeros((L, H, T, T), bool)
+    adj[..., 0] = True                      # every head keeps only the first token (trivial) ...
+    adj[2, 3, 5, 2] = True                  # ... but L2 h3 keeps one non-trivial edge: the sparsest non-trivial head
+    adj[4, 1] = causal.astype(bool)         # L4 h1 stays dense: the busiest head, and the least changed
+    adj[3, 0, 6, 3] = adj[3, 0, 7, 4] = True  # L3 h0: two non-trivial edges
+    sparse_p = dense_p * adj
+    sparse_p[0, 2] = np.eye(T)              # L0 h2 turned into a self-attention head: changed most
+    picked = report.pick_heads((dense_p, None), (sparse_p, adj), n=12)
+    why = {(l, h): w for l, h, w in picked}
+    assert len(picked) <= 12 and why[(0, 2)] == "most changed"
+    assert why[(2, 3)] == why[(3, 0)] == "sparsest non-trivial"
+    assert (4, 1) in why                               # the busiest head (a non-trivial one too)
+    assert {l for l, _, _ in picked} == set(range(L))  # every layer is covered
+    out = report.plot_attention_maps((dense_p, None), (sparse_p, adj), [str(i) for i in range(T)],
+                                     tmp_path / "maps.png", heads=picked)
+    assert out.stat().st_size > 0

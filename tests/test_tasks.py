@@ -62,6 +62,24 @@ def test_greater_than_and_docstring():
         assert good in row  # the answer is the third argument of the signature
 
 
+def test_greater_than_by_digits():
+    """A tokenizer that splits numbers into digits (SmolLM2's): the next token is the end year's tens digit."""
+    words = ["[UNK]", "The", "lasted", "from", "the", "year", "to", *tasks.NOUNS, *map(str, range(10))]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                                 pre_tokenizers.Digits(individual_digits=True)])
+    t = tasks.greater_than(tok, 32, seed=1)
+    digits = np.array([tok.token_to_id(str(d)) for d in range(10)])
+    assert [tok.id_to_token(int(i)) for i in t.clean[0, -3:]] == ["year", "1", t.prompts[0][-1]]
+    tens = np.array([int(p.split("year ")[1][2]) for p in t.prompts])   # YY's tens digit, read off the prompt
+    assert set(tens) <= set(range(1, 9)) and len(set(tens)) > 3
+    assert ((t.clean != t.corrupt).sum(1) <= 2).all()                    # only YY changes (to "01")
+    logits = np.zeros((32, t.clean.shape[1], tok.get_vocab_size()), np.float32)
+    logits[:, -1, digits] = np.arange(10, dtype=np.float32)              # logit of digit d = d
+    want = [np.arange(d + 1, 10).mean() - np.arange(0, d).mean() for d in tens]
+    np.testing.assert_allclose(np.asarray(t.metric(jnp.asarray(logits))), want, rtol=1e-5)
+
+
 def test_tasks_drive_edge_scores_and_errors():
     config = sj.ModelConfig(family="llama", vocab_size=12, d_model=16, n_layers=1, n_heads=2, d_ff=32,
                             max_position=16)
@@ -76,7 +94,7 @@ def test_tasks_drive_edge_scores_and_errors():
     tiny.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     with pytest.raises(ValueError, match="only 1 single-token names.*needs 3"):
         tasks.ioi(tiny, 4)
-    with pytest.raises(ValueError, match="every two-digit year"):
+    with pytest.raises(ValueError, match="every two-digit year 00-99 to be one token .* or every digit"):
         tasks.greater_than(tiny, 4)
     with pytest.raises(ValueError, match="aligned token for token"):
         tasks._batch(tiny, ["Mary"], ["Mary Mary"])
