@@ -24,25 +24,43 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
+import time
 from pathlib import Path
 
 
 import numpy as np
 
 
-def analyse(model, clean, corrupt, metric, target, attention_mask=None) -> dict:
+def analyse(model, clean, corrupt, metric, target, attention_mask=None, rank: str = "exact",
+            exact_subset: int = 20, seed: int = 0) -> dict:
+    """``rank="exact"``: heads ranked by exact patching of every node and the head curve at every k (small models);
+    ``rank="eap"``: heads ranked by node EAP, the head curve on a doubling grid, the smallest head circuit by
+    bisection, and exact patching of ``exact_subset`` top-|EAP| heads plus as many random others to check the EAP
+    scores (large models: one forward per evaluated point instead of one per head and per k)."""
     from sparsejax import circuits
 
     c, p, g = model.config, model.params, model.gate
     pad = dict(attention_mask=attention_mask)   # a left-padded batch (templated tasks of several lengths) or None
-    exact = circuits.patching_effects(c, p, g, clean, corrupt, metric, **pad)
     eap = circuits.eap_scores(c, p, g, clean, corrupt, metric, **pad)
     heads = [n for n in circuits.nodes(c) if n[0] == "head"]
     others = [n for n in circuits.nodes(c) if n[0] != "head"]
-    ranked = sorted(heads, key=lambda n: exact[n])   # patching a helpful head lowers the metric: most negative first
-    curve = [circuits.explained_effect(c, p, g, clean, corrupt, metric, others + ranked[:k], **pad)
-             for k in range(len(heads) + 1)]
-    need = next((k for k, e in enumerate(curve) if e >= 0.9), None)
+    if rank == "exact":
+        exact = circuits.patching_effects(c, p, g, clean, corrupt, metric, **pad)
+        ranked = sorted(heads, key=lambda n: exact[n])   # patching a helpful head lowers the metric: most negative first
+        grid = list(range(len(heads) + 1))
+        curve = circuits.explained_effects(c, p, g, clean, corrupt, metric, [others + ranked[:k] for k in grid], **pad)
+        need = next((k for k, e in enumerate(curve) if e >= 0.9), None)
+    else:
+        ranked = sorted(heads, key=lambda n: eap[n])
+        by_size = sorted(heads, key=lambda n: -abs(eap[n]))
+        rest = np.random.default_rng(seed).permutation(len(heads) - exact_subset)[:exact_subset]
+        checked = by_size[:exact_subset] + [by_size[exact_subset + i] for i in rest]
+        exact = circuits.patching_effects(c, p, g, clean, corrupt, metric, only=checked, **pad)
+        need, _ = circuits.smallest_head_circuit(c, p, g, clean, corrupt, metric, ranked, 0.9, **pad)
+        grid = sorted({0, *(min(2 ** i, len(heads)) for i in range(len(heads).bit_length() + 1))})
+        curve = circuits.explained_effects(c, p, g, clean, corrupt, metric, [others + ranked[:k] for k in grid], **pad)
+    eap_checked = {n: eap[n] for n in exact}
     edge_scores = circuits.edge_score_matrix(c, p, g, clean, corrupt, metric, method="eap-ig", steps=5, **pad)
     n_edges, edge_curve = circuits.smallest_edge_circuit(c, p, g, clean, corrupt, metric, edge_scores, 0.9, **pad)
     total = len(circuits.edges(c))
@@ -52,15 +70,11 @@ def analyse(model, clean, corrupt, metric, target, attention_mask=None) -> dict:
     att = circuits.attention_attribution(c, p, g, clean, target, **pad)
     heads80, ranking = circuits.heads_for_share(att["per_head"], 0.8)
     mags = np.array([abs(v) for _, _, v in ranking])
-    import jax.numpy as jnp
-    from sparsejax.models import forward
-
-    fw = circuits.padding(attention_mask)
-    m_clean = float(jnp.mean(metric(forward(c, p, clean, g, mode="eval", **fw)[0])))
-    m_corrupt = float(jnp.mean(metric(forward(c, p, corrupt, g, mode="eval", **fw)[0])))
-    return {"m_clean": m_clean, "m_corrupt": m_corrupt, "curve": curve, "heads_for_0.9": need,
-            "ranked_heads": [list(n) for n in ranked], "eap_vs_exact_corr": circuits.correlation(eap, exact),
-            "top3_agreement": circuits.rank_agreement(eap, exact, 3),
+    runs = circuits.EdgeCircuitEvaluator(c, p, g, clean, corrupt, metric, **pad)  # compiled already: no new program
+    return {"m_clean": runs.m_clean, "m_corrupt": runs.m_corrupt, "curve": curve, "head_grid": grid,
+            "heads_for_0.9": need, "head_ranking": rank, "heads_patched_exactly": len(exact),
+            "ranked_heads": [list(n) for n in ranked], "eap_vs_exact_corr": circuits.correlation(eap_checked, exact),
+            "top3_agreement": circuits.rank_agreement(eap_checked, exact, 3),
             "attribution_heads_for_0.8": heads80, "attribution_ranking": ranking,
             "attribution_cumulative_share": (np.cumsum(mags) / mags.sum()).tolist(),
             "edges_total": total, "edges_for_0.9": n_edges,
@@ -72,7 +86,13 @@ def analyse(model, clean, corrupt, metric, target, attention_mask=None) -> dict:
             "exact": {str(k): v for k, v in exact.items()}, "eap": {str(k): v for k, v in eap.items()}}
 
 
+def peak_rss_gb() -> float:
+    """This process's peak resident memory so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+
+
 def main(argv=None):
+    import jax
     import jax.numpy as jnp
     import numpy as np
 
@@ -95,14 +115,17 @@ def main(argv=None):
                    "of the counts over them")
     p.add_argument("--text", help="a run's config.yaml: draw the sequences from its held-out text instead of random "
                    "tokens")
+    p.add_argument("--rank-heads", choices=("exact", "eap"), default="exact", help="exact: patch every node and "
+                   "evaluate the head curve at every k (small models); eap: rank heads by node EAP, the curve on a "
+                   "doubling grid, exact patching on a subset to check it (models with hundreds of heads)")
+    p.add_argument("--exact-subset", type=int, default=20, help="with --rank-heads eap: exact patching of this many "
+                   "top-|EAP| heads and as many random others")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    models = {"dense": sj.from_pretrained(args.dense), "sparse": sj.from_pretrained(args.sparse)}
-    vocab = models["dense"].config.vocab_size
     from sparsejax import tasks
 
-    def make_task(seed):
+    def make_task(seed, vocab):
         if args.text:  # induction on passages of held-out text (s) and other passages (r)
             import tempfile
 
@@ -129,19 +152,27 @@ def main(argv=None):
             task = tasks.induction(vocab, args.examples, args.half, seed)
         return task
 
-    results, over_sets, curves = {}, {name: [] for name in models}, {name: [] for name in models}
-    for k in range(args.sets):  # prompt sets drawn with seeds seed, seed + 1, ...; the first set's analysis is kept
-        task = make_task(args.seed + k)
-        clean, corrupt = jnp.asarray(task.clean), jnp.asarray(task.corrupt)
-        for name, model in models.items():
-            res = analyse(model, clean, corrupt, task.metric, task.good, task.attention_mask)
+    results, over_sets, curves, configs, prompt_sets = {}, {}, {}, {}, None
+    for name, path in (("dense", args.dense), ("sparse", args.sparse)):  # one model in memory at a time
+        model = sj.from_pretrained(path)
+        configs[name] = model.config
+        if prompt_sets is None:  # seeds seed, seed + 1, ... (the dense vocabulary); the first set's analysis is kept
+            prompt_sets = [make_task(args.seed + k, model.config.vocab_size) for k in range(args.sets)]
+        over_sets[name], curves[name] = [], []
+        for k, task in enumerate(prompt_sets):
+            start = time.perf_counter()
+            res = analyse(model, jnp.asarray(task.clean), jnp.asarray(task.corrupt), task.metric, task.good,
+                          task.attention_mask, args.rank_heads, args.exact_subset, args.seed + k)
             keys = ("heads_for_0.9", "edges_for_0.9", "heads_in_edge_circuit", "attribution_heads_for_0.8")
             over_sets[name].append({key: res[key] for key in keys})
             curves[name].append({"curve": res["curve"], "edge_grid_curve": res["edge_grid_curve"]})
             if k == 0:
                 results[name] = res
-            print(f"set {k}: {name}: {over_sets[name][-1]}", flush=True)
-    for name in models:
+            print(f"set {k}: {name}: {over_sets[name][-1]} ({time.perf_counter() - start:.0f} s, peak RSS "
+                  f"{peak_rss_gb():.1f} GB)", flush=True)
+        del model
+        jax.clear_caches()  # this model's compiled programs: of no use to the next one
+    for name in configs:
         res = results[name]
         res["over_sets"] = over_sets[name]
         res["curves_over_sets"] = curves[name]
@@ -165,10 +196,10 @@ def main(argv=None):
     mean_sd = lambda name, key: results[name]["mean_sd_over_sets"][key]
     count = lambda name, key: (f"{mean_sd(name, key)[0]:.1f} ± {mean_sd(name, key)[1]:.1f}" if args.sets > 1
                                else f"{results[name][key]}")
-    for name in models:  # mean over the prompt sets, shaded: +- one standard deviation
+    for name in configs:  # mean over the prompt sets, shaded: +- one standard deviation
         res = results[name]
-        for a, xs, key in ((ax, np.arange(len(res["curve"])), "curve"), (bx, np.asarray(res["edge_grid"]),
-                                                                          "edge_grid_curve")):
+        for a, xs, key in ((ax, np.asarray(res["head_grid"]), "curve"), (bx, np.asarray(res["edge_grid"]),
+                                                                            "edge_grid_curve")):
             ys = np.array([c[key] for c in res["curves_over_sets"]])
             label = (f"{name} (0.9 at {count(name, 'heads_for_0.9')} heads)" if key == "curve" else
                      f"{name} (0.9 at {count(name, 'edges_for_0.9')} of {res['edges_total']} edges)")
@@ -185,7 +216,10 @@ def main(argv=None):
     cx.set_xlabel("heads, ranked by |direct attribution| to the answer logit")
     cx.set_ylabel("share of total |attribution|")
     cx.legend()
-    ax.set_xlabel("attention heads kept (ranked by exact patching; embedding and MLPs kept)")
+    ax.set_xlabel(f"attention heads kept (ranked by {'exact patching' if args.rank_heads == 'exact' else 'EAP'}; "
+                  "embedding and MLPs kept)")
+    if args.rank_heads == "eap":
+        ax.set_xscale("symlog", linthresh=1)
     bx.set_xscale("log")
     bx.set_xlabel("edges kept (top-k by EAP-IG; log scale)")
     ratio = lambda key: (f"{mean_sd('dense', key)[0] / mean_sd('sparse', key)[0]:.1f}x"
@@ -203,11 +237,11 @@ def main(argv=None):
     print(f"wrote {out / 'results.json'} and {out / name}")
     from sparsejax import report
 
-    for name, model in models.items():  # the smallest edge circuit with 0.9 explained effect, as a graph
+    for name, config in configs.items():  # the smallest edge circuit with 0.9 explained effect, as a graph
         res = results[name]
         if res["edge_circuit"]:
             path = out / f"{args.task}_{name}_circuit.png"
-            report.draw_circuit(model.config, res["edge_circuit"], path, title=f"{name}: {res['edges_for_0.9']} edges for 0.9 explained effect "
+            report.draw_circuit(config, res["edge_circuit"], path, title=f"{name}: {res['edges_for_0.9']} edges for 0.9 explained effect "
                                 f"({res['heads_in_edge_circuit']} heads)")
             print(f"wrote {path}")
 

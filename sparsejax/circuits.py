@@ -18,17 +18,27 @@ recompute its gates from its own queries and keys; ``gates="frozen"`` fixes ever
 
 Prompts of several lengths: every function takes ``attention_mask=`` (``[B, T]``, 1 = token) for a left-padded batch,
 shared by the clean and corrupted prompts (:func:`padding`; ``sparsejax.tasks`` builds such batches).
+
+Compiled once: every forward goes through one module-level ``jit`` (:func:`_run`, the config static) and takes what
+it patches as data — a ``[nodes]`` bool mask over the node activations (``where(mask, corrupt, current)``), reader
+deltas weighted by a ``[writers, readers]`` matrix, frozen gates — so a model config and batch shape compile a fixed
+handful of programs however many nodes, edges or circuit sizes are evaluated. Forward-only functions apply the
+metric to the returned logits outside the compiled code (any Python metric, no recompilation); the gradient-based
+scores (:func:`eap_scores`, :func:`edge_score_matrix`) take it as a static argument, so they compile once per metric
+object (a task's ``metric``, reused across calls).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from .models import forward
+from .models.hooks import MODEL_HOOKS, PerLayer
 
 
 def logit_diff(good, bad, position: int = -1) -> Callable:
@@ -50,8 +60,12 @@ def nodes(config) -> list[tuple]:
     return out
 
 
-def _hook_names(config):
-    return ["hook_embed"] + [f"blocks.{l}.{n}" for l in range(config.n_layers) for n in ("attn.hook_z", "hook_mlp_out")]
+_NODE_HOOKS = ("hook_embed", "attn.hook_z", "hook_mlp_out")
+
+
+def _capture_names(hooks) -> list[str]:
+    """``forward``'s capture patterns for model hooks and layer hooks' short names (every layer's)."""
+    return [h if h in MODEL_HOOKS else f"blocks.*.{h}" for h in hooks]
 
 
 def padding(attention_mask) -> dict:
@@ -69,111 +83,170 @@ def padding(attention_mask) -> dict:
     return {"attention_mask": mask, "positions": jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), 1) - 1, 0)}
 
 
-def _run(config, params, gate, tokens, interventions=None, capture=None, pad=None):
-    return forward(config, params, tokens, gate, mode="eval", capture=capture, interventions=interventions,
-                   **(pad or {}))
+def _tokens(config, *batches) -> list:
+    """The token batches as jax arrays, their ids checked on the host (inside ``jit`` the forward cannot)."""
+    for ids in map(np.asarray, batches):
+        if ids.size and not 0 <= ids.min() <= ids.max() < config.vocab_size:
+            raise ValueError(f"token ids must lie in [0, {config.vocab_size}) (the model's vocabulary), got ids in "
+                             f"[{ids.min()}, {ids.max()}]; is the tokenizer the model's own?")
+    return [jnp.asarray(b) for b in batches]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Patch(PerLayer):
+    """A :class:`PerLayer` replacement where ``mask[l]`` is true (it broadcasts against layer l's activation from
+    the right): layer l's activation becomes ``values[l]`` there and stays as it is elsewhere."""
+    mask: Any = None
+
+    def apply(self, index, value):
+        return jnp.where(self.mask[index], self.values[index].astype(value.dtype), value)
+
+
+def _node_patch(config, patched, acts) -> dict:
+    """Interventions that give every node where ``patched`` (``[nodes]`` bool, :func:`nodes` order) is true its
+    value in ``acts`` (the :data:`_NODE_HOOKS` captures of a run) and leave every other node alone."""
+    layers = patched[1:].reshape(config.n_layers, config.n_heads + 1)  # each layer's heads, then its MLP
+    return {"hook_embed": lambda x: jnp.where(patched[0], acts["hook_embed"].astype(x.dtype), x),
+            "attn.hook_z": _Patch(acts["attn.hook_z"], mask=layers[:, :-1, None]),
+            "hook_mlp_out": _Patch(acts["hook_mlp_out"], mask=layers[:, -1])}
+
+
+@functools.partial(jax.jit, static_argnames=("config", "capture"))
+def _run(config, params, gate, tokens, pad=None, frozen=None, *, patch=None, deltas=None, embed=None, capture=()):
+    """The eval-mode forward of every circuit function, compiled once per config, ``capture``, shapes and kind of
+    edit; what it edits is data, so one program serves every node set, edge set and integration step.
+
+    ``frozen``: ``[L, B, H, T, T]`` gates replacing every layer's (``gates="frozen"``), or None. ``patch``:
+    ``(patched, acts)``, every node where ``patched`` is true takes its value in ``acts`` (:func:`_node_patch`).
+    ``deltas``: ``{layer hook: [L, ...]}``, added to each layer's activation. ``embed``: a replacement for
+    ``hook_embed`` (not with ``patch``). ``capture``: a tuple of model hooks and layer hooks' short names.
+    Returns ``(logits, {hook: capture})``, a layer hook's stacked ``[L, ...]``."""
+    inter = {hook: PerLayer(d) for hook, d in (deltas or {}).items()}
+    if frozen is not None:
+        inter["attn.hook_gate"] = PerLayer(frozen, add=False)
+    if patch is not None:
+        inter.update(_node_patch(config, *patch))
+    if embed is not None:
+        inter["hook_embed"] = embed
+    logits, aux = forward(config, params, tokens, gate, mode="eval", capture=_capture_names(capture),
+                          interventions=inter, **(pad or {}))
+    caps = aux["captures"]
+    stack = lambda h: jnp.stack([caps[f"blocks.{l}.{h}"] for l in range(config.n_layers)])
+    return logits, {h: caps[h] if h in MODEL_HOOKS else stack(h) for h in capture}
+
+
+def _gate_values(config, params, gate, tokens, how: str, pad=None):
+    """``[L, B, H, T, T]``: the gates of the run on ``tokens``, which every run reuses with ``gates="frozen"``;
+    None with ``gates="recompute"`` (or a dense model)."""
+    if how not in ("recompute", "frozen"):
+        raise ValueError(f"gates must be 'recompute' or 'frozen', got {how!r}")
+    if how == "recompute" or gate is None:
+        return None
+    return _run(config, params, gate, tokens, pad, capture=("attn.hook_gate",))[1]["attn.hook_gate"]
 
 
 def _frozen_gates(config, params, gate, tokens, how: str, pad=None) -> dict:
-    if how == "recompute" or gate is None:
-        return {}
-    if how != "frozen":
-        raise ValueError(f"gates must be 'recompute' or 'frozen', got {how!r}")
-    caps = _run(config, params, gate, tokens, capture="blocks.*.attn.hook_gate", pad=pad)[1]["captures"]
-    return dict(caps)
+    """:func:`_gate_values` as ``forward`` interventions."""
+    values = _gate_values(config, params, gate, tokens, how, pad)
+    return {} if values is None else {"attn.hook_gate": PerLayer(values, add=False)}
 
 
 def activations(config, params, gate, tokens, interventions=None, *, attention_mask=None) -> dict:
-    """The node activations of a run: ``hook_embed`` and every layer's ``attn.hook_z`` and ``hook_mlp_out``."""
-    return _activations(config, params, gate, tokens, interventions, padding(attention_mask))
-
-
-def _activations(config, params, gate, tokens, interventions, pad) -> dict:
-    return dict(_run(config, params, gate, tokens, interventions, capture=_hook_names(config), pad=pad)[1]["captures"])
-
-
-def _node_value(acts: dict, node):
-    if node[0] == "embed":
-        return acts["hook_embed"]
-    if node[0] == "mlp":
-        return acts[f"blocks.{node[1]}.hook_mlp_out"]
-    return acts[f"blocks.{node[1]}.attn.hook_z"][:, :, node[2]]
+    """The node activations of a run: ``hook_embed`` and every layer's ``attn.hook_z`` and ``hook_mlp_out`` (an
+    eager forward: ``interventions`` may be anything ``forward`` takes)."""
+    return dict(forward(config, params, jnp.asarray(tokens), gate, mode="eval", capture=_capture_names(_NODE_HOOKS),
+                        interventions=interventions, **padding(attention_mask))[1]["captures"])
 
 
 def eap_scores(config, params, gate, clean, corrupt, metric, *, gates: str = "recompute",
                attention_mask=None) -> dict:
-    """Attribution-patching score of every node (:func:`nodes` order), as ``{node: float}`` (mean over examples)."""
-    pad = padding(attention_mask)
-    frozen = _frozen_gates(config, params, gate, clean, gates, pad)
-    a_clean = _activations(config, params, gate, clean, frozen, pad)
-    a_corrupt = _activations(config, params, gate, corrupt, frozen, pad)
-    names = _hook_names(config)
-    deltas = {n: jnp.zeros_like(a_clean[n]) for n in names}
+    """Attribution-patching score of every node (:func:`nodes` order), as ``{node: float}`` (mean over examples):
+    the corrupt-minus-clean activation dotted with the gradient of the mean metric at the node, at the clean run
+    (patches nothing; one compiled program per config, shapes and ``metric``)."""
+    clean, corrupt = _tokens(config, clean, corrupt)
+    scores = _node_eap(config, params, gate, clean, corrupt, metric, gates, padding(attention_mask))
+    return dict(zip(nodes(config), map(float, np.asarray(scores))))
 
-    def m(deltas):
-        inter = {**frozen, **{n: (lambda x, d=deltas[n]: x + d) for n in names}}
-        logits, _ = _run(config, params, gate, clean, inter, pad=pad)
+
+@functools.partial(jax.jit, static_argnames=("config", "metric", "gates"))
+def _node_eap(config, params, gate, clean, corrupt, metric, gates, pad) -> jax.Array:
+    """:func:`eap_scores` as a ``[nodes]`` vector, compiled once per config, shapes, ``metric`` and ``gates``."""
+    frozen = _gate_values(config, params, gate, clean, gates, pad)
+    a_clean, a_corrupt = (_run(config, params, gate, t, pad, frozen, capture=_NODE_HOOKS)[1]
+                          for t in (clean, corrupt))
+
+    def m(d):  # additive zero deltas on every node's activation
+        logits, _ = _run(config, params, gate, clean, pad, frozen, embed=a_clean["hook_embed"] + d["hook_embed"],
+                         deltas={h: d[h] for h in _NODE_HOOKS[1:]})
         return jnp.mean(metric(logits))
 
-    grads = jax.grad(m)(deltas)
-    per_hook = {n: (a_corrupt[n] - a_clean[n]) * grads[n] for n in names}
+    grads = jax.grad(m)(jax.tree.map(jnp.zeros_like, a_clean))
     # the gradient is of the mean metric, so the sum over examples estimates the mean effect
-    return {node: float(jnp.sum(_node_value(per_hook, node))) for node in nodes(config)}
+    per = jax.tree.map(lambda c, a, g: ((c - a) * g).astype(jnp.float32), a_corrupt, a_clean, grads)
+    heads, mlps = jnp.sum(per["attn.hook_z"], (1, 2, 4)), jnp.sum(per["hook_mlp_out"], (1, 2, 3))   # [L, H], [L]
+    return jnp.concatenate([jnp.sum(per["hook_embed"])[None], jnp.concatenate([heads, mlps[:, None]], 1).ravel()])
 
 
-def _patched(config, acts_corrupt: dict, patch: set, frozen: dict) -> dict:
-    """Interventions that give every node in ``patch`` its corrupted activation."""
-    inter = dict(frozen)
-    if ("embed",) in patch:
-        inter["hook_embed"] = acts_corrupt["hook_embed"]
-    for l in range(config.n_layers):
-        heads = [n[2] for n in patch if n[0] == "head" and n[1] == l]
-        if heads:
-            idx = jnp.asarray(heads)
-            other = acts_corrupt[f"blocks.{l}.attn.hook_z"]
-            inter[f"blocks.{l}.attn.hook_z"] = lambda z, idx=idx, other=other: z.at[:, :, idx].set(other[:, :, idx])
-        if ("mlp", l) in patch:
-            inter[f"blocks.{l}.hook_mlp_out"] = acts_corrupt[f"blocks.{l}.hook_mlp_out"]
-    return inter
+def _node_mask(config, chosen) -> np.ndarray:
+    """``[nodes]`` bool: which of :func:`nodes` are in ``chosen``."""
+    chosen = set(map(tuple, chosen))
+    return np.array([n in chosen for n in nodes(config)])
+
+
+def _node_runner(config, params, gate, clean, corrupt, metric, gates, attention_mask):
+    """``(run, m_clean, m_corrupt)``. ``run(patched)``: the mean metric of the clean run in which every node where
+    ``patched`` (``[nodes]`` bool) is true takes its activation on the corrupted input — one compiled forward for
+    every node set, the metric applied to the logits it returns. ``m_clean`` / ``m_corrupt``: the clean and the
+    corrupted run's (gates frozen to the clean run's with ``gates="frozen"``)."""
+    clean, corrupt = _tokens(config, clean, corrupt)
+    pad = padding(attention_mask)
+    frozen = _gate_values(config, params, gate, clean, gates, pad)
+    acts = _run(config, params, gate, corrupt, pad, frozen, capture=_NODE_HOOKS)[1]
+
+    def run(patched, tokens=clean):
+        logits, _ = _run(config, params, gate, tokens, pad, frozen, patch=(np.asarray(patched, bool), acts))
+        return float(jnp.mean(metric(logits)))
+
+    none = np.zeros(len(nodes(config)), bool)
+    return run, run(none), run(none, corrupt)
 
 
 def patching_effects(config, params, gate, clean, corrupt, metric, *, gates: str = "recompute",
-                     attention_mask=None) -> dict:
-    """Exact activation patching: ``{node: mean metric(clean with node corrupted) - mean metric(clean)}``."""
-    pad = padding(attention_mask)
-    frozen = _frozen_gates(config, params, gate, clean, gates, pad)
-    a_corrupt = _activations(config, params, gate, corrupt, frozen, pad)
-    base = float(jnp.mean(metric(_run(config, params, gate, clean, frozen, pad=pad)[0])))
-    out = {}
-    for node in nodes(config):
-        logits, _ = _run(config, params, gate, clean, _patched(config, a_corrupt, {node}, frozen), pad=pad)
-        out[node] = float(jnp.mean(metric(logits))) - base
-    return out
+                     attention_mask=None, only=None) -> dict:
+    """Exact activation patching: ``{node: mean metric(clean with node corrupted) - mean metric(clean)}``, one
+    forward per node, in which only that node takes its activation on the corrupted input. ``only``: these nodes
+    (e.g. a subset of a large model's heads, to check attribution scores), else every node."""
+    run, base, _ = _node_runner(config, params, gate, clean, corrupt, metric, gates, attention_mask)
+    every = nodes(config)
+    index = {node: i for i, node in enumerate(every)}
+    return {node: run(np.arange(len(every)) == index[node]) - base for node in (every if only is None else only)}
+
+
+def explained_effects(config, params, gate, clean, corrupt, metric, keeps, *, gates: str = "recompute",
+                      attention_mask=None) -> list[float]:
+    """:func:`explained_effect` of each node set in ``keeps``, the clean and corrupted runs shared: one forward per
+    set (every node outside it patched to its corrupted activation)."""
+    run, m_clean, m_corrupt = _node_runner(config, params, gate, clean, corrupt, metric, gates, attention_mask)
+    if abs(m_clean - m_corrupt) < 1e-12:
+        raise ValueError("clean and corrupted inputs give the same metric: nothing to explain")
+    return [(run(~_node_mask(config, keep)) - m_corrupt) / (m_clean - m_corrupt) for keep in keeps]
 
 
 def explained_effect(config, params, gate, clean, corrupt, metric, keep, *, gates: str = "recompute",
                      attention_mask=None) -> float:
     """``(m_circuit - m_corrupt) / (m_clean - m_corrupt)`` with only the nodes in ``keep`` computed on the clean
     input (every other node patched to its corrupted activation); means over examples."""
-    pad = padding(attention_mask)
-    frozen = _frozen_gates(config, params, gate, clean, gates, pad)
-    a_corrupt = _activations(config, params, gate, corrupt, frozen, pad)
-    m_clean = float(jnp.mean(metric(_run(config, params, gate, clean, frozen, pad=pad)[0])))
-    m_corrupt = float(jnp.mean(metric(_run(config, params, gate, corrupt, frozen, pad=pad)[0])))
-    patch = set(nodes(config)) - set(map(tuple, keep))
-    m_circuit = float(jnp.mean(metric(_run(config, params, gate, clean, _patched(config, a_corrupt, patch, frozen),
-                                           pad=pad)[0])))
-    if abs(m_clean - m_corrupt) < 1e-12:
-        raise ValueError("clean and corrupted inputs give the same metric: nothing to explain")
-    return (m_circuit - m_corrupt) / (m_clean - m_corrupt)
+    return explained_effects(config, params, gate, clean, corrupt, metric, [keep], gates=gates,
+                             attention_mask=attention_mask)[0]
 
 
 def effect_curve(config, params, gate, clean, corrupt, metric, scores: dict, ks, *, gates: str = "recompute",
                  attention_mask=None):
-    """Explained effect when keeping the top-``k`` nodes by ``|score|`` (the embedding always kept), for each k."""
+    """Explained effect when keeping the top-``k`` nodes by ``|score|`` (the embedding always kept; every other
+    node patched to its corrupted activation), for each k."""
     ranked = [n for n in sorted(scores, key=lambda n: -abs(scores[n])) if n != ("embed",)]
-    return [explained_effect(config, params, gate, clean, corrupt, metric, [("embed",), *ranked[:k]], gates=gates,
-                             attention_mask=attention_mask) for k in ks]
+    return explained_effects(config, params, gate, clean, corrupt, metric, [[("embed",), *ranked[:k]] for k in ks],
+                             gates=gates, attention_mask=attention_mask)
 
 
 def rank_agreement(a: dict, b: dict, k: int) -> float:
@@ -199,7 +272,7 @@ def correlation(a: dict, b: dict) -> float:
 
 READER_HOOKS = {"q": "attn.hook_q_input", "k": "attn.hook_k_input", "v": "attn.hook_v_input", "mlp": "hook_mlp_in",
                 "logits": "hook_resid_post"}
-_WRITER_CAPTURE = ["hook_embed", "blocks.*.attn.hook_result", "blocks.*.hook_mlp_out"]
+_WRITER_HOOKS = ("hook_embed", "attn.hook_result", "hook_mlp_out")
 
 
 def writers(config) -> list[tuple]:
@@ -245,12 +318,11 @@ def _check_edge_model(config):
                          f"eap_scores / patching_effects / explained_effect instead")
 
 
-def _writer_stack(config, caps) -> jax.Array:
-    """``[writers, B, T, d]`` float32, in :func:`writers` order."""
-    parts = [caps["hook_embed"][None]]
-    for l in range(config.n_layers):
-        parts += [jnp.moveaxis(caps[f"blocks.{l}.attn.hook_result"], 2, 0), caps[f"blocks.{l}.hook_mlp_out"][None]]
-    return jnp.concatenate(parts).astype(jnp.float32)
+def _writer_stack(caps) -> jax.Array:
+    """``[writers, B, T, d]`` float32, in :func:`writers` order, from a run's :data:`_WRITER_HOOKS` captures."""
+    heads = jnp.moveaxis(caps["attn.hook_result"], 3, 1)                       # [L, H, B, T, d]
+    layers = jnp.concatenate([heads, caps["hook_mlp_out"][:, None]], 1)        # [L, H + 1, B, T, d]: heads, MLP
+    return jnp.concatenate([caps["hook_embed"][None], layers.reshape(-1, *layers.shape[2:])]).astype(jnp.float32)
 
 
 def _reader_index(config) -> dict:
@@ -294,18 +366,14 @@ def _reader_scores(config, diffs, grads) -> jax.Array:
     return scores
 
 
+@functools.partial(jax.jit, static_argnames=("config", "gates"))
 def _edge_context(config, params, gate, clean, corrupt, gates, pad):
-    """Frozen-gate interventions, and the writers' outputs on the clean and corrupted inputs."""
+    """The frozen gates (:func:`_gate_values`) and the writers' outputs on the clean and corrupted inputs."""
     _check_edge_model(config)
-    frozen = _frozen_gates(config, params, gate, clean, gates, pad)
-    caps = lambda toks: _run(config, params, gate, toks, frozen, capture=_WRITER_CAPTURE, pad=pad)[1]["captures"]
-    c_clean, c_corrupt = caps(clean), caps(corrupt)
-    return frozen, _writer_stack(config, c_clean), _writer_stack(config, c_corrupt), c_clean, c_corrupt
-
-
-def _with_deltas(frozen, deltas, extra=None):
-    from .models.hooks import PerLayer
-    return {**frozen, **{h: PerLayer(d) for h, d in deltas.items()}, **(extra or {})}
+    frozen = _gate_values(config, params, gate, clean, gates, pad)
+    w_clean, w_corrupt = (_writer_stack(_run(config, params, gate, t, pad, frozen, capture=_WRITER_HOOKS)[1])
+                          for t in (clean, corrupt))
+    return frozen, w_clean, w_corrupt
 
 
 EDGE_METHODS = ("eap", "eap-ig", "eap-ig-activations")
@@ -328,28 +396,30 @@ def edge_score_matrix(config, params, gate, clean, corrupt, metric, *, method: s
         raise ValueError(f"method must be one of {', '.join(EDGE_METHODS)}, got {method!r}")
     if method != "eap" and steps < 1:
         raise ValueError(f"{method} needs steps >= 1, got {steps}")
-    return np.asarray(_edge_scores_jit(config, params, gate, jnp.asarray(clean), jnp.asarray(corrupt), metric,
-                                       method, steps, gates, padding(attention_mask)))
+    clean, corrupt = _tokens(config, clean, corrupt)
+    return np.asarray(_edge_scores_jit(config, params, gate, clean, corrupt, metric, method, steps, gates,
+                                       padding(attention_mask)))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8))
-def _edge_scores_jit(config, params, gate, clean, corrupt, metric, method, steps, gates, pad):
-    frozen, w_clean, w_corrupt, c_clean, c_corrupt = _edge_context(config, params, gate, clean, corrupt, gates, pad)
+def _edge_scores_jit(config, params, gate, clean, corrupt, metric, method, steps, gates, pad=None):
+    """:func:`edge_score_matrix`, compiled once per config, shapes, ``metric``, ``method``, ``steps`` and ``gates``
+    (patches nothing: the reader deltas it differentiates at are zero)."""
+    frozen, w_clean, w_corrupt = _edge_context(config, params, gate, clean, corrupt, gates, pad)
+    e_clean, e_corrupt = (w[0].astype(config.dtype) for w in (w_clean, w_corrupt))  # writer 0: the embedding
     diffs = w_corrupt - w_clean
     zeros = _reader_deltas(config, diffs, jnp.zeros((diffs.shape[0], len(readers(config)))))
 
     def m(deltas, embed=None):
-        extra = None if embed is None else {"hook_embed": embed}
-        logits, _ = _run(config, params, gate, clean, _with_deltas(frozen, deltas, extra), pad=pad)
+        logits, _ = _run(config, params, gate, clean, pad, frozen, deltas=deltas, embed=embed)
         return jnp.mean(metric(logits))
 
     if method == "eap":
         grads = jax.grad(m)(zeros)
     elif method == "eap-ig-activations":
         return _ig_activation_scores(config, params, gate, clean, metric, steps, frozen, diffs, zeros,
-                                     c_clean["hook_embed"], pad) * jnp.asarray(allowed(config))
+                                     e_clean, pad) * jnp.asarray(allowed(config))
     else:
-        e_clean, e_corrupt = c_clean["hook_embed"], c_corrupt["hook_embed"]
         alphas = (jnp.arange(steps) + 1.0) / steps
         grads = jax.lax.map(lambda a: jax.grad(m)(zeros, e_corrupt + a * (e_clean - e_corrupt)), alphas)
         grads = jax.tree.map(lambda g: jnp.mean(g, axis=0), grads)
@@ -365,25 +435,23 @@ def _ig_activation_scores(config, params, gate, clean, metric, steps, frozen, di
     """EAP-IG over activations from the writers' output differences ``diffs`` (corrupt - clean, ``[W, B, T, d]``):
     a group's move is the sum of its writers' differences, added where the group writes (the embedding, a layer's
     attention output, a layer's MLP output) — no extra forward passes to capture anything."""
-    from .models.hooks import PerLayer
-
     L = config.n_layers
     g_ids = np.arange(2 * L + 1)
     of_group = jnp.asarray(_writer_groups(config)[None, :] == g_ids[:, None], jnp.float32)   # [groups, writers]
     moved = jnp.einsum("gw,wbtd->gbtd", of_group, diffs)          # each group's corrupt - clean output
     is_layer = lambda first: jnp.asarray(g_ids[:, None] == first + 2 * np.arange(L)[None, :], jnp.float32)
     is_attn, is_mlp = is_layer(1), is_layer(2)                     # [groups, L]
-    per_layer = lambda sel, values: PerLayer(sel.reshape(L, 1, 1, 1) * values)
+    per_layer = lambda sel, values: sel.reshape(L, 1, 1, 1) * values
 
     def one(pair):
         gi, a = pair
         shift = 1.0 - a  # the group's output: clean + (1 - a)(corrupt - clean) = corrupt + a (clean - corrupt)
         extra = {"hook_attn_out": per_layer(shift * is_attn[gi], moved[1::2]),
-                 "hook_mlp_out": per_layer(shift * is_mlp[gi], moved[2::2]),
-                 "hook_embed": embed_clean + shift * (gi == 0) * moved[0]}
+                 "hook_mlp_out": per_layer(shift * is_mlp[gi], moved[2::2])}
+        embed = embed_clean + shift * (gi == 0) * moved[0]
 
         def m(deltas):
-            logits, _ = _run(config, params, gate, clean, _with_deltas(frozen, deltas, extra), pad=pad)
+            logits, _ = _run(config, params, gate, clean, pad, frozen, deltas={**deltas, **extra}, embed=embed)
             return jnp.mean(metric(logits))
 
         grads = jax.grad(m)(zeros)
@@ -419,63 +487,74 @@ def _edge_matrix(config, chosen) -> np.ndarray:
     return out
 
 
+@functools.partial(jax.jit, static_argnames="config")
+def _edge_run(config, params, gate, tokens, pad, frozen, w_corrupt, current, weights):
+    """Logits and writer outputs (:func:`_writer_stack`) of a run in which every reader r gets ``sum_w weights[w, r]
+    (w_corrupt - current)[w]`` added to its input: with ``current`` the clean writers' outputs and one weight, edge
+    patching; with the circuit run's own, a fixed-point pass of :meth:`EdgeCircuitEvaluator.explained`. Compiled
+    once per config and shapes: the edges are data (``weights``)."""
+    deltas = _reader_deltas(config, w_corrupt - current, weights)
+    logits, caps = _run(config, params, gate, tokens, pad, frozen, deltas=deltas, capture=_WRITER_HOOKS)
+    return logits, _writer_stack(caps)
+
+
+class _EdgeRuns:
+    """Edge-patched runs on one clean/corrupted batch: the writers' clean and corrupted outputs, and :meth:`run`."""
+
+    def __init__(self, config, params, gate, clean, corrupt, metric, gates="recompute", attention_mask=None):
+        self.clean, self.corrupt = _tokens(config, clean, corrupt)
+        self.config, self.params, self.gate, self.metric = config, params, gate, metric
+        self.pad = padding(attention_mask)
+        self.frozen, self.w_clean, self.w_corrupt = _edge_context(config, params, gate, self.clean, self.corrupt,
+                                                                  gates, self.pad)
+
+    def run(self, current, tokens, weights) -> tuple[float, jax.Array]:
+        """The mean metric and the writer outputs of :func:`_edge_run` (``weights``: ``[writers, readers]``)."""
+        logits, new = _edge_run(self.config, self.params, self.gate, tokens, self.pad, self.frozen, self.w_corrupt,
+                                current, np.asarray(weights, np.float32))
+        return float(jnp.mean(self.metric(logits))), new
+
+
 def edge_patching_effects(config, params, gate, clean, corrupt, metric, *, only=None,
                           gates: str = "recompute", attention_mask=None) -> dict:
     """Exact edge patching: ``{edge: mean metric(clean run whose reader gets the writer's corrupted output) -
     mean metric(clean)}``, one forward per edge (every edge, or those in ``only``): the reference for the scores."""
-    pad = padding(attention_mask)
-    frozen, w_clean, w_corrupt, _, _ = _edge_context(config, params, gate, jnp.asarray(clean),
-                                                     jnp.asarray(corrupt), gates, pad)
-    diffs = w_corrupt - w_clean
-    clean = jnp.asarray(clean)
-
-    @jax.jit
-    def m(weights):
-        logits, _ = _run(config, params, gate, clean, _with_deltas(frozen, _reader_deltas(config, diffs, weights)),
-                         pad=pad)
-        return jnp.mean(metric(logits))
-
-    ws, rs = writers(config), readers(config)
-    base = float(m(jnp.zeros((len(ws), len(rs)))))
-    todo = _edge_matrix(config, edges(config) if only is None else only)
-    out = {}
-    for i, j in zip(*np.nonzero(todo)):
-        out[(ws[i], rs[j])] = float(m(jnp.zeros((len(ws), len(rs))).at[i, j].set(1.0))) - base
+    runs = _EdgeRuns(config, params, gate, clean, corrupt, metric, gates, attention_mask)
+    effect = lambda weights: runs.run(runs.w_clean, runs.clean, weights)[0]
+    zero = np.zeros(allowed(config).shape, np.float32)
+    base = effect(zero)
+    ws, rs, out = writers(config), readers(config), {}
+    for i, j in zip(*np.nonzero(_edge_matrix(config, edges(config) if only is None else only))):
+        one = zero.copy()
+        one[i, j] = 1.0
+        out[(ws[i], rs[j])] = effect(one) - base
     return out
 
 
-class EdgeCircuitEvaluator:
-    """Evaluates circuits of edges on one clean/corrupted batch (one compiled forward, reused across circuits):
-    ``EdgeCircuitEvaluator(config, params, gate, clean, corrupt, metric, gates).explained(keep)``."""
+class EdgeCircuitEvaluator(_EdgeRuns):
+    """Evaluates circuits of edges on one clean/corrupted batch: ``EdgeCircuitEvaluator(config, params, gate, clean,
+    corrupt, metric, gates).explained(keep)``. Every run is one compiled program (:func:`_edge_run`, shared by every
+    evaluator of the same config and shapes): the removed edges are its data, the metric is applied to its logits."""
 
     def __init__(self, config, params, gate, clean, corrupt, metric, gates: str = "recompute", attention_mask=None):
-        clean, corrupt = jnp.asarray(clean), jnp.asarray(corrupt)
-        pad = padding(attention_mask)
-        frozen, self.w_clean, self.w_corrupt, _, _ = _edge_context(config, params, gate, clean, corrupt, gates, pad)
-        self.config, self.clean = config, clean
-
-        @jax.jit
-        def run(current, toks, weights):
-            inter = _with_deltas(frozen, _reader_deltas(config, self.w_corrupt - current, weights))
-            logits, aux = _run(config, params, gate, toks, inter, capture=_WRITER_CAPTURE, pad=pad)
-            return jnp.mean(metric(logits)), _writer_stack(config, aux["captures"])
-
-        self.run = run
-        no_edit = jnp.zeros(allowed(config).shape, jnp.float32)
-        self.m_clean = float(run(self.w_clean, clean, no_edit)[0])
-        self.m_corrupt = float(run(self.w_corrupt, corrupt, no_edit)[0])
+        super().__init__(config, params, gate, clean, corrupt, metric, gates, attention_mask)
+        no_edit = np.zeros(allowed(config).shape, np.float32)
+        self.m_clean = self.run(self.w_clean, self.clean, no_edit)[0]
+        self.m_corrupt = self.run(self.w_corrupt, self.corrupt, no_edit)[0]
         if abs(self.m_clean - self.m_corrupt) < 1e-12:
             raise ValueError("clean and corrupted inputs give the same metric: nothing to explain")
 
     def explained(self, keep) -> float:
-        removed = jnp.asarray(allowed(self.config) & ~_edge_matrix(self.config, keep), jnp.float32)
+        """Explained effect of the edges ``keep`` (every other edge's reader gets its writer's corrupted output):
+        see :func:`edge_explained_effect`."""
+        removed = allowed(self.config) & ~_edge_matrix(self.config, keep)
         current = self.w_clean
         for _ in range(2 * self.config.n_layers + 1):
             m_circuit, new = self.run(current, self.clean, removed)
-            if bool(jnp.array_equal(new, current)):
+            if np.array_equal(new, current):
                 break
             current = new
-        return (float(m_circuit) - self.m_corrupt) / (self.m_clean - self.m_corrupt)
+        return (m_circuit - self.m_corrupt) / (self.m_clean - self.m_corrupt)
 
 
 def edge_explained_effect(config, params, gate, clean, corrupt, metric, keep, *, gates: str = "recompute",
@@ -521,17 +600,34 @@ def smallest_edge_circuit(config, params, gate, clean, corrupt, metric, scores, 
     the grid points are returned too). ``None`` if even every edge falls short (never, up to rounding: all edges
     explain 1)."""
     runner = EdgeCircuitEvaluator(config, params, gate, clean, corrupt, metric, gates, attention_mask)
-    total = int(allowed(config).sum())
+    return _smallest(lambda k: runner.explained(top_edges(config, scores, k)), int(allowed(config).sum()), target)
+
+
+def smallest_head_circuit(config, params, gate, clean, corrupt, metric, ranked_heads, target: float = 0.9, *,
+                          gates: str = "recompute", attention_mask=None) -> tuple[int | None, dict]:
+    """The fewest heads, taken in ``ranked_heads`` order (the embedding and every MLP kept, every other head patched
+    to its corrupted output), whose circuit explains ``>= target``, found as :func:`smallest_edge_circuit` finds
+    edges (a doubling grid, then bisection): for models with too many heads to evaluate every k."""
+    run, m_clean, m_corrupt = _node_runner(config, params, gate, clean, corrupt, metric, gates, attention_mask)
+    if abs(m_clean - m_corrupt) < 1e-12:
+        raise ValueError("clean and corrupted inputs give the same metric: nothing to explain")
+    others = [n for n in nodes(config) if n[0] != "head"]
+    effect = lambda k: (run(~_node_mask(config, others + list(ranked_heads[:k]))) - m_corrupt) / (m_clean - m_corrupt)
+    return _smallest(effect, len(ranked_heads), target)
+
+
+def _smallest(effect, total: int, target: float) -> tuple[int | None, dict]:
+    """The search of :func:`smallest_edge_circuit` over ``k = 1 .. total`` with ``effect(k)``."""
     seen = {}
-    effect = lambda k: seen.setdefault(k, runner.explained(top_edges(config, scores, k)))
+    value = lambda k: seen.setdefault(k, effect(k))
     ks = sorted({min(2 ** i, total) for i in range(total.bit_length() + 1)})
-    hi = next((k for k in ks if effect(k) >= target), None)
+    hi = next((k for k in ks if value(k) >= target), None)
     if hi is None:
         return None, seen
     lo = max([k for k in ks if k < hi] or [0])
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if effect(mid) >= target else (mid, hi)
+        lo, hi = (lo, mid) if value(mid) >= target else (mid, hi)
     return hi, dict(sorted(seen.items()))
 
 
@@ -579,26 +675,26 @@ def attention_attribution(config, params, gate, tokens, target, *, position: int
     ``other [B]`` (the rest: embedding, MLPs, biases), ``logit [B]`` (the model's logit; ``per_head`` summed with
     ``other`` equals it). Eval gates (the deterministic pattern); materialises the T x T pattern: analysis sizes."""
     _check_edge_model(config)
-    tokens, target = jnp.asarray(tokens), jnp.asarray(target)
+    (tokens,) = _tokens(config, tokens)
+    att = _attribution(config, params, gate, tokens, jnp.asarray(target), padding(attention_mask),
+                       position % tokens.shape[1])
+    return {key: np.asarray(value) for key, value in att.items()}
+
+
+@functools.partial(jax.jit, static_argnames=("config", "q"))
+def _attribution(config, params, gate, tokens, target, pad, q) -> dict:
+    """:func:`attention_attribution` at query position ``q``, compiled once per config, shapes and position."""
     L, H = config.n_layers, config.n_heads
-    logits, aux = _run(config, params, gate, tokens, capture=["blocks.*.attn.hook_pattern", "blocks.*.attn.hook_v",
-                                                               f"blocks.{L - 1}.hook_resid_post"],
-                     pad=padding(attention_mask))
-    caps = aux["captures"]
-    q = position % tokens.shape[1]
-    u = _frozen_unembed(config, params, caps[f"blocks.{L - 1}.hook_resid_post"][:, q], target)
-    ratio = H // config.n_kv_heads
+    logits, caps = _run(config, params, gate, tokens, pad, capture=("attn.hook_pattern", "attn.hook_v",
+                                                                      "hook_resid_post"))
+    u = _frozen_unembed(config, params, caps["hook_resid_post"][-1, :, q], target)
     wo = params["layers"]["attn"]["o"]["kernel"].reshape(L, H, config.head_dim, config.d_model)
-    per_key = []
-    for l in range(L):
-        v = jnp.repeat(caps[f"blocks.{l}.attn.hook_v"].astype(jnp.float32), ratio, axis=2)   # [B, T, H, hd]
-        proj = jnp.einsum("bkhe,hed,bd->bhk", v, wo[l].astype(jnp.float32), u)                # (v_k W_O) . u
-        per_key.append(caps[f"blocks.{l}.attn.hook_pattern"][:, :, q, :] * proj)
-    per_key = jnp.stack(per_key, 1)
+    v = jnp.repeat(caps["attn.hook_v"].astype(jnp.float32), H // config.n_kv_heads, axis=3)   # [L, B, T, H, hd]
+    proj = jnp.einsum("lbkhe,lhed,bd->blhk", v, wo.astype(jnp.float32), u)                      # (v_k W_O) . u
+    per_key = jnp.moveaxis(caps["attn.hook_pattern"][:, :, :, q, :], 0, 1) * proj              # [B, L, H, T]
     per_head = per_key.sum(-1)
     logit = logits[jnp.arange(tokens.shape[0]), q, target]
-    return {"per_key": np.asarray(per_key), "per_head": np.asarray(per_head),
-            "other": np.asarray(logit - per_head.sum((1, 2))), "logit": np.asarray(logit)}
+    return {"per_key": per_key, "per_head": per_head, "other": logit - per_head.sum((1, 2)), "logit": logit}
 
 
 def heads_for_share(per_head, share: float = 0.8) -> tuple[int, list[tuple]]:

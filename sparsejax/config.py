@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from .gates.registry import FAMILIES as GATE_FAMILIES  # the live registry (a family registered later counts)
 from .models.config import ModelConfig
 
 PRESETS = Path(__file__).parent / "presets"
@@ -69,7 +70,7 @@ class DataSection:
 class GateSection:
     enabled: bool = True            # False: dense (pretraining)
     bias: float = 3.0
-    kind: str = "bernoulli"         # gate family: "bernoulli" (the paper's) or "hard_concrete"
+    kind: str = "bernoulli"         # gate family (sparsejax.gates.FAMILIES): "bernoulli" (the paper's), "hard_concrete"
     per: str = "head"               # bias shape: "model" (), "layer" [L], "head" [L, H]
     learnable: bool = False
     bias_lr: float | None = None    # learnable bias: its own learning rate (None: train.lr)
@@ -253,7 +254,7 @@ _RULES = (
     ("data.repeat", lambda v: 0 <= v <= 1, "a share in [0, 1] (0: plain text)"),
     ("data.repeat_tokens", lambda v: v in ("text", "random"), "text or random"),
     ("gate.bias", lambda v: math.isfinite(v), "a finite number"),
-    ("gate.kind", lambda v: v in ("bernoulli", "hard_concrete"), "bernoulli or hard_concrete"),
+    ("gate.kind", lambda v: v in GATE_FAMILIES, "a registered gate family: " + " or ".join(GATE_FAMILIES)),
     ("gate.per", lambda v: v in ("model", "layer", "head"), "model, layer or head"),
     ("gate.bias_lr", lambda v: v is None or (math.isfinite(v) and v > 0), "a number > 0 or null"),
     ("gate.temperature", lambda v: math.isfinite(v) and v > 0, "a number > 0"),

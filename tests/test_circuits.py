@@ -40,3 +40,21 @@ def test_explained_effect_bounds():
     scores = {n: float(i) for i, n in enumerate(everything)}  # any ranking: keeping every node explains all
     curve = circuits.effect_curve(config, params, gate, clean, corrupt, metric, scores, [len(everything) - 1])
     assert curve[-1] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_smallest_head_circuit_and_patching_a_subset():
+    config, params, gate, clean, corrupt, metric = _setup(True)
+    exact = circuits.patching_effects(config, params, gate, clean, corrupt, metric)
+    heads = [n for n in circuits.nodes(config) if n[0] == "head"]
+    subset = heads[::3]
+    assert circuits.patching_effects(config, params, gate, clean, corrupt, metric, only=subset) == \
+        {n: exact[n] for n in subset}
+    ranked = sorted(heads, key=lambda n: exact[n])
+    others = [n for n in circuits.nodes(config) if n[0] != "head"]
+    curve = circuits.explained_effects(config, params, gate, clean, corrupt, metric,
+                                       [others + ranked[:k] for k in range(len(heads) + 1)])
+    for target in (0.5, 0.9):
+        k, seen = circuits.smallest_head_circuit(config, params, gate, clean, corrupt, metric, ranked, target)
+        assert curve[k] >= target and curve[k - 1] < target          # a crossing of the full curve
+        for j, v in seen.items():
+            assert v == pytest.approx(curve[j], abs=1e-6)

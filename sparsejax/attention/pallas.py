@@ -36,7 +36,7 @@ import numpy as np
 from jax.experimental import pallas as pl
 
 from .. import sharding
-from ..gates import Gate, bernoulli_terms, expected_gate, gate_value_and_slope, is_edge, key_uniform, row_hash
+from ..gates import Gate, is_edge, key_uniform, row_hash
 
 _NEG = -1e30
 _LOG2E = np.float32(math.log2(math.e))
@@ -160,11 +160,8 @@ def _tile(st: _Static, q, k, qi, kj, bq, bk, row, bias, masked=True):
         return s, valid, None, None, None, None
     g = s + bias
     noise = key_uniform(row, j) if st.train else None
-    if st.gate.kind == "bernoulli":
-        a, soft, e = bernoulli_terms(g, noise, st.train, *_fast_math(st))
-        return s, valid, g, a, soft * (1.0 - soft), e
-    a, slope = gate_value_and_slope(st.gate, g, noise, st.train)
-    return s, valid, g, a, slope, expected_gate(st.gate, g)
+    a, slope, e = st.gate.family.kernel_terms(st.gate, g, noise, st.train, *_fast_math(st))
+    return s, valid, g, a, slope, e
 
 
 def _fast_math(st: _Static):

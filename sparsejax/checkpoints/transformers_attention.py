@@ -28,12 +28,13 @@ NAME = "sparsejax"
 
 
 def _gate_tensor(module, torch):
-    """The layer's gate as ``(kind, bias [H] tensor, stretch)`` from ``module.config.sparsejax_gate``, or None."""
+    """The layer's gate as ``(kind, bias [H] tensor, temperature, stretch)`` from ``module.config.sparsejax_gate``,
+    or None."""
     spec = getattr(module.config, "sparsejax_gate", None)
     if spec is None:
         return None
     bias = torch.tensor(spec["bias"][module.layer_idx], dtype=torch.float32)
-    return spec["kind"], bias, tuple(spec["stretch"])
+    return spec["kind"], bias, spec["temperature"], tuple(spec["stretch"])
 
 
 def sparse_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -61,10 +62,11 @@ def sparse_attention_forward(module, query, key, value, attention_mask, scaling=
     if gate is None:
         a = allowed.float()
     else:
-        kind, bias, (gamma, zeta) = gate
+        from ..gates import family
+
+        kind, bias, temperature, stretch = gate
         g = s + bias.to(s.device)[None, :, None, None]
-        a = (g > 0).float() if kind == "bernoulli" else (torch.sigmoid(g) * (zeta - gamma) + gamma).clamp(0, 1)
-        a = a * allowed
+        a = family(kind).torch_eval(torch, g, temperature, stretch) * allowed
     weights = p * a
     out = torch.matmul(weights, v).transpose(1, 2).contiguous().to(query.dtype)
     return out, weights
@@ -97,5 +99,5 @@ def load_sparse_model(path, **kwargs):
     if gate is not None:
         gate = model_gate(gate, config_from_hf(json.loads((path / "config.json").read_text())))
         model.config.sparsejax_gate = {"bias": np.asarray(gate.bias).tolist(), "kind": gate.kind,
-                                       "stretch": list(gate.stretch)}
+                                       "temperature": gate.temperature, "stretch": list(gate.stretch)}
     return model.eval()

@@ -6,6 +6,7 @@ the dense model. Captured activations use TransformerLens hook names (``blocks.{
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Sequence
 
@@ -138,7 +139,7 @@ def model_gate(gate: Any, config: ModelConfig) -> Gate | None:
     elif b.shape not in ((), (H,), (L, 1), (L, H)):
         raise ValueError(f"gate bias shape {b.shape} does not fit the model: use (), ({L},) layers, ({H},) heads "
                          f"or ({L}, {H})")
-    return Gate(jnp.broadcast_to(b, (L, H)), gate.kind, gate.temperature, gate.stretch)
+    return dataclasses.replace(gate, bias=jnp.broadcast_to(b, (L, H)))
 
 
 def hook_names(config: ModelConfig) -> list[str]:
@@ -253,7 +254,7 @@ def forward(config: ModelConfig, params: dict, tokens, gate: Any = None, *, mode
         q, k, v = constrain(q, "q"), constrain(k, "kv"), constrain(v, "kv")
         if c.position == "rope":
             q, k = hk("attn.hook_rot_q", apply_rope(q, cos, sin)), hk("attn.hook_rot_k", apply_rope(k, cos, sin))
-        g = None if gate is None else Gate(bias, gate.kind, gate.temperature, gate.stretch)
+        g = None if gate is None else dataclasses.replace(gate, bias=bias)
         lseed = layer_seed(seed_arr, index)
         z, stats = sparse_attention(q, k, v, g, mode=mode, seed=lseed if g is not None else None,
                                     implementation=implementation, attention_mask=attention_mask)

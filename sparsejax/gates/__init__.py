@@ -1,0 +1,115 @@
+"""Gates: the :class:`Gate` pytree, the gate families (one file each, looked up by name) and counter-based noise
+(docs/method.md §1, §2).
+
+A gate turns the gate logit ``g_ij = s_ij + b`` of each causal pair (query i, key j) into a multiplier ``A_ij`` on
+the attention weight ``P_ij``. The families (``Gate.kind``):
+
+* ``"bernoulli"`` (:mod:`sparsejax.gates.bernoulli`, the paper's logit-tied Bernoulli gate, the default);
+* ``"hard_concrete"`` (:mod:`sparsejax.gates.hard_concrete`, Louizos et al. 2018).
+
+A new family is one file in this package: subclass :class:`~sparsejax.gates.registry.GateFamily` and decorate it
+with ``@register`` (every module here is imported, which registers it); the functions here, every attention implementation, the config's value list and the PyTorch
+export then know it. Noise: :mod:`sparsejax.gates.noise`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import importlib
+import pkgutil
+
+from .bernoulli import bernoulli_terms
+from .noise import hash_uniform, key_uniform, layer_seed, logistic_noise, row_hash
+from .registry import FAMILIES as _REGISTRY, GateFamily, family, register
+
+for _module in pkgutil.iter_modules(__path__):  # every other module of this package is a family: import = register
+    if _module.name not in ("noise", "registry"):
+        importlib.import_module(f"{__name__}.{_module.name}")
+FAMILIES = tuple(_REGISTRY)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Gate:
+    """The gate pytree passed to attention and to the model blocks.
+
+    ``bias`` is the only array leaf (differentiable, so it can be learned): shape ``()`` or ``[heads]`` at the
+    attention level, ``[layers]`` or ``[layers, heads]`` at the model level. The rest is static configuration (the
+    family and its parameters). Change a gate with ``dataclasses.replace`` (never rebuild it field by field).
+    """
+
+    bias: Any
+    kind: str = dataclasses.field(default="bernoulli", metadata=dict(static=True))  # the gate family
+    temperature: float = dataclasses.field(default=2.0 / 3.0, metadata=dict(static=True))
+    stretch: tuple[float, float] = dataclasses.field(default=(-0.1, 1.1), metadata=dict(static=True))
+
+    def __post_init__(self):
+        family(self.kind).check(self)
+
+    @property
+    def family(self) -> GateFamily:
+        return family(self.kind)
+
+
+def make_gate(bias: Any = 3.0, kind: str = "bernoulli", *, shape: tuple[int, ...] = (),
+              temperature: float = 2.0 / 3.0, stretch: tuple[float, float] = (-0.1, 1.1)) -> Gate:
+    """A gate whose bias is ``bias`` broadcast to ``shape`` (``()``, ``(heads,)``, ``(layers,)``, ``(layers, heads)``)."""
+    b = jnp.broadcast_to(jnp.asarray(bias, jnp.float32), shape)
+    return Gate(b, kind, float(temperature), (float(stretch[0]), float(stretch[1])))
+
+
+def gate_to_json(gate: Gate) -> dict:
+    """The gate as the JSON object stored in a checkpoint's ``sparsejax_gate.json``."""
+    return {"bias": np.asarray(gate.bias).tolist(), "kind": gate.kind, "temperature": gate.temperature,
+            "stretch": list(gate.stretch)}
+
+
+def gate_from_json(d: dict) -> Gate:
+    """The inverse of :func:`gate_to_json` (files written before the field was named ``kind`` say ``family``)."""
+    return Gate(jnp.asarray(d["bias"], jnp.float32), d.get("kind", d.get("family", "bernoulli")),
+                float(d["temperature"]), tuple(d["stretch"]))
+
+
+def as_gate(gate: Any) -> Gate | None:
+    """Accept ``None`` (dense), a float/array bias (Bernoulli gate) or a :class:`Gate`."""
+    if gate is None or isinstance(gate, Gate):
+        return gate
+    return Gate(jnp.asarray(gate, jnp.float32))
+
+
+# The family's maps of the gate logit g (float32 arrays; noise is 0 in eval mode), as used by every attention
+# implementation: see sparsejax.gates.registry for what each one states.
+def gate_sample(gate: Gate, g, uniform, train: bool):
+    """Gate value with the family's gradient attached, written for autodiff (the readable statement);
+    ``uniform`` is the :func:`hash_uniform` pair (ignored in eval mode)."""
+    return gate.family.sample(gate, g, uniform, train)
+
+
+def gate_value_and_slope(gate: Gate, g, uniform, train: bool):
+    """``(value, d value / d g)`` of :func:`gate_sample`, explicitly (for hand-written backward passes)."""
+    return gate.family.value_and_slope(gate, g, uniform, train)
+
+
+def is_edge(gate: Gate, g):
+    """The deterministic (eval-mode) edge test on gate logits (Bernoulli: ``g > 0``)."""
+    return gate.family.is_edge(gate, g)
+
+
+def expected_gate(gate: Gate, g):
+    """Probability that the pair is an edge (Bernoulli: ``sigmoid(g)``; hard-concrete: the expected L0)."""
+    return gate.family.expected(gate, g)
+
+
+def expected_gate_slope(gate: Gate, g):
+    """``d expected_gate / d g``."""
+    return gate.family.expected_slope(gate, g)
+
+
+__all__ = ["FAMILIES", "Gate", "GateFamily", "as_gate", "bernoulli_terms", "expected_gate", "expected_gate_slope",
+           "family", "gate_from_json", "gate_sample", "gate_to_json", "gate_value_and_slope", "hash_uniform",
+           "is_edge", "key_uniform", "layer_seed", "logistic_noise", "make_gate", "register", "row_hash"]

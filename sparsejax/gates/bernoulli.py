@@ -1,0 +1,60 @@
+"""The paper's logit-tied Bernoulli gate (the default family, docs/method.md §1.1): training draws logistic noise
+``l`` and uses the hard sample ``1[g + l > 0]`` forward with the straight-through gradient of ``sigmoid(g + l)``;
+evaluation uses ``1[g > 0]`` (noise 0). Expected density ``sigmoid(g)``. No parameters of its own."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from .registry import GateFamily, register
+
+
+def bernoulli_terms(g, uniform, train: bool, recip=None, exp=jnp.exp):
+    """``(hard, soft, e)`` = ``(1[z > 0], sigmoid(z), sigmoid(g))`` for ``z = g + log u - log(1 - u)`` (``z = g``
+    and ``soft = e`` in eval).
+
+    Written without logarithms: ``z > 0  <=>  1 - u < e`` with ``e = sigmoid(g)``, and ``sigmoid(z) = e u / (e u +
+    (1 - e)(1 - u))``. ``recip=None``: true divisions (the statement autodiff differentiates). Kernels may pass a
+    fast approximate ``recip`` and, for eval mode, ``exp``: only values, never the sample, depend on them (in
+    training the sample needs the exact ``sigmoid(g)``; in eval it is ``g > 0``).
+    """
+    if not train:
+        e = jax.nn.sigmoid(g) if recip is None else recip(1.0 + exp(-g))
+        return (g > 0).astype(g.dtype), e, e
+    u, one_minus_u = uniform
+    e = jax.nn.sigmoid(g)
+    eu = e * u
+    den = eu + (1.0 - e) * one_minus_u
+    return (one_minus_u < e).astype(g.dtype), eu / den if recip is None else eu * recip(den), e
+
+
+@register
+class Bernoulli(GateFamily):
+    name = "bernoulli"
+
+    def sample(self, gate, g, uniform, train):
+        """``A + (sigmoid(z) - stop_gradient(sigmoid(z)))`` with ``A = 1[z > 0]``: the bracket is exactly 0 in value,
+        so the forward value is exactly the hard sample and the gradient is that of ``sigmoid(z)``."""
+        hard, soft, _ = bernoulli_terms(g, uniform, train)
+        return hard + (soft - jax.lax.stop_gradient(soft))
+
+    def value_and_slope(self, gate, g, uniform, train):
+        hard, soft, _ = bernoulli_terms(g, uniform, train)
+        return hard, soft * (1.0 - soft)
+
+    def kernel_terms(self, gate, g, uniform, train, recip=None, exp=None):
+        hard, soft, e = bernoulli_terms(g, uniform, train, recip, jnp.exp if exp is None else exp)
+        return hard, soft * (1.0 - soft), e
+
+    def is_edge(self, gate, g):
+        return g > 0
+
+    def expected(self, gate, g):
+        return jax.nn.sigmoid(g)
+
+    def expected_slope(self, gate, g):
+        e = jax.nn.sigmoid(g)
+        return e * (1.0 - e)
+
+    def torch_eval(self, torch, g, temperature, stretch):
+        return (g > 0).float()
