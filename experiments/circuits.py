@@ -33,11 +33,12 @@ import numpy as np
 
 
 def analyse(model, clean, corrupt, metric, target, attention_mask=None, rank: str = "exact",
-            exact_subset: int = 20, seed: int = 0) -> dict:
+            exact_subset: int = 20, seed: int = 0, with_edges: bool = True) -> dict:
     """``rank="exact"``: heads ranked by exact patching of every node and the head curve at every k (small models);
     ``rank="eap"``: heads ranked by node EAP, the head curve on a doubling grid, the smallest head circuit by
     bisection, and exact patching of ``exact_subset`` top-|EAP| heads plus as many random others to check the EAP
-    scores (large models: one forward per evaluated point instead of one per head and per k)."""
+    scores (large models: one forward per evaluated point instead of one per head and per k). ``with_edges=False``:
+    no edge-level analysis (an edge circuit's explained effect takes up to 2 L + 1 forwards to converge)."""
     from sparsejax import circuits
 
     c, p, g = model.config, model.params, model.gate
@@ -61,12 +62,16 @@ def analyse(model, clean, corrupt, metric, target, attention_mask=None, rank: st
         grid = sorted({0, *(min(2 ** i, len(heads)) for i in range(len(heads).bit_length() + 1))})
         curve = circuits.explained_effects(c, p, g, clean, corrupt, metric, [others + ranked[:k] for k in grid], **pad)
     eap_checked = {n: eap[n] for n in exact}
-    edge_scores = circuits.edge_score_matrix(c, p, g, clean, corrupt, metric, method="eap-ig", steps=5, **pad)
-    n_edges, edge_curve = circuits.smallest_edge_circuit(c, p, g, clean, corrupt, metric, edge_scores, 0.9, **pad)
     total = len(circuits.edges(c))
-    grid = sorted({min(2 ** i, total) for i in range(total.bit_length() + 1)})  # the same ks for every prompt set
-    grid_curve = circuits.edge_effect_curve(c, p, g, clean, corrupt, metric, edge_scores, grid, **pad)
-    kept = circuits.top_edges(c, edge_scores, n_edges) if n_edges else None
+    egrid = sorted({min(2 ** i, total) for i in range(total.bit_length() + 1)})  # the same ks for every prompt set
+    n_edges, edge_curve, grid_curve, kept = None, {}, None, None
+    if with_edges:
+        edge_scores = circuits.edge_score_matrix(c, p, g, clean, corrupt, metric, method="eap-ig", steps=5, **pad)
+        n_edges, edge_curve = circuits.smallest_edge_circuit(c, p, g, clean, corrupt, metric, edge_scores, 0.9, **pad)
+        todo = [k for k in egrid if k not in edge_curve]   # the search has evaluated the grid up to its crossing
+        more = dict(zip(todo, circuits.edge_effect_curve(c, p, g, clean, corrupt, metric, edge_scores, todo, **pad)))
+        grid_curve = [edge_curve.get(k, more.get(k)) for k in egrid]
+        kept = circuits.top_edges(c, edge_scores, n_edges) if n_edges else None
     att = circuits.attention_attribution(c, p, g, clean, target, **pad)
     heads80, ranking = circuits.heads_for_share(att["per_head"], 0.8)
     mags = np.array([abs(v) for _, _, v in ranking])
@@ -78,7 +83,7 @@ def analyse(model, clean, corrupt, metric, target, attention_mask=None, rank: st
             "attribution_heads_for_0.8": heads80, "attribution_ranking": ranking,
             "attribution_cumulative_share": (np.cumsum(mags) / mags.sum()).tolist(),
             "edges_total": total, "edges_for_0.9": n_edges,
-            "edge_curve": {str(k): v for k, v in edge_curve.items()}, "edge_grid": grid, "edge_grid_curve": grid_curve,
+            "edge_curve": {str(k): v for k, v in edge_curve.items()}, "edge_grid": egrid, "edge_grid_curve": grid_curve,
             "heads_in_edge_circuit": None if kept is None else len(circuits.circuit_heads(c, kept)),
             "edge_circuit": None if kept is None else [[list(w), list(r)] for w, r in circuits.edges(c)
                                                         if kept[circuits.writers(c).index(w),
@@ -118,6 +123,8 @@ def main(argv=None):
     p.add_argument("--rank-heads", choices=("exact", "eap"), default="exact", help="exact: patch every node and "
                    "evaluate the head curve at every k (small models); eap: rank heads by node EAP, the curve on a "
                    "doubling grid, exact patching on a subset to check it (models with hundreds of heads)")
+    p.add_argument("--no-edges", action="store_true", help="node-level analysis only (no EAP-IG edge scores or edge "
+                   "circuits: each edge-circuit evaluation takes up to 2 x layers + 1 forwards)")
     p.add_argument("--exact-subset", type=int, default=20, help="with --rank-heads eap: exact patching of this many "
                    "top-|EAP| heads and as many random others")
     args = p.parse_args(argv)
@@ -162,7 +169,7 @@ def main(argv=None):
         for k, task in enumerate(prompt_sets):
             start = time.perf_counter()
             res = analyse(model, jnp.asarray(task.clean), jnp.asarray(task.corrupt), task.metric, task.good,
-                          task.attention_mask, args.rank_heads, args.exact_subset, args.seed + k)
+                          task.attention_mask, args.rank_heads, args.exact_subset, args.seed + k, not args.no_edges)
             keys = ("heads_for_0.9", "edges_for_0.9", "heads_in_edge_circuit", "attribution_heads_for_0.8")
             over_sets[name].append({key: res[key] for key in keys})
             curves[name].append({"curve": res["curve"], "edge_grid_curve": res["edge_grid_curve"]})
@@ -176,9 +183,9 @@ def main(argv=None):
         res = results[name]
         res["over_sets"] = over_sets[name]
         res["curves_over_sets"] = curves[name]
-        res["mean_sd_over_sets"] = {key: [float(np.mean([o[key] for o in over_sets[name] if o[key] is not None])),
-                                          float(np.std([o[key] for o in over_sets[name] if o[key] is not None]))]
-                                    for key in over_sets[name][0]}
+        values = lambda key: [o[key] for o in over_sets[name] if o[key] is not None]
+        res["mean_sd_over_sets"] = {key: [float(np.mean(values(key))), float(np.std(values(key)))] if values(key)
+                                    else [None, None] for key in over_sets[name][0]}
         print(f"{name}: metric clean {res['m_clean']:.3f} corrupt {res['m_corrupt']:.3f}; heads for 0.9: "
               f"{res['heads_for_0.9']} of {len(res['ranked_heads'])}; edges for 0.9: {res['edges_for_0.9']} of "
               f"{res['edges_total']} ({res['heads_in_edge_circuit']} heads touched); attention attribution: "
@@ -200,6 +207,8 @@ def main(argv=None):
         res = results[name]
         for a, xs, key in ((ax, np.asarray(res["head_grid"]), "curve"), (bx, np.asarray(res["edge_grid"]),
                                                                             "edge_grid_curve")):
+            if res[key] is None:  # --no-edges
+                continue
             ys = np.array([c[key] for c in res["curves_over_sets"]])
             label = (f"{name} (0.9 at {count(name, 'heads_for_0.9')} heads)" if key == "curve" else
                      f"{name} (0.9 at {count(name, 'edges_for_0.9')} of {res['edges_total']} edges)")
@@ -211,7 +220,8 @@ def main(argv=None):
     for a in (ax, bx):
         a.axhline(0.9, color="gray", ls="--", lw=1)
         a.set_ylabel("explained effect")
-        a.legend()
+        if a.lines[1:]:
+            a.legend()
     cx.axhline(0.8, color="gray", ls="--", lw=1)
     cx.set_xlabel("heads, ranked by |direct attribution| to the answer logit")
     cx.set_ylabel("share of total |attribution|")

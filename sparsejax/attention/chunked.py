@@ -12,7 +12,7 @@ Backward (``y_i = sum_j P_ij A_ij v_j``, ``D_i = dy_i . y_i``, ``dov_ij = dy_i .
     ds_ij = P_ij (A_ij dov_ij - D_i) + dg_ij               (softmax path + gate path, since g = s + b)
     dq_i  = sum_j ds_ij k_j / sqrt(d);  dk_j = sum_i ds_ij q_i / sqrt(d);  db = sum dg
 
-The noise and gates of each block are regenerated from the counter-based hash (gates.py).
+The noise and gates of each block are regenerated from the counter-based hash (gates/noise.py).
 """
 from __future__ import annotations
 

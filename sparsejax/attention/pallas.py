@@ -16,7 +16,7 @@ CPU: slow, for correctness). The mathematics is that of ``chunked.py`` (docs/met
   arithmetic; only the diagonal and edge tiles compute the validity mask. Padded rows are made inert instead
   (zero ``q``/``dO``/density cotangent, log-sum-exp 0, their statistics zeroed), so no tile needs them masked.
 
-The gate noise is the counter-based hash of ``gates.py``: the row part ``row_hash(seed, b, h, i)`` is computed
+The gate noise is the counter-based hash of ``gates/noise.py``: the row part ``row_hash(seed, b, h, i)`` is computed
 once per query row outside the kernel (one uint32 per row), the key part ``key_uniform(row, j)`` inside, so the
 sampled gates are those of ``reference``/``chunked`` for the same seed. Logits are float32 whatever the input
 dtype; bf16 inputs use bf16 matmul operands with float32 accumulation (as flash attention does).
