@@ -123,6 +123,7 @@ def main(argv=None):
     p.add_argument("--rank-heads", choices=("exact", "eap"), default="exact", help="exact: patch every node and "
                    "evaluate the head curve at every k (small models); eap: rank heads by node EAP, the curve on a "
                    "doubling grid, exact patching on a subset to check it (models with hundreds of heads)")
+    p.add_argument("--replot", action="store_true", help="only redraw the figures from OUT/results.json")
     p.add_argument("--no-edges", action="store_true", help="node-level analysis only (no EAP-IG edge scores or edge "
                    "circuits: each edge-circuit evaluation takes up to 2 x layers + 1 forwards)")
     p.add_argument("--exact-subset", type=int, default=20, help="with --rank-heads eap: exact patching of this many "
@@ -130,6 +131,15 @@ def main(argv=None):
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.replot:
+        results = json.loads((out / "results.json").read_text())
+        from sparsejax.models import config_from_hf
+
+        setup = argparse.Namespace(**{**results["setup"], "replot": True})
+        figures(results, setup, out, {name: config_from_hf(json.loads((Path(getattr(setup, name)) /
+                                                                        "config.json").read_text()))
+                                      for name in ("dense", "sparse")})
+        return
     from sparsejax import tasks
 
     def make_task(seed, vocab):
@@ -194,12 +204,22 @@ def main(argv=None):
     results["setup"] = vars(args)
     atomic_write_text(out / "results.json", json.dumps(results, indent=1))
 
+    figures(results, args, out, configs)
+
+
+def figures(results: dict, args, out: Path, configs: dict) -> None:
+    """The explained-effect curves (heads kept, edges kept), the attention-attribution shares and the circuit
+    graphs, from ``results`` (what ``results.json`` holds)."""
+    import numpy as np
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(16, 4))
+    edges = any(results[name]["edge_grid_curve"] is not None for name in configs)
+    fig, axes = plt.subplots(1, 3 if edges else 2, figsize=(16 if edges else 11, 4))
+    ax, bx, cx = (axes[0], axes[1], axes[2]) if edges else (axes[0], None, axes[1])
     mean_sd = lambda name, key: results[name]["mean_sd_over_sets"][key]
     count = lambda name, key: (f"{mean_sd(name, key)[0]:.1f} ± {mean_sd(name, key)[1]:.1f}" if args.sets > 1
                                else f"{results[name][key]}")
@@ -207,7 +227,7 @@ def main(argv=None):
         res = results[name]
         for a, xs, key in ((ax, np.asarray(res["head_grid"]), "curve"), (bx, np.asarray(res["edge_grid"]),
                                                                             "edge_grid_curve")):
-            if res[key] is None:  # --no-edges
+            if a is None:  # --no-edges
                 continue
             ys = np.array([c[key] for c in res["curves_over_sets"]])
             label = (f"{name} (0.9 at {count(name, 'heads_for_0.9')} heads)" if key == "curve" else
@@ -217,11 +237,10 @@ def main(argv=None):
                 a.fill_between(xs, ys.mean(0) - ys.std(0), ys.mean(0) + ys.std(0), color=line.get_color(), alpha=0.2)
         share = res["attribution_cumulative_share"]
         cx.plot(range(1, len(share) + 1), share, "o-", label=f"{name} (80% at {res['attribution_heads_for_0.8']} heads)")
-    for a in (ax, bx):
+    for a in (ax, bx) if edges else (ax,):
         a.axhline(0.9, color="gray", ls="--", lw=1)
         a.set_ylabel("explained effect")
-        if a.lines[1:]:
-            a.legend()
+        a.legend()
     cx.axhline(0.8, color="gray", ls="--", lw=1)
     cx.set_xlabel("heads, ranked by |direct attribution| to the answer logit")
     cx.set_ylabel("share of total |attribution|")
@@ -230,8 +249,10 @@ def main(argv=None):
                   "embedding and MLPs kept)")
     if args.rank_heads == "eap":
         ax.set_xscale("symlog", linthresh=1)
-    bx.set_xscale("log")
-    bx.set_xlabel("edges kept (top-k by EAP-IG; log scale)")
+        ax.set_xlim(left=0)
+    if edges:
+        bx.set_xscale("log")
+        bx.set_xlabel("edges kept (top-k by EAP-IG; log scale)")
     ratio = lambda key: (f"{mean_sd('dense', key)[0] / mean_sd('sparse', key)[0]:.1f}x"
                          if mean_sd("dense", key)[0] and mean_sd("sparse", key)[0] else "n/a")
     what = {"addition": "addition, units digit (corrupt: 2nd operand's units digit)",

@@ -147,33 +147,42 @@ def pick_heads(dense_maps, sparse_maps, n: int = 12) -> list[tuple[int, int, str
 
 
 def plot_attention_maps(dense_maps, sparse_maps, labels, out: Path, title: str = "", heads=None) -> Path:
-    """Per-head maps, dense (left block) and sparse (right block) side by side; rows are layers. ``heads``: only
-    these ``(layer, head, why)`` (:func:`pick_heads`), one row each (dense | sparse), for models with many heads."""
+    """Per-head maps, dense and sparse side by side. All heads: rows are layers, the dense block left and the sparse
+    block right. ``heads``: only these ``(layer, head, why)`` (:func:`pick_heads`), as a grid of (dense | sparse)
+    pairs, four pairs a row, each titled with its head and why it was picked."""
     plt = _plt()
     (dp, _), (sp, sa) = dense_maps, sparse_maps
     L, H, T, _ = dp.shape
-    cells = [[(l, h) for h in range(H)] for l in range(L)] if heads is None else [[(l, h)] for l, h, _ in heads]
-    rows, cols = len(cells), len(cells[0])
-    fig, axes = plt.subplots(rows, 2 * cols, figsize=(1.9 * 2 * cols + (1.2 if heads else 0), 1.9 * rows + 0.6),
-                             squeeze=False)
+    if heads is None:
+        cells = [[(l, h, f"h{h}") for h in range(H)] for l in range(L)]
+    else:
+        pairs = [(l, h, f"L{l} h{h}: {why}") for l, h, why in heads]
+        cells = [pairs[i:i + 4] for i in range(0, len(pairs), 4)]
+    rows, cols = len(cells), max(len(r) for r in cells)
+    fig, axes = plt.subplots(rows, 2 * cols, figsize=(1.9 * 2 * cols, 1.9 * rows + 0.8), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
     for r, row in enumerate(cells):
-        for c, (l, h) in enumerate(row):
-            for block, (maps, name) in enumerate(((dp, "dense"), (sp, "sparse"))):
-                ax = axes[r, block * cols + c]
+        for c, (l, h, name) in enumerate(row):
+            for block, (maps, kind) in enumerate(((dp, "dense"), (sp, "sparse"))):
+                ax = axes[r, block * cols + c] if heads is None else axes[r, 2 * c + block]
+                ax.set_axis_on()
                 ax.imshow(maps[l, h], cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
                 ax.set_xticks([])
                 ax.set_yticks([])
-                if r == 0:
-                    ax.set_title(f"{name}" if heads else f"{name} h{h}", fontsize=8)
-                if block * cols + c == 0:
-                    ax.set_ylabel(f"L{l}" if heads is None else f"L{l} h{h}\n{heads[r][2]}", fontsize=7)
-                if name == "sparse":
+                if heads is not None:
+                    ax.set_title(f"{name}\n{kind}" if block == 0 else f"\n{kind}", fontsize=7, loc="left")
+                elif r == 0:
+                    ax.set_title(f"{kind} {name}", fontsize=8)
+                if heads is None and block * cols + c == 0:
+                    ax.set_ylabel(f"L{l}", fontsize=8)
+                if kind == "sparse":
                     ax.text(0.98, 0.02, f"{int(sa[l, h].sum())}", transform=ax.transAxes, ha="right", va="bottom",
                             fontsize=6, color="tab:red")
-    if T <= 24:
+    if T <= 24 and heads is None:
         for ax in axes[-1]:
             ax.set_xticks(range(T), labels, fontsize=5)
-    fig.suptitle(title or "per-head attention (P x A); red: edges kept", fontsize=10)
+    fig.suptitle(title or "per-head attention (P x A); red: edges kept", fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
