@@ -176,6 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _overrides_out_of_mesh(args) -> None:
+    """``--mesh`` takes several ``AXIS=N`` values, so ``plan P --mesh fsdp=16 train.lora_rank=16`` would read the
+    override as a mesh entry: entries whose key has a dot (``section.key``) are overrides, wherever they stand."""
+    mesh = getattr(args, "mesh", None)
+    if mesh:
+        args.overrides = [*args.overrides, *(m for m in mesh if "." in m.split("=", 1)[0])]
+        args.mesh = [m for m in mesh if "." not in m.split("=", 1)[0]]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -185,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    _overrides_out_of_mesh(args)
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0

@@ -144,3 +144,12 @@ def test_checkpoint_data_fixes(tmp_path):
     with pytest.raises(ValueError, match="longer than the model's max_position=16; lower data.seq_len$"):
         make(["data.seq_len=32", f"data.tokenizer={tmp_path / 'small.json'}"])
     make(["data.seq_len=16", f"data.tokenizer={tmp_path / 'small.json'}"])   # the fixes applied: it builds
+
+
+def test_overrides_after_mesh_are_overrides():
+    from sparsejax.cli import _overrides_out_of_mesh, build_parser
+
+    args, _ = build_parser().parse_known_args(["plan", "olmo_7b", "--mesh", "fsdp=16", "train.lora_rank=16",
+                                               "data=2"])
+    _overrides_out_of_mesh(args)
+    assert args.mesh == ["fsdp=16", "data=2"] and args.overrides == ["train.lora_rank=16"]
