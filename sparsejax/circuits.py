@@ -226,10 +226,16 @@ def explained_effects(config, params, gate, clean, corrupt, metric, keeps, *, ga
                       attention_mask=None) -> list[float]:
     """:func:`explained_effect` of each node set in ``keeps``, the clean and corrupted runs shared: one forward per
     set (every node outside it patched to its corrupted activation)."""
+    explained = _node_explainer(config, params, gate, clean, corrupt, metric, gates, attention_mask)
+    return [explained(keep) for keep in keeps]
+
+
+def _node_explainer(config, params, gate, clean, corrupt, metric, gates, attention_mask):
+    """``keep -> explained effect`` (every node outside ``keep`` patched), the clean and corrupted runs shared."""
     run, m_clean, m_corrupt = _node_runner(config, params, gate, clean, corrupt, metric, gates, attention_mask)
     if abs(m_clean - m_corrupt) < 1e-12:
         raise ValueError("clean and corrupted inputs give the same metric: nothing to explain")
-    return [(run(~_node_mask(config, keep)) - m_corrupt) / (m_clean - m_corrupt) for keep in keeps]
+    return lambda keep: (run(~_node_mask(config, keep)) - m_corrupt) / (m_clean - m_corrupt)
 
 
 def explained_effect(config, params, gate, clean, corrupt, metric, keep, *, gates: str = "recompute",
@@ -608,12 +614,9 @@ def smallest_head_circuit(config, params, gate, clean, corrupt, metric, ranked_h
     """The fewest heads, taken in ``ranked_heads`` order (the embedding and every MLP kept, every other head patched
     to its corrupted output), whose circuit explains ``>= target``, found as :func:`smallest_edge_circuit` finds
     edges (a doubling grid, then bisection): for models with too many heads to evaluate every k."""
-    run, m_clean, m_corrupt = _node_runner(config, params, gate, clean, corrupt, metric, gates, attention_mask)
-    if abs(m_clean - m_corrupt) < 1e-12:
-        raise ValueError("clean and corrupted inputs give the same metric: nothing to explain")
+    explained = _node_explainer(config, params, gate, clean, corrupt, metric, gates, attention_mask)
     others = [n for n in nodes(config) if n[0] != "head"]
-    effect = lambda k: (run(~_node_mask(config, others + list(ranked_heads[:k]))) - m_corrupt) / (m_clean - m_corrupt)
-    return _smallest(effect, len(ranked_heads), target)
+    return _smallest(lambda k: explained(others + list(ranked_heads[:k])), len(ranked_heads), target)
 
 
 def _smallest(effect, total: int, target: float) -> tuple[int | None, dict]:

@@ -70,3 +70,8 @@ def test_config_knows_registered_families_and_names_stay_unique():
         load_config("toy_addition_posttrain", ["gate.kind=nope"])
     with pytest.raises(ValueError, match="new, non-empty name"):
         register(type("Again", (GateFamily,), {"name": "bernoulli"}))
+
+
+def test_an_incomplete_family_is_refused_at_registration():
+    with pytest.raises(TypeError, match="abstract"):
+        register(type("Half", (GateFamily,), {"name": "test_half", "sample": lambda self, *a: None}))

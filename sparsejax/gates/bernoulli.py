@@ -52,9 +52,5 @@ class Bernoulli(GateFamily):
     def expected(self, gate, g):
         return jax.nn.sigmoid(g)
 
-    def expected_slope(self, gate, g):
-        e = jax.nn.sigmoid(g)
-        return e * (1.0 - e)
-
     def torch_eval(self, torch, g, temperature, stretch):
         return (g > 0).float()

@@ -51,10 +51,6 @@ class HardConcrete(GateFamily):
     def expected(self, gate, g):
         return jax.nn.sigmoid(g - self._shift(gate))
 
-    def expected_slope(self, gate, g):
-        e = self.expected(gate, g)
-        return e * (1.0 - e)
-
     def torch_eval(self, torch, g, temperature, stretch):
         gamma, zeta = stretch
         return (torch.sigmoid(g) * (zeta - gamma) + gamma).clamp(0, 1)

@@ -16,37 +16,49 @@ A family states the method's elementwise maps of the gate logit ``g = s + b`` (f
 """
 from __future__ import annotations
 
+import abc
+
 FAMILIES: dict[str, "GateFamily"] = {}
 
 
-class GateFamily:
+class GateFamily(abc.ABC):
+    """The interface of a gate family (see the module docstring for what each map states). A subclass missing one
+    of the abstract maps cannot be instantiated, so ``@register`` names what is missing."""
+
     name: str = ""
 
     def check(self, gate) -> None:
-        """Raise ValueError if ``gate``'s parameters are invalid for this family."""
+        """Raise ValueError if ``gate``'s parameters are invalid for this family (default: nothing to check)."""
 
+    @abc.abstractmethod
     def sample(self, gate, g, uniform, train: bool):
-        raise NotImplementedError
+        """The gate value with its gradient attached (autodiff form)."""
 
+    @abc.abstractmethod
     def value_and_slope(self, gate, g, uniform, train: bool):
-        raise NotImplementedError
+        """``(value, d value / d g)`` explicitly."""
 
     def kernel_terms(self, gate, g, uniform, train: bool, recip=None, exp=None):
         """``(value, slope, expected)``; the default ignores the fast-math hooks."""
         value, slope = self.value_and_slope(gate, g, uniform, train)
         return value, slope, self.expected(gate, g)
 
+    @abc.abstractmethod
     def is_edge(self, gate, g):
-        raise NotImplementedError
+        """The deterministic (eval-mode) edge test."""
 
+    @abc.abstractmethod
     def expected(self, gate, g):
-        raise NotImplementedError
+        """The probability that a pair is an edge."""
 
     def expected_slope(self, gate, g):
-        raise NotImplementedError
+        """``d expected / d g``; the default is right for every ``expected`` of the form ``sigmoid(g - shift)``."""
+        e = self.expected(gate, g)
+        return e * (1.0 - e)
 
+    @abc.abstractmethod
     def torch_eval(self, torch, g, temperature: float, stretch: tuple[float, float]):
-        raise NotImplementedError
+        """The eval-mode gate value in PyTorch."""
 
 
 def register(cls):
