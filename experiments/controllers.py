@@ -31,6 +31,18 @@ CANDIDATES = {
     "pi_anneal": [*BERNOULLI, "constraint.method=pi", "constraint.sense=density", "constraint.density_target=0.02",
                   "constraint.anneal_steps=1400", "constraint.alpha=0.98", "constraint.pi_kp=0.5",
                   "constraint.pi_ki_down=0.5", "train.schedule=linear", "train.lr_final=0.0"],
+    # issue J: the constraint measured on the model that is exported (the deterministic gates)
+    "pi_det": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic"],
+    "pi_det4": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic",
+                "constraint.measure_every=4"],
+    # tau and the controller's input in the same gate mode: both under the sampled gates of the training loss
+    "pi_sampled_tau": [*BERNOULLI, "constraint.method=pi", "constraint.tau_gates=sampled"],
+    # a density curriculum with a CE guard: the annealed density target falls only while the deterministic CE of
+    # the training batch stays under tau (the task preset's tau: dense + slack)
+    "curriculum": [*BERNOULLI, "constraint.method=pi", "constraint.sense=density", "constraint.density_target=0.01",
+                   "constraint.anneal_steps=1400", "constraint.alpha=0.98", "constraint.pi_kp=0.5",
+                   "constraint.pi_ki_down=0.5", "constraint.guard=true", "constraint.measure=deterministic",
+                   "train.schedule=linear", "train.lr_final=0.0"],
 }
 
 
@@ -58,6 +70,8 @@ def main(argv=None):
     p.add_argument("--dense", default=None, help="a dense run directory (its model/ and tokenizer.json); toy: "
                    "pretrained here when missing")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--dense-seed", type=int, default=None, help="toy: pretrain the dense model with train.seed = "
+                   "data.seed = this (into OUT/dense unless --dense); default: the preset's seeds")
     p.add_argument("--candidates", nargs="+", default=list(CANDIDATES))
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--set", nargs="*", default=[], help="extra overrides for every run")
@@ -75,7 +89,8 @@ def main(argv=None):
     if args.task == "toy":
         dense = Path(args.dense or out / "dense")
         if not (dense / "model").exists():
-            Trainer(load_config("toy_addition_pretrain"), dense, progress=False).fit()
+            seeds = [] if args.dense_seed is None else [f"train.seed={args.dense_seed}", f"data.seed={args.dense_seed}"]
+            Trainer(load_config("toy_addition_pretrain", seeds), dense, progress=False).fit()
         base = ["toy_addition_posttrain", [f"model.checkpoint={dense / 'model'}"]]
     else:
         dense = Path(args.dense or "runs/shakespeare/dense")

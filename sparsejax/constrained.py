@@ -22,7 +22,9 @@ its target). In both the loss is ``CE + beta * density``; ``constraint=`` is the
 
 An annealed target (``target_start=``, ``anneal_steps=``; GECO and PI): the target moves geometrically from
 ``target_start`` to ``tau`` over the first ``anneal_steps`` updates, then stays at ``tau``
-(:func:`target_schedule`). In density mode this is the difference between asking a model for 2% of its edges at
+(:func:`target_schedule`). A guarded curriculum (PI, density sense, ``guard_tau=``): the annealed density target
+takes its next step only while the EMA of a CE passed as ``guard=`` is at or under ``guard_tau``, and steps back
+while it is over, so the density falls as fast as the model keeps its loss and no faster. In density mode this is the difference between asking a model for 2% of its edges at
 once — the multiplier winds up while the density is far above the target, overshoots, and the model loses what it
 knew — and leading it there at a rate it can follow (docs/controllers.md).
 """
@@ -49,6 +51,8 @@ class PIState(NamedTuple):
     ema: jax.Array        # EMA of the constrained quantity
     tau: jax.Array        # target
     count: jax.Array
+    progress: jax.Array   # steps of the annealed target's schedule taken (= count without a guard)
+    guard_ema: jax.Array  # EMA of the guarded CE (a guarded curriculum; else 0)
 
 
 class DualAscentState(NamedTuple):
@@ -134,7 +138,8 @@ def geco(tau: float, *, beta_init: float = 1e-2, eta: float = 1.0, alpha: float 
 def pi_control(tau: float, *, beta_init: float = 1e-2, ki: float = 0.02, kp: float = 2.0, alpha: float = 0.9,
                beta_min: float = 1e-4, beta_max: float = 1e4, error_clip: float = 1.0, scale: float | None = None,
                sense: str = "ce", ki_down: float | None = None, target_start: float | None = None,
-               anneal_steps: int = 0, ki_up_scale=None) -> optax.GradientTransformationExtraArgs:
+               anneal_steps: int = 0, ki_up_scale=None,
+               guard_tau: float | None = None) -> optax.GradientTransformationExtraArgs:
     """PI controller on ``log beta`` for ``CE <= tau`` (or ``density <= tau`` with ``sense="density"``).
 
     With ``C_t`` the EMA (decay ``alpha``) of the constrained quantity and the scaled satisfaction
@@ -163,6 +168,12 @@ def pi_control(tau: float, *, beta_init: float = 1e-2, ki: float = 0.02, kp: flo
     the model can no longer follow a growing multiplier; without it the integral keeps growing while the constrained
     quantity sits just inside its target, and the wound-up beta carries the last steps past the target
     (docs/controllers.md). Falling beta keeps its full rate.
+
+    ``guard_tau`` (a guarded density curriculum; needs ``sense="density"`` and an annealed target): ``update``
+    also takes ``guard=`` (a CE, e.g. the training batch's CE under the deterministic gates), EMA'd with ``alpha``
+    as ``G_t``; the annealed target's schedule position ``p`` advances by one while ``G_t <= guard_tau`` and goes
+    back by one (not below 0) while ``G_t > guard_tau`` (at most ``anneal_steps``); the target is ``target_schedule(p)``. Without a guard
+    ``p`` is the update count.
     """
     _check_positive(ki=ki, error_clip=error_clip, scale=tau if scale is None else scale)
     if ki_down is not None:
@@ -173,23 +184,37 @@ def pi_control(tau: float, *, beta_init: float = 1e-2, ki: float = 0.02, kp: flo
     sign = 1.0 if sense == "ce" else -1.0
     lo, hi = float(np.log(beta_min)), float(np.log(beta_max))
     target = target_schedule(tau, target_start, anneal_steps)
+    if guard_tau is not None and (sense != "density" or not anneal_steps):
+        raise ValueError("a guarded curriculum (guard_tau) needs sense='density' and an annealed target "
+                         f"(anneal_steps > 0), got sense={sense!r}, anneal_steps={anneal_steps}")
 
     def init(params=None):
         f = lambda x: jnp.asarray(x, jnp.float32)
-        return PIState(f(beta_init), f(np.log(beta_init)), f(0.0), target(0), jnp.zeros((), jnp.int32))
+        zero = lambda: jnp.zeros((), jnp.int32)
+        return PIState(f(beta_init), f(np.log(beta_init)), f(0.0), target(0), zero(), zero(), f(0.0))
 
-    def update(updates, state: PIState, params=None, *, constraint, **extra):
+    def update(updates, state: PIState, params=None, *, constraint, guard=None, **extra):
         c = jnp.asarray(constraint, jnp.float32)
         ema = jnp.where(state.count == 0, c, alpha * state.ema + (1 - alpha) * c)
-        tau_t = target(state.count)
+        if guard_tau is None:
+            progress, guard_ema = state.count, state.guard_ema
+        else:
+            if guard is None:
+                raise ValueError("this PI controller has a guard (guard_tau): pass update(..., guard=CE)")
+            g = jnp.asarray(guard, jnp.float32)
+            guard_ema = jnp.where(state.count == 0, g, alpha * state.guard_ema + (1 - alpha) * g)
+            progress = jnp.where(guard_ema <= guard_tau, jnp.minimum(state.progress + 1, anneal_steps),
+                                 jnp.maximum(state.progress - 1, 0))
+            progress = jnp.where(state.count == 0, 0, progress)
+        tau_t = target(progress)
         e = jnp.clip(sign * (tau_t - ema) / (tau_t if scale is None else scale), -error_clip, error_clip)
-        settled = state.count >= anneal_steps  # a fixed target (at once without annealing)
+        settled = progress >= anneal_steps  # a fixed target (at once without annealing)
         rate = ki if ki_down is None else jnp.where((e < 0) & settled, ki_down, ki)
         if ki_up_scale is not None:
             rate = jnp.where(e > 0, rate * jnp.clip(ki_up_scale(state.count), 0.0, 1.0), rate)
         integral = jnp.clip(state.integral + rate * e, lo, hi)
         beta = jnp.exp(jnp.clip(integral + kp * e, lo, hi))
-        return updates, PIState(beta, integral, ema, tau_t, state.count + 1)
+        return updates, PIState(beta, integral, ema, tau_t, state.count + 1, progress, guard_ema)
 
     return optax.GradientTransformationExtraArgs(init, update)
 
@@ -234,6 +259,9 @@ def loss_weights(state) -> tuple[jax.Array, jax.Array]:
 def metrics(state) -> dict:
     """What to log every step: the multiplier, the constraint estimate, tau and the violation."""
     state = find_state(state)
-    if isinstance(state, (GecoState, PIState)):
+    if isinstance(state, PIState):
+        return {"beta": state.beta, "ce_ema": state.ema, "tau": state.tau, "violation": state.ema - state.tau,
+                "guard_ema": state.guard_ema, "target_progress": state.progress}
+    if isinstance(state, GecoState):
         return {"beta": state.beta, "ce_ema": state.ema, "tau": state.tau, "violation": state.ema - state.tau}
     return {"lambda": state.lam, "tau": state.tau, "violation": state.prev_error}

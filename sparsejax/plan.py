@@ -99,8 +99,9 @@ def compile_plan(cfg) -> dict:
     model = sj.Model(config, shapes)
     spec = st.step_spec(cfg, model)
     trainable, frozen = jax.eval_shape(lambda p: st.split_params(cfg, spec, sj.Model(config, p)), shapes)
-    optimizer, multiplier = stp.make_optimizer(cfg), stp.make_multiplier(cfg, 1.0)  # tau: any value (shapes only)
-    state = st.abstract_state(trainable, optimizer, multiplier)
+    # tau, guard_tau: any value (shapes only)
+    optimizer, multiplier = stp.make_optimizer(cfg), stp.make_multiplier(cfg, 1.0, guard_tau=1.0)
+    state = st.abstract_state(trainable, optimizer, multiplier, st.holds_probe(spec, multiplier))
     mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     rules = sharding.parse_rules(cfg.mesh.rules)
     place = lambda tree: jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree,

@@ -252,3 +252,48 @@ def test_pi_integral_growth_follows_the_lr_when_asked():
     ki = load_config("toy_addition_posttrain", over).constraint.pi_ki
     np.testing.assert_allclose(runs["false"], 10 * ki * 0.5, rtol=1e-5)
     np.testing.assert_allclose(runs["true"], ki * 0.5 * sum(1 - k / 10 for k in range(10)), rtol=1e-5)
+
+
+def test_guarded_curriculum_moves_its_target_only_while_the_guard_holds():
+    """Annealed from 0.4 to 0.025 over 4 schedule steps (targets 0.4 * 0.0625 ** (p / 4)); the guard's CE (alpha 0:
+    no EMA) under guard_tau moves the schedule on, over it moves it back, never below 0 or past anneal_steps."""
+    t = constrained.pi_control(0.025, beta_init=1.0, ki=0.1, kp=0.0, alpha=0.0, sense="density", target_start=0.4,
+                               anneal_steps=4, guard_tau=1.0)
+    s = t.init(None)
+    sched = lambda p: 0.4 * 0.0625 ** (min(p, 4) / 4)
+    guards = [0.5, 0.5, 0.5, 2.0, 2.0, 2.0, 2.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]
+    # progress: 0 at the first update, then +1 while the guard holds, -1 (>= 0) while it does not, <= 4
+    want_p = [0, 1, 2, 1, 0, 0, 0, 1, 2, 3, 4, 4, 4]
+    for g, p in zip(guards, want_p):
+        _, s = t.update(None, s, constraint=0.1, guard=g)
+        assert int(s.progress) == p
+        np.testing.assert_allclose(float(s.tau), sched(p), rtol=1e-6)
+    with pytest.raises(ValueError, match="pass update"):
+        t.update(None, t.init(None), constraint=0.1)
+    with pytest.raises(ValueError, match="needs sense='density' and an annealed target"):
+        constrained.pi_control(0.02, sense="density", guard_tau=1.0)
+
+
+def test_guard_settles_only_when_the_schedule_is_done():
+    """ki_down waits for the guarded schedule's end, not for the update count (by hand: below target at ki until
+    progress reaches anneal_steps)."""
+    t = constrained.pi_control(0.02, beta_init=1.0, ki=0.02, kp=0.0, alpha=0.0, sense="density", ki_down=0.2,
+                               target_start=0.02, anneal_steps=3, guard_tau=1.0)
+    s = t.init(None)
+    for g in (2.0, 2.0, 2.0, 2.0):  # guard violated: progress stays 0, the integral falls at ki
+        _, s = t.update(None, s, constraint=0.01, guard=g)
+    np.testing.assert_allclose(float(s.integral), -4 * 0.02 * 0.5, atol=1e-6)
+    for g in (0.5, 0.5, 0.5):       # progress 1, 2, 3: the last one is settled
+        _, s = t.update(None, s, constraint=0.01, guard=g)
+    np.testing.assert_allclose(float(s.integral), -6 * 0.02 * 0.5 - 0.2 * 0.5, atol=1e-6)
+
+
+def test_guard_and_measure_config_errors():
+    from sparsejax.config import load_config
+
+    with pytest.raises(ValueError, match="guard=true .* needs constraint.method=pi, constraint.sense=density"):
+        load_config("toy_addition_posttrain", ["constraint.guard=true"])
+    with pytest.raises(ValueError, match="constraint.measure"):
+        load_config("toy_addition_posttrain", ["constraint.measure=exact"])
+    with pytest.raises(ValueError, match="constraint.measure_every"):
+        load_config("toy_addition_posttrain", ["constraint.measure_every=0"])

@@ -245,3 +245,32 @@ def test_gate_bias_has_its_own_learning_rate():
     # Adam's first step moves every parameter by (about) its learning rate
     np.testing.assert_allclose(np.asarray(updates["gate_bias"]), -0.5, rtol=1e-3)
     np.testing.assert_allclose(np.asarray(updates["params"]["w"]), -1e-3 * (1 + 0.0), rtol=2e-2)
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_deterministic_measure_is_the_exported_models_ce(tmp_path, every):
+    """constraint.measure=deterministic: the multiplier's input is the training batch's CE under the eval-mode gates
+    (checked against the held-out evaluation's own step on that batch, before the update), measured every
+    ``every`` steps and held between; the sampled-gate CE of the loss differs from it."""
+    from sparsejax.data import batch_at
+    from sparsejax.train import Trainer
+
+    cfg = load_config("toy_addition_posttrain", TINY + ["constraint.method=pi", "constraint.measure=deterministic",
+                                                        f"constraint.measure_every={every}", "gate.bias=0.5"])
+    run = Trainer(cfg, tmp_path / "run", progress=False)
+    assert ("probe_ce" in run.state) == (every > 1)
+    eval_step = jax.jit(make_eval_step(run.spec))
+    held = None
+    for step in range(4):
+        batch = batch_at(run.train_src, step, cfg.data.batch_size, cfg.data.seed)
+        before = jax.tree.map(jnp.copy, run.state["trainable"])
+        want = float(eval_step(before, run.frozen, batch)["ce"])
+        run.state, out = run.step_fn(run.state, run.frozen, batch, jnp.uint32(step))
+        if step % every == 0:
+            held = want
+            np.testing.assert_allclose(float(out["measured_ce"]), want, rtol=1e-5)
+            assert abs(float(out["ce"]) - want) > 1e-4  # the sampled gates' CE is another number
+        else:
+            np.testing.assert_allclose(float(out["measured_ce"]), held, rtol=1e-5)
+        if step == 0:  # the controller's EMA starts at its first input
+            np.testing.assert_allclose(float(out["ce_ema"]), want, rtol=1e-5)

@@ -101,8 +101,10 @@ class Trainer:
         self.tau = self._measure_tau(trainable)
         self.optimizer = _step.make_optimizer(cfg)
         self.target_start = self._measure_target_start(trainable)
-        self.multiplier = _step.make_multiplier(cfg, self.tau, self.target_start)
-        self.state = _state.init_state(trainable, self.optimizer, self.multiplier)
+        self.guard_tau = self._ce_target(trainable) if cfg.constraint.guard and self.tau is not None else None
+        self.multiplier = _step.make_multiplier(cfg, self.tau, self.target_start, self.guard_tau)
+        self.state = _state.init_state(trainable, self.optimizer, self.multiplier,
+                                       _state.holds_probe(self.spec, self.multiplier))
         self.step_fn = jax.jit(make_train_step(self.spec, self.optimizer, self.multiplier), donate_argnums=0)
 
     def _measure_tau(self, trainable):
@@ -111,9 +113,20 @@ class Trainer:
             return None
         if c.sense == "density":  # config.validate has checked the target and the method
             return c.density_target
+        return self._ce_target(trainable)
+
+    def _ce_target(self, trainable):
+        """The CE target: ``constraint.tau``, or the dense model's CE (on ``constraint.tau_data``) + slack
+        (``constraint.tau_gates=sampled``: the gated starting model's CE under sampled gates + slack)."""
+        c = self.cfg.constraint
         if c.tau is not None:
             return c.tau
         src = self.train_src if c.tau_data == "train" else self.val_src
+        if c.tau_gates == "sampled":  # the gated model as it starts, under the training loss's sampled gates
+            step = jax.jit(make_eval_step(self.spec, sampled=True))
+            with jax.set_mesh(self.mesh):
+                batches = _evaluate.eval_batches(src, self.cfg.data.batch_size, self.cfg.data.eval_batches, self.mesh)
+                return _evaluate.evaluate(step, trainable, self.frozen, batches, gated=False)["eval_ce"] + c.slack
         return self.evaluate(trainable, dense=True, src=src)["eval_ce"] + c.slack
 
     def _measure_target_start(self, trainable):

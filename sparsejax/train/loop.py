@@ -122,7 +122,10 @@ def _record(run, out: dict, step: int, tokens_per_s: float) -> dict:
         per_layer = np.asarray(out["edges"]).mean(1)
         rec.update(train_edge_density=float(per_layer.mean()), train_edge_density_per_layer=per_layer.tolist())
     names = {"ce_ema": "density_ema", "tau": "density_target"} if run.spec.sense == "density" else {}
-    for k in ("beta", "lambda", "ce_ema", "tau", "violation"):
+    # measured_ce: the CE the multiplier saw (constraint.measure=deterministic); a guarded curriculum also logs
+    # its CE's EMA and where its annealed target stands
+    keys = ("beta", "lambda", "ce_ema", "tau", "violation", "measured_ce")
+    for k in keys + (("guard_ema", "target_progress") if run.spec.guard else ()):
         if k in out:
             rec[names.get(k, k)] = float(out[k])
     return rec

@@ -28,6 +28,9 @@ class StepSpec:
     lora_alpha: float | None = None   # None = full fine-tuning
     distill: float = 0.0
     sense: str = "ce"                 # what the multiplier constrains: "ce" or "density"
+    measure: str = "sampled"          # the CE the multiplier sees: under "sampled" or "deterministic" gates
+    measure_every: int = 1            # deterministic: measured every this many steps (held between)
+    guard: bool = False               # density mode: the annealed target waits while the measured CE is over tau
     beta: float = 0.0                 # fixed density weight when there is no multiplier (penalty mode)
     attention: str = "auto"           # sparse_attention implementation (auto | chunked | pallas | reference)
     rules: tuple = sharding.DEFAULT_RULES  # logical axis -> mesh axes, for parameters and activations
@@ -152,7 +155,9 @@ def step_spec(cfg: RunConfig, model: Model) -> StepSpec:
     beta = cfg.constraint.beta_init if g.enabled else 0.0
     return StepSpec(config=model.config, gate=gate,
                     lora_alpha=cfg.train.lora_alpha if cfg.train.lora_rank > 0 else None,
-                    distill=cfg.train.distill, sense=cfg.constraint.sense, beta=beta, attention=cfg.train.attention,
+                    distill=cfg.train.distill, sense=cfg.constraint.sense, measure=cfg.constraint.measure,
+                measure_every=cfg.constraint.measure_every, guard=cfg.constraint.guard, beta=beta,
+                attention=cfg.train.attention,
                     rules=sharding.parse_rules(cfg.mesh.rules))
 
 
@@ -177,14 +182,23 @@ def split_params(cfg: RunConfig, spec: StepSpec, model: Model) -> tuple[dict, di
     return trainable, frozen
 
 
-def init_state(trainable: dict, optimizer, multiplier) -> dict:
+def holds_probe(spec: StepSpec, multiplier) -> bool:
+    """Whether the state carries ``probe_ce``: the last deterministic CE, measured every ``measure_every`` steps."""
+    return (multiplier is not None and spec.measure == "deterministic" and spec.measure_every > 1
+            and (spec.sense == "ce" or spec.guard))
+
+
+def init_state(trainable: dict, optimizer, multiplier, probe: bool = False) -> dict:
     zero = lambda: jnp.zeros((), jnp.int32)  # separate buffers: the state is donated to each step
-    return {"trainable": trainable, "opt_state": optimizer.init(trainable),
-            "mult_state": multiplier.init(None) if multiplier is not None else {},
-            "step": zero(), "bad_steps": zero(), "total_bad_steps": zero()}
+    state = {"trainable": trainable, "opt_state": optimizer.init(trainable),
+             "mult_state": multiplier.init(None) if multiplier is not None else {},
+             "step": zero(), "bad_steps": zero(), "total_bad_steps": zero()}
+    if probe:
+        state["probe_ce"] = jnp.zeros((), jnp.float32)
+    return state
 
 
-def abstract_state(trainable_shapes: dict, optimizer, multiplier) -> dict:
+def abstract_state(trainable_shapes: dict, optimizer, multiplier, probe: bool = False) -> dict:
     """The train state as ``jax.ShapeDtypeStruct``s, from the shapes of the trainable tree alone."""
-    return jax.eval_shape(lambda t: init_state(t, optimizer, multiplier), trainable_shapes)
+    return jax.eval_shape(lambda t: init_state(t, optimizer, multiplier, probe), trainable_shapes)
 

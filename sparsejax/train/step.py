@@ -48,10 +48,15 @@ def make_optimizer(cfg: RunConfig) -> optax.GradientTransformation:
 METHODS = ("pi", "geco", "dual_ascent", "penalty", "none")
 
 
-def make_multiplier(cfg: RunConfig, tau: float | None, target_start: float | None = None):
+def make_multiplier(cfg: RunConfig, tau: float | None, target_start: float | None = None,
+                    guard_tau: float | None = None):
     """The multiplier transformation of the run (None for ``penalty`` / ``none`` / dense runs); ``target_start``:
-    where an annealed target starts (``constraint.anneal_from`` or, in density mode, the measured density)."""
+    where an annealed target starts (``constraint.anneal_from`` or, in density mode, the measured density);
+    ``guard_tau``: the CE target of a guarded density curriculum (``constraint.guard``)."""
     c = cfg.constraint
+    if c.guard and guard_tau is None and cfg.gate.enabled:
+        raise ValueError("constraint.guard=true needs the CE target (guard_tau): the Trainer measures it as for "
+                         "constraint.sense=ce (constraint.tau, or the dense CE + constraint.slack)")
     if c.method not in METHODS:
         raise ValueError(f"constraint.method must be one of {', '.join(METHODS)}, got {c.method!r}")
     if not cfg.gate.enabled or c.method in ("none", "penalty"):
@@ -69,7 +74,8 @@ def make_multiplier(cfg: RunConfig, tau: float | None, target_start: float | Non
         return constrained.pi_control(tau, beta_init=c.beta_init, ki=c.pi_ki, kp=c.pi_kp, alpha=c.alpha,
                                       beta_min=c.beta_min, error_clip=c.error_clip, scale=scale, sense=c.sense,
                                       ki_down=c.pi_ki_down, target_start=target_start,
-                                      anneal_steps=c.anneal_steps, ki_up_scale=follow_lr)
+                                      anneal_steps=c.anneal_steps, ki_up_scale=follow_lr,
+                                      guard_tau=guard_tau if c.guard else None)
     return constrained.dual_ascent(tau, lr=c.lr, kp=c.kp)
 
 
@@ -90,9 +96,32 @@ def _loss(spec: StepSpec, trainable, frozen, batch, seed, weights):
     return loss, (ce, density, aux["edge_density"].mean(1))
 
 
+def deterministic_ce(spec: StepSpec, trainable, frozen, batch):
+    """The batch's CE under the deterministic (eval-mode) gates: the model that is exported (no gradient)."""
+    tokens = batch["tokens"]
+    logits, _ = forward(spec.config, params_of(spec, trainable, frozen), tokens[:, :-1], gate_of(spec, trainable, frozen),
+                        mode="eval", implementation=spec.attention)
+    return jax.lax.stop_gradient(objective.cross_entropy(logits, tokens[:, 1:], batch["mask"]))
+
+
 def make_train_step(spec: StepSpec, optimizer, multiplier):
     """``train_step(state, frozen, batch, seed) -> (state, out)``; a non-finite loss or gradient skips the update
-    (``bad_steps`` counts consecutive skips)."""
+    (``bad_steps`` counts consecutive skips).
+
+    The multiplier's input: in CE mode the batch's CE under the sampled gates (``spec.measure == "sampled"``) or
+    under the deterministic gates (``"deterministic"``: one more forward, every ``spec.measure_every`` steps, the
+    last value held in ``state["probe_ce"]`` between); in density mode the deterministic edge density of the batch,
+    and for a guarded curriculum (``spec.guard``) the CE in the same two modes as the guard."""
+    probe = multiplier is not None and spec.measure == "deterministic" and (spec.sense == "ce" or spec.guard)
+
+    def measured_ce(state, frozen, batch, sampled_ce):
+        if not probe:
+            return sampled_ce, {}
+        det = lambda: deterministic_ce(spec, state["trainable"], frozen, batch)
+        if spec.measure_every == 1:
+            return det(), {}
+        value = jax.lax.cond(state["step"] % spec.measure_every == 0, det, lambda: state["probe_ce"])
+        return value, {"probe_ce": value}
 
     def train_step(state, frozen, batch, seed):
         if multiplier is None:
@@ -104,19 +133,25 @@ def make_train_step(spec: StepSpec, optimizer, multiplier):
         finite = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["trainable"])
         trainable = optax.apply_updates(state["trainable"], updates)
-        mult_state = state["mult_state"]
+        mult_state, held = state["mult_state"], {}
         if multiplier is not None:
-            value = ce if spec.sense == "ce" else edges.mean()
-            _, mult_state = multiplier.update(None, mult_state, constraint=value)
+            measured, held = measured_ce(state, frozen, batch, ce)
+            if spec.sense == "ce":
+                _, mult_state = multiplier.update(None, mult_state, constraint=measured)
+            else:
+                guard = {"guard": measured} if spec.guard else {}
+                _, mult_state = multiplier.update(None, mult_state, constraint=edges.mean(), **guard)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # skip bad steps
         bad = jnp.where(finite, 0, state["bad_steps"] + 1)
         new = {"trainable": keep(trainable, state["trainable"]), "opt_state": keep(opt_state, state["opt_state"]),
                "mult_state": keep(mult_state, state["mult_state"]), "step": state["step"] + 1, "bad_steps": bad,
-               "total_bad_steps": state["total_bad_steps"] + (~finite).astype(jnp.int32)}
+               "total_bad_steps": state["total_bad_steps"] + (~finite).astype(jnp.int32), **held}
         out = {"loss": loss, "ce": ce, "density": density, "edges": edges, "bad_steps": bad,
                "total_bad_steps": new["total_bad_steps"]}
         if multiplier is not None:
             out.update(constrained.metrics(mult_state))
+            if probe:
+                out["measured_ce"] = measured
         return new, out
 
     def sharded_train_step(state, frozen, batch, seed):  # activations placed by the logical-axis rules
@@ -126,15 +161,18 @@ def make_train_step(spec: StepSpec, optimizer, multiplier):
     return sharded_train_step
 
 
-def make_eval_step(spec: StepSpec, *, dense: bool = False):
+def make_eval_step(spec: StepSpec, *, dense: bool = False, sampled: bool = False):
     """``eval_step(trainable, frozen, batch) -> {"ce", "edge_counts" [L, H] int32}`` in eval mode: the batch's
-    masked CE and the number of deterministic edges per layer and head summed over the batch (on device)."""
+    masked CE and the number of deterministic edges per layer and head summed over the batch (on device).
+    ``sampled``: the CE under sampled (training-mode) gates instead, noise seed 0 (``constraint.tau_gates``); its
+    edge counts are those of the sampled gates."""
 
     def eval_step(trainable, frozen, batch):
         tokens = batch["tokens"][:, :-1]
         gate = None if dense else gate_of(spec, trainable, frozen)
-        logits, aux = forward(spec.config, params_of(spec, trainable, frozen), tokens, gate, mode="eval",
-                              implementation=spec.attention)
+        mode = "train" if sampled and gate is not None else "eval"
+        logits, aux = forward(spec.config, params_of(spec, trainable, frozen), tokens, gate, mode=mode,
+                              seed=jnp.uint32(0) if mode == "train" else None, implementation=spec.attention)
         ce = objective.cross_entropy(logits, batch["tokens"][:, 1:], batch["mask"])
         t = tokens.shape[1]
         pairs = t * (t + 1) // 2
