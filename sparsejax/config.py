@@ -100,10 +100,18 @@ class ConstraintSection:
     error_clip: float = 1.0         # pi: clip of the scaled error
     error_scale: str = "tau"        # pi: the error's unit: "tau" (relative error) or "slack" (units of the slack)
     tau_data: str = "validation"    # where the dense CE behind tau is measured: "validation" or "train" batches
+    tau_gates: str = "dense"        # tau from the "dense" model (gates off) or the gated starting model under "sampled"
+    #                                 gates (the training loss's own mode; docs/controllers.md)
     anneal_steps: int = 0           # pi/geco: move the target geometrically from anneal_from to its final value over
     #                                 this many steps (0: the final target from the start)
     anneal_from: float | None = None  # start of the annealed target; None (density mode): the gated model's
     #                                   held-out edge density, measured before post-training
+    measure: str = "sampled"        # the CE the multiplier sees (CE mode; the guard's CE in a guarded curriculum):
+    #                                 "sampled" (the training loss's) or "deterministic" (the exported model's gates:
+    #                                 one more forward per measured step; docs/controllers.md)
+    measure_every: int = 1          # measure=deterministic: every this many steps (the last value held between)
+    guard: bool = False             # pi, density mode, annealed target: the target falls only while the measured CE
+    #                                 is at or under the CE target (constraint.tau or dense + slack), else steps back
     lr: float = 0.1                 # dual ascent
     kp: float = 0.0                 # dual ascent PI damping
 
@@ -275,6 +283,9 @@ _RULES = (
     ("constraint.error_scale", lambda v: v in ("tau", "slack"), "tau or slack"),
     ("constraint.tau_data", lambda v: v in ("validation", "train"), "validation or train"),
     ("constraint.anneal_steps", lambda v: v >= 0, "an integer >= 0 (0: no annealing)"),
+    ("constraint.tau_gates", lambda v: v in ("dense", "sampled"), "dense or sampled"),
+    ("constraint.measure", lambda v: v in ("sampled", "deterministic"), "sampled or deterministic"),
+    ("constraint.measure_every", lambda v: v >= 1, "an integer >= 1"),
     ("constraint.anneal_from", lambda v: v is None or (math.isfinite(v) and v > 0), "a number > 0 or null"),
     ("constraint.lr", lambda v: math.isfinite(v) and v > 0, "a number > 0"),
     ("constraint.kp", lambda v: math.isfinite(v) and v >= 0, "a number >= 0"),
@@ -322,6 +333,9 @@ def validate(cfg: RunConfig) -> RunConfig:
             problems.append("constraint.sense=density needs constraint.density_target (e.g. 0.01)")
         if c.method not in ("pi", "geco"):
             problems.append("constraint.sense=density works with constraint.method=pi or geco")
+    if c.guard and g.enabled and not (c.method == "pi" and c.sense == "density" and c.anneal_steps):
+        problems.append("constraint.guard=true (a guarded density curriculum) needs constraint.method=pi, "
+                        "constraint.sense=density and constraint.anneal_steps > 0")
     if c.anneal_steps and c.method not in ("pi", "geco", "none", "penalty"):
         problems.append(f"constraint.anneal_steps works with constraint.method=pi or geco, not {c.method}: set "
                         "constraint.method=pi or constraint.anneal_steps=0")

@@ -274,3 +274,25 @@ def test_deterministic_measure_is_the_exported_models_ce(tmp_path, every):
             np.testing.assert_allclose(float(out["measured_ce"]), held, rtol=1e-5)
         if step == 0:  # the controller's EMA starts at its first input
             np.testing.assert_allclose(float(out["ce_ema"]), want, rtol=1e-5)
+
+
+def test_tau_under_sampled_gates(tmp_path):
+    """constraint.tau_gates=sampled: tau = the starting gated model's CE under the sampled gates (noise seed 0) on
+    the tau batches + slack, recomputed here with the reference attention (the step uses the chunked one)."""
+    from sparsejax import objective
+    from sparsejax.data import batch_at
+    from sparsejax.train import Trainer
+
+    cfg = load_config("toy_addition_posttrain", TINY + ["constraint.method=pi", "constraint.tau_gates=sampled",
+                                                        "gate.bias=0.5", "constraint.slack=0.01"])
+    run = Trainer(cfg, tmp_path / "run", progress=False)
+    params, gate = run.params(), run.gate()
+    ces, dense = [], []
+    for i in range(cfg.data.eval_batches):
+        batch = batch_at(run.val_src, i, cfg.data.batch_size, seed=0)
+        for out, g, mode in ((ces, gate, "train"), (dense, None, "eval")):
+            logits, _ = sj.forward(run.config, params, batch["tokens"][:, :-1], g, mode=mode, seed=jnp.uint32(0),
+                                   implementation="reference")
+            out.append(float(objective.cross_entropy(logits, batch["tokens"][:, 1:], batch["mask"])))
+    np.testing.assert_allclose(run.tau, np.mean(ces) + 0.01, rtol=1e-5)
+    assert abs(np.mean(ces) - np.mean(dense)) > 1e-3  # not the dense model's tau
