@@ -111,7 +111,7 @@ class ConstraintSection:
     #                                 one more forward per measured step; docs/controllers.md)
     measure_every: int = 1          # measure=deterministic: every this many steps (the last value held between)
     guard: bool = False             # pi, density mode, annealed target: the target falls only while the measured CE
-    #                                 is at or under the CE target (constraint.tau or dense + slack), else steps back
+    #                                 is at or under the CE target (constraint.tau or dense + slack), else waits
     lr: float = 0.1                 # dual ascent
     kp: float = 0.0                 # dual ascent PI damping
 

@@ -23,8 +23,8 @@ its target). In both the loss is ``CE + beta * density``; ``constraint=`` is the
 An annealed target (``target_start=``, ``anneal_steps=``; GECO and PI): the target moves geometrically from
 ``target_start`` to ``tau`` over the first ``anneal_steps`` updates, then stays at ``tau``
 (:func:`target_schedule`). A guarded curriculum (PI, density sense, ``guard_tau=``): the annealed density target
-takes its next step only while the EMA of a CE passed as ``guard=`` is at or under ``guard_tau``, and steps back
-while it is over, so the density falls as fast as the model keeps its loss and no faster. In density mode this is the difference between asking a model for 2% of its edges at
+takes its next step only while the EMA of a CE passed as ``guard=`` is at or under ``guard_tau`` and waits while
+it is over, so the density falls as fast as the model keeps its loss and no faster. In density mode this is the difference between asking a model for 2% of its edges at
 once — the multiplier winds up while the density is far above the target, overshoots, and the model loses what it
 knew — and leading it there at a rate it can follow (docs/controllers.md).
 """
@@ -171,8 +171,8 @@ def pi_control(tau: float, *, beta_init: float = 1e-2, ki: float = 0.02, kp: flo
 
     ``guard_tau`` (a guarded density curriculum; needs ``sense="density"`` and an annealed target): ``update``
     also takes ``guard=`` (a CE, e.g. the training batch's CE under the deterministic gates), EMA'd with ``alpha``
-    as ``G_t``; the annealed target's schedule position ``p`` advances by one while ``G_t <= guard_tau`` and goes
-    back by one (not below 0) while ``G_t > guard_tau`` (at most ``anneal_steps``); the target is ``target_schedule(p)``. Without a guard
+    as ``G_t``; the annealed target's schedule position ``p`` advances by one (up to ``anneal_steps``) while
+    ``G_t <= guard_tau`` and stays while ``G_t > guard_tau``; the target is ``target_schedule(p)``. Without a guard
     ``p`` is the update count.
     """
     _check_positive(ki=ki, error_clip=error_clip, scale=tau if scale is None else scale)
@@ -204,7 +204,7 @@ def pi_control(tau: float, *, beta_init: float = 1e-2, ki: float = 0.02, kp: flo
             g = jnp.asarray(guard, jnp.float32)
             guard_ema = jnp.where(state.count == 0, g, alpha * state.guard_ema + (1 - alpha) * g)
             progress = jnp.where(guard_ema <= guard_tau, jnp.minimum(state.progress + 1, anneal_steps),
-                                 jnp.maximum(state.progress - 1, 0))
+                                 state.progress)
             progress = jnp.where(state.count == 0, 0, progress)
         tau_t = target(progress)
         e = jnp.clip(sign * (tau_t - ema) / (tau_t if scale is None else scale), -error_clip, error_clip)
