@@ -35,8 +35,11 @@ def sig(x):
 
 
 def attention(q, k, v, bias, *, family="bernoulli", train=False, noise=None, causal=True, temperature=2 / 3,
-              stretch=(-0.1, 1.1), frozen_hard=None, dense=False):
+              stretch=(-0.1, 1.1), frozen_hard=None, dense=False, window=None):
     """Returns (out [B,T,H,D], density [B,H], adjacency [B,H,T,S], hard [B,H,T,S]).
+
+    ``window``: sliding-window attention (causal): query i sees key j iff j <= i and i - j < window; the softmax,
+    the gates and the density's denominator are over those pairs only (the pairs the dense model attends).
 
     ``frozen_hard``: for the Bernoulli gate, use this hard sample instead of recomputing it, so that the
     straight-through gradient is the ordinary derivative of the output at the current point (for finite
@@ -49,6 +52,9 @@ def attention(q, k, v, bias, *, family="bernoulli", train=False, noise=None, cau
     v = np.repeat(v, H // KH, axis=2)
     s = np.einsum("bthd,bshd->bhts", q, k) / np.sqrt(D)
     mask = np.tril(np.ones((T, S), bool)) if causal else np.ones((T, S), bool)
+    if window is not None:
+        assert causal
+        mask &= (np.arange(T)[:, None] - np.arange(S)[None, :]) < window
     sm = np.where(mask, s, -np.inf)
     p = np.exp(sm - sm.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)

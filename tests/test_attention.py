@@ -315,3 +315,128 @@ def test_padding_mask_equals_the_unpadded_rows():
         sj.sparse_attention(q, k, v, 1.0, mode="eval", attention_mask=mask, implementation="chunked")
     with pytest.raises(ValueError, match=r"attention_mask must be \[batch, seq\]"):
         sj.sparse_attention(q, k, v, 1.0, mode="eval", attention_mask=mask[:, :5])
+
+
+# ----------------------------------------------------------------------------------------- sliding window
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("mode", ["eval", "train"])
+@pytest.mark.parametrize("impl, blocks", [("reference", {}), ("chunked", {"block_q": 4, "block_k": 3}),
+                                          ("chunked", {"block_q": 8, "block_k": 8})])
+@pytest.mark.parametrize("window", [1, 4, 7, 30])
+def test_window_forward_matches_oracle(family, mode, impl, blocks, window):
+    """Sliding-window attention (j <= i, i - j < W): output, expected and counted densities (over the pairs the
+    dense model attends) and the sampled gates equal the oracle's; W = 30 > T is plain causal attention."""
+    t = 19
+    q, k, v = _qkv(t=t, scale=1.5)
+    bias = np.array([0.3, -0.5, 1.0, 0.0], np.float32)
+    out, st = sj.sparse_attention(q, k, v, sj.Gate(jnp.asarray(bias), family), mode=mode, seed=42,
+                                  implementation=impl, return_adjacency=True, window=window, **blocks)
+    noise = oracle.logistic(42, (2, 4, t, t))
+    o_out, o_dens, o_adj, _ = oracle.attention(q, k, v, bias, family=family, train=mode == "train", noise=noise,
+                                               window=window)
+    np.testing.assert_allclose(out, o_out, atol=2e-5, rtol=2e-5)
+    np.testing.assert_allclose(st.expected_density, o_dens, atol=1e-6, rtol=1e-5)
+    np.testing.assert_array_equal(st.adjacency, o_adj)
+    pairs = sum(min(i + 1, window) for i in range(t))
+    _, _, eval_adj, _ = oracle.attention(q, k, v, bias, family=family, noise=noise, window=window)
+    np.testing.assert_allclose(st.edge_density, eval_adj.sum((2, 3)) / pairs, atol=1e-7)
+    dense, _ = sj.sparse_attention(q, k, v, None, implementation=impl, window=window, **blocks)
+    np.testing.assert_allclose(dense, oracle.attention(q, k, v, 0.0, dense=True, window=window)[0], atol=2e-5)
+    if window < t:
+        assert not np.asarray(o_adj)[..., np.subtract.outer(np.arange(t), np.arange(t)) >= window].any()
+        assert np.abs(np.asarray(out) - np.asarray(sj.sparse_attention(
+            q, k, v, sj.Gate(jnp.asarray(bias), family), mode=mode, seed=42, implementation=impl)[0])).max() > 1e-3
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("impl", ["reference", "chunked"])
+def test_window_gradients_match_oracle_finite_differences(family, impl):
+    b, t, h, kvh, d, window = 1, 7, 2, 1, 3, 3
+    q, k, v = _qkv(b=b, t=t, h=h, kvh=kvh, d=d, seed=1, scale=1.5)
+    bias = np.array([0.4, -0.3])
+    rng = np.random.default_rng(5)
+    w, c = rng.normal(size=(b, t, h, d)), rng.normal(size=(b, h))
+    noise = oracle.logistic(9, (b, h, t, t))
+    base = dict(family=family, train=True, noise=noise, window=window)
+    frozen = oracle.attention(q, k, v, bias, **base)[3] if family == "bernoulli" else None
+
+    def objective(qq, kk, vv, bb):
+        out, dens, _, _ = oracle.attention(qq, kk, vv, bb, frozen_hard=frozen, **base)
+        return (out * w).sum() + (dens * c).sum()
+
+    args = [np.asarray(q, np.float64), np.asarray(k, np.float64), np.asarray(v, np.float64), bias]
+    want = [_finite_diff(lambda x, i=i: objective(*args[:i], x, *args[i + 1:]), args[i]) for i in range(4)]
+
+    def loss(qq, kk, vv, bb):
+        out, st = sj.sparse_attention(qq, kk, vv, sj.Gate(bb, family), mode="train", seed=9, implementation=impl,
+                                      window=window, **({"block_q": 2, "block_k": 2} if impl == "chunked" else {}))
+        return jnp.sum(out * w) + jnp.sum(st.expected_density * c)
+
+    got = jax.grad(loss, argnums=(0, 1, 2, 3))(q, k, v, jnp.asarray(bias, jnp.float32))
+    for name, g_, w_ in zip("qkvb", got, want):
+        np.testing.assert_allclose(g_, w_, atol=2e-4, rtol=2e-3, err_msg=f"d/d{name}")
+    assert np.abs(want[3]).max() > 1e-3
+
+
+@pytest.mark.parametrize("shape", [(2, 33, 6, 2, 16, 8, 8, 5), (1, 40, 4, 1, 8, 5, 7, 12), (1, 64, 4, 2, 8, 16, 16, 16)])
+def test_window_chunked_equals_reference_values_and_gradients(shape):
+    b, t, h, kvh, d, bq, bk, window = shape
+    q, k, v = _qkv(b=b, t=t, h=h, kvh=kvh, d=d, seed=t)
+    ct = jnp.asarray(np.random.default_rng(2).normal(size=(b, t, h, d)), jnp.float32)
+
+    def run(impl):
+        def loss(qq, kk, vv, bias):
+            out, st = sj.sparse_attention(qq, kk, vv, bias, mode="train", seed=11, window=window, implementation=impl,
+                                          **({"block_q": bq, "block_k": bk} if impl == "chunked" else {}))
+            return jnp.sum(out * ct) + jnp.sum(st.expected_density ** 2), (out, st.expected_density, st.edge_density)
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3), has_aux=True))(q, k, v, jnp.full((h,), 0.5))
+
+    (_, ref_aux), ref_grads = run("reference")
+    (_, chk_aux), chk_grads = run("chunked")
+    chex.assert_trees_all_close(chk_aux, ref_aux, atol=2e-5, rtol=1e-5)
+    chex.assert_trees_all_close(chk_grads, ref_grads, atol=5e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("t, bq, bk, window", [(64, 8, 8, 8), (61, 8, 4, 5), (50, 4, 16, 13), (32, 8, 8, 100)])
+def test_window_block_ranges_are_exactly_the_reachable_blocks(t, bq, bk, window):
+    """The chunked loops visit exactly the key blocks (forward) and query blocks (backward) holding a visible pair
+    (O(T W) work, nothing outside the window); the kernel's unmasked tiles are wholly visible."""
+    from sparsejax.attention.chunked import _Cfg
+    from sparsejax.attention.pallas import _Static
+
+    i, j = np.arange(t)[:, None], np.arange(t)[None, :]
+    visible = (j <= i) & (i - j < window)
+    cfg = _Cfg(causal=True, train=False, gate=None, t=t, s=t, block_q=bq, block_k=bk, window=window)
+    tile = lambda qi, kj: visible[qi * bq:(qi + 1) * bq, kj * bk:(kj + 1) * bk]
+    for qi in range(cfg.nq):
+        lo, hi = (int(x) for x in cfg.kblock_range(qi))
+        assert [kj for kj in range(cfg.nk) if tile(qi, kj).any()] == list(range(lo, hi))
+    for kj in range(cfg.nk):
+        lo, hi = (int(x) for x in cfg.qblock_range(kj))
+        assert [qi for qi in range(cfg.nq) if tile(qi, kj).any()] == list(range(lo, hi))
+    st = _Static(backend="interpret", causal=True, train=False, gate=None, t=t, s=t, block_q=bq, block_k=bk,
+                 block_q_bwd=bq, block_k_bwd=bk, window=window)
+    pad = np.zeros((st.tp, st.sp), bool)
+    pad[:t, :t] = visible
+    pad[t:, :] = True  # padded rows are inert: any tile may hold them unmasked
+    ptile = lambda qi, kj: pad[qi * bq:(qi + 1) * bq, kj * bk:(kj + 1) * bk]
+    for qi in range(st.tp // bq):
+        lo, full_lo, full_hi, hi = (int(x) for x in st.k_ranges(qi, bq, bk))
+        assert lo <= full_lo <= full_hi <= hi
+        if qi < cfg.nq:
+            assert all(not tile(qi, kj).any() for kj in range(cfg.nk) if not lo <= kj < hi)
+        assert all(ptile(qi, kj).all() for kj in range(full_lo, full_hi))
+    for kj in range(st.sp // bk):
+        lo, full_lo, full_hi, hi = (int(x) for x in st.q_ranges(kj, bq, bk))
+        assert lo <= full_lo <= full_hi <= hi
+        assert all(not tile(qi, kj).any() for qi in range(cfg.nq) if not lo <= qi < hi)
+        assert all(ptile(qi, kj).all() for qi in range(full_lo, full_hi))
+    assert cfg.pairs() == st.pairs() == visible.sum()
+
+
+def test_window_errors():
+    q, k, v = _qkv()
+    with pytest.raises(ValueError, match="window must be a positive int"):
+        sj.sparse_attention(q, k, v, 1.0, mode="eval", window=0)
+    with pytest.raises(ValueError, match="pass causal=True"):
+        sj.sparse_attention(q, k, v, 1.0, mode="eval", window=4, causal=False)

@@ -167,6 +167,7 @@ def test_kernels_lower_for_gpu_and_tpu():
     assert text.count("sparse_attention_") >= 3
     assert "sparse_attention_bwd_atomic" in _lower_for("gpu", "cuda", backward="atomic")
     assert "rcp.approx" in text  # the gate's values use the hardware reciprocal on GPU (never its sample)
+    assert _lower_for("gpu", "cuda", window=96).count("sparse_attention_") >= 3  # sliding window (Gemma 3)
     from sparsejax.attention.skipping import block_skipping_attention
 
     q = jax.ShapeDtypeStruct((1, 256, 4, 64), jnp.bfloat16)
@@ -180,6 +181,7 @@ def test_kernels_lower_for_gpu_and_tpu():
         device_kind="TPU v5 lite", num_cores=1, platform="tpu"))
     with jax.sharding.use_abstract_mesh(mesh):
         text = _lower_for("tpu", "tpu")
+        assert _lower_for("tpu", "tpu", window=96).count("sparse_attention_") >= 3
     assert text.count("sparse_attention_") >= 3
 
 
@@ -292,3 +294,50 @@ def test_block_skipping_benchmark_inputs_have_the_stated_edges():
     np.testing.assert_array_equal(np.asarray(st.adjacency), np.broadcast_to(want, (1, 2, t, t)))
     with pytest.raises(ValueError, match="window 8 too small"):
         bench.windowed_inputs(1, t, 2, 16, 8)
+
+
+@pytest.mark.parametrize("family, mode, window", [("bernoulli", "train", 5), ("hard_concrete", "eval", 3),
+                                                  ("bernoulli", "eval", 9)])
+def test_window_forward_and_gates_match_oracle(family, mode, window):
+    """Sliding-window attention in the kernel: output, densities over the visible pairs, counted edges and the
+    sampled gates gate by gate equal the oracle's (tiles masked on the window's edge, unmasked inside it)."""
+    t = 15
+    q, k, v = _qkv(t=t, d=16)
+    bias = np.array([0.3, -0.5, 1.0, 0.0], np.float32)
+    gate = sj.Gate(jnp.asarray(bias), family)
+    blocks = dict(block_q=4, block_k=4, block_q_bwd=4, block_k_bwd=4)
+    out, st = sj.sparse_attention(q, k, v, gate, mode=mode, seed=42, implementation="pallas", window=window, **blocks)
+    noise = oracle.logistic(42, (1, 4, t, t))
+    o_out, o_dens, o_adj, _ = oracle.attention(q, k, v, bias, family=family, train=mode == "train", noise=noise,
+                                               window=window)
+    np.testing.assert_allclose(out, o_out, atol=2e-5, rtol=2e-5)
+    np.testing.assert_allclose(st.expected_density, o_dens, atol=1e-6, rtol=1e-5)
+    _, _, eval_adj, _ = oracle.attention(q, k, v, bias, family=family, noise=noise, window=window)
+    np.testing.assert_allclose(st.edge_density, eval_adj.sum((2, 3)) / sum(min(i + 1, window) for i in range(t)),
+                               atol=1e-7)
+    onehot = jnp.broadcast_to(jnp.eye(t, 16, dtype=q.dtype)[None, :, None, :], (1, t, 2, 16))
+    eff, _ = sj.sparse_attention(q, k, onehot, gate, mode=mode, seed=42, implementation="pallas", window=window,
+                                 **blocks)
+    np.testing.assert_array_equal(np.transpose(np.asarray(eff[..., :t]), (0, 2, 1, 3)) > 0, o_adj)
+    assert 0.05 < o_adj.mean() < 0.95
+
+
+@pytest.mark.parametrize("backward, window", [("split", 4), ("atomic", 6), ("split", 13)])
+def test_window_gradients_match_reference(backward, window):
+    b, t, h, kvh, d = 2, 21, 4, 2, 8
+    q, k, v = _qkv(b=b, t=t, h=h, kvh=kvh, d=d, seed=3)
+    bias = jnp.asarray([0.4, -0.3, 0.9, 0.0], jnp.float32)
+    w = jnp.asarray(np.random.default_rng(5).normal(size=(b, t, h, d)), jnp.float32)
+
+    def run(impl, **kw):
+        def loss(qq, kk, vv, bb):
+            out, st = sj.sparse_attention(qq, kk, vv, sj.Gate(bb), mode="train", seed=9, implementation=impl,
+                                          window=window, **kw)
+            return jnp.sum(out * w) + jnp.sum(st.expected_density ** 2), (out, st.expected_density, st.edge_density)
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3), has_aux=True))(q, k, v, bias)
+
+    (_, ref_aux), ref_grads = run("reference")
+    (_, pal_aux), pal_grads = run("pallas", block_q=8, block_k=4, block_q_bwd=4, block_k_bwd=8, backward=backward)
+    chex.assert_trees_all_close(pal_aux, ref_aux, atol=2e-5, rtol=1e-5)
+    chex.assert_trees_all_close(pal_grads, ref_grads, atol=5e-5, rtol=1e-4)
+    assert np.abs(np.asarray(ref_grads[3])).max() > 1e-3

@@ -47,6 +47,18 @@ class AttentionStats(NamedTuple):
     edge_density: jax.Array | None = None
 
 
+def _check_window(window, causal: bool):
+    if window is None:
+        return None
+    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
+        raise ValueError(f"window must be a positive int (the sliding window: query i sees keys i - window < j <= i) "
+                         f"or None, got {window!r}")
+    if not causal:
+        raise ValueError("a sliding window is causal attention over the last `window` keys: pass causal=True "
+                         "(or window=None)")
+    return int(window)
+
+
 def _check(q, k, v, gate: Gate | None, mode: str, seed, implementation: str):
     for name, x in (("q", q), ("k", k), ("v", v)):
         if getattr(x, "ndim", None) != 4:
@@ -104,7 +116,7 @@ def _as_seed(seed):
 
 def sparse_attention(q, k, v, gate: Any = None, *, causal: bool = True, mode: str = "train", seed=None,
                      implementation: str = "auto", return_adjacency: bool = False, attention_mask=None,
-                     **block_sizes):
+                     window: int | None = None, **block_sizes):
     """Gated sparse attention (docs/method.md §1): ``y_i = sum_j softmax_j(s)_ij * A_ij * v_j``.
 
     Args:
@@ -126,6 +138,10 @@ def sparse_attention(q, k, v, gate: Any = None, *, causal: bool = True, mode: st
         the softmax runs over real keys only, gates exist only between real tokens (a padded query's output is
         0) and densities average over pairs of real tokens. Materialised (``"reference"``; ``"auto"`` picks it):
         for analysis batches of prompts of different lengths, not for long-context training.
+      window: sliding-window attention (causal, as Gemma's and Mistral's local layers): query i sees key j iff
+        ``j <= i`` and ``i - j < window``. The softmax, the gates, the densities and their denominator are over
+        those pairs only — the pairs the dense model attends (docs/method.md §1). ``"chunked"`` and ``"pallas"``
+        skip the blocks outside the window (O(T W) work).
       block_sizes: ``block_q``/``block_k`` for the chunked implementation; for ``"pallas"`` also ``block_q_bwd``,
         ``block_k_bwd``, ``num_warps``, ``num_stages``, ``backward`` (defaults: ``attention.pallas.BLOCK_SIZES``).
 
@@ -134,6 +150,7 @@ def sparse_attention(q, k, v, gate: Any = None, *, causal: bool = True, mode: st
     """
     gate = as_gate(gate)
     _check(q, k, v, gate, mode, seed, implementation)
+    window = _check_window(window, causal)
     if attention_mask is not None:
         _check_mask(attention_mask, q, k, implementation)
         implementation = "reference"
@@ -149,24 +166,26 @@ def sparse_attention(q, k, v, gate: Any = None, *, causal: bool = True, mode: st
     train = mode == "train" and gate is not None
     out, density, edges, adjacency = IMPLEMENTATIONS[impl](q, k, v, gate, causal=causal, train=train,
                                                            seed=_as_seed(seed) if train else None,
-                                                           return_adjacency=return_adjacency, **kwargs,
+                                                           return_adjacency=return_adjacency, window=window,
+                                                           **kwargs,
                                                            **({} if attention_mask is None else
                                                               {"attention_mask": attention_mask}))
     return out, AttentionStats(density, adjacency, jax.lax.stop_gradient(edges))
 
 
 def attention_pattern(q, k, gate: Any = None, *, causal: bool = True, mode: str = "eval", seed=None,
-                      attention_mask=None):
+                      attention_mask=None, window: int | None = None):
     """The materialised attention of the method: ``(P, A)``, both ``[batch, heads, seq_q, seq_k]`` float32 —
     the softmax over all causal keys and the gate values (sampled with ``seed`` in ``mode="train"``; exactly
     those :func:`sparse_attention` draws). The effective attention is ``P * A`` and the output is
     ``einsum("bhts,bshd->bthd", P * A, v)`` (k/v heads repeated for grouped-query attention). O(T^2) memory:
-    for analysis and hooks, not for training."""
+    for analysis and hooks, not for training. ``window``: as :func:`sparse_attention`."""
     gate = as_gate(gate)
     _check(q, k, k, gate, mode, seed, "reference")
+    window = _check_window(window, causal)
     if attention_mask is not None:
         _check_mask(attention_mask, q, k, "reference")
     train = mode == "train" and gate is not None
     p, a, _, _ = attention_weights(q, k, gate, causal=causal, train=train, seed=_as_seed(seed) if train else None,
-                                   attention_mask=attention_mask)
+                                   attention_mask=attention_mask, window=window)
     return p, a

@@ -1,7 +1,7 @@
 """Memory-efficient sparse attention: online softmax over key blocks, hand-written backward (O(T) memory).
 
-Forward, for each query block, over the key blocks that the causal mask does not empty (a dynamic trip count,
-so fully-masked blocks cost nothing): keep the running max ``m``, the softmax denominator ``l`` over **all**
+Forward, for each query block, over the key blocks that the causal mask (and a sliding window, when given) does
+not empty (dynamic loop bounds, so fully-masked blocks cost nothing: O(T W) work with a window W): keep the running max ``m``, the softmax denominator ``l`` over **all**
 causal keys, and the gated numerator ``acc = sum_j exp(s_ij - m) A_ij v_j``; ``out = acc / l``. The gate never
 enters ``l`` (no renormalisation). Saved for the backward pass: ``out`` and the row log-sum-exp only.
 
@@ -37,6 +37,7 @@ class _Cfg:
     s: int
     block_q: int
     block_k: int
+    window: int | None = None  # sliding window (causal): key j is visible to query i iff i - j < window
 
     @property
     def nq(self):
@@ -50,14 +51,28 @@ class _Cfg:
         """Number of (query, key) pairs the density averages over."""
         if not self.causal:
             return self.t * self.s
-        return int(np.minimum(np.arange(1, self.t + 1), self.s).sum())
+        seen = np.minimum(np.arange(1, self.t + 1), self.s)
+        return int((seen if self.window is None else np.minimum(seen, self.window)).sum())
 
-    def first_kblock_count(self, qi):
-        """Key blocks that query block ``qi`` needs (the rest are empty under the causal mask)."""
+    def kblock_range(self, qi):
+        """``[lo, hi)``: the key blocks query block ``qi`` needs (the rest are empty under the causal mask and the
+        window)."""
         if not self.causal:
-            return self.nk
+            return 0, self.nk
         last_row = jnp.minimum((qi + 1) * self.block_q, self.t) - 1
-        return jnp.minimum(last_row // self.block_k + 1, self.nk)
+        hi = jnp.minimum(last_row // self.block_k + 1, self.nk)
+        lo = 0 if self.window is None else jnp.maximum(qi * self.block_q - self.window + 1, 0) // self.block_k
+        return lo, hi
+
+    def qblock_range(self, kj):
+        """``[lo, hi)``: the query blocks that key block ``kj`` is visible to."""
+        if not self.causal:
+            return 0, self.nq
+        lo = (kj * self.block_k) // self.block_q
+        if self.window is None:
+            return lo, self.nq
+        last_key = (kj + 1) * self.block_k - 1
+        return lo, jnp.minimum((last_key + self.window - 1) // self.block_q + 1, self.nq)
 
 
 def _block_scores(cfg: _Cfg, qb, kb, qi, kj, bias, seed):
@@ -74,6 +89,8 @@ def _block_scores(cfg: _Cfg, qb, kb, qi, kj, bias, seed):
     valid = (i[:, None] < cfg.t) & (j[None, :] < cfg.s)
     if cfg.causal:
         valid &= j[None, :] <= i[:, None]
+    if cfg.window is not None:
+        valid &= i[:, None] - j[None, :] < cfg.window
     if cfg.gate is None:
         return s, valid, None, None, None
     g = s + bias.reshape(1, kvh, grp, 1, 1)
@@ -141,7 +158,7 @@ def _forward(cfg: _Cfg, q, k, v, bias, seed):
         init = (jnp.full((bsz, kvh, grp, bq), _NEG, jnp.float32), jnp.zeros((bsz, kvh, grp, bq), jnp.float32),
                 jnp.zeros((bsz, kvh, grp, bq, dv), jnp.float32), jnp.zeros((bsz, kvh, grp), jnp.float32),
                 jnp.zeros((bsz, kvh, grp), jnp.int32))
-        m, l, acc, rho, edges = jax.lax.fori_loop(0, cfg.first_kblock_count(qi), k_step, init)
+        m, l, acc, rho, edges = jax.lax.fori_loop(*cfg.kblock_range(qi), k_step, init)
         l = jnp.where(l > 0, l, 1.0)  # padded query rows only
         return None, (acc / l[..., None], m + jnp.log(l), rho, edges)
 
@@ -197,10 +214,9 @@ def _backward(cfg: _Cfg, q, k, v, bias, seed, out, lse, dout, ddens):
                                                      qi * bq, axis=3)
             return dq, dk, dvv, dbias
 
-        first_q = (kj * bk) // bq if cfg.causal else 0
         zeros_k = jnp.zeros((bsz, kvh, bk, d), jnp.float32)
         zeros_v = jnp.zeros((bsz, kvh, bk, dv), jnp.float32)
-        dq, dk, dvv, dbias = jax.lax.fori_loop(first_q, cfg.nq, q_step, (dq, zeros_k, zeros_v, dbias))
+        dq, dk, dvv, dbias = jax.lax.fori_loop(*cfg.qblock_range(kj), q_step, (dq, zeros_k, zeros_v, dbias))
         return (dq, dbias), (dk, dvv)
 
     init = (jnp.zeros_like(qp), jnp.zeros((kvh, grp), jnp.float32))
@@ -251,12 +267,13 @@ def _adjacency(cfg: _Cfg, q, k, bias, seed):
 
 
 def chunked_attention(q, k, v, gate: Gate | None, *, causal: bool, train: bool, seed, return_adjacency: bool,
-                      block_q: int = 256, block_k: int = 256):
-    """Same contract as :func:`reference_attention`; O(T) memory in forward and backward."""
+                      block_q: int = 256, block_k: int = 256, window: int | None = None):
+    """Same contract as :func:`reference_attention`; O(T) memory in forward and backward, O(T W) work with a
+    sliding ``window`` W (a static int)."""
     bsz, t, h, d = q.shape
     s_len = k.shape[1]
     cfg = _Cfg(causal=causal, train=train, gate=None if gate is None else dataclasses.replace(gate, bias=None),
-               t=t, s=s_len, block_q=min(block_q, t), block_k=min(block_k, s_len))
+               t=t, s=s_len, block_q=min(block_q, t), block_k=min(block_k, s_len), window=window)
     bias = jnp.zeros((h,), jnp.float32) if gate is None else jnp.broadcast_to(gate.bias, (h,)).astype(jnp.float32)
     seed = jnp.zeros((), jnp.uint32) if seed is None else seed
     out, density, edge_density = _chunked(cfg, q, k, v, bias, seed)

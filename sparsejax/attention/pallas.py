@@ -12,8 +12,9 @@ CPU: slow, for correctness). The mathematics is that of ``chunked.py`` (docs/met
   blocks. Both regenerate the gates. ``backward="atomic"`` (GPU): one kernel, the ``dk``/``dv`` programs also add
   their ``dq`` and bias-gradient contributions to float32 buffers with atomic adds (one recomputation of each tile
   instead of two; the summation order, hence the last bits of ``dq``, varies from run to run).
-* causal tiles are split: tiles wholly below the diagonal (and inside the sequence) run without any mask
-  arithmetic; only the diagonal and edge tiles compute the validity mask. Padded rows are made inert instead
+* causal tiles are split: tiles wholly below the diagonal (and inside the sequence and the sliding window, when
+  there is one) run without any mask arithmetic; only the diagonal, window-edge and sequence-edge tiles compute
+  the validity mask. With a sliding window W the loops cover only the tiles the window reaches (O(T W) work). Padded rows are made inert instead
   (zero ``q``/``dO``/density cotangent, log-sum-exp 0, their statistics zeroed), so no tile needs them masked.
 
 The gate noise is the counter-based hash of ``gates/noise.py``: the row part ``row_hash(seed, b, h, i)`` is computed
@@ -73,6 +74,7 @@ class _Static:
     num_stages: int | None = None
     backward: str = "split"  # "split" (two kernels, deterministic) | "atomic" (one kernel, atomic dq; GPU)
     tpu_interpret: bool = False  # TPU-style kernels under pltpu interpret mode (tests)
+    window: int | None = None  # sliding window (causal): key j is visible to query i iff i - j < window
 
     @property
     def tp(self):  # padded query length: a multiple of both query tiles
@@ -87,7 +89,27 @@ class _Static:
     def pairs(self) -> int:
         if not self.causal:
             return self.t * self.s
-        return int(np.minimum(np.arange(1, self.t + 1), self.s).sum())
+        seen = np.minimum(np.arange(1, self.t + 1), self.s)
+        return int((seen if self.window is None else np.minimum(seen, self.window)).sum())
+
+    def k_ranges(self, qi, bq, bk):
+        """Key-block bounds of query block ``qi``: ``(lo, full_lo, full_hi, hi)``; ``[lo, hi)`` are the blocks it
+        needs, ``[full_lo, full_hi)`` those that need no mask (the rest, on either side, are masked)."""
+        hi, full_hi = self.k_blocks(qi, bq, bk), self.full_k_blocks(qi, bq, bk)
+        if self.window is None:
+            return 0, 0, full_hi, hi
+        lo = jnp.maximum(qi * bq - self.window + 1, 0) // bk  # the first key the block's first row sees
+        full_lo = jnp.clip((jnp.maximum(qi * bq + bq - self.window, 0) + bk - 1) // bk, lo, hi)  # last row sees all
+        return lo, full_lo, jnp.clip(full_hi, full_lo, hi), hi
+
+    def q_ranges(self, kj, bq, bk):
+        """Query-block bounds of key block ``kj``: ``(lo, full_lo, full_hi, hi)`` as :meth:`k_ranges`."""
+        lo, full_lo, hi = self.first_q_block(kj, bq, bk), self.first_full_q_block(kj, bq, bk), self.tp // bq
+        if self.window is None:
+            return lo, full_lo, hi, hi
+        hi = jnp.minimum(((kj + 1) * bk - 1 + self.window - 1) // bq + 1, hi)  # the last query the last key reaches
+        full_lo = jnp.clip(full_lo, lo, hi)
+        return lo, full_lo, jnp.clip((kj * bk + self.window) // bq, full_lo, hi), hi
 
     def k_blocks(self, qi, bq, bk):
         """Key blocks query block ``qi`` (of size ``bq``) needs: causal skipping, and nothing past ``s``."""
@@ -156,6 +178,8 @@ def _tile(st: _Static, q, k, qi, kj, bq, bk, row, bias, masked=True):
         valid = (i < st.t) & (j < st.s)
         if st.causal:
             valid = valid & (j <= i)
+        if st.window is not None:
+            valid = valid & (i - j < st.window)
     if st.gate is None:
         return s, valid, None, None, None, None
     g = s + bias
@@ -212,10 +236,10 @@ def _fwd_kernel(q_ref, k_ref, v_ref, row_ref, bias_ref, o_ref, lse_ref, rho_ref,
     col = (bq, 1)
     init = (jnp.full(col, _NEG, jnp.float32), jnp.zeros(col, jnp.float32), jnp.zeros((bq, d_v), jnp.float32),
             jnp.zeros(col, jnp.float32), jnp.zeros(col, jnp.int32))
-    n_full = st.full_k_blocks(qi, bq, bk)
-    carry = jax.lax.fori_loop(0, n_full, functools.partial(body, masked=False), init)
-    m, l, acc, rho, edges = jax.lax.fori_loop(n_full, st.k_blocks(qi, bq, bk), functools.partial(body, masked=True),
-                                              carry)
+    lo, full_lo, full_hi, hi = st.k_ranges(qi, bq, bk)
+    carry = init if st.window is None else jax.lax.fori_loop(lo, full_lo, functools.partial(body, masked=True), init)
+    carry = jax.lax.fori_loop(full_lo, full_hi, functools.partial(body, masked=False), carry)
+    m, l, acc, rho, edges = jax.lax.fori_loop(full_hi, hi, functools.partial(body, masked=True), carry)
     row_ok = qi * bq + jax.lax.broadcasted_iota(jnp.int32, col, 0) < st.t  # padded rows: inert
     l = jnp.where(l > 0, l, 1.0)  # padded rows only
     o_ref[...] = (acc / l).astype(o_ref.dtype)
@@ -268,9 +292,11 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, row_ref, bias_
         return dk, dv
 
     init = (jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32))
-    q_full = st.first_full_q_block(kj, bq, bk)
-    carry = jax.lax.fori_loop(st.first_q_block(kj, bq, bk), q_full, functools.partial(body, masked=True), init)
-    dk, dv = jax.lax.fori_loop(q_full, st.tp // bq, functools.partial(body, masked=False), carry)
+    lo, full_lo, full_hi, hi = st.q_ranges(kj, bq, bk)
+    carry = jax.lax.fori_loop(lo, full_lo, functools.partial(body, masked=True), init)
+    carry = jax.lax.fori_loop(full_lo, full_hi, functools.partial(body, masked=False), carry)
+    dk, dv = carry if st.window is None else jax.lax.fori_loop(full_hi, hi, functools.partial(body, masked=True),
+                                                               carry)
     dk_ref[...] = dk
     dv_ref[...] = dv
 
@@ -294,9 +320,10 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, row_ref, bias_re
         return dq, db
 
     init = (jnp.zeros(q.shape, jnp.float32), jnp.zeros((bq, 1), jnp.float32))
-    n_full = st.full_k_blocks(qi, bq, bk)
-    carry = jax.lax.fori_loop(0, n_full, functools.partial(body, masked=False), init)
-    dq, db = jax.lax.fori_loop(n_full, st.k_blocks(qi, bq, bk), functools.partial(body, masked=True), carry)
+    lo, full_lo, full_hi, hi = st.k_ranges(qi, bq, bk)
+    carry = init if st.window is None else jax.lax.fori_loop(lo, full_lo, functools.partial(body, masked=True), init)
+    carry = jax.lax.fori_loop(full_lo, full_hi, functools.partial(body, masked=False), carry)
+    dq, db = jax.lax.fori_loop(full_hi, hi, functools.partial(body, masked=True), carry)
     dq_ref[...] = dq
     db_ref[...] = db
 
@@ -505,7 +532,7 @@ def _shard_mapped(st: _Static, q, k, v, bias, seed, mesh, rules):
 
 
 def pallas_attention(q, k, v, gate: Gate | None, *, causal: bool, train: bool, seed, return_adjacency: bool,
-                     backend: str | None = None, tpu_interpret: bool = False, **blocks):
+                     backend: str | None = None, tpu_interpret: bool = False, window: int | None = None, **blocks):
     """Same contract as :func:`reference_attention`, fused. ``backend`` defaults to the default device's
     (``"interpret"`` on CPU); ``blocks`` override :data:`BLOCK_SIZES` (``block_q``, ``block_k``, ``block_q_bwd``,
     ``block_k_bwd``, ``backward`` (``"split"`` | ``"atomic"``), and on GPU ``num_warps``, ``num_stages``)."""
@@ -530,7 +557,7 @@ def pallas_attention(q, k, v, gate: Gate | None, *, causal: bool, train: bool, s
                  block_q=_fit(cfg["block_q"], t, backend), block_k=_fit(cfg["block_k"], s_len, backend),
                  block_q_bwd=_fit(cfg["block_q_bwd"], t, backend), block_k_bwd=_fit(cfg["block_k_bwd"], s_len, backend),
                  num_warps=cfg.get("num_warps"), num_stages=cfg.get("num_stages"), backward=cfg["backward"],
-                 tpu_interpret=tpu_interpret)
+                 tpu_interpret=tpu_interpret, window=window)
     bias = jnp.zeros((h,), jnp.float32) if gate is None else jnp.broadcast_to(gate.bias, (h,)).astype(jnp.float32)
     seed = jnp.zeros((), jnp.uint32) if seed is None else seed
     mesh = jax.sharding.get_abstract_mesh()
@@ -544,6 +571,6 @@ def pallas_attention(q, k, v, gate: Gate | None, *, causal: bool, train: bool, s
         from .reference import attention_weights
 
         _, a, _, _ = attention_weights(q, k, None if gate is None else dataclasses.replace(
-            gate, bias=jax.lax.stop_gradient(bias)), causal=causal, train=train, seed=seed)
+            gate, bias=jax.lax.stop_gradient(bias)), causal=causal, train=train, seed=seed, window=window)
         adjacency = a > 0
     return out, density, edge_density, adjacency

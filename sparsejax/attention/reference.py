@@ -7,24 +7,30 @@ import jax.numpy as jnp
 from ..gates import Gate, expected_gate, gate_sample, hash_uniform, is_edge
 
 
-def causal_mask(t: int, s: int):
-    """``[t, s]`` bool, True where key j <= query i (top-left aligned, as ``jax.nn.dot_product_attention``)."""
-    return jnp.arange(s)[None, :] <= jnp.arange(t)[:, None]
+def causal_mask(t: int, s: int, window=None):
+    """``[t, s]`` bool, True where key j <= query i (top-left aligned, as ``jax.nn.dot_product_attention``) and,
+    with a sliding ``window`` (an int, or a traced integer scalar), i - j < window."""
+    i, j = jnp.arange(t)[:, None], jnp.arange(s)[None, :]
+    return (j <= i) if window is None else (j <= i) & (i - j < window)
 
 
-def attention_weights(q, k, gate: Gate | None, *, causal: bool, train: bool, seed, attention_mask=None):
+def attention_weights(q, k, gate: Gate | None, *, causal: bool, train: bool, seed, attention_mask=None,
+                      window=None):
     """Materialised softmax ``p``, gate values ``a`` (0 outside the mask; straight-through gradients attached),
     both ``[B, H, T, S]`` f32, the expected density ``[B, H]`` and the deterministic edge density ``[B, H]``
     (share of causal pairs that are eval-mode edges). ``p * a`` is the effective attention.
 
     ``attention_mask`` ``[B, T]`` (self-attention, T == S; True/1 = a real token, False/0 = padding): the softmax
     runs over the real keys only, gates (and so edges and outputs) exist only between real tokens — a padded
-    query's row is all zero — and the densities average over the pairs of real tokens."""
+    query's row is all zero — and the densities average over the pairs of real tokens.
+
+    ``window`` (causal only): sliding-window attention, query i sees key j iff j <= i and i - j < window; the
+    softmax, the gates and the densities' denominator are over those pairs (the pairs the dense model attends)."""
     b, t, h, d = q.shape
     s_len, kv_heads = k.shape[1], k.shape[2]
     kh = jnp.repeat(k.astype(jnp.float32), h // kv_heads, axis=2)
     s = jnp.einsum("bthd,bshd->bhts", q.astype(jnp.float32), kh) / jnp.sqrt(jnp.float32(d))
-    mask = causal_mask(t, s_len) if causal else jnp.ones((t, s_len), bool)
+    mask = causal_mask(t, s_len, window) if causal else jnp.ones((t, s_len), bool)
     if attention_mask is not None:
         real = jnp.asarray(attention_mask).astype(bool)
         keys = mask[None, None] & real[:, None, None, :]   # [B, 1, T, S]: the real keys each query's softmax sees
@@ -49,10 +55,10 @@ def attention_weights(q, k, gate: Gate | None, *, causal: bool, train: bool, see
 
 
 def reference_attention(q, k, v, gate: Gate | None, *, causal: bool, train: bool, seed, return_adjacency: bool,
-                        attention_mask=None):
+                        attention_mask=None, window=None):
     """Returns ``(out [B,T,H,D], expected_density [B,H], edge_density [B,H], adjacency [B,H,T,S] bool or None)``."""
     p, a, density, edges = attention_weights(q, k, gate, causal=causal, train=train, seed=seed,
-                                             attention_mask=attention_mask)
+                                             attention_mask=attention_mask, window=window)
     vh = jnp.repeat(v.astype(jnp.float32), q.shape[2] // k.shape[2], axis=2)
     out = jnp.einsum("bhts,bshd->bthd", p * a, vh)  # no renormalisation: closed gates drop their mass
     return out.astype(q.dtype), density, edges, (a > 0) if return_adjacency else None

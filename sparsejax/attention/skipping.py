@@ -35,6 +35,7 @@ class _Static:
     block: int
     nk_pad: int  # key tiles, padded to a power of two (Triton block shapes)
     train: bool = False  # inference: deterministic gates only (read by the shared tile math)
+    window: None = None  # no sliding window here (read by the shared tile math)
 
     def k_blocks(self, qi):
         n = -(-self.s // self.block)
