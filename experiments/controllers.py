@@ -33,6 +33,7 @@ CANDIDATES = {
                   "constraint.pi_ki_down=0.5", "train.schedule=linear", "train.lr_final=0.0"],
     # issue J: the constraint measured on the model that is exported (the deterministic gates)
     "pi_det": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic"],
+    "pi_det_ki05": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic", "constraint.pi_ki=0.05"],
     "pi_det4": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic",
                 "constraint.measure_every=4"],
     # tau and the controller's input in the same gate mode: both under the sampled gates of the training loss
@@ -75,7 +76,12 @@ def main(argv=None):
     p.add_argument("--candidates", nargs="+", default=list(CANDIDATES))
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--set", nargs="*", default=[], help="extra overrides for every run")
+    p.add_argument("--zoo", nargs="+", default=None, metavar="DIR",
+                   help="print the zoo table of these output directories (one dense model each) and exit")
     args = p.parse_args(argv)
+    if args.zoo:
+        print(zoo_table({Path(d).name: json.loads((Path(d) / "results.json").read_text()) for d in args.zoo}))
+        return
     import jax
 
     import sparsejax as sj
@@ -118,6 +124,34 @@ def main(argv=None):
             print(key, {k: v for k, v in row.items() if k not in ("curve", "final_density_per_layer")}, flush=True)
     atomic_write_text(out / "table.md", table(results))
     print(table(results))
+
+
+def zoo_table(zoo: dict) -> str:
+    """Per candidate: every dense model's final runs (density, CE - tau, exact match) and the **worst case** over
+    the zoo (the largest density, the largest CE - tau, the smallest exact match), with the toy goal's count."""
+    names = sorted({k.split("/")[0] for res in zoo.values() for k in res},
+                   key=lambda n: list(CANDIDATES).index(n) if n in CANDIDATES else 99)
+    lines = ["| candidate | runs | " + " | ".join(zoo) + " | worst density | worst CE - tau | worst EM | goal met |",
+             "|" + "---|" * (len(zoo) + 6)]
+    for n in names:
+        cells, rows = [], []
+        for res in zoo.values():
+            mine = [r for k, r in res.items() if k.split("/")[0] == n]
+            rows += mine
+            cells.append(" / ".join(f"{100 * r['final_density']:.2f}%"
+                                    + (f" ({r['final_greedy_exact_match']:.3f})" if "final_greedy_exact_match" in r else "")
+                                    for r in mine) or "-")
+        if not rows:
+            continue
+        em = [r.get("final_greedy_exact_match") for r in rows]
+        goal = sum(r["final_density"] <= 0.025 and r["final_ce_minus_tau"] <= 0 and (e is None or e >= 0.99)
+                   for r, e in zip(rows, em))
+        lines.append(f"| {n} | {len(rows)} | " + " | ".join(cells)
+                     + f" | {100 * max(r['final_density'] for r in rows):.2f}% | "
+                     + f"{max(r['final_ce_minus_tau'] for r in rows):+.4f} | "
+                     + (f"{min(e for e in em if e is not None):.3f}" if any(e is not None for e in em) else "-")
+                     + f" | {goal}/{len(rows)} |")
+    return "\n".join(lines) + "\n"
 
 
 def table(results: dict) -> str:

@@ -24,7 +24,8 @@ An annealed target (``target_start=``, ``anneal_steps=``; GECO and PI): the targ
 ``target_start`` to ``tau`` over the first ``anneal_steps`` updates, then stays at ``tau``
 (:func:`target_schedule`). A guarded curriculum (PI, density sense, ``guard_tau=``): the annealed density target
 takes its next step only while the EMA of a CE passed as ``guard=`` is at or under ``guard_tau`` and waits while
-it is over, so the density falls as fast as the model keeps its loss and no faster. In density mode this is the difference between asking a model for 2% of its edges at
+it is over, and the multiplier falls while the CE is over, so the density falls as fast as the model keeps its
+loss and no faster. In density mode this is the difference between asking a model for 2% of its edges at
 once — the multiplier winds up while the density is far above the target, overshoots, and the model loses what it
 knew — and leading it there at a rate it can follow (docs/controllers.md).
 """
@@ -172,8 +173,11 @@ def pi_control(tau: float, *, beta_init: float = 1e-2, ki: float = 0.02, kp: flo
     ``guard_tau`` (a guarded density curriculum; needs ``sense="density"`` and an annealed target): ``update``
     also takes ``guard=`` (a CE, e.g. the training batch's CE under the deterministic gates), EMA'd with ``alpha``
     as ``G_t``; the annealed target's schedule position ``p`` advances by one (up to ``anneal_steps``) while
-    ``G_t <= guard_tau`` and stays while ``G_t > guard_tau``; the target is ``target_schedule(p)``. Without a guard
-    ``p`` is the update count.
+    ``G_t <= guard_tau`` and stays while ``G_t > guard_tau``; the target is ``target_schedule(p)``, and the error
+    the PI terms see is the more cautious of the density's and the guard's, ``min(e_t, clip((guard_tau - G_t) /
+    guard_tau))``: beta grows only while the density is above its target *and* the CE is under ``guard_tau``, and
+    falls as soon as either says so (a target that merely waited would leave the density's integral winding up
+    while the CE is over). Without a guard ``p`` is the update count.
     """
     _check_positive(ki=ki, error_clip=error_clip, scale=tau if scale is None else scale)
     if ki_down is not None:
@@ -208,6 +212,8 @@ def pi_control(tau: float, *, beta_init: float = 1e-2, ki: float = 0.02, kp: flo
             progress = jnp.where(state.count == 0, 0, progress)
         tau_t = target(progress)
         e = jnp.clip(sign * (tau_t - ema) / (tau_t if scale is None else scale), -error_clip, error_clip)
+        if guard_tau is not None:  # the more cautious of the two errors: beta grows only while both allow it
+            e = jnp.minimum(e, jnp.clip((guard_tau - guard_ema) / guard_tau, -error_clip, error_clip))
         settled = progress >= anneal_steps  # a fixed target (at once without annealing)
         rate = ki if ki_down is None else jnp.where((e < 0) & settled, ki_down, ki)
         if ki_up_scale is not None:

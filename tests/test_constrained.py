@@ -280,12 +280,26 @@ def test_guard_settles_only_when_the_schedule_is_done():
     t = constrained.pi_control(0.02, beta_init=1.0, ki=0.02, kp=0.0, alpha=0.0, sense="density", ki_down=0.2,
                                target_start=0.02, anneal_steps=3, guard_tau=1.0)
     s = t.init(None)
-    for g in (2.0, 2.0, 2.0, 2.0):  # guard violated: progress stays 0, the integral falls at ki
+    for g in (2.0, 2.0, 2.0, 2.0):  # guard violated (its error -1 wins): progress stays 0, the integral falls at ki
         _, s = t.update(None, s, constraint=0.01, guard=g)
-    np.testing.assert_allclose(float(s.integral), -4 * 0.02 * 0.5, atol=1e-6)
-    for g in (0.5, 0.5, 0.5):       # progress 1, 2, 3: the last one is settled
+    np.testing.assert_allclose(float(s.integral), -4 * 0.02 * 1.0, atol=1e-6)
+    for g in (0.5, 0.5, 0.5):       # progress 1, 2, 3 (the density's -0.5 wins); the last one is settled
         _, s = t.update(None, s, constraint=0.01, guard=g)
-    np.testing.assert_allclose(float(s.integral), -6 * 0.02 * 0.5 - 0.2 * 0.5, atol=1e-6)
+    np.testing.assert_allclose(float(s.integral), -0.08 - 2 * 0.02 * 0.5 - 0.2 * 0.5, atol=1e-6)
+
+
+def test_guard_lowers_beta_while_the_ce_is_over():
+    """The error is the smaller of the density's and the guard's (by hand, relative, kp 0, alpha 0): density 0.5
+    over a 0.02 target says +1 (clipped); a guard CE of 0.5 under guard_tau 1.0 says +0.5, of 1.5 says -0.5."""
+    t = constrained.pi_control(0.02, beta_init=1.0, ki=0.1, kp=0.0, alpha=0.0, sense="density", target_start=0.02,
+                               anneal_steps=3, guard_tau=1.0)
+    s = t.init(None)
+    _, s = t.update(None, s, constraint=0.5, guard=0.5)
+    np.testing.assert_allclose(float(s.integral), 0.1 * 0.5, atol=1e-6)
+    _, s = t.update(None, s, constraint=0.5, guard=1.5)
+    np.testing.assert_allclose(float(s.integral), 0.1 * 0.5 - 0.1 * 0.5, atol=1e-6)
+    _, s = t.update(None, s, constraint=0.01, guard=0.5)  # density under target: -0.5 wins
+    np.testing.assert_allclose(float(s.integral), -0.1 * 0.5, atol=1e-6)
 
 
 def test_guard_and_measure_config_errors():
