@@ -42,10 +42,10 @@ cannot run (Triton needs a GPU): its call is attempted and its error reported.
 
 Weights: random, of the SmolLM2 shape, and random tokens. Step time and MFU do not depend on the weights' values
 (the training kernels' work does not depend on how many gates are open: only causally empty tiles are skipped;
-skipping tiles of closed gates is inference-only, ``attention/skipping.py``). The real weights would only give a loss number, and a meaningful loss needs real text too; carrying
-them costs two device calls (the 98 MB GGUF over a 64 MiB limit a call), the ``gguf`` wheel and a dequantisation
-on the device, for nothing that these tables report. Hence nothing large travels: the helion wheel (4.7 MB) and
-the authors' source (< 0.1 MB).
+skipping tiles of closed gates is inference-only, ``attention/skipping.py``). The real weights would only give a
+loss number, and a meaningful loss needs real text too; carrying them costs two device calls (the 98 MB GGUF over
+a 64 MiB limit a call), the ``gguf`` wheel and a dequantisation on the device, for nothing that these tables
+report. Hence nothing large travels: the helion wheel (4.7 MB) and the authors' source (< 0.1 MB).
 
 Every section prints its table as rows finish, writes it to ``--out`` (``smollm2_gpu_<section>.md`` and ``.json``,
 rewritten after every row, so a run cut short keeps what it measured) and has a time budget (``--budget`` seconds:
@@ -211,7 +211,7 @@ def _dense_attention_patch():
 
     def attention(q, k, v, gate=None, **kw):
         impl = _DENSE["impl"]
-        if impl is None or gate is not None or kw.get("attention_mask") is not None:
+        if impl is None or gate is not None or kw.get("attention_mask") is not None or kw.get("window") is not None:
             return original(q, k, v, gate, **kw)
         out = jax.nn.dot_product_attention(q, k, v, is_causal=kw.get("causal", True), implementation=impl)
         ones = jnp.ones((q.shape[0], q.shape[2]), jnp.float32)
