@@ -26,7 +26,8 @@ def hf_model(kind, **kw):
         cfg_cls, cls = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
                         "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
                         "olmo": (transformers.OlmoConfig, transformers.OlmoForCausalLM),
-                        "olmo2": (transformers.Olmo2Config, transformers.Olmo2ForCausalLM)}[kind]
+                        "olmo2": (transformers.Olmo2Config, transformers.Olmo2ForCausalLM),
+                        "gemma3": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM)}[kind]
         cfg = cfg_cls(**{**TINY, **kw})
     torch.manual_seed(0)
     model = cls(cfg).eval()
@@ -55,6 +56,14 @@ CASES = {
     "olmo": ("olmo", dict(num_key_value_heads=4)),
     "olmo-clip": ("olmo", dict(num_key_value_heads=2, clip_qkv=0.5)),
     "olmo2-gqa2": ("olmo2", dict(num_key_value_heads=2)),
+    # sliding-window attention (T = 23 > window 5): Qwen2's max_window_layers, Gemma 3's local/global pattern with
+    # its own RoPE bases, one KV head, head_dim independent of d_model / heads, query_pre_attn_scalar != head_dim
+    "qwen2-sliding": ("qwen2", dict(num_key_value_heads=2, use_sliding_window=True, sliding_window=5,
+                                    max_window_layers=1)),
+    "gemma3-window": ("gemma3", dict(num_key_value_heads=1, head_dim=16, sliding_window=5, query_pre_attn_scalar=12,
+                                     layer_types=["sliding_attention", "full_attention"], rope_parameters={
+                                         "full_attention": {"rope_type": "default", "rope_theta": 1e6},
+                                         "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}})),
 }
 
 

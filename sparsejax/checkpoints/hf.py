@@ -73,8 +73,11 @@ def name_map(c: ModelConfig) -> list[tuple[str, Any, str]]:
         if c.mlp_bias:
             m.append((h + f"mlp.{x}_proj.bias", ("layers", "mlp", x, "bias"), "copy"))
     if c.norm != "layernorm_noparam":
-        norms = ({"attn_norm": "post_attention_layernorm", "mlp_norm": "post_feedforward_layernorm"}
-                 if c.norm_position == "post" else {"attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm"})
+        norms = {"pre": {"attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm"},
+                 "post": {"attn_norm": "post_attention_layernorm", "mlp_norm": "post_feedforward_layernorm"},
+                 "sandwich": {"attn_norm": "input_layernorm", "attn_post_norm": "post_attention_layernorm",
+                              "mlp_norm": "pre_feedforward_layernorm", "mlp_post_norm": "post_feedforward_layernorm"},
+                 }[c.norm_position]
         m += [(h + f"{hf}.weight", ("layers", ours, "scale"), "copy") for ours, hf in norms.items()]
         m.append(("model.norm.weight", ("final_norm", "scale"), "copy"))
     if not c.tie_embeddings:

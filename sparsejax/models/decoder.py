@@ -38,9 +38,9 @@ def init_params(config: ModelConfig, key: jax.Array, *, std: float = 0.02) -> di
 
     attn = {"q": dense((d, c.n_heads * hd), c.qkv_bias), "k": dense((d, c.n_kv_heads * hd), c.qkv_bias),
             "v": dense((d, c.n_kv_heads * hd), c.qkv_bias), "o": dense((c.n_heads * hd, d), c.out_bias, out_std)}
-    if c.qk_norm:
-        attn["q_norm"] = {"scale": jnp.ones((L, c.n_heads * hd), jnp.float32)}
-        attn["k_norm"] = {"scale": jnp.ones((L, c.n_kv_heads * hd), jnp.float32)}
+    if c.qk_norm:  # over the full projection (OLMo-2) or over each head (Gemma 3)
+        attn["q_norm"] = _norm_init(c, (L, hd if c.qk_norm_per_head else c.n_heads * hd))
+        attn["k_norm"] = _norm_init(c, (L, hd if c.qk_norm_per_head else c.n_kv_heads * hd))
     if c.mlp == "swiglu":
         mlp = {"gate": dense((d, c.d_ff), c.mlp_bias), "up": dense((d, c.d_ff), c.mlp_bias),
                "down": dense((c.d_ff, d), c.mlp_bias, out_std)}
@@ -50,6 +50,9 @@ def init_params(config: ModelConfig, key: jax.Array, *, std: float = 0.02) -> di
               "layers": {"attn_norm": _norm_init(c, (L, d)), "attn": attn, "mlp_norm": _norm_init(c, (L, d)),
                          "mlp": mlp},
               "final_norm": _norm_init(c, (d,))}
+    if c.norm_position == "sandwich":  # Gemma: a second norm after each sublayer, before the residual add
+        params["layers"]["attn_post_norm"] = _norm_init(c, (L, d))
+        params["layers"]["mlp_post_norm"] = _norm_init(c, (L, d))
     if c.position == "learned":
         params["embed"]["positions"] = normal((c.max_position, d), 0.01)
     if not c.tie_embeddings:
@@ -60,6 +63,8 @@ def init_params(config: ModelConfig, key: jax.Array, *, std: float = 0.02) -> di
 def _norm_init(c: ModelConfig, shape) -> dict:
     if c.norm == "layernorm_noparam":
         return {}
+    if c.norm == "rmsnorm_plus_one":  # the scale is 1 + w: w = 0 is the identity scale
+        return {"scale": jnp.zeros(shape, jnp.float32)}
     p = {"scale": jnp.ones(shape, jnp.float32)}
     if c.norm == "layernorm":
         p["bias"] = jnp.zeros(shape, jnp.float32)
@@ -68,8 +73,12 @@ def _norm_init(c: ModelConfig, shape) -> dict:
 
 # ---------------------------------------------------------------------------------------------- pieces
 def norm(c: ModelConfig, p: dict, x):
-    """LayerNorm / parameter-free LayerNorm / RMSNorm, computed in float32, returned in x's dtype."""
+    """LayerNorm / parameter-free LayerNorm / RMSNorm / Gemma's RMSNorm (scale ``1 + w``, applied in float32
+    before the cast, as transformers' ``Gemma3RMSNorm``), computed in float32, returned in x's dtype."""
     xf = x.astype(jnp.float32)
+    if c.norm == "rmsnorm_plus_one":
+        y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, -1, keepdims=True) + c.norm_eps)
+        return (y * (1.0 + p["scale"].astype(jnp.float32))).astype(x.dtype)
     if c.norm == "rmsnorm":
         y = (xf * jax.lax.rsqrt(jnp.mean(xf * xf, -1, keepdims=True) + c.norm_eps)).astype(x.dtype)
         return y * p["scale"].astype(x.dtype)
@@ -215,26 +224,46 @@ def forward(config: ModelConfig, params: dict, tokens, gate: Any = None, *, mode
     dtype = jnp.dtype(c.dtype)
     cast = lambda tree: jax.tree.map(lambda x: x.astype(dtype), tree)
 
-    x = jnp.take(params["embed"]["tokens"], tokens, axis=0).astype(dtype)
+    x = jnp.take(params["embed"]["tokens"], tokens, axis=0)
+    if c.embed_scale:  # Gemma: the embedding times sqrt(d_model), in the parameters' float32
+        x = x * np.float32(math.sqrt(c.d_model))
+    x = x.astype(dtype)
     captures = {}
     if c.position == "learned":
         table = params["embed"]["positions"]
         x = x + (table[:t] if positions is None else jnp.take(table, positions, axis=0)).astype(dtype)
     x = constrain(hooks.model_point("hook_embed", x, captures), "resid")
+    windows = c.layer_windows()
+    local_rope = c.position == "rope" and c.rope_local_theta not in (None, c.rope_theta) and any(windows)
     if c.position == "rope":
-        cos, sin = rope_tables(t if positions is None else c.max_position, c.head_dim, c.rope_theta, c.rope_scaling,
-                               dtype)
-        if positions is not None:
-            cos, sin = jnp.take(cos, positions, axis=0), jnp.take(sin, positions, axis=0)
+        def tables(theta):
+            cos, sin = rope_tables(t if positions is None else c.max_position, c.head_dim, theta, c.rope_scaling,
+                                   dtype)
+            if positions is not None:
+                cos, sin = jnp.take(cos, positions, axis=0), jnp.take(sin, positions, axis=0)
+            return cos, sin
+        cos_global, sin_global = tables(c.rope_theta)
+        cos_local, sin_local = tables(c.rope_local_theta) if local_rope else (cos_global, sin_global)
+    # Sliding-window layers: each distinct window is one static branch of the attention (lax.switch per layer).
+    distinct = sorted(set(windows), key=lambda w: -1 if w is None else w)
+    window_index = jnp.asarray([distinct.index(w) for w in windows], jnp.int32)
+
+    def per_window(fn, index, *args):
+        if len(distinct) == 1:
+            return fn(distinct[0], *args)
+        return jax.lax.switch(index, [lambda *a, w=w: fn(w, *a) for w in distinct], *args)
+
+    # Gemma: logits q.k / sqrt(query_pre_attn_scalar); the attention divides by sqrt(head_dim), so q is rescaled.
+    q_scale = None if c.query_pre_attn_scalar in (None, c.head_dim) else math.sqrt(c.head_dim / c.query_pre_attn_scalar)
     seed_arr = jnp.asarray(0 if seed is None else seed).astype(jnp.uint32)
 
     def layer(x, inputs):
-        p, bias, index = inputs
+        p, bias, index, w_index = inputs
         p = cast(p)
         captured = {}
         hk = lambda name, value: hooks.layer_point(index, name, value, captured)
         x = hk("hook_resid_pre", x)
-        pre = lambda h: norm(c, p.get("attn_norm", {}), h) if c.norm_position == "pre" else h
+        pre = lambda h: h if c.norm_position == "post" else norm(c, p.get("attn_norm", {}), h)
         a = p["attn"]
         if hooks.split_inputs:  # each head reads its own (patchable) copy of the residual stream
             per_head = lambda name, n: pre(hk(name, jnp.broadcast_to(x[:, :, None, :], (b, t, n, c.d_model))))
@@ -247,20 +276,30 @@ def forward(config: ModelConfig, params: dict, tokens, gate: Any = None, *, mode
                                                                      ("v", c.n_kv_heads)))
         if c.clip_qkv is not None:
             q, k, v = (jnp.clip(y, -c.clip_qkv, c.clip_qkv) for y in (q, k, v))
-        if c.qk_norm:  # over the full projection (all heads), as OLMo-2
+        if c.qk_norm and c.qk_norm_per_head:  # over each head's head_dim, as Gemma 3
+            q, k = norm(c, a["q_norm"], q), norm(c, a["k_norm"], k)
+        elif c.qk_norm:  # over the full projection (all heads), as OLMo-2
             q = norm(c, a["q_norm"], q.reshape(b, t, -1)).reshape(q.shape)
             k = norm(c, a["k_norm"], k.reshape(b, t, -1)).reshape(k.shape)
         q, k, v = hk("attn.hook_q", q), hk("attn.hook_k", k), hk("attn.hook_v", v)
         q, k, v = constrain(q, "q"), constrain(k, "kv"), constrain(v, "kv")
         if c.position == "rope":
+            cos, sin = cos_global, sin_global
+            if local_rope:  # the sliding layers' own RoPE base
+                local = w_index != distinct.index(None) if None in distinct else True
+                cos, sin = jnp.where(local, cos_local, cos_global), jnp.where(local, sin_local, sin_global)
             q, k = hk("attn.hook_rot_q", apply_rope(q, cos, sin)), hk("attn.hook_rot_k", apply_rope(k, cos, sin))
+        if q_scale is not None:
+            q = (q * np.float32(q_scale)).astype(q.dtype)
         g = None if gate is None else dataclasses.replace(gate, bias=bias)
         lseed = layer_seed(seed_arr, index)
-        z, stats = sparse_attention(q, k, v, g, mode=mode, seed=lseed if g is not None else None,
-                                    implementation=implementation, attention_mask=attention_mask)
+        z, stats = per_window(lambda w, q, k, v: sparse_attention(
+            q, k, v, g, mode=mode, seed=lseed if g is not None else None, implementation=implementation,
+            attention_mask=attention_mask, window=w), w_index, q, k, v)
         if hooks.need_pattern:
-            pw, gw = attention_pattern(q, k, g, mode=mode, seed=lseed if g is not None else None,
-                                       attention_mask=attention_mask)
+            pw, gw = per_window(lambda w, q, k: attention_pattern(
+                q, k, g, mode=mode, seed=lseed if g is not None else None, attention_mask=attention_mask,
+                window=w), w_index, q, k)
             gw = hk("attn.hook_gate", gw)
             pattern = hk("attn.hook_pattern", pw * gw)
             hk("attn.hook_adjacency", gw > 0)
@@ -272,14 +311,14 @@ def forward(config: ModelConfig, params: dict, tokens, gate: Any = None, *, mode
         if "attn.hook_result" in hooks.layer_hooks:
             hk("attn.hook_result", jnp.einsum("bthe,hed->bthd", z, wo))
         attn_out = _linear(a["o"], z.reshape(b, t, c.n_heads * c.head_dim))
-        if c.norm_position == "post":
-            attn_out = norm(c, p.get("attn_norm", {}), attn_out)
+        if c.norm_position != "pre":  # OLMo-2: its only norm; Gemma: the second of the sandwich
+            attn_out = norm(c, p["attn_post_norm" if c.norm_position == "sandwich" else "attn_norm"], attn_out)
         attn_out = hk("hook_attn_out", attn_out)
         x = hk("hook_resid_mid", x + attn_out)
         m_in = hk("hook_mlp_in", x)
-        m = mlp(c, p["mlp"], norm(c, p.get("mlp_norm", {}), m_in) if c.norm_position == "pre" else m_in)
-        if c.norm_position == "post":
-            m = norm(c, p.get("mlp_norm", {}), m)
+        m = mlp(c, p["mlp"], m_in if c.norm_position == "post" else norm(c, p.get("mlp_norm", {}), m_in))
+        if c.norm_position != "pre":
+            m = norm(c, p["mlp_post_norm" if c.norm_position == "sandwich" else "mlp_norm"], m)
         m = hk("hook_mlp_out", m)
         x = constrain(hk("hook_resid_post", x + m), "resid")
         return x, (stats.expected_density, stats.edge_density, captured)
@@ -288,7 +327,8 @@ def forward(config: ModelConfig, params: dict, tokens, gate: Any = None, *, mode
         policy = None if c.remat == "full" else jax.checkpoint_policies.checkpoint_dots
         layer = jax.checkpoint(layer, policy=policy)
     biases = gate.bias if gate is not None else jnp.zeros((c.n_layers, c.n_heads), jnp.float32)
-    x, (density, edge_density, stacked) = jax.lax.scan(layer, x, (params["layers"], biases, jnp.arange(c.n_layers)))
+    x, (density, edge_density, stacked) = jax.lax.scan(layer, x, (params["layers"], biases, jnp.arange(c.n_layers),
+                                                                  window_index))
 
     x = norm(c, params.get("final_norm", {}), x)
     x = hooks.model_point("ln_final.hook_normalized", x, captures)
