@@ -3,7 +3,8 @@
 ``SparseSelfAttention`` (q/k/v/o projections + optional RoPE + :func:`sparsejax.sparse_attention`) and
 ``DecoderBlock`` (pre-norm RMSNorm, attention, SwiGLU MLP: the Llama block). Calls return ``(y, stats)`` with
 ``stats.expected_density`` ``[batch, heads]`` for the sparsity regulariser. The gate bias is a learnable
-``nnx.Param`` when ``learnable_bias=True`` and a fixed ``nnx.Variable`` otherwise.
+``nnx.Param`` when ``learnable_bias=True`` and a fixed ``nnx.Variable`` otherwise. ``window=W`` makes the attention
+a sliding window over the last W keys (Gemma 3's local layers; densities over the visible pairs).
 """
 from __future__ import annotations
 
@@ -17,13 +18,13 @@ from .gates import Gate
 from .models.decoder import apply_rope, rope_tables
 
 
-def _attend(q, k, v, bias, *, kind, dense, mode, seed, rope_theta, implementation):
+def _attend(q, k, v, bias, *, kind, dense, mode, seed, rope_theta, implementation, window=None):
     if rope_theta is not None:
         cos, sin = rope_tables(q.shape[1], q.shape[-1], rope_theta, dtype=q.dtype)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     gate = None if dense else Gate(bias, kind)
     return sparse_attention(q, k, v, gate, mode=mode, seed=seed if gate is not None else None,
-                            implementation=implementation)
+                            implementation=implementation, window=window)
 
 
 class SparseSelfAttention(nnx.Module):
@@ -32,10 +33,12 @@ class SparseSelfAttention(nnx.Module):
     def __init__(self, d_model: int, num_heads: int, *, num_kv_heads: int | None = None,
                  head_dim: int | None = None, gate_bias: float = 3.0, gate_kind: str = "bernoulli",
                  per_head_bias: bool = True, learnable_bias: bool = False, use_bias: bool = False,
-                 rope_theta: float | None = 10000.0, implementation: str = "auto", rngs: nnx.Rngs):
+                 rope_theta: float | None = 10000.0, implementation: str = "auto", window: int | None = None,
+                 rngs: nnx.Rngs):
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads or num_heads
         self.head_dim = head_dim or d_model // num_heads
         self.gate_kind, self.rope_theta, self.implementation = gate_kind, rope_theta, implementation
+        self.window = window
         init = nnx.initializers.normal(0.02)
         lin = lambda n_in, n_out: nnx.Linear(n_in, n_out, use_bias=use_bias, kernel_init=init, rngs=rngs)
         self.q = lin(d_model, num_heads * self.head_dim)
@@ -51,7 +54,7 @@ class SparseSelfAttention(nnx.Module):
         k = self.k(x).reshape(b, t, self.num_kv_heads, self.head_dim)
         v = self.v(x).reshape(b, t, self.num_kv_heads, self.head_dim)
         z, stats = _attend(q, k, v, self.gate_bias[...], kind=self.gate_kind, dense=dense, mode=mode, seed=seed,
-                           rope_theta=self.rope_theta, implementation=self.implementation)
+                           rope_theta=self.rope_theta, implementation=self.implementation, window=self.window)
         return self.o(z.reshape(b, t, -1)), stats
 
 
@@ -89,6 +92,7 @@ class SparseSelfAttentionLinen(nn.Module):
     use_bias: bool = False
     rope_theta: float | None = 10000.0
     implementation: str = "auto"
+    window: int | None = None
 
     @nn.compact
     def __call__(self, x, *, mode: str = "eval", seed=None, dense: bool = False):
@@ -104,5 +108,5 @@ class SparseSelfAttentionLinen(nn.Module):
         if self.learnable_bias:
             bias = self.param("gate_bias", lambda _: bias)
         z, stats = _attend(q, k, v, bias, kind=self.gate_kind, dense=dense, mode=mode, seed=seed,
-                           rope_theta=self.rope_theta, implementation=self.implementation)
+                           rope_theta=self.rope_theta, implementation=self.implementation, window=self.window)
         return dense_layer(self.d_model, "o")(z.reshape(b, t, -1)), stats

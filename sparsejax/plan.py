@@ -28,6 +28,14 @@ SHAPES = {
                     max_position=2048),
     "olmo2-7b": dict(family="olmo2", vocab_size=100352, d_model=4096, n_layers=32, n_heads=32, d_ff=11008,
                      max_position=4096),
+    # Gemma 3 text models (local layers: sliding window; every sixth layer global). The 4B's global layers use
+    # linear RoPE scaling (factor 8), which does not change a shape.
+    "gemma-3-270m": dict(family="gemma3", vocab_size=262144, d_model=640, n_layers=18, n_heads=4, n_kv_heads=1,
+                         head_dim=256, d_ff=2048, max_position=32768, sliding_window=512),
+    "gemma-3-1b": dict(family="gemma3", vocab_size=262144, d_model=1152, n_layers=26, n_heads=4, n_kv_heads=1,
+                       head_dim=256, d_ff=6912, max_position=32768, sliding_window=512),
+    "gemma-3-4b": dict(family="gemma3", vocab_size=262208, d_model=2560, n_layers=34, n_heads=8, n_kv_heads=4,
+                       head_dim=256, d_ff=10240, max_position=131072, sliding_window=1024),
 }
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -59,7 +67,8 @@ def analytic_flops(config, batch: int, seq: int, *, lora: bool, distill: bool) -
     """Model FLOPs of one step: ``tokens x (6 N + 3 A)`` for full training (``4 N``: LoRA's backward computes no
     weight gradients of the frozen matrices), plus ``tokens x (2 N + A)`` for the distillation teacher's forward.
     ``N``: matrix parameters (everything but the input embedding lookup); ``A = 2 L H hd (T + 1)``: the causal
-    attention products (QK^T and PV over the average T/2 + 1/2 keys) per token. XLA's cost analysis cannot be used
+    attention products (QK^T and PV over the average T/2 + 1/2 keys) per token (a sliding-window layer: over its
+    average visible keys, ``pairs / T``). XLA's cost analysis cannot be used
     for this: it counts the body of the layer scan once, not once per layer."""
     import jax
 
@@ -71,7 +80,10 @@ def analytic_flops(config, batch: int, seq: int, *, lora: bool, distill: bool) -
         n -= shapes["embed"]["tokens"].size
     if "positions" in shapes["embed"]:
         n -= shapes["embed"]["positions"].size
-    attn = 2 * config.n_layers * config.n_heads * config.head_dim * (seq + 1)
+    def pairs(w):  # (query, key) pairs a layer attends: sum_i min(i + 1, w)
+        return seq * (seq + 1) // 2 if w is None or w >= seq else w * (w + 1) // 2 + (seq - w) * w
+
+    attn = 4 * config.n_heads * config.head_dim * sum(pairs(w) for w in config.layer_windows()) / seq
     tokens = batch * seq
     flops = tokens * ((4 if lora else 6) * n + 3 * attn)
     if distill:

@@ -85,3 +85,26 @@ def test_plan_cli_json_and_errors(capsys):
     assert cli.main(["plan", "olmo_7b"]) == 2  # a checkpoint preset without --shape: one clear line
     assert "--shape" in capsys.readouterr().err
     assert set(SHAPES) >= {"gpt2", "llama-2-7b", "olmo-7b"}
+
+
+def test_gemma3_shapes_count_the_published_parameters():
+    """The Gemma 3 shapes (sliding-window families plan like any other) hold the models' published parameter
+    counts: 268,098,176 (270M, = the real checkpoint's) and 999,885,952 (1B)."""
+    import jax
+
+    import sparsejax as sj
+
+    for name, want in (("gemma-3-270m", 268_098_176), ("gemma-3-1b", 999_885_952)):
+        config = sj.ModelConfig(**SHAPES[name])
+        assert config.layer_windows().count(None) == config.n_layers // 6
+        shapes = jax.eval_shape(lambda c=config: sj.init_params(c, jax.random.PRNGKey(0)))
+        assert sum(x.size for x in jax.tree.leaves(shapes)) == want, name
+    from sparsejax.config import load_config, model_config
+    from sparsejax.plan import analytic_flops
+
+    big = model_config(load_config(None, plan_overrides("gemma-3-4b", parse_mesh([]))).model)
+    assert (big.family, big.n_kv_heads, big.layer_windows()[:6]) == ("gemma3", 4, (1024,) * 5 + (None,))
+    full = big.replace(layer_types=("full_attention",) * big.n_layers)  # the window halves attention at T = 4096
+    a, b = (analytic_flops(c, 1, 4096, lora=False, distill=False) for c in (big, full))
+    saved = 29 * (4096 * 4097 // 2 - (1024 * 1025 // 2 + 3072 * 1024))  # 29 of 34 layers local: pairs not attended
+    assert abs((b - a) - 3 * 4 * 8 * 256 * saved) < 1e-6 * b  # 3 x (QK^T + PV) x H x hd per pair

@@ -29,6 +29,12 @@ def _params(config, seed):
     ("qwen2", dict(n_kv_heads=2), sj.make_gate(np.array([0.5, -0.2]), shape=(2,))),
     ("llama", {}, sj.make_gate(-2.3, kind="hard_concrete")),
     ("llama", {}, None),
+    # sliding windows (T = 20 > 6): Gemma 3 (one KV head, query_pre_attn_scalar != head_dim), Qwen2
+    ("gemma3", dict(n_kv_heads=1, head_dim=16, sliding_window=6, query_pre_attn_scalar=10.0,
+                    layer_types=("sliding_attention", "full_attention")),
+     sj.make_gate(np.array([[0.4, -0.3, 1.0, 0.1], [0.0, 0.5, -0.5, 2.0]]), shape=(2, 4))),
+    ("qwen2", dict(n_kv_heads=2, sliding_window=6, layer_types=("full_attention", "sliding_attention")),
+     sj.make_gate(0.3)),
 ])
 def test_torch_logits_equal_sparsejax_eval(family, extra, gate, tmp_path):
     config = sj.ModelConfig(family=family, **SMALL, **extra)

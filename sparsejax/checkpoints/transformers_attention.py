@@ -5,7 +5,9 @@ A checkpoint written by :func:`sparsejax.save_pretrained` is a Hugging Face dire
 module registers an attention function ``"sparsejax"`` through transformers' attention interface that applies the
 method in eval mode (docs/method.md §1): the softmax over every causal key, then the deterministic gate
 ``A_ij = 1[s_ij + b_{l,h} > 0]`` (Bernoulli gates; hard-concrete: its deterministic gate value), no
-renormalisation, with ``s_ij = q_i . k_j / sqrt(head_dim)``. TransformerLens / EAP-IG / ACDC users can then work on
+renormalisation, with ``s_ij = q_i . k_j * scaling`` (transformers' scaling: ``1 / sqrt(head_dim)``, Gemma's
+``1 / sqrt(query_pre_attn_scalar)``, the logit the gate is tied to in sparsejax too). Sliding-window layers get
+transformers' sliding-window mask (the pairs their dense model attends), so gates exist only inside the window. TransformerLens / EAP-IG / ACDC users can then work on
 the sparse model in torch::
 
     from sparsejax.checkpoints.transformers_attention import load_sparse_model
@@ -19,7 +21,6 @@ Padding masks from ``attention_mask`` are honoured (masked keys get neither soft
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -43,13 +44,10 @@ def sparse_attention_forward(module, query, key, value, attention_mask, scaling=
     import torch
 
     b, h, t, d = query.shape
-    if scaling is not None and not math.isclose(scaling, d ** -0.5, rel_tol=1e-6):
-        raise ValueError(f"the sparse attention scores keys by 1/sqrt(head_dim) = {d ** -0.5:.6g}; this model's "
-                         f"attention uses scaling {scaling:.6g}, which sparsejax models do not have")
     groups = h // key.shape[1]
     k = key.float().repeat_interleave(groups, dim=1)
     v = value.float().repeat_interleave(groups, dim=1)
-    s = torch.matmul(query.float(), k.transpose(2, 3)) / math.sqrt(d)
+    s = torch.matmul(query.float(), k.transpose(2, 3)) * (d ** -0.5 if scaling is None else scaling)
     n_keys = s.shape[-1]
     allowed = torch.ones(t, n_keys, dtype=torch.bool, device=s.device).tril(n_keys - t)  # queries are the last t
     allowed = allowed.expand(b, h, t, n_keys)
