@@ -12,16 +12,13 @@ import sparsejax as sj
 from sparsejax import data
 from sparsejax.config import load_config
 from sparsejax.data import addition
-from sparsejax.models import config_from_hf
 
 CFG = sj.ModelConfig(family="llama", vocab_size=16, d_model=16, n_layers=2, n_heads=2, d_ff=32, max_position=8)
 PARAMS = sj.init_params(CFG, jax.random.PRNGKey(0))
 TOKENS = np.array([[1, 2, 3, 4]])
 QKV = [jnp.asarray(np.random.default_rng(0).normal(size=(1, 5, 2, 4)), jnp.float32) for _ in range(3)]
 MASK = np.array([[0, 1, 1, 1, 1]])
-QWEN = {"model_type": "qwen2", "hidden_size": 16, "num_attention_heads": 2, "num_key_value_heads": 2,
-        "num_hidden_layers": 1, "intermediate_size": 32, "vocab_size": 16, "max_position_embeddings": 8,
-        "use_sliding_window": True}
+QWEN_FRESH = dict(family="qwen2", vocab_size=16, d_model=16, n_layers=1, n_heads=2, d_ff=32, max_position=8)
 
 
 def _tasks_with(tokenizer_words):
@@ -88,9 +85,14 @@ CASES = {
     # "use 'train' or 'validation'"
     "split": (lambda: addition.split("test"), "use 'train' or 'validation'",
               lambda: addition.split("validation")),
-    # "set use_sliding_window=false"
-    "qwen_window": (lambda: config_from_hf(QWEN), "set use_sliding_window=false",
-                    lambda: config_from_hf({**QWEN, "use_sliding_window": False})),
+    # "give sliding_window= (the window)": local layers need their window (Qwen2 reads sliding windows now)
+    "window_layers": (lambda: sj.ModelConfig(**{**QWEN_FRESH, "layer_types": ("sliding_attention",)}),
+                      r"give sliding_window= \(the window\)",
+                      lambda: sj.ModelConfig(**{**QWEN_FRESH, "layer_types": ("sliding_attention",),
+                                                "sliding_window": 4})),
+    # "pass causal=True": a sliding window is causal
+    "window_causal": (lambda: sj.sparse_attention(*QKV, 1.0, mode="eval", window=2, causal=False),
+                      "pass causal=True", lambda: sj.sparse_attention(*QKV, 1.0, mode="eval", window=2, causal=True)),
 }
 
 

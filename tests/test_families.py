@@ -61,6 +61,10 @@ def test_gemma3_layer_pattern_and_windows():
     assert cfg.query_pre_attn_scalar == cfg.head_dim == 8  # Gemma3TextConfig: 256 = the head_dim of its models
     assert ModelConfig("qwen2", **SHAPE).layer_windows() == (None, None)
     assert ModelConfig("qwen2", **SHAPE, sliding_window=8).layer_windows() == (8, 8)
+    qwen = {**config_to_hf(ModelConfig("qwen2", **SHAPE)), "use_sliding_window": True, "max_window_layers": 1}
+    del qwen["sliding_window"], qwen["layer_types"]  # transformers' defaults: window 4096, layers >= max_window_layers
+    assert config_from_hf(qwen).layer_windows() == (None, 4096)
+    assert config_from_hf({**qwen, "use_sliding_window": False}).layer_windows() == (None, None)
     with pytest.raises(ValueError, match="llama has no sliding-window attention"):
         ModelConfig("llama", **SHAPE, sliding_window=8)
     with pytest.raises(ValueError, match="sliding_window is not set"):

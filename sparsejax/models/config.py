@@ -220,13 +220,13 @@ def _gemma3_from_hf(hf: dict) -> ModelConfig:
 def _qwen2_window(hf: dict) -> dict:
     """Qwen2's ``use_sliding_window`` / ``sliding_window`` / ``max_window_layers`` (layers from
     ``max_window_layers`` on are local) or its ``layer_types``, as transformers reads them."""
-    if not hf.get("use_sliding_window") or hf.get("sliding_window") is None:
+    if not hf.get("use_sliding_window") or hf.get("sliding_window", 4096) is None:  # 4096: Qwen2Config's default
         return {}
     types = hf.get("layer_types") or ["sliding_attention" if i >= hf.get("max_window_layers", 28) else "full_attention"
                                       for i in range(hf["num_hidden_layers"])]
     if "sliding_attention" not in types:
         return {}
-    return dict(sliding_window=int(hf["sliding_window"]), layer_types=tuple(types))
+    return dict(sliding_window=int(hf.get("sliding_window", 4096)), layer_types=tuple(types))
 
 
 def config_from_hf(hf: dict) -> ModelConfig:
