@@ -80,7 +80,7 @@ class GateSection:
 
 @dataclasses.dataclass
 class ConstraintSection:
-    method: str = "geco"            # "pi" (PI control of log beta), "geco", "dual_ascent" or "penalty" (fixed beta)
+    method: str = "pi"              # "pi" (PI control of log beta), "geco", "dual_ascent" or "penalty" (fixed beta)
     sense: str = "ce"               # "ce": min density s.t. CE <= tau; "density": min CE s.t. density <= density_target
     density_target: float | None = None  # sense=density: target share of causal edges (e.g. 0.01)
     tau: float | None = None        # None: the dense model's held-out CE, measured before post-training
@@ -106,7 +106,7 @@ class ConstraintSection:
     #                                 this many steps (0: the final target from the start)
     anneal_from: float | None = None  # start of the annealed target; None (density mode): the gated model's
     #                                   held-out edge density, measured before post-training
-    measure: str = "sampled"        # the CE the multiplier sees (CE mode; the guard's CE in a guarded curriculum):
+    measure: str = "deterministic"  # the CE the multiplier sees (CE mode; the guard's CE in a guarded curriculum):
     #                                 "sampled" (the training loss's) or "deterministic" (the exported model's gates:
     #                                 one more forward per measured step; docs/controllers.md)
     measure_every: int = 1          # measure=deterministic: every this many steps (the last value held between)

@@ -60,8 +60,8 @@ CASES = {
     "preset": (lambda: load_config("toy_addition"), "presets: .*toy_addition_posttrain",
                lambda: load_config("toy_addition_posttrain")),
     # "set gate.learnable=true ... or drop gate.bias_lr"
-    "bias_lr": (lambda: load_config("gpt2_small", ["gate.bias_lr=0.03"]), "set gate.learnable=true",
-                lambda: load_config("gpt2_small", ["gate.bias_lr=0.03", "gate.learnable=true"])),
+    "bias_lr": (lambda: load_config("gpt2_small", ["gate.learnable=false"]), "set gate.learnable=true",
+                lambda: load_config("gpt2_small", ["gate.learnable=true"])),
     # "CE-target mode needs constraint.anneal_from"
     "anneal": (lambda: load_config("toy_addition_posttrain", ["constraint.anneal_steps=100"]),
                "needs constraint.anneal_from",

@@ -28,7 +28,7 @@ class StepSpec:
     lora_alpha: float | None = None   # None = full fine-tuning
     distill: float = 0.0
     sense: str = "ce"                 # what the multiplier constrains: "ce" or "density"
-    measure: str = "sampled"          # the CE the multiplier sees: under "sampled" or "deterministic" gates
+    measure: str = "deterministic"    # the CE the multiplier sees: under "sampled" or "deterministic" gates
     measure_every: int = 1            # deterministic: measured every this many steps (held between)
     guard: bool = False               # density mode: the annealed target waits while the measured CE is over tau
     beta: float = 0.0                 # fixed density weight when there is no multiplier (penalty mode)
