@@ -34,6 +34,8 @@ CANDIDATES = {
     # issue J: the constraint measured on the model that is exported (the deterministic gates)
     "pi_det": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic"],
     "pi_det_ki05": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic", "constraint.pi_ki=0.05"],
+    "pi_det_ki05_follow": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic",
+                           "constraint.pi_ki=0.05", "constraint.pi_ki_follow_lr=true"],
     "pi_det_ki05_4k": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic", "constraint.pi_ki=0.05",
                        "train.steps=4000"],
     "pi_det_warm": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic", "train.warmup=200"],
