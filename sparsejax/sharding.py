@@ -37,7 +37,7 @@ PARAM_AXES = (
     (r"layers/mlp/(gate|up|fc)/bias", ("layers", "mlp")),
     (r"layers/mlp/(down|proj)/kernel", ("layers", "mlp", "embed")),
     (r"layers/mlp/(down|proj)/bias", ("layers", "bias")),
-    (r"layers/(attn|mlp)_norm/(scale|bias)", ("layers", "norm")),
+    (r"layers/(attn|mlp)(_post)?_norm/(scale|bias)", ("layers", "norm")),  # _post: Gemma 3's sandwich norms
     (r"final_norm/(scale|bias)", ("norm",)),
     (r"lm_head/kernel", ("embed", "vocab")),
 )
