@@ -90,20 +90,16 @@ def _finite_diff(f, x, eps=1e-6):
     return grad
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("mode", ["eval", "train"])
-@pytest.mark.parametrize("impl", ["reference", "chunked"])
-def test_gradients_match_oracle_finite_differences(family, mode, impl):
-    """d/d(q, k, v, bias) of sum(out * w) + sum(density * c), straight-through for the Bernoulli gate."""
-    b, t, h, kvh, d = 1, 6, 2, 1, 3
+def _check_gradients_against_oracle(family, mode, impl, *, t, window=None, block=4):
+    """d/d(q, k, v, bias) of sum(out * w) + sum(density * c) against the float64 oracle's finite differences,
+    straight-through for the Bernoulli gate (its hard sample frozen at the point)."""
+    b, h, kvh, d = 1, 2, 1, 3
     q, k, v = _qkv(b=b, t=t, h=h, kvh=kvh, d=d, seed=1, scale=1.5)
     bias = np.array([0.4, -0.3])
     rng = np.random.default_rng(5)
-    w = rng.normal(size=(b, t, h, d))
-    c = rng.normal(size=(b, h))
-    train = mode == "train"
+    w, c = rng.normal(size=(b, t, h, d)), rng.normal(size=(b, h))
     noise = oracle.logistic(9, (b, h, t, t))
-    base = dict(family=family, train=train, noise=noise)
+    base = dict(family=family, train=mode == "train", noise=noise, **({"window": window} if window else {}))
     frozen = oracle.attention(q, k, v, bias, **base)[3] if family == "bernoulli" else None
 
     def objective(qq, kk, vv, bb):
@@ -115,13 +111,21 @@ def test_gradients_match_oracle_finite_differences(family, mode, impl):
 
     def loss(qq, kk, vv, bb):
         out, st = sj.sparse_attention(qq, kk, vv, sj.Gate(bb, family), mode=mode, seed=9, implementation=impl,
-                                      **({"block_q": 4, "block_k": 4} if impl == "chunked" else {}))
+                                      **({"window": window} if window else {}),
+                                      **({"block_q": block, "block_k": block} if impl == "chunked" else {}))
         return jnp.sum(out * w) + jnp.sum(st.expected_density * c)
 
     got = jax.grad(loss, argnums=(0, 1, 2, 3))(q, k, v, jnp.asarray(bias, jnp.float32))
     for name, g_, w_ in zip("qkvb", got, want):
         np.testing.assert_allclose(g_, w_, atol=2e-4, rtol=2e-3, err_msg=f"d/d{name}")
     assert np.abs(want[3]).max() > 1e-3  # the gate path carries gradient
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("mode", ["eval", "train"])
+@pytest.mark.parametrize("impl", ["reference", "chunked"])
+def test_gradients_match_oracle_finite_differences(family, mode, impl):
+    _check_gradients_against_oracle(family, mode, impl, t=6)
 
 
 def test_straight_through_slope_matches_autodiff():
@@ -351,31 +355,7 @@ def test_window_forward_matches_oracle(family, mode, impl, blocks, window):
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("impl", ["reference", "chunked"])
 def test_window_gradients_match_oracle_finite_differences(family, impl):
-    b, t, h, kvh, d, window = 1, 7, 2, 1, 3, 3
-    q, k, v = _qkv(b=b, t=t, h=h, kvh=kvh, d=d, seed=1, scale=1.5)
-    bias = np.array([0.4, -0.3])
-    rng = np.random.default_rng(5)
-    w, c = rng.normal(size=(b, t, h, d)), rng.normal(size=(b, h))
-    noise = oracle.logistic(9, (b, h, t, t))
-    base = dict(family=family, train=True, noise=noise, window=window)
-    frozen = oracle.attention(q, k, v, bias, **base)[3] if family == "bernoulli" else None
-
-    def objective(qq, kk, vv, bb):
-        out, dens, _, _ = oracle.attention(qq, kk, vv, bb, frozen_hard=frozen, **base)
-        return (out * w).sum() + (dens * c).sum()
-
-    args = [np.asarray(q, np.float64), np.asarray(k, np.float64), np.asarray(v, np.float64), bias]
-    want = [_finite_diff(lambda x, i=i: objective(*args[:i], x, *args[i + 1:]), args[i]) for i in range(4)]
-
-    def loss(qq, kk, vv, bb):
-        out, st = sj.sparse_attention(qq, kk, vv, sj.Gate(bb, family), mode="train", seed=9, implementation=impl,
-                                      window=window, **({"block_q": 2, "block_k": 2} if impl == "chunked" else {}))
-        return jnp.sum(out * w) + jnp.sum(st.expected_density * c)
-
-    got = jax.grad(loss, argnums=(0, 1, 2, 3))(q, k, v, jnp.asarray(bias, jnp.float32))
-    for name, g_, w_ in zip("qkvb", got, want):
-        np.testing.assert_allclose(g_, w_, atol=2e-4, rtol=2e-3, err_msg=f"d/d{name}")
-    assert np.abs(want[3]).max() > 1e-3
+    _check_gradients_against_oracle(family, "train", impl, t=7, window=3, block=2)
 
 
 @pytest.mark.parametrize("shape", [(2, 33, 6, 2, 16, 8, 8, 5), (1, 40, 4, 1, 8, 5, 7, 12), (1, 64, 4, 2, 8, 16, 16, 16)])
