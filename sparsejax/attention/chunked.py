@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..gates import Gate, expected_gate, expected_gate_slope, gate_value_and_slope, hash_uniform, is_edge
+from . import geometry
 
 _NEG = -1e30
 
@@ -47,32 +48,22 @@ class _Cfg:
     def nk(self):
         return -(-self.s // self.block_k)
 
+    @property
+    def tiles(self) -> geometry.Tiles:
+        return geometry.Tiles(self.t, self.s, self.block_q, self.block_k, self.causal, self.window)
+
     def pairs(self):
         """Number of (query, key) pairs the density averages over."""
-        if not self.causal:
-            return self.t * self.s
-        seen = np.minimum(np.arange(1, self.t + 1), self.s)
-        return int((seen if self.window is None else np.minimum(seen, self.window)).sum())
+        return geometry.pairs(self.t, self.s, self.causal, self.window)
 
     def kblock_range(self, qi):
         """``[lo, hi)``: the key blocks query block ``qi`` needs (the rest are empty under the causal mask and the
         window)."""
-        if not self.causal:
-            return 0, self.nk
-        last_row = jnp.minimum((qi + 1) * self.block_q, self.t) - 1
-        hi = jnp.minimum(last_row // self.block_k + 1, self.nk)
-        lo = 0 if self.window is None else jnp.maximum(qi * self.block_q - self.window + 1, 0) // self.block_k
-        return lo, hi
+        return self.tiles.k_range(qi)
 
     def qblock_range(self, kj):
         """``[lo, hi)``: the query blocks that key block ``kj`` is visible to."""
-        if not self.causal:
-            return 0, self.nq
-        lo = (kj * self.block_k) // self.block_q
-        if self.window is None:
-            return lo, self.nq
-        last_key = (kj + 1) * self.block_k - 1
-        return lo, jnp.minimum((last_key + self.window - 1) // self.block_q + 1, self.nq)
+        return self.tiles.q_range(kj)
 
 
 def _block_scores(cfg: _Cfg, qb, kb, qi, kj, bias, seed):

@@ -38,6 +38,7 @@ from jax.experimental import pallas as pl
 
 from .. import sharding
 from ..gates import Gate, is_edge, key_uniform, row_hash
+from . import geometry
 
 _NEG = -1e30
 _LOG2E = np.float32(math.log2(math.e))
@@ -87,53 +88,20 @@ class _Static:
         return -(-self.s // m) * m
 
     def pairs(self) -> int:
-        if not self.causal:
-            return self.t * self.s
-        seen = np.minimum(np.arange(1, self.t + 1), self.s)
-        return int((seen if self.window is None else np.minimum(seen, self.window)).sum())
+        return geometry.pairs(self.t, self.s, self.causal, self.window)
+
+    def tiles(self, bq, bk) -> geometry.Tiles:
+        """The tile geometry of ``bq x bk`` blocks over the padded grid (``tp / bq`` x ``sp / bk`` blocks)."""
+        return geometry.Tiles(self.t, self.s, bq, bk, self.causal, self.window, n_q=self.tp // bq,
+                              n_k=self.sp // bk)
 
     def k_ranges(self, qi, bq, bk):
-        """Key-block bounds of query block ``qi``: ``(lo, full_lo, full_hi, hi)``; ``[lo, hi)`` are the blocks it
-        needs, ``[full_lo, full_hi)`` those that need no mask (the rest, on either side, are masked)."""
-        hi, full_hi = self.k_blocks(qi, bq, bk), self.full_k_blocks(qi, bq, bk)
-        if self.window is None:
-            return 0, 0, full_hi, hi
-        lo = jnp.maximum(qi * bq - self.window + 1, 0) // bk  # the first key the block's first row sees
-        full_lo = jnp.clip((jnp.maximum(qi * bq + bq - self.window, 0) + bk - 1) // bk, lo, hi)  # last row sees all
-        return lo, full_lo, jnp.clip(full_hi, full_lo, hi), hi
+        """:meth:`geometry.Tiles.k_ranges` of ``bq x bk`` tiles: ``(lo, full_lo, full_hi, hi)``."""
+        return self.tiles(bq, bk).k_ranges(qi)
 
     def q_ranges(self, kj, bq, bk):
-        """Query-block bounds of key block ``kj``: ``(lo, full_lo, full_hi, hi)`` as :meth:`k_ranges`."""
-        lo, full_lo, hi = self.first_q_block(kj, bq, bk), self.first_full_q_block(kj, bq, bk), self.tp // bq
-        if self.window is None:
-            return lo, full_lo, hi, hi
-        hi = jnp.minimum(((kj + 1) * bk - 1 + self.window - 1) // bq + 1, hi)  # the last query the last key reaches
-        full_lo = jnp.clip(full_lo, lo, hi)
-        return lo, full_lo, jnp.clip((kj * bk + self.window) // bq, full_lo, hi), hi
-
-    def k_blocks(self, qi, bq, bk):
-        """Key blocks query block ``qi`` (of size ``bq``) needs: causal skipping, and nothing past ``s``."""
-        n = -(-self.s // bk)
-        if not self.causal:
-            return n
-        last_row = jnp.minimum((qi + 1) * bq, self.t) - 1
-        return jnp.minimum(last_row // bk + 1, n)
-
-    def full_k_blocks(self, qi, bq, bk):
-        """Leading key blocks of query block ``qi`` that need no mask: every key <= the block's first row (causal)
-        and < ``s``."""
-        inside = self.s // bk
-        return jnp.minimum((qi * bq + 1) // bk, inside) if self.causal else inside
-
-    def first_q_block(self, kj, bq, bk):
-        return (kj * bk) // bq if self.causal else 0
-
-    def first_full_q_block(self, kj, bq, bk):
-        """First query block whose tile with key block ``kj`` needs no mask (padded rows are inert; a key block
-        holding padded keys is masked throughout)."""
-        n_q = self.tp // bq
-        first = jnp.minimum(((kj + 1) * bk - 1 + bq - 1) // bq, n_q) if self.causal else 0
-        return jnp.where((kj + 1) * bk > self.s, n_q, first)
+        """:meth:`geometry.Tiles.q_ranges` of ``bq x bk`` tiles."""
+        return self.tiles(bq, bk).q_ranges(kj)
 
 
 # ------------------------------------------------------------------------------------------------ tile math

@@ -20,6 +20,7 @@ import numpy as np
 from jax.experimental import pallas as pl
 
 from ..gates import Gate, as_gate, is_edge
+from . import geometry
 from .pallas import _dot_nn, _pad_heads_major, _tile, backend_of
 
 _NEG = -1e30
@@ -38,10 +39,7 @@ class _Static:
     window: None = None  # no sliding window here (read by the shared tile math)
 
     def k_blocks(self, qi):
-        n = -(-self.s // self.block)
-        if not self.causal:
-            return n
-        return jnp.minimum((jnp.minimum((qi + 1) * self.block, self.t) - 1) // self.block + 1, n)
+        return geometry.Tiles(self.t, self.s, self.block, self.block, self.causal).k_hi(qi)
 
 
 def _scores(st, q, k, qi, kj, bias):
@@ -135,12 +133,7 @@ def block_skipping_attention(q, k, v, gate=None, *, causal: bool = True, block: 
 
 def causal_tiles(t: int, s: int, block: int, causal: bool = True) -> np.ndarray:
     """``[nq, nk]`` bool: the tiles that hold at least one (causal) pair, i.e. the ones a kernel visits."""
-    nq, nk = -(-t // block), -(-s // block)
-    if not causal:
-        return np.ones((nq, nk), bool)
-    first_key = np.arange(nk)[None, :] * block
-    last_row = np.minimum((np.arange(nq)[:, None] + 1) * block, t) - 1
-    return first_key <= last_row
+    return geometry.Tiles(t, s, block, block, causal).visited()
 
 
 def tile_occupancy(adjacency, block: int, causal: bool = True) -> dict:
