@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from .controllers import registry as _controllers  # the live registry (a controller registered later counts)
 from .gates.registry import FAMILIES as GATE_FAMILIES  # the live registry (a family registered later counts)
 from .models.config import ModelConfig
 
@@ -79,26 +80,15 @@ class GateSection:
 
 
 @dataclasses.dataclass
-class ConstraintSection:
-    method: str = "pi"              # "pi" (PI control of log beta), "geco", "dual_ascent" or "penalty" (fixed beta)
+class _ConstraintShared:
+    """The constraint keys every controller shares (read by the Trainer, the step and the state)."""
+    method: str = "pi"              # the controller (sparsejax.controllers): "pi" (PI control of log beta), "geco",
+    #                                 "dual_ascent", "penalty" (fixed beta) or "none"
     sense: str = "ce"               # "ce": min density s.t. CE <= tau; "density": min CE s.t. density <= density_target
     density_target: float | None = None  # sense=density: target share of causal edges (e.g. 0.01)
     tau: float | None = None        # None: the dense model's held-out CE, measured before post-training
     slack: float = 0.0
-    beta_init: float = 1e-2
-    beta_min: float = 1e-6          # geco: floor of beta (keeps some sparsity pressure)
-    eta: float = 1.0
-    alpha: float = 0.99
-    relative: bool = False          # geco: exponent (tau - C) / tau instead of (tau - C)
-    max_log_step: float | None = None  # geco: clip of eta * (tau - C) per step
-    max_log_step_down: float | None = None  # geco: clip of decreasing steps (None: max_log_step)
-    pi_ki: float = 0.02             # pi: integral gain (max change of log beta per step)
-    pi_kp: float = 2.0              # pi: proportional gain on the clipped relative error
-    pi_ki_down: float | None = None  # pi: integral gain while beta falls (anti-windup; None: pi_ki)
-    pi_ki_follow_lr: bool = False   # pi: scale the integral gain while beta grows by lr / peak lr (anti-windup as
-    #                                 the lr decays; docs/controllers.md)
-    error_clip: float = 1.0         # pi: clip of the scaled error
-    error_scale: str = "tau"        # pi: the error's unit: "tau" (relative error) or "slack" (units of the slack)
+    beta_init: float = 1e-2         # the multiplier's start; penalty: the fixed density weight
     tau_data: str = "validation"    # where the dense CE behind tau is measured: "validation" or "train" batches
     tau_gates: str = "dense"        # tau from the "dense" model (gates off) or the gated starting model under "sampled"
     #                                 gates (the training loss's own mode; docs/controllers.md)
@@ -112,8 +102,14 @@ class ConstraintSection:
     measure_every: int = 1          # measure=deterministic: every this many steps (the last value held between)
     guard: bool = False             # pi, density mode, annealed target: the target falls only while the measured CE
     #                                 is at or under the CE target (constraint.tau or dense + slack), else waits
-    lr: float = 0.1                 # dual ascent
-    kp: float = 0.0                 # dual ascent PI damping
+
+
+# The constraint section: the shared keys above, then every registered controller's options (its Options dataclass
+# in sparsejax/controllers/<name>.py: pi_ki, eta, lr, ...), all flat, so constraint.<key>=value names either.
+ConstraintSection = dataclasses.make_dataclass("ConstraintSection", _controllers.section_fields(_ConstraintShared))
+ConstraintSection.__doc__ = ("constraint.*: the keys every controller shares, then each registered controller's "
+                             "options (sparsejax.controllers)")
+_controllers.seal(ConstraintSection)
 
 
 @dataclasses.dataclass
@@ -248,6 +244,7 @@ def load_config(source: str | Path | None = None, overrides: list[str] | None = 
 
 
 _finite = lambda v: v is None or (isinstance(v, (int, float)) and math.isfinite(v))
+_or = lambda names: ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else "".join(names)
 # (key, valid?, what it must be): checked by validate() before anything is measured or written
 _RULES = (
     ("model.dtype", lambda v: v in ("float32", "bfloat16"), "float32 or bfloat16"),
@@ -266,31 +263,19 @@ _RULES = (
     ("gate.per", lambda v: v in ("model", "layer", "head"), "model, layer or head"),
     ("gate.bias_lr", lambda v: v is None or (math.isfinite(v) and v > 0), "a number > 0 or null"),
     ("gate.temperature", lambda v: math.isfinite(v) and v > 0, "a number > 0"),
-    ("constraint.method", lambda v: v in ("pi", "geco", "dual_ascent", "penalty", "none"),
-     "pi, geco, dual_ascent, penalty or none"),
-    ("constraint.sense", lambda v: v in ("ce", "density"), "ce or density"),
+    ("constraint.method", lambda v: v in _controllers.CONTROLLERS,
+     lambda v: f"a registered controller: {_or(_controllers.names())}{_controllers.did_you_mean(v)}"),
+    ("constraint.sense", lambda v: v in _controllers.SENSES, " or ".join(_controllers.SENSES)),
     ("constraint.density_target", lambda v: v is None or 0 < v < 1, "a share in (0, 1)"),
     ("constraint.tau", lambda v: _finite(v), "a finite number"),
     ("constraint.slack", lambda v: _finite(v), "a finite number"),
     ("constraint.beta_init", lambda v: math.isfinite(v) and v > 0, "a number > 0"),
-    ("constraint.beta_min", lambda v: math.isfinite(v) and v > 0, "a number > 0"),
-    ("constraint.eta", lambda v: math.isfinite(v) and v > 0, "a number > 0"),
-    ("constraint.alpha", lambda v: 0 <= v < 1, "in [0, 1)"),
-    ("constraint.pi_ki", lambda v: math.isfinite(v) and v > 0, "a number > 0"),
-    ("constraint.pi_kp", lambda v: math.isfinite(v) and v >= 0, "a number >= 0"),
-    ("constraint.pi_ki_down", lambda v: v is None or (math.isfinite(v) and v > 0), "a number > 0 or null"),
-    ("constraint.error_clip", lambda v: math.isfinite(v) and v > 0, "a number > 0"),
-    ("constraint.error_scale", lambda v: v in ("tau", "slack"), "tau or slack"),
     ("constraint.tau_data", lambda v: v in ("validation", "train"), "validation or train"),
     ("constraint.anneal_steps", lambda v: v >= 0, "an integer >= 0 (0: no annealing)"),
     ("constraint.tau_gates", lambda v: v in ("dense", "sampled"), "dense or sampled"),
     ("constraint.measure", lambda v: v in ("sampled", "deterministic"), "sampled or deterministic"),
     ("constraint.measure_every", lambda v: v >= 1, "an integer >= 1"),
     ("constraint.anneal_from", lambda v: v is None or (math.isfinite(v) and v > 0), "a number > 0 or null"),
-    ("constraint.lr", lambda v: math.isfinite(v) and v > 0, "a number > 0"),
-    ("constraint.kp", lambda v: math.isfinite(v) and v >= 0, "a number >= 0"),
-    ("constraint.max_log_step", lambda v: v is None or (math.isfinite(v) and v > 0), "a number > 0 or null"),
-    ("constraint.max_log_step_down", lambda v: v is None or (math.isfinite(v) and v > 0), "a number > 0 or null"),
     ("train.steps", lambda v: v >= 0, "an integer >= 0"),
     ("train.lr", lambda v: math.isfinite(v) and v > 0, "a number > 0"),
     ("train.warmup", lambda v: v >= 0, "an integer >= 0"),
@@ -318,7 +303,9 @@ _RULES = (
 def validate(cfg: RunConfig) -> RunConfig:
     """Check every value's range and the cross-field rules; one error listing every problem."""
     problems = []
-    for key, ok, what in _RULES:
+    # the shared rules, then every registered controller's option rules (whatever the method, as the keys exist)
+    options = [(f"constraint.{name}", ok, what) for name, ok, what in _controllers.option_rules()]
+    for key, ok, what in (*_RULES, *options):
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         try:
@@ -326,38 +313,37 @@ def validate(cfg: RunConfig) -> RunConfig:
         except TypeError:
             good = False
         if not good:
-            problems.append(f"{key}={value!r} must be {what}")
+            problems.append(f"{key}={value!r} must be {what(value) if callable(what) else what}")
     c, g = cfg.constraint, cfg.gate
-    if g.enabled and c.sense == "density" and c.method not in ("none", "penalty"):
-        if c.density_target is None:
+    ctrl = _controllers.CONTROLLERS.get(c.method)  # None: an unknown method, refused above
+    if ctrl is not None and g.enabled and ctrl.constrains and c.sense in _controllers.SENSES:
+        if c.sense == "density" and c.density_target is None:
             problems.append("constraint.sense=density needs constraint.density_target (e.g. 0.01)")
-        if c.method not in ("pi", "geco"):
-            problems.append("constraint.sense=density works with constraint.method=pi or geco")
-    if c.guard and g.enabled and not (c.method == "pi" and c.sense == "density" and c.anneal_steps):
-        problems.append("constraint.guard=true (a guarded density curriculum) needs constraint.method=pi, "
-                        "constraint.sense=density and constraint.anneal_steps > 0")
-    if c.anneal_steps and c.method not in ("pi", "geco", "none", "penalty"):
-        problems.append(f"constraint.anneal_steps works with constraint.method=pi or geco, not {c.method}: set "
-                        "constraint.method=pi or constraint.anneal_steps=0")
-    if c.anneal_steps and c.sense == "ce" and c.anneal_from is None and c.method in ("pi", "geco"):
+        if c.sense not in ctrl.senses:
+            problems.append(f"constraint.sense={c.sense} works with constraint.method="
+                            f"{_or(_controllers.supporting(c.sense))}")
+    if ctrl is not None and c.guard and g.enabled and not (ctrl.guards and c.sense == "density" and c.anneal_steps):
+        problems.append("constraint.guard=true (a guarded density curriculum) needs constraint.method="
+                        f"{_or(_controllers.supporting('guards'))}, constraint.sense=density and "
+                        "constraint.anneal_steps > 0")
+    annealing = _controllers.supporting("anneals")
+    if ctrl is not None and c.anneal_steps and ctrl.constrains and not ctrl.anneals:
+        problems.append(f"constraint.anneal_steps works with constraint.method={_or(annealing)}, not {c.method}: set "
+                        f"constraint.method={annealing[0]} or constraint.anneal_steps=0")
+    if ctrl is not None and c.anneal_steps and c.sense == "ce" and c.anneal_from is None and ctrl.anneals:
         problems.append("constraint.anneal_steps in CE-target mode needs constraint.anneal_from (the CE target to "
                         "start from, e.g. the dense CE)")
     if c.anneal_steps and c.sense == "density" and c.density_target is not None and c.anneal_from is not None \
             and not c.anneal_from > c.density_target:
         problems.append(f"constraint.anneal_from={c.anneal_from} must be above constraint.density_target="
                         f"{c.density_target} (the target falls from one to the other)")
-    if c.error_scale == "slack" and c.sense == "ce" and not c.slack > 0 and c.method == "pi":
-        problems.append("constraint.error_scale=slack needs constraint.slack > 0")
     if g.enabled and not g.learnable and g.bias_lr is not None:
         problems.append(f"gate.bias_lr={g.bias_lr} has no effect while gate.learnable=false: set "
                         f"gate.learnable=true (learn the gate bias at that rate) or drop gate.bias_lr")
     if cfg.data.repeat and cfg.data.kind != "text":
         problems.append(f"data.repeat={cfg.data.repeat} (repeated passages) applies to text data only: set "
                         "data.repeat=0 or data.kind=text")
-    if c.pi_ki_follow_lr and c.method != "pi":
-        problems.append(f"constraint.pi_ki_follow_lr works with constraint.method=pi, not {c.method}")
-    if c.beta_init < c.beta_min:
-        problems.append(f"constraint.beta_init={c.beta_init} must be >= constraint.beta_min={c.beta_min}")
+    problems += _controllers.check_section(c)  # the selected controller's own checks, other controllers' options
     if problems:
         raise ValueError("invalid run config:\n  " + "\n  ".join(problems))
     return cfg

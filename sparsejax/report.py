@@ -40,7 +40,13 @@ def read_metrics(path: Path) -> tuple[list[dict], list[dict]]:
 def plot_dynamics(metrics_path: Path, out: Path) -> Path:
     """Edge density (log: training batch, expected, and held-out per layer at evaluations), the multiplier (log),
     and CE (training, its EMA, held-out at evaluations) against the dashed target, over steps."""
+    from . import controllers
+
     plt = _plt()
+    # the record names the controllers log under: the estimate and the target of a CE target, the density target,
+    # the multipliers (each controller names its own)
+    ema, ce_target = controllers.record_name(controllers.EMA, "ce"), controllers.record_name(controllers.TARGET, "ce")
+    density_target = controllers.record_name(controllers.TARGET, "density")
     train, evals = read_metrics(metrics_path)
     evals = [r for r in evals if "eval_ce" in r]
     steps = [r["step"] for r in train]
@@ -49,15 +55,16 @@ def plot_dynamics(metrics_path: Path, out: Path) -> Path:
     axes = axes[0]
     ce_ax = axes[-1]
     ce_ax.plot(steps, [r["ce"] for r in train], label="train CE (sampled gates)", alpha=0.5, lw=0.8)
-    if train and "ce_ema" in train[0]:
-        ce_ax.plot(steps, [r["ce_ema"] for r in train], label="CE EMA (controller input)")
+    if train and ema in train[0]:
+        ce_ax.plot(steps, [r[ema] for r in train], label="CE EMA (controller input)")
     if evals:
         ce_ax.plot([r["step"] for r in evals], [r["eval_ce"] for r in evals], "o-", ms=3, color="tab:red",
                    label="held-out CE (eval gates)")
-    if train and "tau" in train[0]:
-        ce_ax.axhline(train[0]["tau"], ls="--", color="black", label="target tau")
-        lo = min([r["eval_ce"] for r in evals] + [train[0]["tau"]])
-        ce_ax.set_ylim(lo - 0.05 * abs(lo) - 0.01, train[0]["tau"] + max(0.3 * abs(train[0]["tau"]), 0.05))
+    if train and ce_target in train[0]:
+        tau = train[0][ce_target]
+        ce_ax.axhline(tau, ls="--", color="black", label="target tau")
+        lo = min([r["eval_ce"] for r in evals] + [tau])
+        ce_ax.set_ylim(lo - 0.05 * abs(lo) - 0.01, tau + max(0.3 * abs(tau), 0.05))
     ce_ax.set_title("cross-entropy")
     ce_ax.set_ylabel("CE (nats/token)")
     ce_ax.legend(fontsize=7)
@@ -73,12 +80,12 @@ def plot_dynamics(metrics_path: Path, out: Path) -> Path:
             for l in range(len(evals[0]["edge_density_per_layer"])):
                 ax.semilogy(es, [max(r["edge_density_per_layer"][l], 1e-6) for r in evals], ":", lw=1,
                             label=f"held-out, layer {l}")
-        if "density_target" in train[0]:
-            ax.axhline(train[0]["density_target"], ls="--", color="black", lw=1, label="density target")
+        if density_target in train[0]:
+            ax.axhline(train[0][density_target], ls="--", color="black", lw=1, label="density target")
         ax.set_title("edge density (log)")
         ax.set_ylabel("share of causal pairs kept")
         ax.legend(fontsize=6)
-        key = "beta" if "beta" in train[0] else "lambda" if "lambda" in train[0] else None
+        key = next((k for k in controllers.multiplier_names() if k in train[0]), None)
         if key:
             axes[1].semilogy(steps, [max(r[key], 1e-12) for r in train], color="tab:orange")
             axes[1].set_title(f"multiplier {key} (log)")

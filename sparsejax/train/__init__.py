@@ -18,7 +18,7 @@ from pathlib import Path
 import jax
 import yaml
 
-from .. import sharding
+from .. import controllers, sharding
 from ..config import RunConfig, to_dict
 from . import checkpointing, evaluate as _evaluate, loop, state as _state, step as _step
 from .loop import NonFiniteError
@@ -109,7 +109,7 @@ class Trainer:
 
     def _measure_tau(self, trainable):
         c = self.cfg.constraint
-        if self.spec.gate is None or c.method in ("none", "penalty"):
+        if self.spec.gate is None or not controllers.get(c.method).constrains:
             return None
         if c.sense == "density":  # config.validate has checked the target and the method
             return c.density_target

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import controllers
 from ..data import batch_at
 from ..distributed import is_main
 from ..sharding import place_batch
@@ -53,6 +54,7 @@ def fit(run, *, progress: bool = True, callbacks=()) -> dict:
                    dynamic_ncols=True)
     shard = run.batch_sharding
     tokens_per_step = cfg.data.batch_size * run.train_src.seq_len
+    multiplier = controllers.get(cfg.constraint.method).multiplier  # its metric name, shown on the progress bar
     t0, last, pending = time.perf_counter(), start, None
     try:
         if resumed is None and run.spec.gate is not None:  # the starting point: gated and dense held-out CE
@@ -75,7 +77,7 @@ def fit(run, *, progress: bool = True, callbacks=()) -> dict:
                     t0, last = now, done
                     emit(rec)
                     if bar is not None:
-                        bar.set_postfix({k: f"{rec[k]:.3g}" for k in ("ce", "train_edge_density", "beta", "lambda")
+                        bar.set_postfix({k: f"{rec[k]:.3g}" for k in ("ce", "train_edge_density", multiplier)
                                          if k in rec})
                 if t.eval_every and done % t.eval_every == 0 and done != t.steps:
                     rec = {"step": done, **run.evaluate()}
@@ -121,11 +123,12 @@ def _record(run, out: dict, step: int, tokens_per_s: float) -> dict:
     if run.spec.gate is not None:  # deterministic edge density of this training batch (counted on device)
         per_layer = np.asarray(out["edges"]).mean(1)
         rec.update(train_edge_density=float(per_layer.mean()), train_edge_density_per_layer=per_layer.tolist())
-    names = {"ce_ema": "density_ema", "tau": "density_target"} if run.spec.sense == "density" else {}
-    # measured_ce: the CE the multiplier saw (constraint.measure=deterministic); a guarded curriculum also logs
-    # its CE's EMA and where its annealed target stands
-    keys = ("beta", "lambda", "ce_ema", "tau", "violation", "measured_ce")
-    for k in keys + (("guard_ema", "target_progress") if run.spec.guard else ()):
+    # what the controller logs, under its names (in density mode the estimate and the target are the density's),
+    # then measured_ce: the CE the multiplier saw (constraint.measure=deterministic), then what a guarded curriculum
+    # adds (its CE's EMA, where its annealed target stands)
+    logged = controllers.get(run.cfg.constraint.method).record_names
+    names = {**logged(run.spec.sense, False), "measured_ce": "measured_ce", **logged(run.spec.sense, run.spec.guard)}
+    for k, name in names.items():
         if k in out:
-            rec[names.get(k, k)] = float(out[k])
+            rec[name] = float(out[k])
     return rec

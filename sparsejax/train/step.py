@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .. import constrained, objective, sharding
+from .. import controllers, objective, sharding
 from ..config import RunConfig
 from ..models import forward
 from .state import StepSpec, gate_of, params_of
@@ -45,38 +45,25 @@ def make_optimizer(cfg: RunConfig) -> optax.GradientTransformation:
     return optax.MultiSteps(opt, t.grad_accum) if t.grad_accum > 1 else opt
 
 
-METHODS = ("pi", "geco", "dual_ascent", "penalty", "none")
-
-
 def make_multiplier(cfg: RunConfig, tau: float | None, target_start: float | None = None,
                     guard_tau: float | None = None):
-    """The multiplier transformation of the run (None for ``penalty`` / ``none`` / dense runs); ``target_start``:
-    where an annealed target starts (``constraint.anneal_from`` or, in density mode, the measured density);
-    ``guard_tau``: the CE target of a guarded density curriculum (``constraint.guard``)."""
+    """The multiplier transformation of the run: the ``constraint.method`` controller's (None for ``penalty`` /
+    ``none`` / dense runs); ``target_start``: where an annealed target starts (``constraint.anneal_from`` or, in
+    density mode, the measured density); ``guard_tau``: the CE target of a guarded density curriculum
+    (``constraint.guard``)."""
     c = cfg.constraint
     if c.guard and guard_tau is None and cfg.gate.enabled:
         raise ValueError("constraint.guard=true needs the CE target (guard_tau): the Trainer measures it as for "
                          "constraint.sense=ce (constraint.tau, or the dense CE + constraint.slack)")
-    if c.method not in METHODS:
-        raise ValueError(f"constraint.method must be one of {', '.join(METHODS)}, got {c.method!r}")
-    if not cfg.gate.enabled or c.method in ("none", "penalty"):
+    controller = controllers.get(c.method)
+    if not cfg.gate.enabled:
         return None
-    if c.method == "geco":
-        return constrained.geco(tau, beta_init=c.beta_init, eta=c.eta, alpha=c.alpha, beta_min=c.beta_min,
-                                relative=c.relative, max_log_step=c.max_log_step,
-                                max_log_step_down=c.max_log_step_down, sense=c.sense, target_start=target_start,
-                                anneal_steps=c.anneal_steps)
-    if c.method == "pi":
-        t = cfg.train  # pi_ki_follow_lr: beta grows at most as fast, relative to ki, as the lr relative to its peak
-        lr = lr_schedule(t.lr, t.warmup, t.steps, t.schedule, t.lr_final)
-        follow_lr = (lambda count: lr(count // t.grad_accum) / t.lr) if c.pi_ki_follow_lr else None
-        scale = c.slack if c.error_scale == "slack" and c.sense == "ce" else None
-        return constrained.pi_control(tau, beta_init=c.beta_init, ki=c.pi_ki, kp=c.pi_kp, alpha=c.alpha,
-                                      beta_min=c.beta_min, error_clip=c.error_clip, scale=scale, sense=c.sense,
-                                      ki_down=c.pi_ki_down, target_start=target_start,
-                                      anneal_steps=c.anneal_steps, ki_up_scale=follow_lr,
-                                      guard_tau=guard_tau if c.guard else None)
-    return constrained.dual_ascent(tau, lr=c.lr, kp=c.kp)
+    t = cfg.train  # the lr over its peak, per multiplier update (pi_ki_follow_lr: the integral's growth follows it)
+    lr = lr_schedule(t.lr, t.warmup, t.steps, t.schedule, t.lr_final)
+    setup = controllers.Setup(tau=tau, sense=c.sense, slack=c.slack, anneal_steps=c.anneal_steps,
+                              target_start=target_start, guard_tau=guard_tau if c.guard else None,
+                              lr_over_peak=lambda count: lr(count // t.grad_accum) / t.lr)
+    return controller.transform(controller.options(c), setup)
 
 
 def _loss(spec: StepSpec, trainable, frozen, batch, seed, weights):
@@ -127,7 +114,7 @@ def make_train_step(spec: StepSpec, optimizer, multiplier):
         if multiplier is None:
             weights = (jnp.ones(()), jnp.asarray(spec.beta, jnp.float32))
         else:
-            weights = constrained.loss_weights(state["mult_state"])
+            weights = controllers.loss_weights(state["mult_state"])
         (loss, (ce, density, edges)), grads = jax.value_and_grad(
             lambda t: _loss(spec, t, frozen, batch, seed, weights), has_aux=True)(state["trainable"])
         finite = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
@@ -149,7 +136,7 @@ def make_train_step(spec: StepSpec, optimizer, multiplier):
         out = {"loss": loss, "ce": ce, "density": density, "edges": edges, "bad_steps": bad,
                "total_bad_steps": new["total_bad_steps"]}
         if multiplier is not None:
-            out.update(constrained.metrics(mult_state))
+            out.update(controllers.metrics(mult_state))
             if probe:
                 out["measured_ce"] = measured
         return new, out
