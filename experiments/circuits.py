@@ -38,7 +38,7 @@ def analyse(model, clean, corrupt, metric, target, attention_mask=None, rank: st
     ``rank="eap"``: heads ranked by node EAP, the head curve on a doubling grid, the smallest head circuit by
     bisection, and exact patching of ``exact_subset`` top-|EAP| heads plus as many random others to check the EAP
     scores (large models: one forward per evaluated point instead of one per head and per k). ``with_edges=False``:
-    no edge-level analysis (an edge circuit's explained effect takes up to 2 L + 1 forwards to converge)."""
+    no edge-level analysis (EAP-IG edge scores and the edge-circuit search, one forward per evaluated circuit)."""
     from sparsejax import circuits
 
     c, p, g = model.config, model.params, model.gate
@@ -125,7 +125,7 @@ def main(argv=None):
                    "doubling grid, exact patching on a subset to check it (models with hundreds of heads)")
     p.add_argument("--replot", action="store_true", help="only redraw the figures from OUT/results.json")
     p.add_argument("--no-edges", action="store_true", help="node-level analysis only (no EAP-IG edge scores or edge "
-                   "circuits: each edge-circuit evaluation takes up to 2 x layers + 1 forwards)")
+                   "circuits)")
     p.add_argument("--exact-subset", type=int, default=20, help="with --rank-heads eap: exact patching of this many "
                    "top-|EAP| heads and as many random others")
     args = p.parse_args(argv)

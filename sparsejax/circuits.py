@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .models import forward
-from .models.hooks import MODEL_HOOKS, PerLayer
+from .models.hooks import MODEL_HOOKS, Carried, PerLayer
 
 
 def logit_diff(good, bad, position: int = -1) -> Callable:
@@ -537,22 +537,94 @@ def edge_patching_effects(config, params, gate, clean, corrupt, metric, *, only=
     return out
 
 
+class _CircuitPass(Carried):
+    """The edge circuit run in one forward. The state's ``diffs`` ``[writers, B, T, d]`` hold each writer's corrupted
+    minus circuit-run output (zero until the writer has run; the embedding's from the start). Every reader's input
+    gets ``sum_w removed[w, r] diffs[w]`` — the removed writers upstream of it have all run in this pass — and each
+    layer's heads and MLP write their rows once computed: the fixed point of :func:`_edge_run` in one pass. A layer's
+    q, k and v deltas are one matrix product (``[readers, writers] @ [writers, B T d]``, computed at the q input and
+    kept in the state for k and v); the MLP's is a second, after the layer's heads have written."""
+    hooks = ("attn.hook_q_input", "attn.hook_k_input", "attn.hook_v_input", "hook_mlp_in", "attn.hook_result",
+             "hook_mlp_out")
+
+    def __init__(self, config, w_clean, w_corrupt, removed):
+        self.h, self.g, self.w_corrupt, self.removed = config.n_heads, config.n_kv_heads, w_corrupt, removed
+        self.diff0 = jnp.zeros_like(w_corrupt).at[0].set(w_corrupt[0] - w_clean[0])
+        self.index = _reader_index(config)
+
+    def init(self):
+        return {"diffs": self.diff0, "kv": jnp.zeros((2 * self.g, *self.diff0.shape[1:]), self.diff0.dtype)}
+
+    def xs(self):
+        i = self.index  # per layer: the removed-edge weights of its q, k, v readers [L, q+k+v, W] and its MLP's [L, W]
+        qkv = np.concatenate([i["q"], i["k"], i["v"]], axis=1)
+        return {"qkv": jnp.moveaxis(self.removed[:, qkv], 0, -1), "mlp": self.removed[:, i["mlp"]].T}
+
+    @staticmethod
+    def _deltas(weights, diffs):
+        return (weights @ diffs.reshape(diffs.shape[0], -1)).reshape(weights.shape[0], *diffs.shape[1:])
+
+    def at(self, state, xs, index, name, value):
+        diffs = state["diffs"]
+        if name == "attn.hook_q_input":
+            d = self._deltas(xs["qkv"], diffs)                                  # [H + 2 G, B, T, d]
+            return value + jnp.moveaxis(d[:self.h], 0, 2).astype(value.dtype), {**state, "kv": d[self.h:]}
+        if name in ("attn.hook_k_input", "attn.hook_v_input"):
+            d = state["kv"][:self.g] if name == "attn.hook_k_input" else state["kv"][self.g:]
+            return value + jnp.moveaxis(d, 0, 2).astype(value.dtype), state
+        if name == "hook_mlp_in":
+            return value + self._deltas(xs["mlp"][None], diffs)[0].astype(value.dtype), state
+        first = 1 + index * (self.h + 1)  # this layer's rows: its heads, then its MLP
+        if name == "attn.hook_result":
+            rows, start = jnp.moveaxis(value, 2, 0), first                          # [H, B, T, d]
+        else:
+            rows, start = value[None], first + self.h
+        corrupt = jax.lax.dynamic_slice_in_dim(self.w_corrupt, start, rows.shape[0], axis=0)
+        diffs = jax.lax.dynamic_update_slice_in_dim(diffs, corrupt - rows.astype(jnp.float32), start, axis=0)
+        return value, {**state, "diffs": diffs}
+
+    def final(self, state, x):
+        return x + self._deltas(self.removed[:, -1][None], state["diffs"])[0].astype(x.dtype)
+
+
+@functools.partial(jax.jit, static_argnames="config")
+def _circuit_run(config, params, gate, tokens, pad, frozen, w_clean, w_corrupt, removed):
+    """Logits of the run on ``tokens`` in which every edge where ``removed`` (``[writers, readers]`` float) is 1
+    carries its writer's corrupted output (:class:`_CircuitPass`): one forward, compiled once per config and shapes."""
+    inter = {} if frozen is None else {"attn.hook_gate": PerLayer(frozen, add=False)}
+    logits, _ = forward(config, params, tokens, gate, mode="eval", interventions=inter,
+                        carried=_CircuitPass(config, w_clean, w_corrupt, removed), **(pad or {}))
+    return logits
+
+
 class EdgeCircuitEvaluator(_EdgeRuns):
     """Evaluates circuits of edges on one clean/corrupted batch: ``EdgeCircuitEvaluator(config, params, gate, clean,
-    corrupt, metric, gates).explained(keep)``. Every run is one compiled program (:func:`_edge_run`, shared by every
-    evaluator of the same config and shapes): the removed edges are its data, the metric is applied to its logits."""
+    corrupt, metric, gates).explained(keep)``. Every evaluation is one forward of one compiled program
+    (:func:`_circuit_run`, shared by every evaluator of the same config and shapes): the removed edges are its
+    data, the metric is applied to its logits."""
 
     def __init__(self, config, params, gate, clean, corrupt, metric, gates: str = "recompute", attention_mask=None):
         super().__init__(config, params, gate, clean, corrupt, metric, gates, attention_mask)
-        no_edit = np.zeros(allowed(config).shape, np.float32)
-        self.m_clean = self.run(self.w_clean, self.clean, no_edit)[0]
-        self.m_corrupt = self.run(self.w_corrupt, self.corrupt, no_edit)[0]
+        nothing = np.zeros(allowed(config).shape, bool)  # no edge removed: the plain clean / corrupted runs
+        self.m_clean, self.m_corrupt = self._metric(self.clean, nothing), self._metric(self.corrupt, nothing)
         if abs(self.m_clean - self.m_corrupt) < 1e-12:
             raise ValueError("clean and corrupted inputs give the same metric: nothing to explain")
+
+    def _metric(self, tokens, removed) -> float:
+        logits = _circuit_run(self.config, self.params, self.gate, tokens, self.pad, self.frozen, self.w_clean,
+                              self.w_corrupt, np.asarray(removed, np.float32))
+        return float(jnp.mean(self.metric(logits)))
 
     def explained(self, keep) -> float:
         """Explained effect of the edges ``keep`` (every other edge's reader gets its writer's corrupted output):
         see :func:`edge_explained_effect`."""
+        removed = allowed(self.config) & ~_edge_matrix(self.config, keep)
+        return (self._metric(self.clean, removed) - self.m_corrupt) / (self.m_clean - self.m_corrupt)
+
+    def explained_fixed_point(self, keep) -> float:
+        """:meth:`explained` by fixed-point passes of :func:`_edge_run` (each forward gives every reader the
+        corrupted-minus-current outputs of its removed writers as measured in the previous pass; at most ``2 L + 1``
+        passes): the slow, independent computation the one-pass evaluation is tested against."""
         removed = allowed(self.config) & ~_edge_matrix(self.config, keep)
         current = self.w_clean
         for _ in range(2 * self.config.n_layers + 1):
@@ -569,9 +641,9 @@ def edge_explained_effect(config, params, gate, clean, corrupt, metric, keep, *,
     circuit run and of its other writers' outputs on the corrupted input; ``(m_circuit - m_corrupt) / (m_clean -
     m_corrupt)``. ``keep``: edges as tuples or a ``[writers, readers]`` bool array.
 
-    Computed exactly by fixed-point passes: each forward gives every reader the corrupted-minus-current difference
-    of its removed writers as measured in the previous pass; a writer's output is final once everything upstream
-    is, so at most ``2 L + 1`` passes are needed (it stops as soon as a pass leaves every writer unchanged)."""
+    Computed exactly in one forward: the corrupted-minus-circuit outputs of the writers travel through the layer scan
+    (:class:`_CircuitPass`), so every reader sees its removed writers' differences from the same run (equal to the
+    fixed point of :meth:`EdgeCircuitEvaluator.explained_fixed_point`, tested)."""
     return EdgeCircuitEvaluator(config, params, gate, clean, corrupt, metric, gates, attention_mask).explained(keep)
 
 

@@ -167,7 +167,7 @@ def _project(c: ModelConfig, p: dict, h, heads: int):
 
 def forward(config: ModelConfig, params: dict, tokens, gate: Any = None, *, mode: str = "eval", seed=None,
             capture: str | Sequence[str] | None = None, interventions: dict | None = None,
-            implementation: str = "auto", attention_mask=None, positions=None):
+            implementation: str = "auto", attention_mask=None, positions=None, carried=None):
     """Logits ``[B, T, vocab]`` (float32) and ``aux``.
 
     Args:
@@ -183,6 +183,8 @@ def forward(config: ModelConfig, params: dict, tokens, gate: Any = None, *, mode
       positions: ``[B, T]`` position ids (Hugging Face's ``position_ids``; default ``0 .. T-1``). With left
         padding, ``positions = cumsum(mask) - 1`` (clipped at 0) gives the real tokens the positions they have
         unpadded.
+      carried: a :class:`sparsejax.models.hooks.Carried` intervention, whose state travels through the layer scan
+        (what a layer reads may depend on what earlier layers of the same run wrote).
 
     Returns:
       ``(logits, aux)`` with ``aux["density"]`` ``[L, B, H]`` expected density per layer (ones when dense),
@@ -220,7 +222,7 @@ def forward(config: ModelConfig, params: dict, tokens, gate: Any = None, *, mode
     gate = model_gate(gate, c)
     if gate is not None and mode == "train" and seed is None:
         raise ValueError("mode='train' samples gates and needs seed=; pass mode='eval' for deterministic gates")
-    hooks = Hooks(c.n_layers, capture, interventions)
+    hooks = Hooks(c.n_layers, capture, interventions, carried)
     dtype = jnp.dtype(c.dtype)
     cast = lambda tree: jax.tree.map(lambda x: x.astype(dtype), tree)
 
@@ -257,11 +259,12 @@ def forward(config: ModelConfig, params: dict, tokens, gate: Any = None, *, mode
     q_scale = None if c.query_pre_attn_scalar in (None, c.head_dim) else math.sqrt(c.head_dim / c.query_pre_attn_scalar)
     seed_arr = jnp.asarray(0 if seed is None else seed).astype(jnp.uint32)
 
-    def layer(x, inputs):
-        p, bias, index, w_index = inputs
+    def layer(carry, inputs):
+        x, state = carry
+        p, bias, index, w_index, carried_xs = inputs
         p = cast(p)
-        captured = {}
-        hk = lambda name, value: hooks.layer_point(index, name, value, captured)
+        captured, state = {}, [state]  # the carried intervention's state, updated as the layer's hooks are traced
+        hk = lambda name, value: hooks.layer_point(index, name, value, captured, state, carried_xs)
         x = hk("hook_resid_pre", x)
         pre = lambda h: h if c.norm_position == "post" else norm(c, p.get("attn_norm", {}), h)
         a = p["attn"]
@@ -308,7 +311,7 @@ def forward(config: ModelConfig, params: dict, tokens, gate: Any = None, *, mode
                 z = jnp.einsum("bhts,bshd->bthd", pattern, vh).astype(v.dtype)
         z = hk("attn.hook_z", z)
         wo = a["o"]["kernel"].reshape(c.n_heads, c.head_dim, c.d_model)
-        if "attn.hook_result" in hooks.layer_hooks:
+        if hooks.wants("attn.hook_result"):
             hk("attn.hook_result", jnp.einsum("bthe,hed->bthd", z, wo))
         attn_out = _linear(a["o"], z.reshape(b, t, c.n_heads * c.head_dim))
         if c.norm_position != "pre":  # OLMo-2: its only norm; Gemma: the second of the sandwich
@@ -321,14 +324,18 @@ def forward(config: ModelConfig, params: dict, tokens, gate: Any = None, *, mode
             m = norm(c, p["mlp_post_norm" if c.norm_position == "sandwich" else "mlp_norm"], m)
         m = hk("hook_mlp_out", m)
         x = constrain(hk("hook_resid_post", x + m), "resid")
-        return x, (stats.expected_density, stats.edge_density, captured)
+        return (x, state[0]), (stats.expected_density, stats.edge_density, captured)
 
     if c.remat != "none":
         policy = None if c.remat == "full" else jax.checkpoint_policies.checkpoint_dots
         layer = jax.checkpoint(layer, policy=policy)
     biases = gate.bias if gate is not None else jnp.zeros((c.n_layers, c.n_heads), jnp.float32)
-    x, (density, edge_density, stacked) = jax.lax.scan(layer, x, (params["layers"], biases, jnp.arange(c.n_layers),
-                                                                  window_index))
+    state = carried.init() if carried is not None else ()
+    xs = carried.xs() if carried is not None else None
+    (x, state), (density, edge_density, stacked) = jax.lax.scan(
+        layer, (x, state), (params["layers"], biases, jnp.arange(c.n_layers), window_index, xs))
+    if carried is not None:
+        x = carried.final(state, x)
 
     x = norm(c, params.get("final_norm", {}), x)
     x = hooks.model_point("ln_final.hook_normalized", x, captures)

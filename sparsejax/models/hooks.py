@@ -14,6 +14,10 @@ every layer's). An intervention replaces the activation before anything downstre
 Arrays must be given under exact names; the other specs also under patterns. Captured values are those after the
 intervention. Layer hooks run inside the layer scan: each intervention is applied where ``layer == l``.
 
+``forward(..., carried=...)`` takes one :class:`Carried` intervention: an edit whose state travels through the layer
+scan beside the residual stream, so what a layer reads can depend on what earlier layers of the *same* run wrote
+(edge-level circuits in one pass: every reader gets the corrupted-minus-current outputs of its removed writers).
+
 Attention-internal hooks: ``attn.hook_q_input`` / ``hook_k_input`` / ``hook_v_input`` are the residual stream copied
 per (query / key-value) head before the projection (as TransformerLens' ``use_split_qkv_input``; edges into a
 head's q, k and v are separate); asking for any of them computes q, k, v head by head. ``attn.hook_pattern`` (the
@@ -80,10 +84,35 @@ class PerLayer:
         return value + v if self.add else jnp.broadcast_to(v, value.shape)
 
 
+class Carried:
+    """An intervention with state carried through the layer scan (subclass it; the instance is closed over by the
+    forward, its arrays are traced like any other input).
+
+    ``hooks``: the layer hooks' short names it sees (any of :data:`LAYER_HOOKS`, ``attn.hook_result`` included).
+    ``init()``: the state before layer 0 (a pytree). ``xs()``: per-layer inputs, a pytree of ``[L, ...]`` arrays
+    (or None), sliced for each layer. ``at(state, x, index, name, value) -> (value, state)``: at hook ``name`` of
+    layer ``index`` (traced), the new activation and state (for capture-only hooks the value is ignored).
+    ``final(state, x) -> x``: the residual stream after the last layer, before the final norm."""
+    hooks: tuple[str, ...] = ()
+
+    def init(self):
+        return ()
+
+    def xs(self):
+        return None
+
+    def at(self, state, x, index, name, value):
+        return value, state
+
+    def final(self, state, x):
+        return x
+
+
 class Hooks:
     """The capture filter and the interventions of one forward pass."""
 
-    def __init__(self, n_layers: int, capture=None, interventions: dict[str, Any] | None = None):
+    def __init__(self, n_layers: int, capture=None, interventions: dict[str, Any] | None = None,
+                 carried: Carried | None = None):
         names = hook_names(n_layers)
         patterns = [] if not capture else [capture] if isinstance(capture, str) else list(capture)
         unknown = [p for p in patterns if not any(_matches(n, p) for n in names)]
@@ -119,9 +148,18 @@ class Hooks:
                     self.edits.setdefault((int(layer), short), []).append(spec)
                 else:
                     self.edits.setdefault((None, n), []).append(spec)
+        if carried is not None:
+            if not isinstance(carried, Carried):
+                raise TypeError(f"carried= takes a sparsejax.models.hooks.Carried, got {type(carried).__name__}")
+            unknown = [h for h in carried.hooks if h not in LAYER_HOOKS]
+            if unknown:
+                raise ValueError(f"{type(carried).__name__}.hooks names {unknown}, not layer hooks; they are "
+                                 f"{', '.join(LAYER_HOOKS)}")
+        self.carried = carried
+        self.carried_hooks = set(carried.hooks) if carried is not None else set()
         self.layer_hooks = {h for h in LAYER_HOOKS if any(self.keep(f"blocks.{l}.{h}") for l in range(n_layers))}
         self.layer_edits = {h for (l, h) in self.edits if l is not None} | set(self.per_layer)
-        active = self.layer_hooks | self.layer_edits
+        active = self.layer_hooks | self.layer_edits | self.carried_hooks
         self.split_inputs = bool(active & set(SPLIT_INPUTS))
         self.materialise_pattern = bool(self.layer_edits & {"attn.hook_pattern", "attn.hook_gate"})
         self.need_pattern = self.materialise_pattern or bool(self.layer_hooks & set(PATTERN_HOOKS))
@@ -135,14 +173,23 @@ class Hooks:
             captures[name] = value
         return value
 
-    def layer_point(self, index, name: str, value, captured: dict):
-        """A hook point inside the layer scan (``index`` is the traced layer number)."""
+    def wants(self, name: str) -> bool:
+        """Whether layer hook ``name`` is read by anything (a capture or the carried intervention): for hooks the
+        forward computes only on demand (``attn.hook_result``)."""
+        return name in self.layer_hooks or name in self.carried_hooks
+
+    def layer_point(self, index, name: str, value, captured: dict, carry: list | None = None, xs=None):
+        """A hook point inside the layer scan (``index`` is the traced layer number; ``carry``: a one-element list
+        holding the carried intervention's state, updated in place while the layer is traced; ``xs``: its inputs
+        for this layer)."""
         for (l, h), specs in self.edits.items():
             if h == name and l is not None:
                 for spec in specs:
                     value = jnp.where(index == l, _apply(spec, value), value)
         if name in self.per_layer:
             value = self.per_layer[name].apply(index, value)
+        if name in self.carried_hooks:
+            value, carry[0] = self.carried.at(carry[0], xs, index, name, value)
         if name in self.layer_hooks:
             captured[name] = value
         return value
