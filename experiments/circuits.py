@@ -64,9 +64,24 @@ def analyse(model, clean, corrupt, metric, target, attention_mask=None, rank: st
     eap_checked = {n: eap[n] for n in exact}
     total = len(circuits.edges(c))
     egrid = sorted({min(2 ** i, total) for i in range(total.bit_length() + 1)})  # the same ks for every prompt set
-    n_edges, edge_curve, grid_curve, kept = None, {}, None, None
+    n_edges, edge_curve, grid_curve, kept, edge_check = None, {}, None, None, None
     if with_edges:
         edge_scores = circuits.edge_score_matrix(c, p, g, clean, corrupt, metric, method="eap-ig", steps=5, **pad)
+        edge_eap = circuits.edge_score_matrix(c, p, g, clean, corrupt, metric, method="eap", **pad)
+        # exact edge patching (one forward per edge) of the exact_subset top-|EAP-IG| edges and as many random others
+        ws, rs, ok = circuits.writers(c), circuits.readers(c), circuits.allowed(c)
+        flat = np.flatnonzero(ok.ravel())
+        order = flat[np.argsort(-np.abs(edge_scores.ravel()[flat]), kind="stable")]
+        pick = np.concatenate([order[:exact_subset], np.random.default_rng(seed).choice(
+            order[exact_subset:], min(exact_subset, len(order) - exact_subset), replace=False)])
+        chosen = [(ws[i // len(rs)], rs[i % len(rs)]) for i in pick]
+        exact_e = circuits.edge_patching_effects(c, p, g, clean, corrupt, metric, only=chosen, **pad)
+        at = lambda mat: {e: float(mat[ws.index(e[0]), rs.index(e[1])]) for e in exact_e}
+        edge_check = {"edges_patched_exactly": len(exact_e),
+                      "eap_ig_vs_exact_corr": circuits.correlation(at(edge_scores), exact_e),
+                      "eap_vs_exact_corr": circuits.correlation(at(edge_eap), exact_e),
+                      "eap_ig_top10_agreement": circuits.rank_agreement(at(edge_scores), exact_e, 10),
+                      "exact": [[list(w), list(r), v] for (w, r), v in exact_e.items()]}
         n_edges, edge_curve = circuits.smallest_edge_circuit(c, p, g, clean, corrupt, metric, edge_scores, 0.9, **pad)
         todo = [k for k in egrid if k not in edge_curve]   # the search has evaluated the grid up to its crossing
         more = dict(zip(todo, circuits.edge_effect_curve(c, p, g, clean, corrupt, metric, edge_scores, todo, **pad)))
@@ -82,7 +97,7 @@ def analyse(model, clean, corrupt, metric, target, attention_mask=None, rank: st
             "top3_agreement": circuits.rank_agreement(eap_checked, exact, 3),
             "attribution_heads_for_0.8": heads80, "attribution_ranking": ranking,
             "attribution_cumulative_share": (np.cumsum(mags) / mags.sum()).tolist(),
-            "edges_total": total, "edges_for_0.9": n_edges,
+            "edges_total": total, "edges_for_0.9": n_edges, "edge_score_check": edge_check,
             "edge_curve": {str(k): v for k, v in edge_curve.items()}, "edge_grid": egrid, "edge_grid_curve": grid_curve,
             "heads_in_edge_circuit": None if kept is None else len(circuits.circuit_heads(c, kept)),
             "edge_circuit": None if kept is None else [[list(w), list(r)] for w, r in circuits.edges(c)
@@ -200,7 +215,10 @@ def main(argv=None):
               f"{res['heads_for_0.9']} of {len(res['ranked_heads'])}; edges for 0.9: {res['edges_for_0.9']} of "
               f"{res['edges_total']} ({res['heads_in_edge_circuit']} heads touched); attention attribution: "
               f"{res['attribution_heads_for_0.8']} heads for 80%; EAP~exact corr (heads) "
-              f"{res['eap_vs_exact_corr']:.3f}", flush=True)
+              f"{res['eap_vs_exact_corr']:.3f}" + ("" if not res["edge_score_check"] else
+              f"; edges, corr with exact patching of {res['edge_score_check']['edges_patched_exactly']}: EAP-IG "
+              f"{res['edge_score_check']['eap_ig_vs_exact_corr']:.3f}, EAP {res['edge_score_check']['eap_vs_exact_corr']:.3f}"),
+              flush=True)
     results["setup"] = vars(args)
     atomic_write_text(out / "results.json", json.dumps(results, indent=1))
 
