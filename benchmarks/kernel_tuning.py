@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/kernels.py
 import sparsejax as sj  # noqa: E402
 from kernels import median_ms  # noqa: E402  (benchmarks/kernels.py)
-from sparsejax.attention.pallas import BLOCK_SIZES  # noqa: E402
+from sparsejax.attention.blocks import BLOCK_SIZES  # noqa: E402
 
 # (block_q, block_k, block_q_bwd, block_k_bwd, num_warps, num_stages, backward)
 GRID = [(128, 32, 64, 32, 4, 3, "split"), (128, 64, 64, 64, 4, 2, "split"), (64, 64, 32, 64, 4, 2, "split"),
@@ -100,7 +100,7 @@ def main():
     if done:
         best = min(done, key=lambda r: r[2])
         print(f"# best train configuration: {json.dumps(best[3])} ({best[2]:.2f} ms fwd+bwd; defaults "
-              f"{json.dumps(BLOCK_SIZES['gpu'])})", flush=True)
+              f"{json.dumps(BLOCK_SIZES['gpu'].as_dict())})", flush=True)
         if a.write_best:
             with open(a.write_best, "w") as f:
                 json.dump(best[3], f)

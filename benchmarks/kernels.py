@@ -211,7 +211,7 @@ def main(argv=None):
     p.add_argument("--max-plain-seq", type=int, default=4096)
     p.add_argument("--blocks", default=None,
                    help="kernel options for every pallas run: a JSON object or a JSON file (kernel_tuning.py "
-                        "--write-best); default attention.pallas.BLOCK_SIZES")
+                        "--write-best); default attention.blocks.BLOCK_SIZES")
     args = p.parse_args(argv)
     blocks = None
     if args.blocks:

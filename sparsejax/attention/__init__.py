@@ -1,18 +1,23 @@
 """``sparse_attention``: the one dispatch point over implementations of gated sparse attention."""
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import warnings
+from typing import Any, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import sharding
 from ..gates import Gate, as_gate
-import warnings
-
+from . import sharded
+from .blocks import BLOCK_SIZES, BlockSizes
 from .chunked import chunked_attention
 from .pallas import backend_of, pallas_attention, unsupported
 from .reference import attention_weights, reference_attention
+
+__all__ = ["AttentionStats", "BLOCK_SIZES", "BlockSizes", "IMPLEMENTATIONS", "attention_pattern",
+           "resolve_implementation", "sparse_attention"]
 
 IMPLEMENTATIONS = {"reference": reference_attention, "chunked": chunked_attention, "pallas": pallas_attention}
 _WARNED: set = set()
@@ -114,9 +119,29 @@ def _as_seed(seed):
     return seed.astype(jnp.uint32)
 
 
+def _block_options(impl: str, implementation: str, block_sizes, blocks: dict) -> dict:
+    """The block-size keywords the resolved implementation takes (module docstring of ``attention/blocks.py``)."""
+    if isinstance(block_sizes, Mapping):
+        blocks, block_sizes = {**block_sizes, **blocks}, None
+    elif block_sizes is not None and not isinstance(block_sizes, BlockSizes):
+        raise ValueError(f"block_sizes must be a BlockSizes or a mapping of its fields, got {type(block_sizes).__name__}")
+    if impl == "reference":
+        if blocks or block_sizes is not None:
+            names = sorted(blocks) if blocks else ["block_sizes"]
+            raise ValueError(f"block sizes {names} apply only to implementation='chunked' or 'pallas'")
+        return {}
+    if impl == "pallas":
+        return {**blocks, "block_sizes": block_sizes}
+    extra = set(blocks) - {"block_q", "block_k"}
+    if extra and implementation != "auto":  # kernel-only options are dropped when auto falls back
+        raise ValueError(f"implementation='chunked' takes block_q/block_k only, got {sorted(blocks)}")
+    base = {} if block_sizes is None else {"block_q": block_sizes.block_q, "block_k": block_sizes.block_k}
+    return {**base, **{n: x for n, x in blocks.items() if n in ("block_q", "block_k")}}
+
+
 def sparse_attention(q, k, v, gate: Any = None, *, causal: bool = True, mode: str = "train", seed=None,
                      implementation: str = "auto", return_adjacency: bool = False, attention_mask=None,
-                     window: int | None = None, **block_sizes):
+                     window: int | None = None, block_sizes: BlockSizes | Mapping | None = None, **blocks):
     """Gated sparse attention (docs/method.md §1): ``y_i = sum_j softmax_j(s)_ij * A_ij * v_j``.
 
     Args:
@@ -142,8 +167,11 @@ def sparse_attention(q, k, v, gate: Any = None, *, causal: bool = True, mode: st
         ``j <= i`` and ``i - j < window``. The softmax, the gates, the densities and their denominator are over
         those pairs only — the pairs the dense model attends (docs/method.md §1). ``"chunked"`` and ``"pallas"``
         skip the blocks outside the window (O(T W) work).
-      block_sizes: ``block_q``/``block_k`` for the chunked implementation; for ``"pallas"`` also ``block_q_bwd``,
-        ``block_k_bwd``, ``num_warps``, ``num_stages``, ``backward`` (defaults: ``attention.pallas.BLOCK_SIZES``).
+      block_sizes: a :class:`BlockSizes` (or a mapping of its fields) for ``"chunked"`` (which reads ``block_q`` /
+        ``block_k``) and ``"pallas"`` (default: ``BLOCK_SIZES[backend]``, one per kernel backend).
+      blocks: its fields as loose keywords, overriding ``block_sizes`` or the default: ``block_q``/``block_k`` for
+        the chunked implementation; for ``"pallas"`` also ``block_q_bwd``, ``block_k_bwd``, ``num_warps``,
+        ``num_stages``, ``backward`` (``"auto"`` drops the kernel-only ones when it falls back to chunked).
 
     Returns:
       ``(out, AttentionStats(expected_density [batch, heads], adjacency or None))``.
@@ -155,14 +183,9 @@ def sparse_attention(q, k, v, gate: Any = None, *, causal: bool = True, mode: st
         _check_mask(attention_mask, q, k, implementation)
         implementation = "reference"
     impl = resolve_implementation(implementation, q, k, v)
-    kwargs = dict(block_sizes) if impl in ("chunked", "pallas") else {}
-    if block_sizes and impl == "reference":
-        raise ValueError(f"block sizes {sorted(block_sizes)} apply only to implementation='chunked' or 'pallas'")
-    if impl == "chunked" and set(block_sizes) - {"block_q", "block_k"}:
-        if implementation == "auto":  # kernel-only options are dropped when auto falls back
-            kwargs = {n: x for n, x in kwargs.items() if n in ("block_q", "block_k")}
-        else:
-            raise ValueError(f"implementation='chunked' takes block_q/block_k only, got {sorted(block_sizes)}")
+    kwargs = _block_options(impl, implementation, block_sizes, blocks)
+    if impl == "pallas":  # the trainer's sharding rules, read here once: the kernel file knows no mesh
+        kwargs["partition"] = sharded.partition_for(jax.sharding.get_abstract_mesh(), sharding.active_rules())
     train = mode == "train" and gate is not None
     out, density, edges, adjacency = IMPLEMENTATIONS[impl](q, k, v, gate, causal=causal, train=train,
                                                            seed=_as_seed(seed) if train else None,

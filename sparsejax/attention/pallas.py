@@ -36,26 +36,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import pallas as pl
 
-from .. import sharding
 from ..gates import Gate, is_edge, key_uniform, row_hash
 from . import geometry
+from .blocks import BACKWARDS, BLOCK_SIZES, BlockSizes  # noqa: F401  (BACKWARDS: re-exported)
 
 _NEG = -1e30
 _LOG2E = np.float32(math.log2(math.e))
-
-# Block sizes, one row per backend ("interpret" = Pallas interpret mode on CPU: large blocks, fewer programs).
-# block_q / block_k: forward tiles; *_bwd: the tiles of both backward kernels. GPU: num_warps / num_stages are
-# Triton's launch parameters. GPU: the best of two sweeps on one H200 (T=4096, bf16, 16 heads x 128, train mode;
-# benchmarks/kernel_tuning.py, docs/results/kernel_tuning_h200_*.txt). backward: "split" (the atomic one-kernel
-# backward measured 1.8-11x slower there: contention on dq).
-BLOCK_SIZES = {
-    "gpu": dict(block_q=64, block_k=32, block_q_bwd=64, block_k_bwd=32, num_warps=4, num_stages=3,
-                backward="split"),
-    "tpu": dict(block_q=256, block_k=256, block_q_bwd=256, block_k_bwd=256, backward="split"),
-    "interpret": dict(block_q=128, block_k=128, block_q_bwd=128, block_k_bwd=128, backward="split"),
-}
-BACKWARDS = ("split", "atomic")
-
 
 @dataclasses.dataclass(frozen=True)
 class _Static:
@@ -175,45 +161,63 @@ def _fast_math(st: _Static):
     return approx("rcp"), lambda x: ex2(x * _LOG2E)
 
 
-def _fwd_kernel(q_ref, k_ref, v_ref, row_ref, bias_ref, o_ref, lse_ref, rho_ref, edge_ref, *, st: _Static):
+def _fwd_step(st: _Static, q, k, v, row, bias, qi, kj, carry, masked):
+    """One key tile of the forward's online softmax: ``carry = (m, l, acc, rho, edges)`` updated (module
+    docstring). Shared by the loop kernel (GPU, interpret) and the TPU grid kernel (``pallas_tpu.py``)."""
     bq, bk = st.block_q, st.block_k
-    qi = pl.program_id(2)
-    q = q_ref[...]
-    row = row_ref[...]
-    bias = bias_ref[...]
-    d_v = v_ref.shape[-1]
+    m, l, acc, rho, edges = carry
+    s, valid, g, a, _, e = _tile(st, q, k, qi, kj, bq, bk, row, bias, masked)
+    m_new = jnp.maximum(m, jnp.max(_where(valid, s, _NEG), axis=1, keepdims=True))
+    p = _where(valid, _exp(s - m_new), 0.0)
+    alpha = _exp(m - m_new)
+    l = alpha * l + jnp.sum(p, axis=1, keepdims=True)
+    pa = p if a is None else p * a
+    acc = alpha * acc + _dot_nn(pa.astype(v.dtype), v)
+    if g is not None:
+        rho = rho + jnp.sum(_where(valid, e, 0.0), axis=1, keepdims=True)
+        open_ = is_edge(st.gate, g) if valid is None else valid & is_edge(st.gate, g)
+        edges = edges + jnp.sum(open_.astype(jnp.int32), axis=1, keepdims=True)
+    return m_new, l, acc, rho, edges
 
-    def body(kj, carry, masked):
-        m, l, acc, rho, edges = carry
-        start = pl.multiple_of(kj * bk, bk)
-        k = k_ref[pl.ds(start, bk), :]
-        v = v_ref[pl.ds(start, bk), :]
-        s, valid, g, a, _, e = _tile(st, q, k, qi, kj, bq, bk, row, bias, masked)
-        m_new = jnp.maximum(m, jnp.max(_where(valid, s, _NEG), axis=1, keepdims=True))
-        p = _where(valid, _exp(s - m_new), 0.0)
-        alpha = _exp(m - m_new)
-        l = alpha * l + jnp.sum(p, axis=1, keepdims=True)
-        pa = p if a is None else p * a
-        acc = alpha * acc + _dot_nn(pa.astype(v.dtype), v)
-        if g is not None:
-            rho = rho + jnp.sum(_where(valid, e, 0.0), axis=1, keepdims=True)
-            open_ = is_edge(st.gate, g) if valid is None else valid & is_edge(st.gate, g)
-            edges = edges + jnp.sum(open_.astype(jnp.int32), axis=1, keepdims=True)
-        return m_new, l, acc, rho, edges
 
+def _fwd_init(bq, d_v):
     col = (bq, 1)
-    init = (jnp.full(col, _NEG, jnp.float32), jnp.zeros(col, jnp.float32), jnp.zeros((bq, d_v), jnp.float32),
+    return (jnp.full(col, _NEG, jnp.float32), jnp.zeros(col, jnp.float32), jnp.zeros((bq, d_v), jnp.float32),
             jnp.zeros(col, jnp.float32), jnp.zeros(col, jnp.int32))
-    lo, full_lo, full_hi, hi = st.k_ranges(qi, bq, bk)
-    carry = init if st.window is None else jax.lax.fori_loop(lo, full_lo, functools.partial(body, masked=True), init)
-    carry = jax.lax.fori_loop(full_lo, full_hi, functools.partial(body, masked=False), carry)
-    m, l, acc, rho, edges = jax.lax.fori_loop(full_hi, hi, functools.partial(body, masked=True), carry)
-    row_ok = qi * bq + jax.lax.broadcasted_iota(jnp.int32, col, 0) < st.t  # padded rows: inert
+
+
+def _fwd_store(st: _Static, qi, carry, o_ref, lse_ref, rho_ref, edge_ref):
+    """Write a query block's outputs from the final carry (padded rows inert: log-sum-exp and statistics 0)."""
+    bq = st.block_q
+    m, l, acc, rho, edges = carry
+    row_ok = qi * bq + jax.lax.broadcasted_iota(jnp.int32, (bq, 1), 0) < st.t  # padded rows: inert
     l = jnp.where(l > 0, l, 1.0)  # padded rows only
     o_ref[...] = (acc / l).astype(o_ref.dtype)
     lse_ref[...] = jnp.where(row_ok, m + jnp.log(l), 0.0)
     rho_ref[...] = jnp.where(row_ok, rho, 0.0)
     edge_ref[...] = jnp.where(row_ok, edges, 0)
+
+
+def _fwd_kernel(q_ref, k_ref, v_ref, row_ref, bias_ref, o_ref, lse_ref, rho_ref, edge_ref, *, st: _Static):
+    """One program per (batch, head, query block), whole-sequence K/V blocks, a loop over the key tiles."""
+    bq, bk = st.block_q, st.block_k
+    qi = pl.program_id(2)
+    q = q_ref[...]
+    row = row_ref[...]
+    bias = bias_ref[...]
+
+    def body(kj, carry, masked):
+        start = pl.multiple_of(kj * bk, bk)
+        k = k_ref[pl.ds(start, bk), :]
+        v = v_ref[pl.ds(start, bk), :]
+        return _fwd_step(st, q, k, v, row, bias, qi, kj, carry, masked)
+
+    init = _fwd_init(bq, v_ref.shape[-1])
+    lo, full_lo, full_hi, hi = st.k_ranges(qi, bq, bk)
+    carry = init if st.window is None else jax.lax.fori_loop(lo, full_lo, functools.partial(body, masked=True), init)
+    carry = jax.lax.fori_loop(full_lo, full_hi, functools.partial(body, masked=False), carry)
+    carry = jax.lax.fori_loop(full_hi, hi, functools.partial(body, masked=True), carry)
+    _fwd_store(st, qi, carry, o_ref, lse_ref, rho_ref, edge_ref)
 
 
 def _bwd_tile(st, q, k, v, do, lse, delta, row, bias, dd, qi, kj, bq, bk, masked=True):
@@ -297,8 +301,13 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, row_ref, bias_re
 
 
 # ----------------------------------------------------------------------------------------------- pallas_call
-def _call(st: _Static, kernel, grid, in_specs, out_specs, out_shape, name, aliases=None):
+def _call(st: _Static, kernel, grid, in_specs, out_specs, out_shape, name, aliases=None, semantics=None,
+          scratch_shapes=()):
+    """The ``pallas_call`` of ``kernel`` for ``st.backend``. TPU: ``semantics`` = the grid axes' dimension
+    semantics (default: all ``"parallel"``), ``scratch_shapes`` = VMEM scratch (``pallas_tpu.py``)."""
     kwargs = {"input_output_aliases": aliases} if aliases else {}
+    if scratch_shapes:
+        kwargs["scratch_shapes"] = scratch_shapes
     if st.backend == "interpret":
         kwargs["interpret"] = True
     elif st.backend == "gpu":
@@ -308,7 +317,7 @@ def _call(st: _Static, kernel, grid, in_specs, out_specs, out_shape, name, alias
     else:
         from jax.experimental.pallas import tpu as pltpu
 
-        kwargs["compiler_params"] = pltpu.CompilerParams(dimension_semantics=("parallel",) * len(grid))
+        kwargs["compiler_params"] = pltpu.CompilerParams(dimension_semantics=semantics or ("parallel",) * len(grid))
         if st.tpu_interpret:
             kwargs["interpret"] = pltpu.InterpretParams()
     return pl.pallas_call(functools.partial(kernel, st=st), grid=grid, in_specs=in_specs, out_specs=out_specs,
@@ -472,49 +481,17 @@ def _fit(block: int, length: int, backend: str) -> int:
     return max(floor, min(block, pl.next_power_of_2(length)))
 
 
-def _shard_mapped(st: _Static, q, k, v, bias, seed, mesh, rules):
-    """The kernel under ``jax.shard_map`` on the training mesh: batch and heads split by the logical-axis rules
-    (sequence and head_dim whole), each shard drawing the noise of its global (batch, head) indices, so the gates
-    equal the unsharded kernel's. Heads stay whole when query and key/value heads cannot split alike (GQA groups
-    must not straddle shards)."""
-    from jax.sharding import PartitionSpec as P
-
-    qspec = sharding.logical_spec(("batch", "_", "heads", "_"), q.shape, mesh, rules)
-    kspec = sharding.logical_spec(("batch", "_", "kv_heads", "_"), k.shape, mesh, rules)
-    if qspec[2] != kspec[2]:
-        qspec, kspec = P(qspec[0], None, None, None), P(kspec[0], None, None, None)
-    batch_axes, head_axes = qspec[0], qspec[2]
-    as_tuple = lambda a: () if a is None else (tuple(a) if isinstance(a, (tuple, list)) else (a,))
-
-    def index(axes):
-        axes = as_tuple(axes)
-        return jax.lax.axis_index(axes) if axes else jnp.zeros((), jnp.int32)
-
-    def body(q, k, v, bias, seed):
-        offsets = jnp.stack([index(batch_axes) * q.shape[0], index(head_axes) * q.shape[2]]).astype(jnp.int32)
-        return _fused(st, q, k, v, bias, seed, offsets)
-
-    stats = P(batch_axes, head_axes)
-    return jax.shard_map(body, in_specs=(qspec, kspec, kspec, P(head_axes), P()),
-                         out_specs=(qspec, stats, stats), check_vma=False)(q, k, v, bias, seed)
-
-
 def pallas_attention(q, k, v, gate: Gate | None, *, causal: bool, train: bool, seed, return_adjacency: bool,
-                     backend: str | None = None, tpu_interpret: bool = False, window: int | None = None, **blocks):
+                     backend: str | None = None, tpu_interpret: bool = False, window: int | None = None,
+                     block_sizes: BlockSizes | None = None, partition=None, **blocks):
     """Same contract as :func:`reference_attention`, fused. ``backend`` defaults to the default device's
-    (``"interpret"`` on CPU); ``blocks`` override :data:`BLOCK_SIZES` (``block_q``, ``block_k``, ``block_q_bwd``,
-    ``block_k_bwd``, ``backward`` (``"split"`` | ``"atomic"``), and on GPU ``num_warps``, ``num_stages``)."""
+    (``"interpret"`` on CPU). ``block_sizes``: a :class:`BlockSizes` (default: ``BLOCK_SIZES[backend]``), its fields
+    overridden by ``blocks`` (``block_q``, ``block_k``, ``block_q_bwd``, ``block_k_bwd``, ``backward``
+    (``"split"`` | ``"atomic"``), and on GPU ``num_warps``, ``num_stages``). ``partition(kernel, q, k, v, bias,
+    seed)`` runs the per-shard kernel (``attention/sharded.py``: under ``shard_map`` on a training mesh); default:
+    one device."""
     backend = backend or backend_of(jax.default_backend())
-    if backend not in BLOCK_SIZES:
-        raise ValueError(f"unknown Pallas backend {backend!r}; choose one of {sorted(BLOCK_SIZES)}")
-    unknown = set(blocks) - set(BLOCK_SIZES["gpu"])
-    if unknown:
-        raise ValueError(f"unknown block option(s) {sorted(unknown)}; the Pallas kernel takes "
-                         f"{sorted(BLOCK_SIZES['gpu'])}")
-    cfg = {**BLOCK_SIZES[backend], **blocks}
-    if cfg["backward"] not in BACKWARDS or (cfg["backward"] == "atomic" and backend == "tpu"):
-        raise ValueError(f"backward={cfg['backward']!r} is not available on {backend}; choose 'split'"
-                         + (" or 'atomic'" if backend != "tpu" else " (Mosaic TPU has no atomic adds)"))
+    cfg = BlockSizes.of(block_sizes, backend=backend, **blocks).check(backend)
     why = unsupported(q, k, v, backend)
     if why:
         raise ValueError(f"implementation='pallas' cannot run {why} on {backend}; use implementation='chunked' "
@@ -522,18 +499,17 @@ def pallas_attention(q, k, v, gate: Gate | None, *, causal: bool, train: bool, s
     t, s_len, h = q.shape[1], k.shape[1], q.shape[2]
     st = _Static(backend=backend, causal=causal, train=train,
                  gate=None if gate is None else dataclasses.replace(gate, bias=None), t=t, s=s_len,
-                 block_q=_fit(cfg["block_q"], t, backend), block_k=_fit(cfg["block_k"], s_len, backend),
-                 block_q_bwd=_fit(cfg["block_q_bwd"], t, backend), block_k_bwd=_fit(cfg["block_k_bwd"], s_len, backend),
-                 num_warps=cfg.get("num_warps"), num_stages=cfg.get("num_stages"), backward=cfg["backward"],
+                 block_q=_fit(cfg.block_q, t, backend), block_k=_fit(cfg.block_k, s_len, backend),
+                 block_q_bwd=_fit(cfg.block_q_bwd, t, backend), block_k_bwd=_fit(cfg.block_k_bwd, s_len, backend),
+                 num_warps=cfg.num_warps, num_stages=cfg.num_stages, backward=cfg.backward,
                  tpu_interpret=tpu_interpret, window=window)
     bias = jnp.zeros((h,), jnp.float32) if gate is None else jnp.broadcast_to(gate.bias, (h,)).astype(jnp.float32)
     seed = jnp.zeros((), jnp.uint32) if seed is None else seed
-    mesh = jax.sharding.get_abstract_mesh()
-    rules = sharding.active_rules()
-    if rules is not None and not mesh.empty and mesh.size > 1:
-        out, density, edge_density = _shard_mapped(st, q, k, v, bias, seed, mesh, rules)
+    kernel = functools.partial(_fused, st)
+    if partition is None:
+        out, density, edge_density = kernel(q, k, v, bias, seed, jnp.zeros((2,), jnp.int32))
     else:
-        out, density, edge_density = _fused(st, q, k, v, bias, seed, jnp.zeros((2,), jnp.int32))
+        out, density, edge_density = partition(kernel, q, k, v, bias, seed)
     adjacency = None
     if return_adjacency:  # analysis only: the materialised edges, from the reference statement (same gates)
         from .reference import attention_weights
