@@ -82,6 +82,8 @@ def test_tiles_match_the_dense_mask(t, s, bq, bk, causal, window, xq, xk):
     assert tiles.max_k_steps() == max(1, int((np.asarray(tiles.k_range(np.arange(n_q))[1])
                                               - np.asarray(tiles.k_range(np.arange(n_q))[0])).max()))
     assert tiles.max_k_steps() >= reached.sum(1).max()
+    q_lo, q_hi = np.broadcast_arrays(*tiles.q_range(np.arange(n_k)))
+    assert tiles.max_q_steps() == max(1, int((q_hi - q_lo).max())) >= own_any.sum(0).max()
     assert geometry.pairs(t, s, causal, window) == int(valid.sum())
 
 

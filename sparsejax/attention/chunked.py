@@ -160,8 +160,9 @@ def _forward(cfg: _Cfg, q, k, v, bias, seed):
     if cfg.gate is None:
         density = edge_density = jnp.ones((bsz, h), jnp.float32)
     else:
-        density = (rho.sum(0) / cfg.pairs()).reshape(bsz, h)
-        edge_density = (edges.sum(0).astype(jnp.float32) / cfg.pairs()).reshape(bsz, h)
+        pairs = float(cfg.pairs())  # a float: from T = 65536 (causal) the count no longer fits an int32
+        density = (rho.sum(0) / pairs).reshape(bsz, h)
+        edge_density = (edges.astype(jnp.float32).sum(0) / pairs).reshape(bsz, h)  # float32 sum: no int32 overflow
     return out, lse, density, edge_density
 
 
@@ -174,7 +175,7 @@ def _backward(cfg: _Cfg, q, k, v, bias, seed, out, lse, dout, ddens):
     tp = cfg.nq * bq
     dop = _heads_major(dout, tp, kvh)
     delta = jnp.einsum("bkgtd,bkgtd->bkgt", dop, _heads_major(out, tp, kvh))  # D_i = dy_i . y_i
-    ddens = (ddens.astype(jnp.float32) / cfg.pairs()).reshape(bsz, kvh, grp, 1, 1)
+    ddens = (ddens.astype(jnp.float32) / float(cfg.pairs())).reshape(bsz, kvh, grp, 1, 1)
     scale = np.float32(1.0 / np.sqrt(d))
 
     def k_block(carry, kj):

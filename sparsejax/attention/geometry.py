@@ -150,6 +150,12 @@ class Tiles:
         full_lo = xp.clip(full_lo, lo, hi)
         return lo, full_lo, xp.clip((kj * bk + self.window) // bq, full_lo, hi), hi
 
+    def max_q_steps(self) -> int:
+        """The most query blocks any key block of the grid visits (static): a dk/dv grid's query axis."""
+        kj = np.arange(self.n_k)
+        lo, _, _, hi = np.broadcast_arrays(kj, *self.q_ranges(kj))[1:]
+        return max(int(np.max(hi - lo)), 1)
+
     def q_range(self, kj):
         """``(lo, hi)``: the grid's query blocks that key block ``kj`` is visible to."""
         lo, _, _, hi = self.q_ranges(kj)

@@ -1,7 +1,11 @@
 """Fused (flash-style) Pallas kernels for gated sparse attention: forward, and a backward in two kernels.
 
-The same kernel bodies lower to GPU (Triton) and TPU (Mosaic), and run anywhere in Pallas' interpret mode (on
-CPU: slow, for correctness). The mathematics is that of ``chunked.py`` (docs/method.md §1, §4), tile by tile:
+The tile math here is shared by every backend; the iteration differs. On GPU (Triton) and in Pallas' interpret
+mode (on CPU: slow, for correctness) each program loops over its tiles (below); on TPU (Mosaic) the tiles are the
+grid's innermost sequential axis (``pallas_tpu.py``), so no block spans the sequence. Which tiles a program visits,
+and which need no mask, is ``geometry.py``'s statement; the block sizes are a :class:`~.blocks.BlockSizes`
+(``blocks.py``). This file knows no mesh: under a multi-device training mesh the dispatch passes a ``partition``
+(``sharded.py``: ``shard_map``). The mathematics is that of ``chunked.py`` (docs/method.md §1, §4), tile by tile:
 
 * forward, one program per (batch, head, query block): loop over the key blocks the causal mask does not empty,
   keep the running max ``m``, the softmax denominator ``l`` over **all** causal keys and the gated numerator
@@ -12,9 +16,10 @@ CPU: slow, for correctness). The mathematics is that of ``chunked.py`` (docs/met
   blocks. Both regenerate the gates. ``backward="atomic"`` (GPU): one kernel, the ``dk``/``dv`` programs also add
   their ``dq`` and bias-gradient contributions to float32 buffers with atomic adds (one recomputation of each tile
   instead of two; the summation order, hence the last bits of ``dq``, varies from run to run).
-* causal tiles are split: tiles wholly below the diagonal (and inside the sequence and the sliding window, when
-  there is one) run without any mask arithmetic; only the diagonal, window-edge and sequence-edge tiles compute
-  the validity mask. With a sliding window W the loops cover only the tiles the window reaches (O(T W) work). Padded rows are made inert instead
+* causal tiles are split (``geometry.Tiles.k_ranges`` / ``q_ranges``): tiles wholly below the diagonal (and inside
+  the sequence and the sliding window, when there is one) run without any mask arithmetic; only the diagonal,
+  window-edge and sequence-edge tiles compute the validity mask. With a sliding window W the loops cover only the
+  tiles the window reaches (O(T W) work). Padded rows are made inert instead
   (zero ``q``/``dO``/density cotangent, log-sum-exp 0, their statistics zeroed), so no tile needs them masked.
 
 The gate noise is the counter-based hash of ``gates/noise.py``: the row part ``row_hash(seed, b, h, i)`` is computed
@@ -331,6 +336,10 @@ def _row(block, index):
 
 def _forward(st: _Static, qh, kh, vh, rows, bias_rows):
     """qh [B, H, Tp, D], kh/vh [B, K, Sp, D], rows/bias_rows [B, H, Tp, 1] -> out, lse, rho, edges."""
+    if st.backend == "tpu":  # K/V tiles on the grid's innermost axis (no whole-sequence blocks in VMEM)
+        from . import pallas_tpu
+
+        return pallas_tpu.forward(st, qh, kh, vh, rows, bias_rows)
     bsz, h, tp, d = qh.shape
     grp = h // kh.shape[1]
     bq = st.block_q
@@ -346,6 +355,10 @@ def _forward(st: _Static, qh, kh, vh, rows, bias_rows):
 
 
 def _backward(st: _Static, qh, kh, vh, doh, lse, delta, rows, bias_rows, dd_rows):
+    if st.backend == "tpu":
+        from . import pallas_tpu
+
+        return pallas_tpu.backward(st, qh, kh, vh, doh, lse, delta, rows, bias_rows, dd_rows)
     bsz, h, tp, d = qh.shape
     kvh = kh.shape[1]
     grp = h // kvh
@@ -420,8 +433,9 @@ def _fwd_impl(st: _Static, q, k, v, bias, seed, offsets):
     if st.gate is None:
         density = edge_density = jnp.ones((bsz, h), jnp.float32)
     else:
-        density = rho.sum((2, 3)) / st.pairs()
-        edge_density = edges.sum((2, 3)).astype(jnp.float32) / st.pairs()
+        pairs = float(st.pairs())  # a float: from T = 65536 (causal) the count no longer fits an int32
+        density = rho.sum((2, 3)) / pairs
+        edge_density = edges.astype(jnp.float32).sum((2, 3)) / pairs  # float32 sum: exact below 2**24, no overflow
     return out, density, edge_density, (qh, kh, vh, rows, bias_rows, o, lse)
 
 
@@ -444,7 +458,7 @@ def _fused_bwd(st, res, cts):
     doh = _pad_heads_major(dout.astype(qh.dtype), tp)
     delta = jnp.sum(doh.astype(jnp.float32) * o.astype(jnp.float32), axis=-1, keepdims=True)  # D_i = dy_i . y_i
     dd_rows = jnp.where(jnp.arange(tp)[:, None] < t,  # padded rows inert
-                        (ddens.astype(jnp.float32) / st.pairs())[:, :, None, None], 0.0)
+                        (ddens.astype(jnp.float32) / float(st.pairs()))[:, :, None, None], 0.0)
     dq, dk, dv, db = _backward(st, qh, kh, vh, doh, lse, delta, rows, bias_rows, dd_rows)
     back = lambda x, n, dt: jnp.transpose(x[:, :, :n], (0, 2, 1, 3)).astype(dt)
     dbias = db.sum(axis=(0, 2, 3)) if st.gate is not None else jnp.zeros_like(bias)
