@@ -24,9 +24,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/kernels.py
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments"))
 import sparsejax as sj  # noqa: E402
+from block_skipping_kernel import block_skipping_attention, causal_tiles  # noqa: E402  (experiments/)
 from kernels import median_ms  # noqa: E402  (benchmarks/kernels.py)
-from sparsejax.attention.skipping import block_skipping_attention, causal_tiles  # noqa: E402
 
 
 def windowed_inputs(b, t, h, d, window, sink=64, margin=8.0, seed=0):

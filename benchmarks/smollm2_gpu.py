@@ -42,7 +42,7 @@ cannot run (Triton needs a GPU): its call is attempted and its error reported.
 
 Weights: random, of the SmolLM2 shape, and random tokens. Step time and MFU do not depend on the weights' values
 (the training kernels' work does not depend on how many gates are open: only causally empty tiles are skipped;
-skipping tiles of closed gates is inference-only, ``attention/skipping.py``). The real weights would only give a
+skipping tiles of closed gates is inference-only, ``experiments/block_skipping_kernel.py``). The real weights would only give a
 loss number, and a meaningful loss needs real text too; carrying them costs two device calls (the 98 MB GGUF over
 a 64 MiB limit a call), the ``gguf`` wheel and a dequantisation on the device, for nothing that these tables
 report. Hence nothing large travels: the helion wheel (4.7 MB) and the authors' source (< 0.1 MB).

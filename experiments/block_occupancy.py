@@ -20,7 +20,7 @@ def occupancy(run_dir: Path, blocks, batches: int) -> dict:
     import numpy as np
 
     import sparsejax as sj
-    from sparsejax.attention.skipping import tile_occupancy
+    from block_skipping_kernel import tile_occupancy  # experiments/ (this script's own folder)
     from sparsejax.config import load_config
     from sparsejax.train.state import build_data
     from sparsejax.data import batch_at

@@ -1,13 +1,20 @@
 """Exact block-skipping inference (eval gates) and block occupancy: what a sparse model lets a kernel skip.
 
+An experiment, not a library kernel: moved out of ``sparsejax/attention/`` (issue K) because it is faster than
+the fused kernel nowhere it was measured. On an H200 (``benchmarks/block_skipping.py``,
+``docs/results/block_skipping_h200.txt``; T=4096, bf16, eval gates) it takes 1.02-1.41x the fused kernel's time
+even with 94% of the tiles empty: pass 1 already costs most of a forward (the softmax denominator includes
+closed edges). It is kept as the exact statement of what skipping can remove, with its tests
+(``tests/test_pallas.py``), and ``tile_occupancy`` measures that bound on trained models
+(``experiments/block_occupancy.py``). Import it with ``experiments/`` on ``sys.path``.
+
 Pass 1 (one Pallas program per batch, head, query tile) computes the row log-sum-exp over **all** causal keys (the
 softmax denominator of the method includes closed edges) and which key tiles hold at least one open edge. Pass 2
 computes ``y_i = sum_j exp(s_ij - lse_i) A_ij v_j`` only on those tiles: a tile with no open edge contributes
 exactly 0, so the output equals the reference's while the value product (and the second score product) is skipped
 there. On GPU the skip is a branch per tile; on CPU the kernels run in Pallas interpret mode (correctness, and the
-count of skipped tiles: the bound on what an accelerator saves in pass 2). Measured on an H200
-(benchmarks/block_skipping.py, README): even with 94% of the tiles empty it takes about the fused kernel's time,
-because pass 1 already costs most of a forward; it is kept as the exact statement of what skipping can remove.
+count of skipped tiles: the bound on what an accelerator saves in pass 2). The tile geometry is the library's
+(``sparsejax.attention.geometry``), the tile math the fused kernel's (``sparsejax.attention.pallas._tile``).
 """
 from __future__ import annotations
 
@@ -19,9 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import pallas as pl
 
-from ..gates import Gate, as_gate, is_edge
-from . import geometry
-from .pallas import _dot_nn, _pad_heads_major, _tile, backend_of
+from sparsejax.attention import geometry
+from sparsejax.attention.pallas import _dot_nn, _pad_heads_major, _tile, backend_of
+from sparsejax.gates import Gate, as_gate, is_edge
 
 _NEG = -1e30
 
