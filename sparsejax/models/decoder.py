@@ -165,6 +165,55 @@ def _project(c: ModelConfig, p: dict, h, heads: int):
     return y + p["bias"].reshape(heads, c.head_dim) if "bias" in p else y
 
 
+def _sublayer_norm(c: ModelConfig, p: dict, name: str, h, *, after: bool):
+    """The norm around a sublayer (``name``: ``"attn"`` or ``"mlp"``): pre-norm families normalise its input
+    (``after=False``); OLMo-2 (post) normalises its output with its only norm; Gemma (sandwich) does both."""
+    if not after:
+        return h if c.norm_position == "post" else norm(c, p.get(f"{name}_norm", {}), h)
+    if c.norm_position == "pre":
+        return h
+    return norm(c, p[f"{name}_post_norm" if c.norm_position == "sandwich" else f"{name}_norm"], h)
+
+
+def qkv(c: ModelConfig, p: dict, x, hk, split: bool):
+    """A layer's queries ``[B, T, H, hd]``, keys and values ``[B, T, K, hd]`` (before RoPE), from the residual
+    stream ``x``; ``split``: each head reads its own (patchable) copy of ``x`` (hooks ``attn.hook_{q,k,v}_input``)."""
+    a, (b, t) = p["attn"], x.shape[:2]
+    pre = lambda h: _sublayer_norm(c, p, "attn", h, after=False)
+    if split:
+        per_head = lambda name, n: pre(hk(name, jnp.broadcast_to(x[:, :, None, :], (b, t, n, c.d_model))))
+        q = _project(c, a["q"], per_head("attn.hook_q_input", c.n_heads), c.n_heads)
+        k = _project(c, a["k"], per_head("attn.hook_k_input", c.n_kv_heads), c.n_kv_heads)
+        v = _project(c, a["v"], per_head("attn.hook_v_input", c.n_kv_heads), c.n_kv_heads)
+    else:
+        h = pre(x)
+        q, k, v = (_project(c, a[n], h, heads) for n, heads in (("q", c.n_heads), ("k", c.n_kv_heads),
+                                                                 ("v", c.n_kv_heads)))
+    if c.clip_qkv is not None:
+        q, k, v = (jnp.clip(y, -c.clip_qkv, c.clip_qkv) for y in (q, k, v))
+    if c.qk_norm and c.qk_norm_per_head:  # over each head's head_dim, as Gemma 3
+        q, k = norm(c, a["q_norm"], q), norm(c, a["k_norm"], k)
+    elif c.qk_norm:  # over the full projection (all heads), as OLMo-2
+        q = norm(c, a["q_norm"], q.reshape(b, t, -1)).reshape(q.shape)
+        k = norm(c, a["k_norm"], k.reshape(b, t, -1)).reshape(k.shape)
+    q, k, v = hk("attn.hook_q", q), hk("attn.hook_k", k), hk("attn.hook_v", v)
+    return constrain(q, "q"), constrain(k, "kv"), constrain(v, "kv")
+
+
+def output_projection(c: ModelConfig, p: dict, z, hk, per_head: bool):
+    """The heads' outputs ``z [B, T, H, hd]`` through ``W_O`` (and the sublayer's output norm), ``[B, T, d]``;
+    ``per_head``: also each head's own share ``[B, T, H, d]`` (hook ``attn.hook_result``, capture only)."""
+    o, (b, t) = p["attn"]["o"], z.shape[:2]
+    if per_head:
+        hk("attn.hook_result", jnp.einsum("bthe,hed->bthd", z, o["kernel"].reshape(c.n_heads, c.head_dim, c.d_model)))
+    return _sublayer_norm(c, p, "attn", _linear(o, z.reshape(b, t, c.n_heads * c.head_dim)), after=True)
+
+
+def mlp_block(c: ModelConfig, p: dict, x):
+    """The MLP sublayer's output ``[B, T, d]`` (before the residual add) from its input ``x``."""
+    return _sublayer_norm(c, p, "mlp", mlp(c, p["mlp"], _sublayer_norm(c, p, "mlp", x, after=False)), after=True)
+
+
 def forward(config: ModelConfig, params: dict, tokens, gate: Any = None, *, mode: str = "eval", seed=None,
             capture: str | Sequence[str] | None = None, interventions: dict | None = None,
             implementation: str = "auto", attention_mask=None, positions=None, carried=None):
@@ -259,33 +308,9 @@ def forward(config: ModelConfig, params: dict, tokens, gate: Any = None, *, mode
     q_scale = None if c.query_pre_attn_scalar in (None, c.head_dim) else math.sqrt(c.head_dim / c.query_pre_attn_scalar)
     seed_arr = jnp.asarray(0 if seed is None else seed).astype(jnp.uint32)
 
-    def layer(carry, inputs):
-        x, state = carry
-        p, bias, index, w_index, carried_xs = inputs
-        p = cast(p)
-        captured, state = {}, [state]  # the carried intervention's state, updated as the layer's hooks are traced
-        hk = lambda name, value: hooks.layer_point(index, name, value, captured, state, carried_xs)
-        x = hk("hook_resid_pre", x)
-        pre = lambda h: h if c.norm_position == "post" else norm(c, p.get("attn_norm", {}), h)
-        a = p["attn"]
-        if hooks.split_inputs:  # each head reads its own (patchable) copy of the residual stream
-            per_head = lambda name, n: pre(hk(name, jnp.broadcast_to(x[:, :, None, :], (b, t, n, c.d_model))))
-            q = _project(c, a["q"], per_head("attn.hook_q_input", c.n_heads), c.n_heads)
-            k = _project(c, a["k"], per_head("attn.hook_k_input", c.n_kv_heads), c.n_kv_heads)
-            v = _project(c, a["v"], per_head("attn.hook_v_input", c.n_kv_heads), c.n_kv_heads)
-        else:
-            h = pre(x)
-            q, k, v = (_project(c, a[n], h, heads) for n, heads in (("q", c.n_heads), ("k", c.n_kv_heads),
-                                                                     ("v", c.n_kv_heads)))
-        if c.clip_qkv is not None:
-            q, k, v = (jnp.clip(y, -c.clip_qkv, c.clip_qkv) for y in (q, k, v))
-        if c.qk_norm and c.qk_norm_per_head:  # over each head's head_dim, as Gemma 3
-            q, k = norm(c, a["q_norm"], q), norm(c, a["k_norm"], k)
-        elif c.qk_norm:  # over the full projection (all heads), as OLMo-2
-            q = norm(c, a["q_norm"], q.reshape(b, t, -1)).reshape(q.shape)
-            k = norm(c, a["k_norm"], k.reshape(b, t, -1)).reshape(k.shape)
-        q, k, v = hk("attn.hook_q", q), hk("attn.hook_k", k), hk("attn.hook_v", v)
-        q, k, v = constrain(q, "q"), constrain(k, "kv"), constrain(v, "kv")
+    def attention(p, x, bias, index, w_index, hk):
+        """The attention sublayer's output ``[B, T, d]`` (before the residual add) and the attention statistics."""
+        q, k, v = qkv(c, p, x, hk, hooks.split_inputs)
         if c.position == "rope":
             cos, sin = cos_global, sin_global
             if local_rope:  # the sliding layers' own RoPE base
@@ -295,34 +320,31 @@ def forward(config: ModelConfig, params: dict, tokens, gate: Any = None, *, mode
         if q_scale is not None:
             q = (q * np.float32(q_scale)).astype(q.dtype)
         g = None if gate is None else dataclasses.replace(gate, bias=bias)
-        lseed = layer_seed(seed_arr, index)
+        lseed = layer_seed(seed_arr, index) if g is not None else None
         z, stats = per_window(lambda w, q, k, v: sparse_attention(
-            q, k, v, g, mode=mode, seed=lseed if g is not None else None, implementation=implementation,
-            attention_mask=attention_mask, window=w), w_index, q, k, v)
+            q, k, v, g, mode=mode, seed=lseed, implementation=implementation, attention_mask=attention_mask,
+            window=w), w_index, q, k, v)
         if hooks.need_pattern:
             pw, gw = per_window(lambda w, q, k: attention_pattern(
-                q, k, g, mode=mode, seed=lseed if g is not None else None, attention_mask=attention_mask,
-                window=w), w_index, q, k)
+                q, k, g, mode=mode, seed=lseed, attention_mask=attention_mask, window=w), w_index, q, k)
             gw = hk("attn.hook_gate", gw)
             pattern = hk("attn.hook_pattern", pw * gw)
             hk("attn.hook_adjacency", gw > 0)
             if hooks.materialise_pattern:  # the head outputs from the (patched) pattern
                 vh = jnp.repeat(v.astype(jnp.float32), c.n_heads // c.n_kv_heads, axis=2)
                 z = jnp.einsum("bhts,bshd->bthd", pattern, vh).astype(v.dtype)
-        z = hk("attn.hook_z", z)
-        wo = a["o"]["kernel"].reshape(c.n_heads, c.head_dim, c.d_model)
-        if hooks.wants("attn.hook_result"):
-            hk("attn.hook_result", jnp.einsum("bthe,hed->bthd", z, wo))
-        attn_out = _linear(a["o"], z.reshape(b, t, c.n_heads * c.head_dim))
-        if c.norm_position != "pre":  # OLMo-2: its only norm; Gemma: the second of the sandwich
-            attn_out = norm(c, p["attn_post_norm" if c.norm_position == "sandwich" else "attn_norm"], attn_out)
-        attn_out = hk("hook_attn_out", attn_out)
-        x = hk("hook_resid_mid", x + attn_out)
-        m_in = hk("hook_mlp_in", x)
-        m = mlp(c, p["mlp"], m_in if c.norm_position == "post" else norm(c, p.get("mlp_norm", {}), m_in))
-        if c.norm_position != "pre":
-            m = norm(c, p["mlp_post_norm" if c.norm_position == "sandwich" else "mlp_norm"], m)
-        m = hk("hook_mlp_out", m)
+        return output_projection(c, p, hk("attn.hook_z", z), hk, hooks.wants("attn.hook_result")), stats
+
+    def layer(carry, inputs):
+        x, state = carry
+        p, bias, index, w_index, carried_xs = inputs
+        p = cast(p)
+        captured, state = {}, [state]  # the carried intervention's state, updated as the layer's hooks are traced
+        hk = lambda name, value: hooks.layer_point(index, name, value, captured, state, carried_xs)
+        x = hk("hook_resid_pre", x)
+        attn_out, stats = attention(p, x, bias, index, w_index, hk)
+        x = hk("hook_resid_mid", x + hk("hook_attn_out", attn_out))
+        m = hk("hook_mlp_out", mlp_block(c, p, hk("hook_mlp_in", x)))
         x = constrain(hk("hook_resid_post", x + m), "resid")
         return (x, state[0]), (stats.expected_density, stats.edge_density, captured)
 
