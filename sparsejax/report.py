@@ -2,7 +2,8 @@
 
 ``sparsejax report RUN_DIR`` gathers every ``metrics.jsonl`` under RUN_DIR (curves), every PNG already there
 (e.g. attention graphs) and ``results.json`` / final metrics (numbers) into ``RUN_DIR/report.html`` (images
-embedded, one self-contained file).
+embedded, one self-contained file). A run is read through :class:`sparsejax.train.rundir.RunDir` (its files) and
+its typed records (:mod:`sparsejax.train.records`).
 """
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+
+from .train.records import EvalRecord, StartRecord, TrainRecord, last_per_step
+from .train.rundir import RunDir, atomic_write_text
 
 
 def _plt():
@@ -23,23 +27,18 @@ def _plt():
     return plt
 
 
-from .train.evaluate import summary  # noqa: E402
+def read_metrics(run) -> tuple[list[TrainRecord], list[EvalRecord]]:
+    """``(training records, evaluations)`` of a run (its folder, a :class:`RunDir` or its ``metrics.jsonl``), each
+    sorted by step, the last record per step kept; evaluations are the start, the periodic and the final ones. A
+    truncated last line (a killed run) is skipped."""
+    run = RunDir.of(run)
+    return last_per_step(run.records("train")), last_per_step(run.records("eval"))
 
 
-def read_metrics(path: Path) -> tuple[list[dict], list[dict]]:
-    """``(training records, evaluation records)`` of a metrics.jsonl, the last record per step kept."""
-    from .train.metrics import read_records
-
-    train, evals = {}, {}
-    for r in read_records(path):  # a truncated last line (a killed run) is skipped
-        if "step" in r:
-            (train if "ce" in r else evals)[r["step"]] = r
-    return [train[k] for k in sorted(train)], [evals[k] for k in sorted(evals)]
-
-
-def plot_dynamics(metrics_path: Path, out: Path) -> Path:
+def plot_dynamics(metrics_path, out: Path) -> Path:
     """Edge density (log: training batch, expected, and held-out per layer at evaluations), the multiplier (log),
-    and CE (training, its EMA, held-out at evaluations) against the dashed target, over steps."""
+    and CE (training, its EMA, held-out at evaluations) against the dashed target, over steps. ``metrics_path``: a
+    run folder or its ``metrics.jsonl``."""
     from . import controllers
 
     plt = _plt()
@@ -232,10 +231,8 @@ MAX_RUNS = 16
 
 def find_runs(run_dir: Path) -> list[Path]:
     """``run_dir`` itself when it holds a ``metrics.jsonl``, else the run directories one or two levels below
-    (an experiment's ``dense/``, ``sparse/``, ``name/seedN/``); never a deeper walk."""
-    if (run_dir / "metrics.jsonl").exists():
-        return [run_dir]
-    return sorted({m.parent for pattern in ("*/metrics.jsonl", "*/*/metrics.jsonl") for m in run_dir.glob(pattern)})
+    (an experiment's ``dense/``, ``sparse/``, ``name/seedN/``); never a deeper walk (:meth:`RunDir.find`)."""
+    return [r.path for r in RunDir.find(run_dir)]
 
 
 def _fmt(v) -> str:
@@ -257,9 +254,9 @@ def _table(header: list[str], rows: list[list]) -> str:
 
 def summary_rows(run: Path) -> tuple[list[str], list[list]]:
     """The summary table of a run: dense model, initial gated model, final model, best feasible checkpoint."""
-    _, evals = read_metrics(run / "metrics.jsonl")
-    evals = [r for r in evals if "eval_ce" in r]
-    start = next((r for r in evals if r["step"] == 0), None)
+    run = RunDir.of(run)
+    _, evals = read_metrics(run)
+    start = next((r for r in evals if isinstance(r, StartRecord)), None)
     dense = start.get("dense_eval_ce") if start else None
     header = ["model", "step", "held-out CE", "CE - dense", "edge density", "per layer"]
     rows = []
@@ -272,8 +269,9 @@ def summary_rows(run: Path) -> tuple[list[str], list[list]]:
     last = evals[-1] if evals else None
     if last is not None and last is not start:
         add("final" if last.get("final") else "last evaluation (run unfinished)", last)
-    if (run / "best.json").exists():
-        add("best feasible (best_model/)", json.loads((run / "best.json").read_text()))
+    best = run.best_record()
+    if best is not None:
+        add(f"best feasible ({run.BEST_MODEL}/)", best)
     return header, rows
 
 
@@ -283,15 +281,15 @@ def _attention_section(run: Path, n_tokens: int = 24) -> str:
     import tempfile
 
     from .checkpoints import from_pretrained
-    from .config import load_config
     from .data import batch_at
-    from .train.state import build_data
+    from .train import build_data
 
-    if not (run / "model").exists() or not (run / "config.yaml").exists():
-        return "<p>attention maps: no exported model/ yet.</p>"
+    run = RunDir.of(run)
+    if not run.model.exists() or not run.config.exists():
+        return f"<p>attention maps: no exported {run.MODEL}/ yet.</p>"
     try:
-        cfg = load_config(str(run / "config.yaml"))
-        sparse = from_pretrained(run / "model")
+        cfg = run.load_config()
+        sparse = from_pretrained(run.model)
         if sparse.gate is None:
             return "<p>attention maps: a dense run (no gate).</p>"
         dense_dir = cfg.model.checkpoint
@@ -310,7 +308,7 @@ def _attention_section(run: Path, n_tokens: int = 24) -> str:
             labels = [str(int(i)) for i in row]
         dense = from_pretrained(dense_dir)
         dense_maps, sparse_maps = head_maps(dense, row, None), head_maps(sparse, row, sparse.gate)
-        out = run / "report_attention_maps.png"
+        out = run.attention_maps
         what = f"first {len(row)} tokens of the first held-out example: dense (left) vs final sparse (right)"
         n_heads = sparse.config.n_layers * sparse.config.n_heads
         if n_heads <= MAX_MAP_HEADS:
@@ -319,9 +317,9 @@ def _attention_section(run: Path, n_tokens: int = 24) -> str:
         heads = pick_heads(dense_maps, sparse_maps, MAX_MAP_HEADS)
         plot_attention_maps(dense_maps, sparse_maps, labels, out, f"{what}; {len(heads)} of {n_heads} heads; red: "
                             "edges kept", heads=heads)
-        everything = run / "report_attention_maps_all.png"
+        everything = run.attention_maps_all
         plot_attention_maps(dense_maps, sparse_maps, labels, everything, f"{what}; all heads; red: edges kept")
-        viewer = run / "report_attention_viewer.html"
+        viewer = run.attention_viewer
         names = [f"L{l} h{h}" for l in range(sparse.config.n_layers) for h in range(sparse.config.n_heads)]
         attention_html(viewer, labels, circuitsvis_patterns(sparse, row, sparse.gate), names,
                        "final sparse model: effective attention P x A per head")
@@ -336,7 +334,8 @@ def _attention_section(run: Path, n_tokens: int = 24) -> str:
 def _run_section(run_dir: Path, run: Path, maps: bool) -> list[str]:
     rel = run.relative_to(run_dir) if run != run_dir else Path(".")
     parts = [f"<h2>run {html.escape(str(rel))}</h2>"]
-    train, evals = read_metrics(run / "metrics.jsonl")
+    run = RunDir.of(run)
+    train, evals = read_metrics(run)
     if not train and not evals:
         return parts + ["<p>no records yet: the run has not logged its first step (or was stopped before).</p>"]
     header, rows = summary_rows(run)
@@ -344,22 +343,22 @@ def _run_section(run_dir: Path, run: Path, maps: bool) -> list[str]:
         parts.append(_table(header, rows))
     target = next((r for r in reversed(evals) if "tau" in r), None)
     if target is not None:
-        cfg = (run / "config.yaml").read_text() if (run / "config.yaml").exists() else ""
+        cfg = run.config_text() or ""
         what = "edge density <= " if "sense: density" in cfg else "held-out CE <= tau = "
         parts.append(f"<p>constraint: {html.escape(what)}{target['tau']:.4g}</p>")
     if train:
         gated = any("train_edge_density" in r for r in train)
-        parts.append(_img(plot_dynamics(run / "metrics.jsonl", run / "dynamics.png"),
+        parts.append(_img(plot_dynamics(run, run.dynamics),
                           f"training dynamics: {'density, multiplier, CE' if gated else 'CE (a dense run)'}; dots are "
                           "held-out evaluations"))
     last = next((r for r in reversed(evals) if "edge_density_per_head" in r), None)
     if last is not None:
-        parts.append(_img(plot_head_density(last["edge_density_per_head"], run / "report_head_density.png",
+        parts.append(_img(plot_head_density(last["edge_density_per_head"], run.head_density,
                                             f"held-out edge density per head (%), step {last['step']}")))
     if maps:
         parts.append(_attention_section(run))
-    if (run / "config.yaml").exists():
-        parts.append(f"<details><summary>config.yaml</summary><pre>{html.escape((run / 'config.yaml').read_text())}"
+    if run.config.exists():
+        parts.append(f"<details><summary>{run.CONFIG}</summary><pre>{html.escape(run.config_text())}"
                      f"</pre></details>")
     return parts
 
@@ -373,30 +372,28 @@ def write_report(run_dir: str | Path, *, maps: bool = True) -> Path:
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
     runs = find_runs(run_dir)
-    if not runs and not (run_dir / "results.json").exists():
-        raise FileNotFoundError(f"{run_dir} holds no metrics.jsonl or results.json (nor one or two levels below): "
-                                f"give a run directory written by sparsejax pretrain/posttrain or an experiment")
+    folder = RunDir(run_dir)
+    if not runs and not folder.results.exists():
+        raise FileNotFoundError(f"{run_dir} holds no {RunDir.METRICS} or {RunDir.RESULTS} (nor one or two levels "
+                                "below): give a run directory written by sparsejax pretrain/posttrain or an experiment")
     if len(runs) > MAX_RUNS:
         raise ValueError(f"{run_dir} holds {len(runs)} runs (more than {MAX_RUNS}): give one run directory, e.g. "
                          f"{runs[0]}")
     parts = [f"<h1>sparsejax run: {html.escape(str(run_dir))}</h1>"]
-    if (run_dir / "results.json").exists():
-        results = json.loads((run_dir / "results.json").read_text())
+    if folder.results.exists():
+        results = json.loads(folder.results.read_text())
         flat = [[k, v] for k, v in results.items() if not isinstance(v, dict)]
         parts.append("<h2>results</h2>" + _table(["key", "value"], flat))
     for run in runs:
         parts += _run_section(run_dir, run, maps)
-    made = {"dynamics.png", "report_head_density.png", "report_attention_maps.png",
-            "report_attention_maps_all.png"} if run_dir in runs else set()
+    made = set(RunDir.REPORT_FILES) if run_dir in runs else set()
     for png in sorted(run_dir.glob("*.png")):  # an experiment's own figures (not the ones made above)
         if png.name not in made:
             parts.append(_img(png))
-    out = run_dir / "report.html"
-    tmp = out.with_suffix(".html.tmp")
-    tmp.write_text("<!doctype html><meta charset=utf-8><title>sparsejax report</title>"
-                   "<body style='font-family:sans-serif;max-width:1300px;margin:auto;padding:0 16px'>" + "\n".join(parts) +
-                   "</body>")
-    tmp.replace(out)
+    out = folder.report
+    atomic_write_text(out, "<!doctype html><meta charset=utf-8><title>sparsejax report</title>"
+                      "<body style='font-family:sans-serif;max-width:1300px;margin:auto;padding:0 16px'>" +
+                      "\n".join(parts) + "</body>")
     return out
 
 
@@ -439,8 +436,6 @@ def attention_html(path, tokens: list[str], attention, names: list[str] | None =
     names = names or [f"head {i}" for i in range(att.shape[0])]
     data = json.dumps({"tokens": [str(t) for t in tokens], "names": names,
                        "attention": np.round(att, 4).tolist()}).replace("</", "<\\/")  # safe inside <script>
-    from .train.checkpointing import atomic_write_text
-
     atomic_write_text(Path(path), _HTML % {"title": html.escape(title), "data": data})
     return Path(path)
 

@@ -268,7 +268,8 @@ def convert_gguf(path: str | os.PathLike, out: str | os.PathLike, extra_files: d
 
     from safetensors.numpy import save_file
 
-    from .hf import atomic_directory
+    from ..files import atomic_directory
+    from .hf import TOKENIZER_FILE
 
     hf, tensors, tokenizer = read_gguf(path)
     config_from_hf(hf)  # fail before writing anything if sparsejax cannot run it
@@ -278,7 +279,7 @@ def convert_gguf(path: str | os.PathLike, out: str | os.PathLike, extra_files: d
             {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM"}[
                 hf["model_type"]]]}, indent=2))
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt", "source": Path(path).name})
-        tokenizer.save(str(tmp / "tokenizer.json"))
+        tokenizer.save(str(tmp / TOKENIZER_FILE))
         for name, source in (extra_files or {}).items():
             (tmp / name).write_bytes(Path(source).read_bytes())
 

@@ -11,8 +11,6 @@ import dataclasses
 import functools
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +18,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..files import atomic_directory
 from ..gates import Gate, gate_from_json, gate_to_json
 from ..models.config import ModelConfig, config_from_hf, config_to_hf
 from ..models.decoder import init_params
 
 GATE_FILE = "sparsejax_gate.json"
+TOKENIZER_FILE = "tokenizer.json"  # a checkpoint's (and a text run's) tokenizer, as `tokenizers` writes it
 # Buffers some exporters write that carry no parameters.
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")
 
@@ -315,28 +315,6 @@ def _write_safetensors(c: ModelConfig, params: dict, directory: Path, max_shard_
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
 
 
-def atomic_directory(path: Path, write) -> None:
-    """Call ``write(tmpdir)`` then move the finished directory to ``path`` (replacing it), never half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700; an exported model gets the user's usual permissions
-    try:
-        write(tmp)
-        old = None
-        if path.exists():
-            old = path.parent / f".{path.name}.old-{os.getpid()}"
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def save_pretrained(model: Model, path: str | os.PathLike, *, tokenizer=None,
                     max_shard_bytes: int | None = None, fetch=np.asarray) -> None:
     """Write ``config.json`` + ``model.safetensors`` (loadable by ``transformers``, dense semantics), when the
@@ -352,6 +330,6 @@ def save_pretrained(model: Model, path: str | os.PathLike, *, tokenizer=None,
         if model.gate is not None:
             (tmp / GATE_FILE).write_text(json.dumps(gate_to_json(model.gate)))
         if tokenizer is not None:
-            tokenizer.save(str(tmp / "tokenizer.json"))
+            tokenizer.save(str(tmp / TOKENIZER_FILE))
 
     atomic_directory(Path(path), write)

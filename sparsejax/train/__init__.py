@@ -5,27 +5,38 @@
 Pretraining is the same loop with ``gate.enabled=False`` and ``constraint.method="none"``. Writes
 ``run_dir/metrics.jsonl``, ``config.yaml``, ``tensorboard/``, ``model/`` (a Hugging Face directory, plus
 ``sparsejax_gate.json`` when gated), ``best_model/`` + ``best.json`` (the sparsest evaluated model meeting
-``CE <= tau``) and, for text, the tokenizer.
+``CE <= tau``) and, for text, the tokenizer; every name from ``rundir.RunDir``.
 
-Files: ``state.py`` (data, model, gate, train state from weights or shapes), ``step.py`` (pure
-train/eval steps, optimiser, multiplier), ``loop.py`` (the host loop), ``evaluate.py`` (CE and edge counts
-summed on device), ``checkpointing.py`` (orbax, export, best-feasible copy, atomic writes), ``metrics.py``.
+What happens between steps is the trainer's hooks (``trainer.add_hook(fn, every=N)``; logging, evaluation, the
+best-feasible copy, checkpoints and export are the default ones), and where the records go its trackers
+(``Trainer(..., trackers=[...])``; ``metrics.jsonl`` and TensorBoard by default).
+
+Files: ``state.py`` (model, gate, train state from weights or shapes), ``data.py`` (the configured data),
+``step.py`` (pure train/eval steps, optimiser, multiplier), ``loop.py`` (the host loop), ``hooks.py`` (the
+hooks), ``records.py`` (the typed records), ``trackers.py`` (where they go), ``rundir.py`` (the run folder),
+``evaluate.py`` (CE and edge counts summed on device), ``checkpointing.py`` (orbax, export, best-feasible copy).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import jax
-import yaml
 
 from .. import controllers, sharding
 from ..config import RunConfig, to_dict
 from . import checkpointing, evaluate as _evaluate, loop, state as _state, step as _step
+from .data import build_data
+from .hooks import Callback, Hook, Hooks, StepInfo, default_hooks
 from .loop import NonFiniteError
-from .state import StepSpec, build_data, build_model, gate_of, params_of
+from .records import EvalRecord, FinalRecord, Record, StartRecord, TrainRecord
+from .rundir import RunDir
+from .state import StepSpec, build_model, gate_of, params_of
 from .step import lr_schedule, make_eval_step, make_train_step
+from .trackers import CompositeTracker, JsonlTracker, TensorBoardTracker, Tracker, default_trackers
 
-__all__ = ["NonFiniteError", "StepSpec", "Trainer", "build_data", "build_model", "lr_schedule", "make_eval_step",
+__all__ = ["Callback", "CompositeTracker", "EvalRecord", "FinalRecord", "Hook", "Hooks", "JsonlTracker",
+           "NonFiniteError", "Record", "RunDir", "StartRecord", "StepInfo", "StepSpec", "TensorBoardTracker",
+           "Tracker", "TrainRecord", "Trainer", "build_data", "build_model", "lr_schedule", "make_eval_step",
            "make_train_step"]
 
 
@@ -45,10 +56,10 @@ def check_run_dir(run_dir: Path, cfg: RunConfig) -> None:
     parent = next((p for p in [run_dir, *run_dir.parents] if p.exists()), None)
     if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"cannot write under {parent}; choose a run directory you can write to")
-    saved = run_dir / "config.yaml"
-    if not (saved.exists() and (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())):
+    saved = RunDir.of(run_dir)
+    if not (saved.config.exists() and saved.has_checkpoints()):
         return
-    old, new = _flat(yaml.safe_load(saved.read_text())), _flat(to_dict(cfg))
+    old, new = _flat(saved.config_dict()), _flat(to_dict(cfg))
     default = _flat(to_dict(RunConfig()))  # a key the saved config predates had its default value
     changed = [k for k in sorted(set(old) | set(new)) if k not in RESUMABLE_CHANGES
                and _norm(old.get(k, default.get(k))) != _norm(new.get(k))]
@@ -78,12 +89,21 @@ class Trainer:
 
     Construction loads data and weights, builds the mesh, the (sharded) train state and the jitted steps, and
     measures tau (the dense model's held-out CE + slack) for CE-target runs. Nothing is written before ``fit``.
+
+    ``trackers``: where the records go besides the run folder's ``metrics.jsonl`` and TensorBoard (objects with
+    ``log(record)`` and ``close()``, :mod:`sparsejax.train.trackers`); ``self.trackers`` is the whole list, yours
+    to change. ``self.hooks``: what runs between steps (:mod:`sparsejax.train.hooks`), the defaults at the
+    cadences ``cfg.train`` has now; :meth:`add_hook` / :meth:`remove_hook`. ``self.dir``: the run folder
+    (:class:`~sparsejax.train.rundir.RunDir`).
     """
 
-    def __init__(self, cfg: RunConfig, run_dir: str | Path, *, progress: bool = True):
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, *, progress: bool = True, trackers=()):
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
+        self.dir = RunDir(self.run_dir)
         check_run_dir(self.run_dir, cfg)
-        self.train_src, self.val_src, self.tokenizer = build_data(cfg, self.run_dir)
+        self.trackers: list[Tracker] = [*default_trackers(self.dir), *trackers]
+        self.hooks: Hooks = default_hooks(cfg)
+        self.train_src, self.val_src, self.tokenizer = build_data(cfg, self.dir)
         self.rules = sharding.parse_rules(cfg.mesh.rules)
         self.mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
         model = build_model(cfg, self.mesh, self.rules)  # a checkpoint streams onto its shardings
@@ -164,14 +184,31 @@ class Trainer:
         checkpointing.export(self.config, self.params(), self.gate(), path, tokenizer=self.tokenizer,
                              max_shard_bytes=int(mb * 2**20) if mb else None)
 
+    def add_hook(self, fn, every: int = 1, *, name: str | None = None, last: bool = False,
+                 before: str | None = None) -> Hook:
+        """Call ``fn(info)`` (a :class:`~sparsejax.train.hooks.StepInfo`) after every ``every``-th step, and after
+        the last step when ``last``; ``fn`` may be a :class:`~sparsejax.train.hooks.Callback` (``on_start`` /
+        ``on_step`` / ``on_end``). Runs after the default hooks, or before the hook named ``before``."""
+        return self.hooks.add(fn, every, name=name, last=last, before=before)
+
+    def remove_hook(self, name: str) -> Hook:
+        """Take out a hook by name (a default one too: ``log``, ``evaluate``, ``best``, ``checkpoint``,
+        ``export``); returns it."""
+        return self.hooks.remove(name)
+
+    def add_tracker(self, tracker: Tracker) -> None:
+        """Send every record to ``tracker`` too."""
+        self.trackers.append(tracker)
+
     def fit(self, callbacks=()) -> dict:
+        """Train to ``cfg.train.steps`` (resuming from the newest checkpoint); returns the final evaluation.
+        ``callbacks``: functions ``f(record_dict)`` called with every record of this fit."""
         from ..distributed import is_main
 
         check_run_dir(self.run_dir, self.cfg)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if is_main():  # multi-process runs: process 0 writes the run directory
             if self.tokenizer is not None:
-                self.tokenizer.save(str(self.run_dir / "tokenizer.json"))
-            checkpointing.atomic_write_text(self.run_dir / "config.yaml",
-                                            yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
+                self.tokenizer.save(str(self.dir.tokenizer))
+            self.dir.write_config(to_dict(self.cfg))
         return loop.fit(self, progress=self.progress, callbacks=callbacks)

@@ -1,42 +1,20 @@
-"""Orbax checkpoints of the train state, the exported model, the best-feasible copy, and atomic file writes."""
+"""Orbax checkpoints of the train state, the exported model and the best-feasible copy (paths from ``RunDir``)."""
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 
 import jax
 import numpy as np
 
 from ..checkpoints import Model, save_pretrained
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same directory and a rename (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+from ..files import atomic_write_text  # noqa: F401  (the one atomic write; kept importable from here)
+from .rundir import RunDir
 
 
 def manager(run_dir: Path, keep: int):
     import orbax.checkpoint as ocp
 
-    return ocp.CheckpointManager(Path(run_dir).absolute() / "checkpoints",
+    return ocp.CheckpointManager(RunDir.of(run_dir).checkpoints.absolute(),
                                  options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 
 
@@ -78,19 +56,18 @@ def export(config, params, gate, path: Path, tokenizer=None, max_shard_bytes: in
                     fetch=fetch)
 
 
-def keep_best(run_dir: Path, rec: dict, tau: float | None, export_fn) -> bool:
+def keep_best(run_dir, rec, tau: float | None, export_fn) -> bool:
     """If ``rec`` (an evaluation) meets ``eval_ce <= tau`` and is sparser than ``best.json``, call
-    ``export_fn(run_dir / "best_model")`` and record it. Returns whether it became the best."""
+    ``export_fn(run_dir.best_model)`` and record it. Returns whether it became the best."""
     if tau is None or "edge_density" not in rec or rec["eval_ce"] > tau:
         return False
-    best_file = Path(run_dir) / "best.json"
-    best = json.loads(best_file.read_text()) if best_file.exists() else None
+    run_dir = RunDir.of(run_dir)
+    best = run_dir.best_record()
     if best is not None and rec["edge_density"] >= best["edge_density"]:
         return False
-    export_fn(Path(run_dir) / "best_model")
+    export_fn(run_dir.best_model)
     from ..distributed import is_main
-    from .evaluate import summary
 
     if is_main():  # the other processes read it back at the next evaluation, after collectives in between
-        atomic_write_text(best_file, json.dumps(summary(rec)))
+        run_dir.write_best(rec)
     return True

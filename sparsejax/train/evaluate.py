@@ -54,7 +54,8 @@ def evaluate_checkpoint(cfg, checkpoint) -> dict:
 
     from .. import sharding
     from ..checkpoints import from_pretrained
-    from .state import StepSpec, build_data, check_data_fits
+    from .data import build_data
+    from .state import StepSpec, check_data_fits
 
     model = from_pretrained(checkpoint)
     config = model.config.replace(dtype=cfg.model.dtype, remat="none")

@@ -1,22 +1,23 @@
-"""The host loop: batches in, one jitted step per batch, NaN guard, logging, evaluation, checkpoints, export.
+"""The host loop: batches in, one jitted step per batch, the NaN guard, and the trainer's hooks between steps.
 
-Everything numeric happens in the pure step (``step.py``); this file only schedules it. The host reads the
-previous step's counters while the device runs the next step, so it does not stall the device every step.
+Everything numeric happens in the pure step (``step.py``); what happens between steps (logging, evaluation, the
+best-feasible copy, checkpoints, export) is the trainer's hooks (``hooks.py``), and where records go is its
+trackers (``trackers.py``). The host reads the previous step's counters while the device runs the next step, so
+it does not stall the device every step.
 """
 from __future__ import annotations
 
-import time
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from .. import controllers
 from ..data import batch_at
 from ..distributed import is_main
 from ..sharding import place_batch
 from . import checkpointing
-from .metrics import MetricsWriter
+from .hooks import StepInfo
+from .records import Record, TrainRecord
+from .trackers import CompositeTracker, FunctionTracker
 
 
 class NonFiniteError(RuntimeError):
@@ -27,24 +28,22 @@ def step_seed(seed: int, step: int):
     return jnp.uint32((seed * 1_000_003 + step) % 2**32)
 
 
-def fit(run, *, progress: bool = True, callbacks=()) -> dict:
-    """Train ``run`` (a :class:`sparsejax.train.Trainer`) from its state to ``cfg.train.steps``; returns the
-    final evaluation. ``callbacks``: functions ``f(record)`` called with every logged record."""
-    cfg, run_dir = run.cfg, run.run_dir
+def fit(run, *, progress: bool = True, callbacks=()) -> dict | None:
+    """Train ``run`` (a :class:`sparsejax.train.Trainer`) from its state to ``cfg.train.steps``, calling its
+    hooks (``run.hooks``) and logging to its trackers (``run.trackers``); returns the final evaluation (``None``
+    when the ``evaluate`` hook was removed). ``callbacks``: functions ``f(record_dict)`` called with every logged
+    record, as extra trackers for this fit."""
+    cfg = run.cfg
     t = cfg.train
-    mgr = checkpointing.manager(run_dir, t.keep)
+    mgr = checkpointing.manager(run.dir, t.keep)
     run.state, resumed = checkpointing.restore_latest(mgr, run.state)
     start = int(run.state["step"])
     main = is_main()  # only process 0 writes files (multi-process runs: sparsejax.distributed)
     if resumed is not None and main:
-        print(f"resumed {run_dir} from step {start} (checkpoint {resumed})")
-    writer = MetricsWriter(run_dir, resume_step=start if resumed is not None else None) if main else None
-
-    def emit(rec: dict):
-        if writer is not None:
-            writer.write(rec)
-        for cb in callbacks:
-            cb(rec)
+        print(f"resumed {run.dir} from step {start} (checkpoint {resumed})")
+    if main:  # a resumed run keeps the records up to its checkpoint, a new one starts an empty file
+        run.dir.reset_records(start if resumed is not None else None)
+    trackers = CompositeTracker([*run.trackers, *map(FunctionTracker, callbacks)])
 
     bar = None
     if progress and main:
@@ -52,13 +51,20 @@ def fit(run, *, progress: bool = True, callbacks=()) -> dict:
 
         bar = tqdm(total=t.steps, initial=start, desc="post-train" if run.spec.gate is not None else "train",
                    dynamic_ncols=True)
-    shard = run.batch_sharding
-    tokens_per_step = cfg.data.batch_size * run.train_src.seq_len
     multiplier = controllers.get(cfg.constraint.method).multiplier  # its metric name, shown on the progress bar
-    t0, last, pending = time.perf_counter(), start, None
+
+    def log(rec: Record):
+        trackers.log(rec)
+        if bar is not None and isinstance(rec, TrainRecord):
+            bar.set_postfix({k: f"{rec[k]:.3g}" for k in ("ce", "train_edge_density", multiplier) if k in rec})
+
+    def info(step: int, **kw) -> StepInfo:
+        return StepInfo(run, step, log, resumed=resumed, checkpoints=mgr, **kw)
+
+    shard = run.batch_sharding
+    pending = None
     try:
-        if resumed is None and run.spec.gate is not None:  # the starting point: gated and dense held-out CE
-            emit({"step": 0, **run.evaluate(), "dense_eval_ce": run.evaluate(dense=True)["eval_ce"]})
+        run.hooks.start(info(start))
         with jax.set_mesh(run.mesh):
             for step in range(start, t.steps):
                 batch = place_batch(lambda rows: batch_at(run.train_src, step, cfg.data.batch_size, cfg.data.seed,
@@ -70,39 +76,20 @@ def fit(run, *, progress: bool = True, callbacks=()) -> dict:
                     _check_bad((step, out["bad_steps"]), t.max_bad_steps)
                 pending = (step, out["bad_steps"])
                 done = step + 1
-                if done % t.log_every == 0 or done == t.steps:
+                if done % t.log_every == 0 or done == t.steps:  # where the records read the step: checked first
                     _check_bad(pending, t.max_bad_steps)
-                    now = time.perf_counter()
-                    rec = _record(run, out, done, tokens_per_step * (done - last) / max(now - t0, 1e-9))
-                    t0, last = now, done
-                    emit(rec)
-                    if bar is not None:
-                        bar.set_postfix({k: f"{rec[k]:.3g}" for k in ("ce", "train_edge_density", multiplier)
-                                         if k in rec})
-                if t.eval_every and done % t.eval_every == 0 and done != t.steps:
-                    rec = {"step": done, **run.evaluate()}
-                    emit(rec)
-                    checkpointing.keep_best(run_dir, rec, run.tau, run.export)
-                if t.checkpoint_every and done % t.checkpoint_every == 0:
-                    checkpointing.save(mgr, done, run.state)
+                run.hooks.step(info(done, last=done == t.steps, outputs=out))
                 if bar is not None:
                     bar.update(1)
             if pending is not None:
                 _check_bad(pending, t.max_bad_steps)
-        final = {"step": int(run.state["step"]), **run.evaluate()}
-        if run.tau is not None:
-            final["tau"] = float(run.tau)
-            checkpointing.keep_best(run_dir, final, run.tau, run.export)
-        emit({**final, "final": True})
+        end = info(int(run.state["step"]), last=True)
+        run.hooks.end(end)
     finally:
-        if writer is not None:
-            writer.close()
+        trackers.close()
         if bar is not None:
             bar.close()
-    if int(run.state["step"]) not in (mgr.all_steps() or []):
-        checkpointing.save(mgr, int(run.state["step"]), run.state)
-    run.export(run_dir / "model")
-    return final
+    return None if end.evaluation is None else end.evaluation.to_dict()
 
 
 def _check_bad(pending, max_bad: int) -> bool:
@@ -113,22 +100,3 @@ def _check_bad(pending, max_bad: int) -> bool:
         raise NonFiniteError(f"{max_bad} consecutive non-finite steps (last at step {step}); lower train.lr or check "
                              "the data")
     return bad > 0
-
-
-def _record(run, out: dict, step: int, tokens_per_s: float) -> dict:
-    out = jax.device_get(out)
-    rec = {"step": step, "loss": float(out["loss"]), "ce": float(out["ce"]),
-           "expected_density": float(out["density"]), "tokens_per_s": tokens_per_s,
-           "skipped_steps": int(out["total_bad_steps"])}
-    if run.spec.gate is not None:  # deterministic edge density of this training batch (counted on device)
-        per_layer = np.asarray(out["edges"]).mean(1)
-        rec.update(train_edge_density=float(per_layer.mean()), train_edge_density_per_layer=per_layer.tolist())
-    # what the controller logs, under its names (in density mode the estimate and the target are the density's),
-    # then measured_ce: the CE the multiplier saw (constraint.measure=deterministic), then what a guarded curriculum
-    # adds (its CE's EMA, where its annealed target stands)
-    logged = controllers.get(run.cfg.constraint.method).record_names
-    names = {**logged(run.spec.sense, False), "measured_ce": "measured_ce", **logged(run.spec.sense, run.spec.guard)}
-    for k, name in names.items():
-        if k in out:
-            rec[name] = float(out[k])
-    return rec

