@@ -22,11 +22,11 @@ def occupancy(run_dir: Path, blocks, batches: int) -> dict:
     import sparsejax as sj
     from block_skipping_kernel import tile_occupancy  # experiments/ (this script's own folder)
     from sparsejax.config import load_config
-    from sparsejax.train.state import build_data
     from sparsejax.data import batch_at
+    from sparsejax.train import RunDir, build_data
 
-    cfg = load_config(run_dir / "config.yaml")
-    model = sj.from_pretrained(run_dir / "model")
+    cfg = load_config(RunDir(run_dir).config)
+    model = sj.from_pretrained(RunDir(run_dir).model)
     if model.gate is None:
         raise SystemExit(f"{run_dir}/model has no gate (a dense model): give a sparse run")
     with tempfile.TemporaryDirectory() as tmp:
@@ -71,7 +71,7 @@ def main(argv=None):
             lines.append(f"| {res['run']} | {res['seq']} | {r['layer']} | {r['edge_density']:.4f} | {r['block']} | "
                          f"{r['empty_tile_share']:.3f} | {r['skipped_pair_share']:.3f} |")
     table = "\n".join(lines)
-    from sparsejax.train.checkpointing import atomic_write_text
+    from sparsejax.files import atomic_write_text
 
     atomic_write_text(out / "results.json", json.dumps(results, indent=1))
     atomic_write_text(out / "table.md", table + "\n")

@@ -56,8 +56,9 @@ def summarise(run_dir: Path, tau: float, slack: float | None = None) -> dict:
     """The run's evaluation points against the held-out target: ``tau``, or with ``slack`` the dense model's
     held-out CE (logged at step 0) + slack — the same number when tau is measured on held-out data, the right one
     when it is measured on training batches (``constraint.tau_data=train``, the Shakespeare preset)."""
-    recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    evals = [r for r in recs if "eval_ce" in r]
+    from sparsejax.train import RunDir
+
+    evals = RunDir(run_dir).records("eval")  # the start, the periodic and the final evaluations, in file order
     if slack is not None and "dense_eval_ce" in evals[0]:
         tau = evals[0]["dense_eval_ce"] + slack
     final = evals[-1]
@@ -92,21 +93,21 @@ def main(argv=None):
     import sparsejax as sj
     from sparsejax.config import load_config
     from sparsejax.data import addition
-    from sparsejax.train import Trainer
-    from sparsejax.train.checkpointing import atomic_write_text
+    from sparsejax.files import atomic_write_text
+    from sparsejax.train import RunDir, Trainer
 
     out = Path(args.out or f"runs/controllers_{args.task}")
     out.mkdir(parents=True, exist_ok=True)
     if args.task == "toy":
         dense = Path(args.dense or out / "dense")
-        if not (dense / "model").exists():
+        if not RunDir(dense).model.exists():
             seeds = [] if args.dense_seed is None else [f"train.seed={args.dense_seed}", f"data.seed={args.dense_seed}"]
             Trainer(load_config("toy_addition_pretrain", seeds), dense, progress=False).fit()
-        base = ["toy_addition_posttrain", [f"model.checkpoint={dense / 'model'}"]]
+        base = ["toy_addition_posttrain", [f"model.checkpoint={RunDir(dense).model}"]]
     else:
         dense = Path(args.dense or "runs/shakespeare/dense")
-        base = ["shakespeare_posttrain", [f"model.checkpoint={dense / 'model'}",
-                                          f"data.tokenizer={dense / 'tokenizer.json'}"]]
+        base = ["shakespeare_posttrain", [f"model.checkpoint={RunDir(dense).model}",
+                                          f"data.tokenizer={RunDir(dense).tokenizer}"]]
     results = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
     for name in args.candidates:
         for seed in args.seeds:
@@ -121,7 +122,7 @@ def main(argv=None):
             final = Trainer(cfg, run, progress=False).fit()
             row = summarise(run, final["tau"], cfg.constraint.slack)
             if args.task == "toy":
-                m = sj.from_pretrained(run / "model")
+                m = sj.from_pretrained(RunDir(run).model)
                 f = jax.jit(lambda t: sj.forward(m.config, m.params, t, m.gate)[0])
                 row["final_greedy_exact_match"] = addition.greedy_exact_match(f, addition.split("validation"))
             results[key] = row

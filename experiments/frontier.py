@@ -17,11 +17,10 @@ from pathlib import Path
 
 
 def point(run_dir: Path, label: str) -> dict:
-    from sparsejax.train.metrics import read_records
+    from sparsejax.train import RunDir
 
-    recs = read_records(run_dir / "metrics.jsonl")
-    final = [r for r in recs if r.get("final")][-1]
-    cfg = (run_dir / "config.yaml").read_text()
+    final = RunDir(run_dir).records("final")[-1]
+    cfg = RunDir(run_dir).config_text()
     return {"label": label, "run": str(run_dir), "eval_ce": final["eval_ce"], "edge_density": final["edge_density"],
             "edge_density_per_layer": final["edge_density_per_layer"], "steps": final["step"],
             "tau": final.get("tau"), "config": cfg}
@@ -88,18 +87,19 @@ def main(argv=None):
     p.add_argument("--set", nargs="*", default=[], help="extra overrides for every run")
     args = p.parse_args(argv)
     from sparsejax.config import load_config
-    from sparsejax.train import Trainer
-    from sparsejax.train.checkpointing import atomic_write_text
+    from sparsejax.files import atomic_write_text
+    from sparsejax.train import RunDir, Trainer
     from sparsejax.train.evaluate import evaluate_checkpoint
 
     dense, out = Path(args.dense), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     res_path = out / "results.json"
     results = json.loads(res_path.read_text()) if res_path.exists() else {"points": []}
-    base = [f"model.checkpoint={dense / 'model'}", f"data.tokenizer={dense / 'tokenizer.json'}",
+    base = [f"model.checkpoint={RunDir(dense).model}", f"data.tokenizer={RunDir(dense).tokenizer}",
             f"train.steps={args.steps}", *args.set]
     if "dense_ce" not in results:
-        results["dense_ce"] = evaluate_checkpoint(load_config("shakespeare_posttrain", base), dense / "model")["eval_ce"]
+        results["dense_ce"] = evaluate_checkpoint(load_config("shakespeare_posttrain", base),
+                                                  RunDir(dense).model)["eval_ce"]
     done = {q["label"] for q in results["points"]}
     todo = [(f"density<={d:g}", [f"constraint.sense=density", f"constraint.density_target={d}"], f"d{d:g}")
             for d in args.density_targets]

@@ -39,7 +39,7 @@ def main(argv=None):
     import sparsejax as sj
     from sparsejax.config import load_config
     from sparsejax.data import batch_at
-    from sparsejax.train.state import build_data
+    from sparsejax.train import build_data
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="+", help="model directories (sparse models run with their eval gates)")

@@ -37,7 +37,7 @@ SETUPS = [
 
 def main(argv=None):
     from sparsejax.plan import parse_mesh, plan_overrides, run_plan
-    from sparsejax.train.checkpointing import atomic_write_text
+    from sparsejax.files import atomic_write_text
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/plan")

@@ -15,23 +15,19 @@ import json
 import time
 from pathlib import Path
 
-from sparsejax.train.checkpointing import atomic_write_text
-
 import sparsejax as sj
 from sparsejax import report
 from sparsejax.config import load_config
 from sparsejax.data import text
-from sparsejax.train import Trainer
+from sparsejax.files import atomic_write_text
+from sparsejax.train import RunDir, Trainer
 
 PROMPT = "ROMEO:\nBut, soft! what light through yonder window breaks?\nIt is the east, and Juliet is the sun."
 
 
-def plot_dense_curve(metrics: Path, out: Path):
+def plot_dense_curve(run: RunDir, out: Path):
     """Validation and training CE of the dense pretraining run against steps (is it a plateau?)."""
-    evals, train = [], []
-    for line in metrics.read_text().splitlines():
-        r = json.loads(line)
-        (evals if "eval_ce" in r else train).append(r)
+    evals, train = run.records("eval"), run.records("train")
     plt = report._plt()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.plot([r["step"] for r in train], [r["ce"] for r in train], lw=0.8, alpha=0.6, label="training batch CE")
@@ -59,42 +55,40 @@ def main(argv=None):
     text.corpus_files(text.shakespeare_dir())  # a clear error, before anything runs, if the corpus is missing
     steps = lambda n: [f"train.steps={n}"] if n else []
 
+    dense_run, sparse_run = RunDir(out / "dense"), RunDir(out / "sparse")
     pre_cfg = load_config("shakespeare_pretrain", steps(args.pretrain_steps))
-    if (out / "dense" / "model").exists():
-        print(f"== 1/3 dense pretraining: done ({out / 'dense' / 'model'})")
+    if dense_run.model.exists():
+        print(f"== 1/3 dense pretraining: done ({dense_run.model})")
     else:
         print("== 1/3 dense pretraining")
-        Trainer(pre_cfg, out / "dense", progress=not args.no_progress).fit()
-    post_cfg = load_config("shakespeare_posttrain", [f"model.checkpoint={out / 'dense' / 'model'}",
-                                                     f"data.tokenizer={out / 'dense' / 'tokenizer.json'}",
+        Trainer(pre_cfg, dense_run, progress=not args.no_progress).fit()
+    post_cfg = load_config("shakespeare_posttrain", [f"model.checkpoint={dense_run.model}",
+                                                     f"data.tokenizer={dense_run.tokenizer}",
                                                      *steps(args.posttrain_steps), *args.set])
     if args.report_only:
         print("== 2/3 sparse post-training: reading the finished run")
-        from sparsejax.train.metrics import read_records
-
-        recs = read_records(out / "sparse" / "metrics.jsonl")
-        final = [r for r in recs if r.get("final")][-1]
+        final = sparse_run.records("final")[-1]
         old = out / "results.json"
         minutes = json.loads(old.read_text()).get("posttrain_minutes") if old.exists() else None
     else:
         print("== 2/3 sparse post-training")
         t0 = time.perf_counter()
-        final = Trainer(post_cfg, out / "sparse", progress=not args.no_progress).fit()
+        final = Trainer(post_cfg, sparse_run, progress=not args.no_progress).fit()
         minutes = (time.perf_counter() - t0) / 60
     from sparsejax.train.evaluate import evaluate_checkpoint
 
-    dense_ce = evaluate_checkpoint(post_cfg, out / "dense" / "model")["eval_ce"]  # held-out, same batches
+    dense_ce = evaluate_checkpoint(post_cfg, dense_run.model)["eval_ce"]  # held-out, same batches
 
     print("== 3/3 figures")
-    dense, sparse = sj.from_pretrained(out / "dense" / "model"), sj.from_pretrained(out / "sparse" / "model")
-    tok = text.load_tokenizer(out / "dense" / "tokenizer.json")
+    dense, sparse = sj.from_pretrained(dense_run.model), sj.from_pretrained(sparse_run.model)
+    tok = text.load_tokenizer(dense_run.tokenizer)
     ids = tok.encode(PROMPT).ids[:64]
     labels = [tok.decode([i]) for i in ids]
     sparse_maps = report.head_maps(sparse, ids, sparse.gate)
     report.plot_attention_maps(report.head_maps(dense, ids, None), sparse_maps, labels, out / "attention_maps.png",
                                "Shakespeare LM: per-head attention on a prompt, dense (left) vs sparse (right)")
-    report.plot_dynamics(out / "sparse" / "metrics.jsonl", out / "training_dynamics.png")
-    plot_dense_curve(out / "dense" / "metrics.jsonl", out / "dense_curve.png")
+    report.plot_dynamics(sparse_run, out / "training_dynamics.png")
+    plot_dense_curve(dense_run, out / "dense_curve.png")
     target = dense_ce + post_cfg.constraint.slack
     results = {"dense_eval_ce": dense_ce, "target_eval_ce": target, "controller_tau": final["tau"],
                "sparse_eval_ce": final["eval_ce"], "ce_minus_target": final["eval_ce"] - target,

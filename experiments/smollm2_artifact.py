@@ -39,13 +39,12 @@ def export(run_dir: Path, out: Path) -> Path:
     import yaml
     from safetensors.numpy import save_file
 
-    from sparsejax.checkpoints.hf import atomic_directory
-    from sparsejax.config import load_config
+    from sparsejax.files import atomic_directory
     from sparsejax.gates import gate_to_json
-    from sparsejax.train import Trainer
+    from sparsejax.train import RunDir, Trainer
     from sparsejax.train import checkpointing
 
-    cfg = load_config(str(run_dir / "config.yaml"))
+    cfg = RunDir(run_dir).load_config()
     if cfg.train.lora_rank == 0:
         raise ValueError(f"{run_dir} is a full fine-tuning run; the artifact holds LoRA adapters (train.lora_rank > 0)")
     run = Trainer(cfg, run_dir, progress=False)
@@ -53,13 +52,12 @@ def export(run_dir: Path, out: Path) -> Path:
     if restored is None:
         raise FileNotFoundError(f"{run_dir} has no checkpoint to export")
     step = int(run.state["step"])
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    at_step = [r for r in records if r.get("step") == step and "eval_ce" in r]
+    at_step = [r for r in RunDir(run_dir).records("eval") if r.step == step]
 
     def write(tmp: Path):
         save_file(_flatten(run.state["trainable"]["lora"]), str(tmp / "lora.safetensors"))
         (tmp / "sparsejax_gate.json").write_text(json.dumps(gate_to_json(run.gate())))
-        (tmp / "config.yaml").write_text((run_dir / "config.yaml").read_text())
+        (tmp / "config.yaml").write_text(RunDir(run_dir).config_text())
         source = {"run": str(run_dir), "step": step, "lora_alpha": cfg.train.lora_alpha,
                   "reported": {k: v for k, v in (at_step[-1] if at_step else {}).items()
                                if k != "edge_density_per_head"}}

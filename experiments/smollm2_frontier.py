@@ -26,7 +26,7 @@ def main(argv=None):
     p.add_argument("--control", required=True)
     p.add_argument("--out", default="smollm2_frontier.png")
     args = p.parse_args(argv)
-    from sparsejax.train.metrics import read_records
+    from sparsejax.train import RunDir
 
     control = json.loads((Path(args.control) / "eval64.json").read_text())
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -34,10 +34,8 @@ def main(argv=None):
     print("|---:|---:|---:|---:|---:|")
     for run in map(Path, args.runs):
         final = json.loads((run / "eval64.json").read_text())
-        recs = [r for r in read_records(run / "metrics.jsonl") if "eval_ce" in r]
-        import yaml
-
-        target = yaml.safe_load((run / "config.yaml").read_text())["constraint"]["density_target"]
+        recs = RunDir(run).records("eval")
+        target = RunDir(run).config_dict()["constraint"]["density_target"]
         line, = ax.plot([r["edge_density"] for r in recs], [r["eval_ce"] for r in recs], "-", alpha=0.35, lw=1)
         ax.plot(final["edge_density"], final["eval_ce"], "o", color=line.get_color(), ms=8,
                 label=f"target {target:g}: {100 * final['edge_density']:.2f}%, CE {final['eval_ce']:.3f}")

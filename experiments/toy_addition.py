@@ -18,7 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
-from sparsejax.train.checkpointing import atomic_write_text
+from sparsejax.files import atomic_write_text
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +32,7 @@ import sparsejax as sj  # noqa: E402
 from sparsejax.config import load_config  # noqa: E402
 from sparsejax import report  # noqa: E402
 from sparsejax.data import addition  # noqa: E402
-from sparsejax.train import Trainer  # noqa: E402
+from sparsejax.train import RunDir, Trainer  # noqa: E402
 
 EXAMPLES = {"no carry": (12, 34), "single carry": (15, 37), "double carry": (95, 17)}
 
@@ -86,15 +86,16 @@ def main(argv=None):
 
     print("== 1/3 dense pretraining")
     pre_cfg = load_config("toy_addition_pretrain", [f"train.steps={pre_steps}"] if pre_steps else [])
-    Trainer(pre_cfg, out / "dense", progress=not args.no_progress).fit()
-    dense = sj.from_pretrained(out / "dense" / "model")
+    dense_run, sparse_run = RunDir(out / "dense"), RunDir(out / "sparse")
+    Trainer(pre_cfg, dense_run, progress=not args.no_progress).fit()
+    dense = sj.from_pretrained(dense_run.model)
     val = addition.split("validation")
 
     print("== 2/3 sparse post-training (PI multiplier, CE <= tau)")
-    post_over = [f"model.checkpoint={out / 'dense' / 'model'}"] + ([f"train.steps={post_steps}"] if post_steps else [])
+    post_over = [f"model.checkpoint={dense_run.model}"] + ([f"train.steps={post_steps}"] if post_steps else [])
     post_cfg = load_config("toy_addition_posttrain", post_over)
-    final = Trainer(post_cfg, out / "sparse", progress=not args.no_progress).fit()
-    sparse = sj.from_pretrained(out / "sparse" / "model")  # the final model is the result
+    final = Trainer(post_cfg, sparse_run, progress=not args.no_progress).fit()
+    sparse = sj.from_pretrained(sparse_run.model)  # the final model is the result
 
     print("== 3/3 evaluation and figures")
     results = {"dense_exact_match_greedy": greedy_exact_match(dense, val),
@@ -107,13 +108,12 @@ def main(argv=None):
                "pretrain_steps": pre_cfg.train.steps, "posttrain_steps": post_cfg.train.steps,
                "seeds": {"pretrain": pre_cfg.train.seed, "posttrain": post_cfg.train.seed}}
     results["goal_met"] = bool(results["edge_density"] <= 0.025 and results["final_exact_match_greedy"] >= 0.99)
-    best_file = out / "sparse" / "best.json"
-    if best_file.exists():  # the safety net: the sparsest evaluated checkpoint that met CE <= tau
-        best = json.loads(best_file.read_text())
+    best = sparse_run.best_record()
+    if best is not None:  # the safety net: the sparsest evaluated checkpoint that met CE <= tau
         results["best_feasible"] = {"step": best["step"], "eval_ce": best["eval_ce"],
                                     "edge_density": best["edge_density"],
                                     "exact_match_greedy": greedy_exact_match(
-                                        sj.from_pretrained(out / "sparse" / "best_model"), val)}
+                                        sj.from_pretrained(sparse_run.best_model), val)}
     fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
     for col, (name, (a, b)) in enumerate(EXAMPLES.items()):
         row = addition.encode(a, b)
@@ -129,7 +129,7 @@ def main(argv=None):
     fig.tight_layout()
     fig.savefig(out / "attention_graphs.png", dpi=120)
     plt.close(fig)
-    report.plot_dynamics(out / "sparse" / "metrics.jsonl", out / "training_dynamics.png")
+    report.plot_dynamics(sparse_run, out / "training_dynamics.png")
     row = addition.encode(*EXAMPLES["double carry"])
     sparse_maps = report.head_maps(sparse, row[:-1], sparse.gate)
     report.plot_attention_maps(report.head_maps(dense, row[:-1], None), sparse_maps, list(addition.decode(row[:-1])),

@@ -10,7 +10,6 @@ that have none (density-target mode). ``--beta`` adds a panel with the multiplie
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import matplotlib
 
@@ -33,7 +32,7 @@ def main(argv=None):
     ax_d, ax_c = axes[0], axes[-1]
     for spec in args.runs:
         path, _, label = spec.partition("=")
-        train, evals = read_metrics(Path(path) / "metrics.jsonl")
+        train, evals = read_metrics(path)  # a run folder (report.read_metrics reads it through RunDir)
         target = args.target if args.target is not None else next((r["tau"] for r in train if "tau" in r), args.tau)
         if target is None:
             raise SystemExit(f"{path} has no CE target (density-target run): pass --tau or --target")
