@@ -117,7 +117,7 @@ def compile_plan(cfg) -> dict:
     mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     rules = sharding.parse_rules(cfg.mesh.rules)
     place = lambda tree: jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree,
-                                      sharding.param_shardings(tree, mesh, rules))
+                                      sharding.state_shardings(tree, mesh, rules))
     b, t = cfg.data.batch_size, cfg.data.seq_len
     batch_sh = sharding.batch_sharding(mesh, rules)
     batch = {"tokens": jax.ShapeDtypeStruct((b, t + 1), jax.numpy.int32, sharding=batch_sh),

@@ -1,5 +1,6 @@
 """Sharding by logical axes: every parameter (and the batch) has logical axis names, one rule table maps them to
-the mesh axes ``(data, fsdp, tensor)`` (as MaxText does).
+the mesh axes ``(data, fsdp, tensor)`` (as MaxText does). The parameters' axes are declared where they are created
+(``sparsejax.models.decoder.PARAM_AXES``); this module holds the rules and the activations' axes.
 
 Logical names: ``batch``, ``seq``, ``embed`` (d_model), ``heads`` / ``kv_heads`` (flattened ``heads x head_dim``
 projection outputs), ``mlp`` (d_ff), ``vocab``, ``layers`` (the stacked-layer axis), ``position`` (learned
@@ -8,8 +9,6 @@ overrides the table (``"embed=fsdp"``, ``"heads=tensor"``, ``"batch=data+fsdp"``
 An axis that does not divide its dimension is replicated instead.
 """
 from __future__ import annotations
-
-import re
 
 import jax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
@@ -21,26 +20,6 @@ DEFAULT_RULES = (("batch", ("data", "fsdp")), ("embed", ("fsdp",)), ("heads", ("
                  ("mlp", ("tensor",)), ("vocab", ("tensor",)), ("layers", ()), ("seq", ()), ("position", ()),
                  ("norm", ()), ("bias", ()))
 
-# parameter path (below the params root, "/"-joined) -> logical axes of its dimensions
-PARAM_AXES = (
-    (r"embed/tokens", ("vocab", "embed")),
-    (r"embed/positions", ("position", "embed")),
-    (r"layers/attn/q/kernel", ("layers", "embed", "heads")),
-    (r"layers/attn/[kv]/kernel", ("layers", "embed", "kv_heads")),
-    (r"layers/attn/q/bias", ("layers", "heads")),
-    (r"layers/attn/[kv]/bias", ("layers", "kv_heads")),
-    (r"layers/attn/o/kernel", ("layers", "heads", "embed")),
-    (r"layers/attn/o/bias", ("layers", "bias")),
-    (r"layers/attn/q_norm/scale", ("layers", "norm")),
-    (r"layers/attn/k_norm/scale", ("layers", "norm")),
-    (r"layers/mlp/(gate|up|fc)/kernel", ("layers", "embed", "mlp")),
-    (r"layers/mlp/(gate|up|fc)/bias", ("layers", "mlp")),
-    (r"layers/mlp/(down|proj)/kernel", ("layers", "mlp", "embed")),
-    (r"layers/mlp/(down|proj)/bias", ("layers", "bias")),
-    (r"layers/(attn|mlp)(_post)?_norm/(scale|bias)", ("layers", "norm")),  # _post: Gemma 3's sandwich norms
-    (r"final_norm/(scale|bias)", ("norm",)),
-    (r"lm_head/kernel", ("embed", "vocab")),
-)
 # keys under which a parameter tree sits inside a train state (the optimiser moments mirror them)
 PARAM_ROOTS = ("params", "base", "teacher")
 
@@ -134,32 +113,43 @@ def constrain(x, kind: str):
 
 
 def param_axes(path: str) -> tuple | None:
-    """Logical axes of a parameter given its path below the params root (None: not a model parameter)."""
-    for pattern, axes in PARAM_AXES:
-        if re.fullmatch(pattern, path):
-            return axes
-    return None
+    """Logical axes of a parameter given its path below the params root (None: not a model parameter); declared
+    where the parameters are created, ``sparsejax.models.decoder.PARAM_AXES``."""
+    from .models.decoder import PARAM_AXES  # (decoder imports this module for its activation constraints)
+
+    return PARAM_AXES.get(path)
 
 
-def _keys(path) -> list[str]:
-    return [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+def sharding_for_path(path, leaf, mesh, rules=DEFAULT_RULES, *, bare: bool = False) -> NamedSharding:
+    """The sharding of one leaf of a train state: a leaf below a ``params``/``base``/``teacher`` key (including
+    optimiser moments, which mirror the parameters) by its logical axes; anything else (adapters, the gate, step
+    counters) replicated. ``bare``: ``path`` is a parameter's own path (a parameter tree, no root key). A parameter
+    without declared axes is an error."""
+    from .models.decoder import param_path
 
-
-def sharding_for_path(path, leaf, mesh, rules=DEFAULT_RULES) -> NamedSharding:
-    """The sharding of one leaf of a train state / parameter tree: a leaf below a ``params``/``base``/``teacher``
-    key (including optimiser moments, which mirror the parameters) by its logical axes; anything else replicated."""
-    keys = _keys(path)
+    keys = param_path(path).split("/")
     roots = [i for i, k in enumerate(keys) if k in PARAM_ROOTS]
+    if not roots and not bare:
+        return NamedSharding(mesh, P())
     sub = "/".join(keys[roots[-1] + 1:]) if roots else "/".join(keys)
     axes = param_axes(sub)
     if axes is None or len(axes) != len(leaf.shape):
-        return NamedSharding(mesh, P())
+        raise ValueError(f"{'/'.join(keys)} (shape {tuple(leaf.shape)}) is a model parameter, but {sub!r} has no "
+                         f"logical axes of its rank (got {axes}); declare them in "
+                         "sparsejax/models/decoder.py PARAM_AXES")
     return NamedSharding(mesh, logical_spec(axes, leaf.shape, mesh, rules))
 
 
 def param_shardings(params, mesh, rules=DEFAULT_RULES):
-    """NamedShardings for a parameter pytree from its logical axes (anything unmatched is replicated)."""
-    return jax.tree_util.tree_map_with_path(lambda path, leaf: sharding_for_path(path, leaf, mesh, rules), params)
+    """NamedShardings for a parameter pytree (its leaves are model parameters) from their logical axes."""
+    return jax.tree_util.tree_map_with_path(lambda path, leaf: sharding_for_path(path, leaf, mesh, rules, bare=True),
+                                            params)
+
+
+def state_shardings(state, mesh, rules=DEFAULT_RULES):
+    """NamedShardings for a train state: the parameters under ``params``/``base``/``teacher`` keys (and the
+    optimiser moments mirroring them) by their logical axes, everything else replicated."""
+    return jax.tree_util.tree_map_with_path(lambda path, leaf: sharding_for_path(path, leaf, mesh, rules), state)
 
 
 def batch_sharding(mesh, rules=DEFAULT_RULES) -> NamedSharding:

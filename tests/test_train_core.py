@@ -296,3 +296,29 @@ def test_tau_under_sampled_gates(tmp_path):
             out.append(float(objective.cross_entropy(logits, batch["tokens"][:, 1:], batch["mask"])))
     np.testing.assert_allclose(run.tau, np.mean(ces) + 0.01, rtol=1e-5)
     assert abs(np.mean(ces) - np.mean(dense)) > 1e-3  # not the dense model's tau
+
+
+def test_undeclared_parameter_axes_are_an_error():
+    """A parameter without declared logical axes is refused (never silently replicated): at sharding, in a bare
+    parameter tree and under a train state's parameter root; adapters and counters outside a root stay replicated."""
+    mesh = jax.make_mesh((1, 1, 1), sharding.AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
+    c = sj.ModelConfig("llama", vocab_size=50, d_model=16, n_layers=2, n_heads=2, d_ff=32, max_position=8)
+    params = jax.eval_shape(lambda: sj.init_params(c, jax.random.PRNGKey(0)))
+    axes = sj.models.decoder.logical_axes(params)
+    assert axes["layers"]["attn"]["k"]["kernel"] == ("layers", "embed", "kv_heads")
+    sharding.param_shardings(params, mesh)  # every declared parameter places
+    bad = {**params, "layers": {**params["layers"], "extra": {"kernel": jax.ShapeDtypeStruct((2, 16, 16), jnp.float32)}}}
+    with pytest.raises(ValueError, match="layers/extra/kernel.*PARAM_AXES"):
+        sharding.param_shardings(bad, mesh)
+    with pytest.raises(ValueError, match="layers/extra/kernel.*PARAM_AXES"):
+        sharding.state_shardings({"params": bad, "count": jax.ShapeDtypeStruct((), jnp.int32)}, mesh)
+    with pytest.raises(ValueError, match="layers/extra/kernel.*PARAM_AXES"):
+        sj.models.decoder.logical_axes(bad)
+    wrong_rank = {**params, "final_norm": {"scale": jax.ShapeDtypeStruct((2, 16), jnp.float32)}}
+    with pytest.raises(ValueError, match="final_norm/scale"):
+        sharding.param_shardings(wrong_rank, mesh)
+    state = {"lora": {"layers": {"attn": {"q": {"a": jax.ShapeDtypeStruct((2, 16, 4), jnp.float32)}}}},
+             "count": jax.ShapeDtypeStruct((), jnp.int32)}
+    assert all(s.spec == jax.sharding.PartitionSpec() for s in jax.tree.leaves(sharding.state_shardings(state, mesh)))
+    with pytest.raises(ValueError, match="layers/attn/q/a"):  # adapters are not model parameters
+        sharding.param_shardings(state["lora"], mesh)

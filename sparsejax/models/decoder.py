@@ -22,8 +22,59 @@ from .hooks import LAYER_HOOKS, MODEL_HOOKS, Hooks
 from .hooks import hook_names as _hook_names
 
 # ---------------------------------------------------------------------------------------------- init
+# The logical axes of every parameter a family can have, by its path below the params root: declared here, beside
+# the code that creates the parameters. ``init_params`` refuses to create a parameter missing from this table (or of
+# another rank), and ``sharding`` refuses to place one it does not find here (nothing is silently replicated); the
+# rule table in sharding.py maps these names to the mesh axes.
+PARAM_AXES: dict[str, tuple[str, ...]] = {
+    "embed/tokens": ("vocab", "embed"),
+    "embed/positions": ("position", "embed"),
+    "layers/attn_norm/scale": ("layers", "norm"), "layers/attn_norm/bias": ("layers", "norm"),
+    "layers/attn/q/kernel": ("layers", "embed", "heads"), "layers/attn/q/bias": ("layers", "heads"),
+    "layers/attn/k/kernel": ("layers", "embed", "kv_heads"), "layers/attn/k/bias": ("layers", "kv_heads"),
+    "layers/attn/v/kernel": ("layers", "embed", "kv_heads"), "layers/attn/v/bias": ("layers", "kv_heads"),
+    "layers/attn/o/kernel": ("layers", "heads", "embed"), "layers/attn/o/bias": ("layers", "bias"),
+    "layers/attn/q_norm/scale": ("layers", "norm"), "layers/attn/k_norm/scale": ("layers", "norm"),
+    "layers/attn/q_norm/bias": ("layers", "norm"), "layers/attn/k_norm/bias": ("layers", "norm"),
+    "layers/attn_post_norm/scale": ("layers", "norm"), "layers/attn_post_norm/bias": ("layers", "norm"),  # sandwich
+    "layers/mlp_norm/scale": ("layers", "norm"), "layers/mlp_norm/bias": ("layers", "norm"),
+    "layers/mlp/gate/kernel": ("layers", "embed", "mlp"), "layers/mlp/gate/bias": ("layers", "mlp"),
+    "layers/mlp/up/kernel": ("layers", "embed", "mlp"), "layers/mlp/up/bias": ("layers", "mlp"),
+    "layers/mlp/fc/kernel": ("layers", "embed", "mlp"), "layers/mlp/fc/bias": ("layers", "mlp"),
+    "layers/mlp/down/kernel": ("layers", "mlp", "embed"), "layers/mlp/down/bias": ("layers", "bias"),
+    "layers/mlp/proj/kernel": ("layers", "mlp", "embed"), "layers/mlp/proj/bias": ("layers", "bias"),
+    "layers/mlp_post_norm/scale": ("layers", "norm"), "layers/mlp_post_norm/bias": ("layers", "norm"),
+    "final_norm/scale": ("norm",), "final_norm/bias": ("norm",),
+    "lm_head/kernel": ("embed", "vocab"),
+}
+
+
+def param_path(path) -> str:
+    """A pytree key path (``tree_flatten_with_path``) as the ``/``-joined string :data:`PARAM_AXES` is keyed by."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def logical_axes(params) -> dict:
+    """The logical axes of each leaf of a parameter tree (same structure); an undeclared parameter is an error."""
+    def axes(path, leaf):
+        name = param_path(path)
+        found = PARAM_AXES.get(name)
+        if found is None or len(found) != len(leaf.shape):
+            raise ValueError(f"parameter {name!r} (shape {tuple(leaf.shape)}) has no logical axes of its rank in "
+                             f"models/decoder.py PARAM_AXES (got {found}); declare them there beside its creation")
+        return found
+    return jax.tree_util.tree_map_with_path(axes, params)
+
+
 def init_params(config: ModelConfig, key: jax.Array, *, std: float = 0.02) -> dict:
-    """Random float32 parameters (normal(std) weights, residual projections scaled by 1/sqrt(2 L))."""
+    """Random float32 parameters (normal(std) weights, residual projections scaled by 1/sqrt(2 L)); each one has
+    its logical axes in :data:`PARAM_AXES` (checked)."""
+    params = _init_params(config, key, std)
+    logical_axes(params)  # a parameter created without declared axes fails here, not later on a mesh
+    return params
+
+
+def _init_params(config: ModelConfig, key: jax.Array, std: float) -> dict:
     c = config
     L, d, hd = c.n_layers, c.d_model, c.head_dim
     keys = iter(jax.random.split(key, 16))

@@ -114,7 +114,7 @@ class Trainer:
         self.batch_sharding = sharding.batch_sharding(self.mesh, self.rules)
         self.spec = _state.step_spec(cfg, model)
         trainable, frozen = _state.split_params(cfg, self.spec, model)
-        place = lambda tree: jax.device_put(tree, sharding.param_shardings(tree, self.mesh, self.rules))
+        place = lambda tree: jax.device_put(tree, sharding.state_shardings(tree, self.mesh, self.rules))
         self.frozen = place(frozen)
         trainable = place(trainable)
         self._eval = {dense: jax.jit(make_eval_step(self.spec, dense=dense)) for dense in (False, True)}
