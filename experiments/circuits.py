@@ -141,6 +141,9 @@ def main(argv=None):
     p.add_argument("--replot", action="store_true", help="only redraw the figures from OUT/results.json")
     p.add_argument("--no-edges", action="store_true", help="node-level analysis only (no EAP-IG edge scores or edge "
                    "circuits)")
+    p.add_argument("--dense-from", metavar="RESULTS_JSON", help="take the dense model's analysis from an earlier "
+                   "results.json of the same task settings (task, prompts, sets, seeds, ranking, dense model) instead "
+                   "of recomputing it: only the sparse model runs")
     p.add_argument("--exact-subset", type=int, default=20, help="with --rank-heads eap: exact patching of this many "
                    "top-|EAP| heads and as many random others")
     args = p.parse_args(argv)
@@ -185,11 +188,28 @@ def main(argv=None):
         return task
 
     results, over_sets, curves, configs, prompt_sets = {}, {}, {}, {}, None
-    for name, path in (("dense", args.dense), ("sparse", args.sparse)):  # one model in memory at a time
+    models = [("dense", args.dense), ("sparse", args.sparse)]
+    if args.dense_from:  # the dense half of an earlier run with the same settings
+        from sparsejax.models import config_from_hf
+
+        earlier = json.loads(Path(args.dense_from).read_text())
+        same = ("task", "examples", "half", "seed", "sets", "text", "rank_heads", "no_edges", "exact_subset")
+        differ = {k: (earlier["setup"].get(k), getattr(args, k)) for k in same if earlier["setup"].get(k) != getattr(args, k)}
+        if Path(earlier["setup"]["dense"]).expanduser().resolve() != Path(args.dense).expanduser().resolve():
+            differ["dense"] = (earlier["setup"]["dense"], args.dense)
+        if differ:
+            raise SystemExit(f"--dense-from {args.dense_from} was run with other settings (earlier, now): {differ}")
+        results["dense"] = earlier["dense"]
+        over_sets["dense"], curves["dense"] = earlier["dense"]["over_sets"], earlier["dense"]["curves_over_sets"]
+        configs["dense"] = config_from_hf(json.loads((Path(args.dense).expanduser() / "config.json").read_text()))
+        models = models[1:]
+        print(f"dense: from {args.dense_from} (sets {over_sets['dense']})", flush=True)
+    for name, path in models:  # one model in memory at a time
         model = sj.from_pretrained(path)
         configs[name] = model.config
         if prompt_sets is None:  # seeds seed, seed + 1, ... (the dense vocabulary); the first set's analysis is kept
-            prompt_sets = [make_task(args.seed + k, model.config.vocab_size) for k in range(args.sets)]
+            vocab = (configs.get("dense") or model.config).vocab_size
+            prompt_sets = [make_task(args.seed + k, vocab) for k in range(args.sets)]
         over_sets[name], curves[name] = [], []
         for k, task in enumerate(prompt_sets):
             start = time.perf_counter()
@@ -206,6 +226,8 @@ def main(argv=None):
         jax.clear_caches()  # this model's compiled programs: of no use to the next one
     for name in configs:
         res = results[name]
+        if name == "dense" and args.dense_from:
+            continue  # as it was computed
         res["over_sets"] = over_sets[name]
         res["curves_over_sets"] = curves[name]
         values = lambda key: [o[key] for o in over_sets[name] if o[key] is not None]
@@ -288,7 +310,7 @@ def figures(results: dict, args, out: Path, configs: dict) -> None:
 
     for name, config in configs.items():  # the smallest edge circuit with 0.9 explained effect, as a graph
         res = results[name]
-        if res["edge_circuit"]:
+        if res.get("edge_circuit"):  # (a results.json published without its edge lists has none)
             path = out / f"{args.task}_{name}_circuit.png"
             report.draw_circuit(config, res["edge_circuit"], path, title=f"{name}: {res['edges_for_0.9']} edges for 0.9 explained effect "
                                 f"({res['heads_in_edge_circuit']} heads)")
