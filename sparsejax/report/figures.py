@@ -1,21 +1,16 @@
-"""Figures and the HTML report of a run: training dynamics, per-head attention maps, numbers.
-
-``sparsejax report RUN_DIR`` gathers every ``metrics.jsonl`` under RUN_DIR (curves), every PNG already there
-(e.g. attention graphs) and ``results.json`` / final metrics (numbers) into ``RUN_DIR/report.html`` (images
-embedded, one self-contained file). A run is read through :class:`sparsejax.train.rundir.RunDir` (its files) and
-its typed records (:mod:`sparsejax.train.records`).
-"""
+"""The report's figures, each usable on its own: training dynamics, per-head attention maps (and which heads to
+show), the per-head density heatmap, edge-circuit graphs, CircuitsVis arrays and the self-contained attention viewer
+page. Each ``plot_*`` writes a PNG, ``draw_circuit`` when given ``out`` (matplotlib, Agg backend)."""
 from __future__ import annotations
 
-import base64
 import html
 import json
 from pathlib import Path
 
 import numpy as np
 
-from .train.records import EvalRecord, StartRecord, TrainRecord, last_per_step
-from .train.rundir import RunDir, atomic_write_text
+from ..files import atomic_write_text
+from .runs import read_metrics
 
 
 def _plt():
@@ -27,19 +22,11 @@ def _plt():
     return plt
 
 
-def read_metrics(run) -> tuple[list[TrainRecord], list[EvalRecord]]:
-    """``(training records, evaluations)`` of a run (its folder, a :class:`RunDir` or its ``metrics.jsonl``), each
-    sorted by step, the last record per step kept; evaluations are the start, the periodic and the final ones. A
-    truncated last line (a killed run) is skipped."""
-    run = RunDir.of(run)
-    return last_per_step(run.records("train")), last_per_step(run.records("eval"))
-
-
 def plot_dynamics(metrics_path, out: Path) -> Path:
     """Edge density (log: training batch, expected, and held-out per layer at evaluations), the multiplier (log),
     and CE (training, its EMA, held-out at evaluations) against the dashed target, over steps. ``metrics_path``: a
     run folder or its ``metrics.jsonl``."""
-    from . import controllers
+    from .. import controllers
 
     plt = _plt()
     # the record names the controllers log under: the estimate and the target of a CE target, the density target,
@@ -99,7 +86,7 @@ def plot_dynamics(metrics_path, out: Path) -> Path:
 
 def head_maps(model, tokens, gate) -> tuple[np.ndarray, np.ndarray]:
     """``(pattern, adjacency)``, each ``[L, H, T, T]``, for one sequence (effective attention P * A)."""
-    from .models import forward
+    from ..models import forward
 
     _, aux = forward(model.config, model.params, np.asarray(tokens)[None], gate,
                      capture=["attn.hook_pattern", "attn.hook_adjacency"])
@@ -121,9 +108,6 @@ def nontrivial_heads(adjacency: np.ndarray) -> list[dict]:
             if n:
                 out.append({"layer": l, "head": h, "nontrivial_edges": n, "edges": int(adj.sum())})
     return out
-
-
-MAX_MAP_HEADS = 12  # a model with more heads gets a figure of the heads worth a look
 
 
 def pick_heads(dense_maps, sparse_maps, n: int = 12) -> list[tuple[int, int, str]]:
@@ -220,183 +204,6 @@ def plot_head_density(per_head, out: Path, title: str = "") -> Path:
     return Path(out)
 
 
-def _img(path: Path, caption: str | None = None) -> str:
-    data = base64.b64encode(Path(path).read_bytes()).decode()
-    return f'<figure><img src="data:image/png;base64,{data}" style="max-width:100%"><figcaption>' \
-           f'{html.escape(caption or path.name)}</figcaption></figure>'
-
-
-MAX_RUNS = 16
-
-
-def find_runs(run_dir: Path) -> list[Path]:
-    """``run_dir`` itself when it holds a ``metrics.jsonl``, else the run directories one or two levels below
-    (an experiment's ``dense/``, ``sparse/``, ``name/seedN/``); never a deeper walk (:meth:`RunDir.find`)."""
-    return [r.path for r in RunDir.find(run_dir)]
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, list) and all(isinstance(x, (int, float)) for x in v):
-        return ", ".join(_fmt(float(x)) for x in v)
-    if isinstance(v, list) and v and all(isinstance(x, dict) for x in v):  # records: a nested table, not JSON
-        keys = list(dict.fromkeys(k for x in v for k in x))
-        return _table(keys, [[x.get(k, "") for k in keys] for x in v])
-    return html.escape(json.dumps(v) if isinstance(v, (dict, list)) else str(v))
-
-
-def _table(header: list[str], rows: list[list]) -> str:
-    th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table border=1 cellpadding=4 style='border-collapse:collapse'><tr>{th}</tr>{body}</table>"
-
-
-def summary_rows(run: Path) -> tuple[list[str], list[list]]:
-    """The summary table of a run: dense model, initial gated model, final model, best feasible checkpoint."""
-    run = RunDir.of(run)
-    _, evals = read_metrics(run)
-    start = next((r for r in evals if isinstance(r, StartRecord)), None)
-    dense = start.get("dense_eval_ce") if start else None
-    header = ["model", "step", "held-out CE", "CE - dense", "edge density", "per layer"]
-    rows = []
-    if dense is not None:
-        rows.append(["dense (the starting checkpoint)", 0, dense, 0.0, 1.0, ""])
-    add = lambda name, r: rows.append([name, r["step"], r["eval_ce"], "" if dense is None else r["eval_ce"] - dense,
-                                       r.get("edge_density", 1.0), r.get("edge_density_per_layer", "")])
-    if start is not None and "edge_density" in start:
-        add("gated, before post-training", start)
-    last = evals[-1] if evals else None
-    if last is not None and last is not start:
-        add("final" if last.get("final") else "last evaluation (run unfinished)", last)
-    best = run.best_record()
-    if best is not None:
-        add(f"best feasible ({run.BEST_MODEL}/)", best)
-    return header, rows
-
-
-def _attention_section(run: Path, n_tokens: int = 24) -> str:
-    """Dense vs sparse per-head attention on the first held-out example (needs the run's model/ and its dense
-    starting checkpoint); a note instead when something is missing."""
-    import tempfile
-
-    from .checkpoints import from_pretrained
-    from .data import batch_at
-    from .train import build_data
-
-    run = RunDir.of(run)
-    if not run.model.exists() or not run.config.exists():
-        return f"<p>attention maps: no exported {run.MODEL}/ yet.</p>"
-    try:
-        cfg = run.load_config()
-        sparse = from_pretrained(run.model)
-        if sparse.gate is None:
-            return "<p>attention maps: a dense run (no gate).</p>"
-        dense_dir = cfg.model.checkpoint
-        if not dense_dir or not Path(dense_dir).exists():
-            return f"<p>attention maps: the dense checkpoint ({html.escape(str(dense_dir))}) is not here.</p>"
-        with tempfile.TemporaryDirectory() as tmp:
-            _, val, tok = build_data(cfg, Path(tmp))
-            row = np.asarray(batch_at(val, 0, 1, seed=0)["tokens"])[0][:n_tokens]
-        if tok is not None:
-            labels = [tok.id_to_token(int(i)) for i in row]
-        elif cfg.data.kind == "addition":
-            from .data import addition
-
-            labels = list(addition.decode(row))
-        else:
-            labels = [str(int(i)) for i in row]
-        dense = from_pretrained(dense_dir)
-        dense_maps, sparse_maps = head_maps(dense, row, None), head_maps(sparse, row, sparse.gate)
-        out = run.attention_maps
-        what = f"first {len(row)} tokens of the first held-out example: dense (left) vs final sparse (right)"
-        n_heads = sparse.config.n_layers * sparse.config.n_heads
-        if n_heads <= MAX_MAP_HEADS:
-            plot_attention_maps(dense_maps, sparse_maps, labels, out, f"{what}; red: edges kept")
-            return _img(out, "per-head effective attention P x A, dense vs final sparse model")
-        heads = pick_heads(dense_maps, sparse_maps, MAX_MAP_HEADS)
-        plot_attention_maps(dense_maps, sparse_maps, labels, out, f"{what}; {len(heads)} of {n_heads} heads; red: "
-                            "edges kept", heads=heads)
-        everything = run.attention_maps_all
-        plot_attention_maps(dense_maps, sparse_maps, labels, everything, f"{what}; all heads; red: edges kept")
-        viewer = run.attention_viewer
-        names = [f"L{l} h{h}" for l in range(sparse.config.n_layers) for h in range(sparse.config.n_heads)]
-        attention_html(viewer, labels, circuitsvis_patterns(sparse, row, sparse.gate), names,
-                       "final sparse model: effective attention P x A per head")
-        return (_img(out, f"the {len(heads)} heads worth a look (most changed, sparsest non-trivial, the busiest of "
-                          f"evenly spaced layers) of {n_heads}: dense vs final sparse")
-                + f'<p>all {n_heads} heads: <a href="{everything.name}">one sheet</a> (large), '
-                  f'<a href="{viewer.name}">an interactive viewer</a> of the sparse model.</p>')
-    except Exception as e:  # the report still renders; say what was missing
-        return f"<p>attention maps skipped: {html.escape(type(e).__name__)}: {html.escape(str(e))}</p>"
-
-
-def _run_section(run_dir: Path, run: Path, maps: bool) -> list[str]:
-    rel = run.relative_to(run_dir) if run != run_dir else Path(".")
-    parts = [f"<h2>run {html.escape(str(rel))}</h2>"]
-    run = RunDir.of(run)
-    train, evals = read_metrics(run)
-    if not train and not evals:
-        return parts + ["<p>no records yet: the run has not logged its first step (or was stopped before).</p>"]
-    header, rows = summary_rows(run)
-    if rows:
-        parts.append(_table(header, rows))
-    target = next((r for r in reversed(evals) if "tau" in r), None)
-    if target is not None:
-        cfg = run.config_text() or ""
-        what = "edge density <= " if "sense: density" in cfg else "held-out CE <= tau = "
-        parts.append(f"<p>constraint: {html.escape(what)}{target['tau']:.4g}</p>")
-    if train:
-        gated = any("train_edge_density" in r for r in train)
-        parts.append(_img(plot_dynamics(run, run.dynamics),
-                          f"training dynamics: {'density, multiplier, CE' if gated else 'CE (a dense run)'}; dots are "
-                          "held-out evaluations"))
-    last = next((r for r in reversed(evals) if "edge_density_per_head" in r), None)
-    if last is not None:
-        parts.append(_img(plot_head_density(last["edge_density_per_head"], run.head_density,
-                                            f"held-out edge density per head (%), step {last['step']}")))
-    if maps:
-        parts.append(_attention_section(run))
-    if run.config.exists():
-        parts.append(f"<details><summary>{run.CONFIG}</summary><pre>{html.escape(run.config_text())}"
-                     f"</pre></details>")
-    return parts
-
-
-def write_report(run_dir: str | Path, *, maps: bool = True) -> Path:
-    """Build ``RUN_DIR/report.html`` (one self-contained file) from what the run left there: per run a summary
-    table (dense / before / final / best feasible: held-out CE, edge density overall and per layer), the training
-    dynamics, the per-head density heatmap, dense-vs-sparse attention maps (``maps``) and the config; an
-    experiment's ``results.json`` and figures. Works on partial runs (empty or truncated metrics)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"run directory {run_dir} does not exist")
-    runs = find_runs(run_dir)
-    folder = RunDir(run_dir)
-    if not runs and not folder.results.exists():
-        raise FileNotFoundError(f"{run_dir} holds no {RunDir.METRICS} or {RunDir.RESULTS} (nor one or two levels "
-                                "below): give a run directory written by sparsejax pretrain/posttrain or an experiment")
-    if len(runs) > MAX_RUNS:
-        raise ValueError(f"{run_dir} holds {len(runs)} runs (more than {MAX_RUNS}): give one run directory, e.g. "
-                         f"{runs[0]}")
-    parts = [f"<h1>sparsejax run: {html.escape(str(run_dir))}</h1>"]
-    if folder.results.exists():
-        results = json.loads(folder.results.read_text())
-        flat = [[k, v] for k, v in results.items() if not isinstance(v, dict)]
-        parts.append("<h2>results</h2>" + _table(["key", "value"], flat))
-    for run in runs:
-        parts += _run_section(run_dir, run, maps)
-    made = set(RunDir.REPORT_FILES) if run_dir in runs else set()
-    for png in sorted(run_dir.glob("*.png")):  # an experiment's own figures (not the ones made above)
-        if png.name not in made:
-            parts.append(_img(png))
-    out = folder.report
-    atomic_write_text(out, "<!doctype html><meta charset=utf-8><title>sparsejax report</title>"
-                      "<body style='font-family:sans-serif;max-width:1300px;margin:auto;padding:0 16px'>" +
-                      "\n".join(parts) + "</body>")
-    return out
-
-
 def circuitsvis_patterns(model, tokens, gate=None) -> np.ndarray:
     """The effective attention ``P * A`` of one sequence as CircuitsVis expects it: ``[layers * heads, dest, src]``
     (layer-major; ``circuitsvis.attention.attention_patterns(tokens=labels, attention=array)``)."""
@@ -451,7 +258,7 @@ def draw_circuit(config, keep, out: Path | None = None, *, scores=None, title: s
     line per kept edge from the writer to the reader's node, coloured by what it feeds (a head's q / k / v input,
     an MLP, the logits), width by ``|score|`` when ``scores`` (``[writers, readers]``) is given. Nodes that no kept
     edge touches are drawn faint. Returns the figure (saved to ``out`` when given)."""
-    from . import circuits
+    from .. import circuits
 
     plt = _plt()
     ws, rs = circuits.writers(config), circuits.readers(config)
