@@ -35,7 +35,7 @@ def main(argv=None):
     from sparsejax.config import load_config
     from sparsejax.data import batch_at
     from sparsejax.train import Trainer
-    from sparsejax.train.loop import step_seed
+    from sparsejax.seeds import step_noise
 
     print(f"# {jax.devices()[0].device_kind}, jax {jax.__version__}; median of {args.repeats} rounds x {args.steps} steps")
     print("| task | multiplier's CE | ms / step | x sampled |")
@@ -51,7 +51,7 @@ def main(argv=None):
 
             def go(run, n0):
                 for s, b in enumerate(batches):
-                    run.state, out = run.step_fn(run.state, run.frozen, b, step_seed(1, n0 + s))
+                    run.state, out = run.step_fn(run.state, run.frozen, b, step_noise(1, n0 + s))
                 jax.block_until_ready(out["loss"])
 
             for run in runs.values():

@@ -251,7 +251,7 @@ def run_step_variant(shape, t, b, mode, attention, dtype, repeats, dense_impl):
 
     from sparsejax.config import load_config
     from sparsejax.train import Trainer
-    from sparsejax.train.loop import step_seed
+    from sparsejax.seeds import step_noise
 
     cfg = load_config("shakespeare_posttrain", step_overrides(shape, t, mode, attention, dtype))
     _DENSE["impl"] = dense_impl if attention != "pallas" else None
@@ -266,7 +266,7 @@ def run_step_variant(shape, t, b, mode, attention, dtype, repeats, dense_impl):
                 batches.append(jax.device_put(batch, run.batch_sharding))
             with jax.set_mesh(run.mesh):
                 t0 = time.perf_counter()
-                compiled = run.step_fn.lower(run.state, run.frozen, batches[0], step_seed(1, 0)).compile()
+                compiled = run.step_fn.lower(run.state, run.frozen, batches[0], step_noise(1, 0)).compile()
                 compile_s = time.perf_counter() - t0
                 try:
                     temp_mib = compiled.memory_analysis().temp_size_in_bytes / 2**20
@@ -276,7 +276,7 @@ def run_step_variant(shape, t, b, mode, attention, dtype, repeats, dense_impl):
                 state = run.state
                 for i, batch in enumerate(batches):
                     t0 = time.perf_counter()
-                    state, out = compiled(state, run.frozen, batch, step_seed(1, i))
+                    state, out = compiled(state, run.frozen, batch, step_noise(1, i))
                     jax.block_until_ready(out)
                     times.append(time.perf_counter() - t0)
                 run.state = state

@@ -46,7 +46,7 @@ def run_jax(args, variant: str) -> float:
     from sparsejax.config import load_config
     from sparsejax.data import batch_at
     from sparsejax.train import Trainer
-    from sparsejax.train.loop import step_seed
+    from sparsejax.seeds import step_noise
 
     m = _model_dir()
     over = [f"model.checkpoint={m}", f"data.tokenizer={m}/tokenizer.json", f"data.seq_len={args.seq}",
@@ -63,7 +63,7 @@ def run_jax(args, variant: str) -> float:
             for i in range(args.repeats + 1):
                 batch = jax.tree.map(jax.numpy.asarray, batch_at(run.train_src, i, args.batch, 0))
                 t0 = time.perf_counter()
-                run.state, out = run.step_fn(run.state, run.frozen, batch, step_seed(1, i))
+                run.state, out = run.step_fn(run.state, run.frozen, batch, step_noise(1, i))
                 jax.block_until_ready(out)
                 times.append(time.perf_counter() - t0)
         assert np.isfinite(float(out["loss"]))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import seeds
+
 
 class ArraySource:
     """Rows from numpy arrays (or ``np.memmap``s): ``tokens [N, T + 1]`` and optional ``mask [N, T]``."""
@@ -65,7 +67,7 @@ class RepeatedPassages:
         batch = self.source.rows(indices)
         tokens, mask, n = batch["tokens"].copy(), batch["mask"].copy(), self.seq_len + 1
         for j, i in enumerate(np.asarray(indices)):
-            rng = np.random.default_rng([self.seed, 0x5EED, int(i)])
+            rng = seeds.passage_rng(self.seed, i)
             if rng.random() >= self.share:
                 continue
             length = int(rng.integers(self.min_len, n // 2 + 1))
@@ -85,7 +87,7 @@ def batch_indices(n_rows: int, step: int, batch_size: int, seed: int) -> np.ndar
                          "more data")
     per_epoch = n_rows // batch_size  # drop the ragged tail of each epoch
     epoch, within = divmod(step, per_epoch)
-    perm = np.random.default_rng([seed, epoch]).permutation(n_rows)
+    perm = seeds.data_order(seed, epoch).permutation(n_rows)
     return np.sort(perm[within * batch_size:(within + 1) * batch_size])
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import seeds
 from . import ArraySource
 
 PLUS, EQUALS, VOCAB = 10, 11, 12
@@ -35,7 +36,7 @@ def answer_mask(n: int) -> np.ndarray:
 
 
 def split(name: str) -> np.ndarray:
-    perm = np.random.default_rng(1234).permutation(10_000)
+    perm = seeds.addition_split().permutation(10_000)
     rows = all_problems()[np.sort(perm[:9000] if name == "train" else perm[9000:])]
     if name not in ("train", "validation"):
         raise ValueError(f"unknown split {name!r}; use 'train' or 'validation'")

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..files import atomic_write_text
+from ..seeds import EVAL_ORDER
 from ..train.rundir import RunDir
 from .figures import attention_html, circuitsvis_patterns, head_maps, pick_heads, plot_attention_maps, plot_dynamics, \
     plot_head_density
@@ -65,7 +66,7 @@ def _attention_section(run: Path, n_tokens: int = 24) -> str:
             return f"<p>attention maps: the dense checkpoint ({html.escape(str(dense_dir))}) is not here.</p>"
         with tempfile.TemporaryDirectory() as tmp:
             _, val, tok = build_data(cfg, Path(tmp))
-            row = np.asarray(batch_at(val, 0, 1, seed=0)["tokens"])[0][:n_tokens]
+            row = np.asarray(batch_at(val, 0, 1, seed=EVAL_ORDER)["tokens"])[0][:n_tokens]
         if tok is not None:
             labels = [tok.id_to_token(int(i)) for i in row]
         elif cfg.data.kind == "addition":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .. import seeds
 from ..checkpoints.hf import TOKENIZER_FILE
 from ..config import RunConfig
 from .rundir import RunDir
@@ -61,6 +62,7 @@ def build_data(cfg: RunConfig, run_dir):
         from ..data import RepeatedPassages
 
         vocab = tokenizer.get_vocab_size() if d.repeat_tokens == "random" else None
-        train, val = (RepeatedPassages(train, d.repeat, d.seed, vocab=vocab),
-                      RepeatedPassages(val, d.repeat, d.seed + 1, vocab=vocab))
+        train_seed, val_seed = seeds.repeated_passages(d.seed)
+        train, val = (RepeatedPassages(train, d.repeat, train_seed, vocab=vocab),
+                      RepeatedPassages(val, d.repeat, val_seed, vocab=vocab))
     return train, val, tokenizer

@@ -7,17 +7,19 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from .. import sharding
+from .. import seeds, sharding
 from ..data import batch_at
 from .step import make_eval_step
 
 
 def eval_batches(src, batch_size: int, count: int, mesh):
-    """The first ``count`` validation batches (fixed order, seed 0), placed on the mesh's batch sharding."""
+    """The first ``count`` validation batches (fixed order, ``seeds.EVAL_ORDER``), placed on the mesh's batch
+    sharding."""
     n = min(count, max(1, len(src) // batch_size))
     shard = sharding.batch_sharding(mesh)
     for i in range(n):
-        yield sharding.place_batch(lambda rows, i=i: batch_at(src, i, batch_size, seed=0, rows=rows), batch_size, shard)
+        yield sharding.place_batch(lambda rows, i=i: batch_at(src, i, batch_size, seed=seeds.EVAL_ORDER, rows=rows),
+                                   batch_size, shard)
 
 
 def edge_stats(per_head: np.ndarray) -> dict:

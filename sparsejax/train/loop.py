@@ -8,11 +8,11 @@ it does not stall the device every step.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 from .. import controllers
 from ..data import batch_at
 from ..distributed import is_main
+from ..seeds import step_noise
 from ..sharding import place_batch
 from . import checkpointing
 from .hooks import StepInfo
@@ -24,8 +24,7 @@ class NonFiniteError(RuntimeError):
     pass
 
 
-def step_seed(seed: int, step: int):
-    return jnp.uint32((seed * 1_000_003 + step) % 2**32)
+step_seed = step_noise  # the old name of sparsejax.seeds.step_noise
 
 
 def fit(run, *, progress: bool = True, callbacks=()) -> dict | None:
@@ -69,7 +68,7 @@ def fit(run, *, progress: bool = True, callbacks=()) -> dict | None:
             for step in range(start, t.steps):
                 batch = place_batch(lambda rows: batch_at(run.train_src, step, cfg.data.batch_size, cfg.data.seed,
                                                           rows=rows), cfg.data.batch_size, shard)
-                run.state, out = run.step_fn(run.state, run.frozen, batch, step_seed(t.seed, step))
+                run.state, out = run.step_fn(run.state, run.frozen, batch, step_noise(t.seed, step))
                 # the previous step's counter is ready by now while the device runs this one; after a bad step,
                 # check every step at once so that the run stops exactly at max_bad_steps
                 if pending is not None and _check_bad(pending, t.max_bad_steps):

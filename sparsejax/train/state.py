@@ -12,7 +12,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from .. import sharding
+from .. import seeds, sharding
 from ..checkpoints import Model, from_pretrained
 from ..config import RunConfig, model_config
 from ..gates import Gate
@@ -63,7 +63,7 @@ def build_model(cfg: RunConfig, mesh=None, rules=None) -> Model:
         model.config = model.config.replace(dtype=m.dtype, remat=m.remat)
         return model
     config = model_config(m)
-    return Model(config, init_params(config, jax.random.PRNGKey(cfg.train.seed)))
+    return Model(config, init_params(config, seeds.params_key(cfg.train.seed)))
 
 
 def check_data_fits(cfg: RunConfig, config: ModelConfig, train_src, val_src, tokenizer):
@@ -118,7 +118,7 @@ def split_params(cfg: RunConfig, spec: StepSpec, model: Model) -> tuple[dict, di
         from .. import lora
 
         frozen["base"] = model.params
-        trainable = {"lora": lora.init_lora(model.params, t.lora_modules, t.lora_rank, jax.random.PRNGKey(t.seed + 1))}
+        trainable = {"lora": lora.init_lora(model.params, t.lora_modules, t.lora_rank, seeds.lora_key(t.seed))}
     else:
         trainable = {"params": model.params}
     if spec.gate is not None:

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .. import controllers, objective, sharding
+from .. import controllers, objective, seeds, sharding
 from ..config import RunConfig
 from ..models import forward
 from .state import StepSpec, gate_of, params_of
@@ -158,8 +158,9 @@ def make_eval_step(spec: StepSpec, *, dense: bool = False, sampled: bool = False
         tokens = batch["tokens"][:, :-1]
         gate = None if dense else gate_of(spec, trainable, frozen)
         mode = "train" if sampled and gate is not None else "eval"
-        logits, aux = forward(spec.config, params_of(spec, trainable, frozen), tokens, gate, mode=mode,
-                              seed=jnp.uint32(0) if mode == "train" else None, implementation=spec.attention)
+        seed = seeds.sampled_eval_noise() if mode == "train" else None
+        logits, aux = forward(spec.config, params_of(spec, trainable, frozen), tokens, gate, mode=mode, seed=seed,
+                              implementation=spec.attention)
         ce = objective.cross_entropy(logits, batch["tokens"][:, 1:], batch["mask"])
         t = tokens.shape[1]
         pairs = t * (t + 1) // 2
