@@ -103,7 +103,11 @@ def analyse(model, clean, corrupt, metric, target, attention_mask=None, rank: st
             "edge_circuit": None if kept is None else [[list(w), list(r)] for w, r in circuits.edges(c)
                                                         if kept[circuits.writers(c).index(w),
                                                                 circuits.readers(c).index(r)]],
+            "edge_circuit_scores": None if kept is None else np.asarray(edge_scores)[np.asarray(kept)].tolist(),
             "exact": {str(k): v for k, v in exact.items()}, "eap": {str(k): v for k, v in eap.items()}}
+
+
+MAX_DRAWN = 300  # a circuit graph draws at most this many of its edges (the strongest by |EAP-IG|)
 
 
 def peak_rss_gb() -> float:
@@ -306,13 +310,21 @@ def figures(results: dict, args, out: Path, configs: dict) -> None:
                                                                                           f"{args.task}_circuits.png")
     fig.savefig(out / name, dpi=120)
     print(f"wrote {out / 'results.json'} and {out / name}")
-    from sparsejax import report
+    from sparsejax import circuits, report
 
     for name, config in configs.items():  # the smallest edge circuit with 0.9 explained effect, as a graph
         res = results[name]
         if res.get("edge_circuit"):  # (a results.json published without its edge lists has none)
             path = out / f"{args.task}_{name}_circuit.png"
-            report.draw_circuit(config, res["edge_circuit"], path, title=f"{name}: {res['edges_for_0.9']} edges for 0.9 explained effect "
+            ws, rs = circuits.writers(config), circuits.readers(config)
+            keep = np.zeros((len(ws), len(rs)), bool)
+            scores = np.zeros(keep.shape)
+            for (w, r), v in zip(res["edge_circuit"], res.get("edge_circuit_scores") or [1.0] * len(res["edge_circuit"])):
+                keep[ws.index(tuple(w)), rs.index(tuple(r))] = True
+                scores[ws.index(tuple(w)), rs.index(tuple(r))] = v
+            strongest = MAX_DRAWN if res.get("edge_circuit_scores") else None  # (older results: every edge)
+            report.draw_circuit(config, keep, path, scores=scores, max_edges=strongest,
+                                title=f"{name}: {res['edges_for_0.9']} edges for 0.9 explained effect "
                                 f"({res['heads_in_edge_circuit']} heads)")
             print(f"wrote {path}")
 

@@ -114,6 +114,15 @@ def test_draw_circuit_one_line_per_kept_edge(tmp_path):
     assert "0.1" not in faint and "1.2" not in faint and "1.3" not in faint and "0.0" in faint
     with pytest.raises(ValueError, match=r"keep must be a \[writers, readers\]"):
         report.draw_circuit(config, keep[:, :-1])
+    # a circuit larger than max_edges: its strongest edges only, the title says how many of how many
+    ranked = np.where(keep, np.array([[1.0 + i + 10 * j for j in range(len(rs))] for i in range(len(ws))]), 0.0)
+    top2 = sorted(zip(*np.nonzero(keep)), key=lambda ij: -ranked[ij])[:2]
+    fig = report.draw_circuit(config, keep, scores=ranked, max_edges=2, title="t")
+    drawn = [ln for ln in fig.axes[0].get_lines() if len(ln.get_xdata())]
+    assert len(drawn) == 2 and "the 2 strongest of its 4 edges" in fig.axes[0].get_title()
+    assert sorted(ln.get_color() for ln in drawn) == sorted(report.READER_COLOURS[rs[j][0]] for _, j in top2)
+    with pytest.raises(ValueError, match="max_edges=2 picks the strongest edges of the 4: pass scores="):
+        report.draw_circuit(config, keep, max_edges=2)
 
 
 def test_pick_heads_finds_the_changed_the_sparse_and_covers_layers(tmp_path):

@@ -250,14 +250,16 @@ def attention_html(path, tokens: list[str], attention, names: list[str] | None =
 READER_COLOURS = {"q": "tab:blue", "k": "tab:green", "v": "tab:orange", "mlp": "tab:gray", "logits": "black"}
 
 
-def draw_circuit(config, keep, out: Path | None = None, *, scores=None, title: str = ""):
+def draw_circuit(config, keep, out: Path | None = None, *, scores=None, title: str = "", max_edges: int | None = None):
     """Draw an edge circuit (``keep``: bool ``[writers, readers]``, e.g. :func:`sparsejax.circuits.top_edges`, or a
     list of ``(writer, reader)`` edges) as a
     graph: the embedding at the bottom, each layer's heads in a row with its MLP above and to the right, the logits on
     top; one
     line per kept edge from the writer to the reader's node, coloured by what it feeds (a head's q / k / v input,
     an MLP, the logits), width by ``|score|`` when ``scores`` (``[writers, readers]``) is given. Nodes that no kept
-    edge touches are drawn faint. Returns the figure (saved to ``out`` when given)."""
+    edge touches are drawn faint. ``max_edges`` (needs ``scores``): a larger circuit is drawn as its ``max_edges``
+    strongest edges by ``|score|``, and the title says so (thousands of lines read as one smear). Returns the figure
+    (saved to ``out`` when given)."""
     from .. import circuits
 
     plt = _plt()
@@ -266,6 +268,17 @@ def draw_circuit(config, keep, out: Path | None = None, *, scores=None, title: s
     if keep.shape != (len(ws), len(rs)):
         raise ValueError(f"keep must be a [writers, readers] = {(len(ws), len(rs))} bool matrix (circuits.top_edges), "
                          f"got {keep.shape}")
+    n_total = int(keep.sum())
+    if max_edges is not None and n_total > max_edges:
+        if scores is None:
+            raise ValueError(f"max_edges={max_edges} picks the strongest edges of the {n_total}: pass scores= "
+                             "([writers, readers], e.g. EAP-IG) or max_edges=None")
+        mag = np.where(keep, np.abs(np.asarray(scores, float)), -np.inf).ravel()
+        strongest = np.zeros(keep.size, bool)
+        strongest[np.argsort(-mag, kind="stable")[:max_edges]] = True
+        keep = strongest.reshape(keep.shape)
+        title = f"{title}\n(drawn: the {max_edges} strongest of its {n_total} edges by |score|)" if title else \
+            f"the {max_edges} strongest of {n_total} edges by |score|"
     n_heads, group = config.n_heads, config.n_heads // config.n_kv_heads
     mid = (n_heads - 1) / 2
 
