@@ -1,22 +1,29 @@
 """Typed run configuration (dataclasses), loadable from YAML with ``key=value`` overrides.
 
 ``load_config("toy_addition_posttrain", ["train.steps=200", "gate.bias=2"])`` takes a preset name (a file in
-``sparsejax/presets``) or a YAML path. Unknown keys are errors that list the closest valid names.
+``sparsejax/presets``) or a YAML path. The dataclasses below are the schema of an OmegaConf structured config, which
+reads the YAML, types every value and turns the result back into these dataclasses; unknown keys are errors that
+list the closest valid names, and :func:`validate` checks every value's range and the rules between keys.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import importlib
 import math
+import types
 import typing
 from pathlib import Path
-from typing import Any
 
 import yaml
+from omegaconf import BooleanNode, DictConfig, FloatNode, IntegerNode, OmegaConf, StringNode
+from omegaconf.errors import OmegaConfBaseException
 
+from .attention import IMPLEMENTATIONS as _ATTENTION  # the live table (an implementation added later counts)
 from .controllers import registry as _controllers  # the live registry (a controller registered later counts)
 from .gates.registry import FAMILIES as GATE_FAMILIES  # the live registry (a family registered later counts)
-from .models.config import ModelConfig
+from .models.config import DTYPES, REMAT, ModelConfig
 
 PRESETS = Path(__file__).parent / "presets"
 
@@ -156,80 +163,112 @@ class RunConfig:
     mesh: MeshSection = dataclasses.field(default_factory=MeshSection)
 
 
-def _coerce(value: Any, hint, where: str):
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if value is None:
-        if hint is type(None) or type(None) in args:
-            return None
-        raise ValueError(f"{where} may not be null")
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], where)
-    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v]
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{where} must be a list, got {value!r}")
-        return tuple(_coerce(v, args[0], where) for v in value)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ValueError(f"{where} must be a list of {len(args)} numbers, got {value!r}")
-        return tuple(_coerce(v, a, where) for v, a in zip(value, args))
+# ---- loading: OmegaConf structured configs ---------------------------------------------------------------------
+# The schema is OmegaConf.structured(RunConfig): OmegaConf parses the YAML (files and override values), types and
+# converts every value against the dataclass annotations ("7" -> 7, [-0.2, 1.2] -> (-0.2, 1.2)), refuses what does
+# not fit, and OmegaConf.to_object turns the result back into the plain dataclasses. What is ours: the walk that
+# names an unknown key's closest ones, and the messages its errors raise (OmegaConf's exceptions stop here).
+_NODES = {int: IntegerNode, float: FloatNode, bool: BooleanNode, str: StringNode}
+
+
+def _variadic(hint) -> bool:
+    return typing.get_origin(hint) is tuple and typing.get_args(hint)[1:] == (Ellipsis,)
+
+
+def _refuses(hint, value) -> bool:
+    """Whether OmegaConf's node for a scalar type refuses ``value``."""
     try:
-        if hint is bool:
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError
-                return value.lower() in ("true", "1", "yes")
-            return bool(value)
-        if hint is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        if hint is float:
-            return float(value)
-        return str(value) if hint is str else value
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}={value!r} is not a valid {getattr(hint, '__name__', hint)}") from None
+        _NODES[hint](value, is_optional=False) if hint in _NODES else None
+    except OmegaConfBaseException:
+        return True
+    return False
 
 
-def _update(obj, values: dict, prefix: str = ""):
-    hints = typing.get_type_hints(type(obj))
-    names = [f.name for f in dataclasses.fields(obj)]
+def _value_error(where: str, value, hint) -> ValueError:
+    """Our message for a value OmegaConf refused (``hint``: the field's annotation, Optional taken off); for a list,
+    about its first element that OmegaConf's node for the element type refuses."""
+    if value is None:
+        return ValueError(f"{where} may not be null")
+    if typing.get_origin(hint) is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)) or (not _variadic(hint) and len(value) != len(args)):
+            return ValueError(f"{where} must be a list, got {value!r}" if _variadic(hint) else
+                              f"{where} must be a list of {len(args)} numbers, got {value!r}")
+        elements = zip(value, (args[0],) * len(value) if _variadic(hint) else args)
+        bad = next(((v, t) for v, t in elements if _refuses(t, v)), None)
+        if bad is not None:
+            return _value_error(where, *bad)
+    return ValueError(f"{where}={value!r} is not a valid {getattr(hint, '__name__', hint)}")
+
+
+def _plain(hint):
+    """The annotation without ``| None``."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+_hints = functools.lru_cache(typing.get_type_hints)  # a section's annotations (the classes are fixed at import)
+
+
+def _set(section: DictConfig, key: str, value, where: str) -> None:
+    hint = _plain(_hints(OmegaConf.get_type(section))[key])
+    given = value
+    if _variadic(hint) and isinstance(value, str):
+        value = [v for v in value.split(",") if v]  # a list of names may be given as a,b,c
+    elif hint is int and isinstance(value, float) and value.is_integer():
+        value = int(value)  # 2000.0 is the integer 2000 (OmegaConf takes no float for an int)
+    try:
+        OmegaConf.update(section, key, value, merge=False)
+    except OmegaConfBaseException:
+        raise _value_error(where, given, hint) from None
+
+
+def _merge(section: DictConfig, values: dict, prefix: str = "") -> None:
+    """Set ``values`` (a nested dict) into the typed ``section``, key by key, in order."""
+    names = list(section.keys())
     for key, value in values.items():
         where = f"{prefix}{key}"
         if key not in names:
-            close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
+            close = difflib.get_close_matches(str(key), names, n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(prefix + c for c in close)}?" if close else \
                 f"; valid keys: {', '.join(prefix + n for n in names)}"
             raise ValueError(f"unknown config key {where!r}{hint}")
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
+        if OmegaConf.is_dict(section[key]):
             if not isinstance(value, dict):
-                raise ValueError(f"{where} is a section; give its keys (e.g. {where}.{dataclasses.fields(current)[0].name}=...)")
-            _update(current, value, where + ".")
+                first = next(iter(section[key]))
+                raise ValueError(f"{where} is a section; give its keys (e.g. {where}.{first}=...)")
+            _merge(section[key], value, where + ".")
         else:
-            setattr(obj, key, _coerce(value, hints[key], where))
+            _set(section, key, value, where)
 
 
-def _parse_override(item: str) -> dict:
+def _read_yaml(path: Path) -> dict:
+    try:
+        loaded = OmegaConf.load(path)
+    except (yaml.YAMLError, OmegaConfBaseException) as e:
+        raise ValueError(f"{path} is not a valid config file: {e}") from None
+    if not OmegaConf.is_dict(loaded):
+        raise ValueError(f"{path} must be a mapping of sections (model:, data:, gate:, ...)")
+    return OmegaConf.to_container(loaded)
+
+
+def _read_override(item: str) -> dict:
+    """``section.key=value`` (the value is YAML; ``key=`` is null) as a nested dict."""
     if "=" not in item:
         raise ValueError(f"override {item!r} must look like section.key=value")
     key, raw = item.split("=", 1)
-    value = yaml.safe_load(raw) if raw != "" else None
-    out: dict = {}
-    node = out
-    parts = key.strip().split(".")
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-    node[parts[-1]] = value
-    return out
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist([f"{key.strip()}={raw}"]))
+    except yaml.YAMLError as e:
+        raise ValueError(f"override {item!r}: the value is not valid YAML ({getattr(e, 'problem', e)})") from None
+    except OmegaConfBaseException:
+        raise ValueError(f"override {item!r} must look like section.key=value") from None
 
 
 def load_config(source: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """A :class:`RunConfig` from a preset name or YAML file, then ``key=value`` overrides."""
-    cfg = RunConfig()
+    cfg = OmegaConf.structured(RunConfig)
     if source is not None:
         path = Path(source)
         if not path.exists():
@@ -237,30 +276,47 @@ def load_config(source: str | Path | None = None, overrides: list[str] | None = 
         if not path.exists():
             names = sorted(p.stem for p in PRESETS.glob("*.yaml"))
             raise FileNotFoundError(f"no config file or preset {source!r}; presets: {', '.join(names)}")
-        _update(cfg, yaml.safe_load(path.read_text()) or {})
+        _merge(cfg, _read_yaml(path))
     for item in overrides or []:
-        _update(cfg, _parse_override(item))
-    return validate(cfg)
+        _merge(cfg, _read_override(item))
+    try:
+        run = OmegaConf.to_object(cfg)  # the plain dataclasses again (interpolations resolved)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        raise ValueError(f"{key or 'config'}: {str(e).splitlines()[0]}") from None
+    return validate(run)
 
 
 _finite = lambda v: v is None or (isinstance(v, (int, float)) and math.isfinite(v))
 _or = lambda names: ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else "".join(names)
+
+
+def _one_of(values):
+    """(valid?, what it must be) of a key whose values are listed once, where they are implemented: ``values()``
+    reads the list when a config is checked (sparsejax.train imports this module, so its lists are read late)."""
+    return (lambda v: v in values()), (lambda v: _or(values()))
+
+
+def _listed(module: str, name: str):
+    return lambda: getattr(importlib.import_module(module, __package__), name)
+
+
 # (key, valid?, what it must be): checked by validate() before anything is measured or written
 _RULES = (
-    ("model.dtype", lambda v: v in ("float32", "bfloat16"), "float32 or bfloat16"),
-    ("train.attention", lambda v: v in ("auto", "chunked", "pallas", "reference"), "auto, chunked, pallas or reference"),
-    ("model.remat", lambda v: v in ("none", "full", "dots"), "none, full or dots"),
-    ("data.kind", lambda v: v in ("addition", "text"), "addition or text"),
-    ("data.backend", lambda v: v in ("array", "tfds"), "array or tfds"),
+    ("model.dtype", *_one_of(lambda: DTYPES)),
+    ("train.attention", *_one_of(lambda: ("auto", *sorted(_ATTENTION)))),  # auto: pallas on GPU/TPU, else chunked
+    ("model.remat", *_one_of(lambda: REMAT)),
+    ("data.kind", *_one_of(_listed(".train.data", "KINDS"))),
+    ("data.backend", *_one_of(_listed(".train.data", "BACKENDS"))),
     ("data.seq_len", lambda v: v >= 2, "an integer >= 2"),
     ("data.batch_size", lambda v: v >= 1, "an integer >= 1"),
     ("data.eval_batches", lambda v: v >= 1, "an integer >= 1"),
     ("data.bpe_vocab", lambda v: v >= 260, "an integer >= 260 (the byte alphabet plus specials)"),
     ("data.repeat", lambda v: 0 <= v <= 1, "a share in [0, 1] (0: plain text)"),
-    ("data.repeat_tokens", lambda v: v in ("text", "random"), "text or random"),
+    ("data.repeat_tokens", *_one_of(_listed(".train.data", "REPEAT_TOKENS"))),
     ("gate.bias", lambda v: math.isfinite(v), "a finite number"),
     ("gate.kind", lambda v: v in GATE_FAMILIES, "a registered gate family: " + " or ".join(GATE_FAMILIES)),
-    ("gate.per", lambda v: v in ("model", "layer", "head"), "model, layer or head"),
+    ("gate.per", *_one_of(_listed(".train.state", "GATE_PER"))),
     ("gate.bias_lr", lambda v: v is None or (math.isfinite(v) and v > 0), "a number > 0 or null"),
     ("gate.temperature", lambda v: math.isfinite(v) and v > 0, "a number > 0"),
     ("constraint.method", lambda v: v in _controllers.CONTROLLERS,
@@ -270,16 +326,16 @@ _RULES = (
     ("constraint.tau", lambda v: _finite(v), "a finite number"),
     ("constraint.slack", lambda v: _finite(v), "a finite number"),
     ("constraint.beta_init", lambda v: math.isfinite(v) and v > 0, "a number > 0"),
-    ("constraint.tau_data", lambda v: v in ("validation", "train"), "validation or train"),
+    ("constraint.tau_data", *_one_of(_listed(".train", "TAU_DATA"))),
     ("constraint.anneal_steps", lambda v: v >= 0, "an integer >= 0 (0: no annealing)"),
-    ("constraint.tau_gates", lambda v: v in ("dense", "sampled"), "dense or sampled"),
-    ("constraint.measure", lambda v: v in ("sampled", "deterministic"), "sampled or deterministic"),
+    ("constraint.tau_gates", *_one_of(_listed(".train", "TAU_GATES"))),
+    ("constraint.measure", *_one_of(_listed(".train.step", "MEASURES"))),
     ("constraint.measure_every", lambda v: v >= 1, "an integer >= 1"),
     ("constraint.anneal_from", lambda v: v is None or (math.isfinite(v) and v > 0), "a number > 0 or null"),
     ("train.steps", lambda v: v >= 0, "an integer >= 0"),
     ("train.lr", lambda v: math.isfinite(v) and v > 0, "a number > 0"),
     ("train.warmup", lambda v: v >= 0, "an integer >= 0"),
-    ("train.schedule", lambda v: v in ("constant", "cosine", "linear"), "constant, cosine or linear"),
+    ("train.schedule", *_one_of(_listed(".train.step", "SCHEDULES"))),
     ("train.lr_final", lambda v: 0 <= v <= 1, "a fraction of train.lr in [0, 1]"),
     ("train.weight_decay", lambda v: math.isfinite(v) and v >= 0, "a number >= 0"),
     ("train.grad_clip", lambda v: math.isfinite(v) and v > 0, "a number > 0"),

@@ -42,6 +42,8 @@ FAMILY_SPEC: dict[str, dict[str, dict[str, Any]]] = {
 # Gemma 3's default layer pattern: every sixth layer is global (full attention), the others local.
 GEMMA3_SLIDING_PATTERN = 6
 LAYER_TYPES = ("full_attention", "sliding_attention")
+DTYPES = ("float32", "bfloat16")  # the compute dtype (parameters stay float32)
+REMAT = ("none", "full", "dots")  # decoder.py: each layer under jax.checkpoint, saving nothing or the matmul outputs
 FAMILIES = tuple(FAMILY_SPEC)
 # Families whose HF config has one "attention_bias" switch for q, k, v and o together.
 _SHARED_ATTENTION_BIAS = ("llama", "olmo", "olmo2", "gemma3")
@@ -151,8 +153,8 @@ class ModelConfig:
                                      ("mlp", self.mlp, ("swiglu", "gelu")),
                                      ("activation", self.activation, ("silu", "gelu_tanh", "gelu")),
                                      ("position", self.position, ("rope", "learned")),
-                                     ("dtype", self.dtype, ("float32", "bfloat16")),
-                                     ("remat", self.remat, ("none", "full", "dots"))):
+                                     ("dtype", self.dtype, DTYPES),
+                                     ("remat", self.remat, REMAT)):
             if value not in allowed:
                 raise ValueError(f"config.{name}={value!r} is not one of {allowed}")
 

@@ -40,6 +40,9 @@ __all__ = ["Callback", "CompositeTracker", "EvalRecord", "FinalRecord", "Hook", 
            "make_train_step"]
 
 
+TAU_DATA = ("validation", "train")  # constraint.tau_data: the batches the dense CE behind tau is measured on
+TAU_GATES = ("dense", "sampled")  # constraint.tau_gates: tau from the dense model or the gated one, sampled gates
+
 # changing these on resume does not change the trajectory so far
 RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.eval_every", "train.checkpoint_every", "train.keep",
                      "train.attention",  # the same mathematics, e.g. chunked on CPU, the kernel on GPU

@@ -11,6 +11,10 @@ from .rundir import RunDir
 
 __all__ = ["build_data"]
 
+KINDS = ("addition", "text")  # data.kind
+BACKENDS = ("array", "tfds")  # data.backend: in memory, or array_record files under the run folder
+REPEAT_TOKENS = ("text", "random")  # data.repeat_tokens: the repeated passage is from the row, or uniform tokens
+
 
 def build_data(cfg: RunConfig, run_dir):
     """``(train, validation, tokenizer or None)`` for the configured task. ``run_dir`` (a path or a
@@ -28,7 +32,7 @@ def build_data(cfg: RunConfig, run_dir):
             return srcs["train"], srcs["validation"], None
         return addition.source("train"), addition.source("validation"), None
     if d.kind != "text":
-        raise ValueError(f"data.kind must be 'addition' or 'text', got {d.kind!r}")
+        raise ValueError(f"data.kind must be {' or '.join(map(repr, KINDS))}, got {d.kind!r}")
     from ..data import text
 
     if d.path is None:

@@ -87,10 +87,15 @@ def check_data_fits(cfg: RunConfig, config: ModelConfig, train_src, val_src, tok
 
 
 # ------------------------------------------------------------------------------------------------ gate & state
+_BIAS_SHAPES = {"model": lambda c: (), "layer": lambda c: (c.n_layers,), "head": lambda c: (c.n_layers, c.n_heads)}
+GATE_PER = tuple(_BIAS_SHAPES)  # gate.per: one gate bias for the model, one per layer or one per head
+
+
 def gate_bias_init(cfg: RunConfig, config: ModelConfig):
-    shape = {"model": (), "layer": (config.n_layers,), "head": (config.n_layers, config.n_heads)}.get(cfg.gate.per)
-    if shape is None:
-        raise ValueError(f"gate.per must be 'model', 'layer' or 'head', got {cfg.gate.per!r}")
+    if cfg.gate.per not in _BIAS_SHAPES:
+        raise ValueError(f"gate.per must be {', '.join(map(repr, GATE_PER[:-1]))} or {GATE_PER[-1]!r}, got "
+                         f"{cfg.gate.per!r}")
+    shape = _BIAS_SHAPES[cfg.gate.per](config)
     return jnp.full(shape, cfg.gate.bias, jnp.float32)
 
 

@@ -16,10 +16,15 @@ from ..models import forward
 from .state import StepSpec, gate_of, params_of
 
 
+SCHEDULES = ("constant", "cosine", "linear")  # train.schedule: the learning rate after warm-up (lr_schedule)
+MEASURES = ("sampled", "deterministic")  # constraint.measure: the gates of the CE the multiplier sees (train_step)
+
+
 def lr_schedule(lr: float, warmup: int, steps: int, kind: str, final: float):
     """Linear warm-up from 0 over ``warmup`` steps, then constant / cosine / linear decay to ``lr * final``."""
-    if kind not in ("constant", "cosine", "linear"):
-        raise ValueError(f"train.schedule must be 'constant', 'cosine' or 'linear', got {kind!r}")
+    if kind not in SCHEDULES:
+        raise ValueError(f"train.schedule must be {', '.join(map(repr, SCHEDULES[:-1]))} or {SCHEDULES[-1]!r}, "
+                         f"got {kind!r}")
     decay_steps = max(steps - warmup, 1)
     after = {"constant": optax.constant_schedule(lr),
              "cosine": optax.cosine_decay_schedule(lr, decay_steps, alpha=final),
