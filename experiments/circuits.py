@@ -122,7 +122,7 @@ def main(argv=None):
 
     import sparsejax as sj
     from sparsejax import circuits
-    from sparsejax.train.checkpointing import atomic_write_text
+    from sparsejax.files import atomic_write_text
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=("induction", "addition", "ioi", "greater_than", "docstring"),
@@ -170,7 +170,7 @@ def main(argv=None):
 
             from sparsejax.config import load_config
             from sparsejax.data import batch_at
-            from sparsejax.train.state import build_data
+            from sparsejax.train.data import build_data
 
             cfg = load_config(args.text)
             cfg.data.repeat = 0.0  # plain held-out text (a run trained on repeated passages draws them itself)
