@@ -71,13 +71,22 @@ def _convert(args) -> int:
 
 
 def _config(args) -> int:
-    import dataclasses
 
     import yaml
 
     from sparsejax.config import load_config, to_dict
 
     cfg = load_config(args.preset, args.overrides)
+    if args.keys:
+        from sparsejax.config import describe
+
+        rows = describe(cfg)
+        width = max(len(k) for k, *_ in rows)
+        print(f"# {args.preset}: every key, its type, its value here and what it must be (section.key=value)")
+        for key, hint, value, what in rows:
+            print(f"{key:<{width}}  {hint:<22} {json.dumps(value if not isinstance(value, tuple) else list(value)):<14}"
+                  f"{'  ' + what if what else ''}")
+        return 0
     print(f"# {args.preset}: every key with its value (set any with section.key=value)")
     print(yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False).rstrip())
     return 0
@@ -154,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     conf = sub.add_parser("config", help="list a preset's keys and values (after overrides)")
     conf.add_argument("preset", help="preset name or YAML path")
     conf.add_argument("overrides", nargs="*", help="section.key=value")
+    conf.add_argument("--keys", action="store_true", help="every key with its type, value and valid values")
     conf.set_defaults(func=_config)
     pl = sub.add_parser("plan", help="compile a preset's post-training step for a simulated mesh: memory per device, "
                         "FLOPs per step (nothing allocated, no weights read)")

@@ -407,3 +407,23 @@ def validate(cfg: RunConfig) -> RunConfig:
 
 def to_dict(cfg: RunConfig) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def describe(cfg: RunConfig | None = None) -> list[tuple[str, str, object, str]]:
+    """``(key, type, value, what it must be)`` for every key of the run config, in section order, from the
+    dataclasses and the rules ``validate`` checks (``sparsejax config PRESET --keys`` prints it)."""
+    cfg = cfg if cfg is not None else RunConfig()
+    rules = {key: what for key, _, what in _RULES}
+    rules.update({f"constraint.{name}": what for name, _, what in _controllers.option_rules()})
+    out = []
+    for section in dataclasses.fields(cfg):
+        obj = getattr(cfg, section.name)
+        hints = _hints(type(obj))
+        for f in dataclasses.fields(obj):
+            key, value = f"{section.name}.{f.name}", getattr(obj, f.name)
+            what = rules.get(key, "")
+            hint = hints[f.name]
+            name = getattr(hint, "__name__", None) if not typing.get_args(hint) else None
+            out.append((key, name or str(hint).replace("typing.", ""), value,
+                        what(value) if callable(what) else what))
+    return out

@@ -225,6 +225,22 @@ def test_cli_config_listing_and_overrides_after_flags(capsys):
         cli.main(["config", "toy_addition_posttrain", "--bogus"])
 
 
+def test_cli_config_keys_lists_every_key_with_its_type_and_rule(capsys):
+    """``sparsejax config P --keys``: one line per key of the run config (the dataclasses), its type, its value
+    after the overrides and what validate requires of it."""
+    from sparsejax import cli
+    from sparsejax.config import to_dict
+
+    assert cli.main(["config", "toy_addition_posttrain", "--keys", "train.steps=7"]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    keys = [line.split()[0] for line in lines]
+    assert keys == [f"{s}.{k}" for s, sec in to_dict(load_config("toy_addition_posttrain")).items() for k in sec]
+    row = dict(zip(keys, lines))
+    assert row["train.steps"].split()[1:4] == ["int", "7", "an"] and row["train.steps"].endswith("an integer >= 0")
+    assert row["train.attention"].endswith("auto, chunked, pallas or reference")
+    assert "a registered controller: " in row["constraint.method"] and "pi" in row["constraint.method"]
+
+
 def test_model_inputs_are_checked_where_concrete():
     c = sj.ModelConfig("llama", vocab_size=10, d_model=16, n_layers=1, n_heads=2, d_ff=16, max_position=8)
     p = sj.init_params(c, jax.random.PRNGKey(0))
