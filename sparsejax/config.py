@@ -84,6 +84,8 @@ class GateSection:
     bias_lr: float | None = None    # learnable bias: its own learning rate (None: train.lr)
     temperature: float = 2.0 / 3.0
     stretch: tuple[float, float] = (-0.1, 1.1)
+    noise_anneal: int = 0           # the training noise's scale falls linearly from 1 to 0 over the last N steps of
+    #                                 train.steps (noise annealing: sampled and deterministic gates meet; 0: off)
 
 
 @dataclasses.dataclass
@@ -319,6 +321,7 @@ _RULES = (
     ("gate.per", *_one_of(_listed(".train.state", "GATE_PER"))),
     ("gate.bias_lr", lambda v: v is None or (math.isfinite(v) and v > 0), "a number > 0 or null"),
     ("gate.temperature", lambda v: math.isfinite(v) and v > 0, "a number > 0"),
+    ("gate.noise_anneal", lambda v: v >= 0, "an integer >= 0 (0: the full noise all run)"),
     ("constraint.method", lambda v: v in _controllers.CONTROLLERS,
      lambda v: f"a registered controller: {_or(_controllers.names())}{_controllers.did_you_mean(v)}"),
     ("constraint.sense", lambda v: v in _controllers.SENSES, " or ".join(_controllers.SENSES)),
@@ -393,6 +396,12 @@ def validate(cfg: RunConfig) -> RunConfig:
             and not c.anneal_from > c.density_target:
         problems.append(f"constraint.anneal_from={c.anneal_from} must be above constraint.density_target="
                         f"{c.density_target} (the target falls from one to the other)")
+    if g.noise_anneal and g.noise_anneal > cfg.train.steps:
+        problems.append(f"gate.noise_anneal={g.noise_anneal} is longer than the run (train.steps={cfg.train.steps}): "
+                        "anneal over at most train.steps steps")
+    if g.noise_anneal and cfg.train.attention == "pallas":
+        problems.append("gate.noise_anneal scales the gate noise, which the fused kernel does not: set "
+                        "train.attention=chunked (or auto, which picks it) or gate.noise_anneal=0")
     if g.enabled and not g.learnable and g.bias_lr is not None:
         problems.append(f"gate.bias_lr={g.bias_lr} has no effect while gate.learnable=false: set "
                         f"gate.learnable=true (learn the gate bias at that rate) or drop gate.bias_lr")

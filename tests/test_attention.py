@@ -229,6 +229,91 @@ def test_hard_concrete_expected_l0_matches_monte_carlo():
                                rtol=1e-6)
 
 
+# ------------------------------------------------------------------------------------- noise annealing
+def _scaled(gate, sigma):
+    import dataclasses
+
+    return gate if sigma is None else dataclasses.replace(gate, noise=jnp.float32(sigma))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("impl", ["reference", "chunked"])
+@pytest.mark.parametrize("sigma", [0.5, 0.0, 1.0])
+def test_scaled_noise_matches_oracle(family, impl, sigma):
+    """Gate.noise = sigma: the training noise is sigma times the logistic noise (the oracle given sigma * l)."""
+    q, k, v = _qkv(t=11, scale=1.5)
+    bias = np.array([0.3, -0.5, 1.0, 0.0], np.float32)
+    out, _ = sj.sparse_attention(q, k, v, _scaled(sj.Gate(jnp.asarray(bias), family), sigma), mode="train", seed=42,
+                                 implementation=impl, **({"block_q": 4, "block_k": 3} if impl == "chunked" else {}))
+    noise = sigma * oracle.logistic(42, (2, 4, 11, 11))
+    want = oracle.attention(q, k, v, bias, family=family, train=True, noise=noise)[0]
+    np.testing.assert_allclose(out, want, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("impl", ["reference", "chunked"])
+def test_noise_scale_ends_at_the_deterministic_gates(impl):
+    """Bernoulli: at scale 0 the sampled gates are the eval-mode gates exactly; at scale 1 (traced) they are the
+    method's (noise None) exactly; the straight-through slope at scale 0 is sigmoid'(g)."""
+    q, k, v = _qkv(t=13, scale=1.5)
+    gate = sj.Gate(jnp.asarray([0.3, -0.5, 1.0, 0.0]))
+    kw = {"block_q": 4, "block_k": 5} if impl == "chunked" else {}
+    run = lambda g, mode: sj.sparse_attention(q, k, v, g, mode=mode, seed=7, implementation=impl, **kw)[0]
+    np.testing.assert_array_equal(run(_scaled(gate, 0.0), "train"), run(gate, "eval"))
+    np.testing.assert_array_equal(run(_scaled(gate, 1.0), "train"), run(gate, "train"))
+    g = jnp.linspace(-4, 4, 33)
+    u = hash_uniform(np.uint32(1), 0, 0, 0, jnp.arange(33))
+    value, slope = gate_value_and_slope(_scaled(gate, 0.0), g, u, True)
+    np.testing.assert_array_equal(value, (g > 0).astype(jnp.float32))
+    e = 1 / (1 + np.exp(-np.asarray(g, np.float64)))
+    np.testing.assert_allclose(slope, e * (1 - e), rtol=1e-5, atol=1e-7)
+
+
+def test_scaled_bernoulli_frequency_is_sigmoid_of_g_over_sigma():
+    g = jnp.array([-1.0, 0.0, 0.6])[:, None]
+    noise = hash_uniform(np.uint32(3), 1, 2, jnp.arange(3)[:, None], jnp.arange(200_000)[None, :])
+    for sigma in (0.5, 0.25):
+        value, _ = gate_value_and_slope(_scaled(sj.Gate(jnp.zeros(())), sigma), g, noise, True)
+        np.testing.assert_allclose(np.asarray(value.mean(1)), 1 / (1 + np.exp(-np.asarray(g[:, 0]) / sigma)),
+                                   atol=5e-3)
+
+
+def test_scaled_noise_gradients_match_oracle_finite_differences():
+    """The straight-through gradient under a scaled noise: d/d(q, k, v, bias) against the oracle's finite
+    differences with sigma * l and the hard sample frozen."""
+    b, h, kvh, d, t, sigma = 1, 2, 1, 3, 6, 0.4
+    q, k, v = _qkv(b=b, t=t, h=h, kvh=kvh, d=d, seed=1, scale=1.5)
+    bias = np.array([0.4, -0.3])
+    rng = np.random.default_rng(5)
+    w, c = rng.normal(size=(b, t, h, d)), rng.normal(size=(b, h))
+    base = dict(family="bernoulli", train=True, noise=sigma * oracle.logistic(9, (b, h, t, t)))
+    frozen = oracle.attention(q, k, v, bias, **base)[3]
+
+    def objective(qq, kk, vv, bb):
+        out, dens, _, _ = oracle.attention(qq, kk, vv, bb, frozen_hard=frozen, **base)
+        return (out * w).sum() + (dens * c).sum()
+
+    args = [np.asarray(q, np.float64), np.asarray(k, np.float64), np.asarray(v, np.float64), bias]
+    want = [_finite_diff(lambda x, i=i: objective(*args[:i], x, *args[i + 1:]), args[i]) for i in range(4)]
+    for impl in ("reference", "chunked"):
+        def loss(qq, kk, vv, bb):
+            gate = _scaled(sj.Gate(bb), sigma)
+            out, st = sj.sparse_attention(qq, kk, vv, gate, mode="train", seed=9, implementation=impl,
+                                          **({"block_q": 4, "block_k": 4} if impl == "chunked" else {}))
+            return jnp.sum(out * w) + jnp.sum(st.expected_density * c)
+
+        got = jax.grad(loss, argnums=(0, 1, 2, 3))(q, k, v, jnp.asarray(bias, jnp.float32))
+        for name, g_, w_ in zip("qkvb", got, want):
+            np.testing.assert_allclose(g_, w_, atol=2e-4, rtol=2e-3, err_msg=f"{impl} d/d{name}")
+    assert np.abs(want[3]).max() > 1e-3
+
+
+def test_pallas_refuses_a_scaled_noise():
+    q, k, v = _qkv(t=8)
+    with pytest.raises(ValueError, match="runs in implementation='chunked'"):
+        sj.sparse_attention(q, k, v, _scaled(sj.Gate(jnp.zeros(())), 0.5), mode="train", seed=1,
+                            implementation="pallas")
+
+
 def test_bernoulli_train_frequency_matches_sigmoid():
     g = jnp.array([-2.0, 0.0, 1.5])[:, None]
     noise = hash_uniform(np.uint32(3), 1, 2, jnp.arange(3)[:, None], jnp.arange(200_000)[None, :])

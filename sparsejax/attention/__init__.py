@@ -149,13 +149,15 @@ def sparse_attention(q, k, v, gate: Any = None, *, causal: bool = True, mode: st
         multiple of ``kv_heads`` (grouped-query attention). Logits are computed in float32 whatever the input
         dtype; the output has q's dtype.
       gate: ``None`` (dense attention: every gate open), a float/array bias (the Bernoulli gate) or a
-        :class:`sparsejax.Gate` (bias ``()`` or ``[heads]``, family, temperature, stretch).
+        :class:`sparsejax.Gate` (bias ``()`` or ``[heads]``, family, temperature, stretch; ``noise``: the training
+        noise's scale, for noise annealing).
       causal: mask keys after the query (top-left aligned, as ``jax.nn.dot_product_attention``).
       mode: ``"train"`` samples gates from counter-based noise (needs ``seed``); ``"eval"`` is deterministic.
       seed: int in ``[0, 2**32)`` or integer scalar array; the same seed gives the same gates in every
         implementation.
       implementation: ``"auto"`` (the fused ``"pallas"`` kernel on GPU/TPU, ``"chunked"`` on CPU or when the
-        kernel cannot take the shapes/dtype, with a one-time warning), ``"reference"`` (materialised, O(T^2)),
+        kernel cannot take the shapes/dtype, with a one-time warning, or for a scaled training noise
+        ``gate.noise``), ``"reference"`` (materialised, O(T^2)),
         ``"chunked"`` (XLA, O(T) memory) or ``"pallas"`` (the fused kernel; Pallas interpret mode on CPU: slow,
         for correctness).
       return_adjacency: also return the boolean edge tensor ``[batch, heads, seq_q, seq_k]``.
@@ -183,6 +185,9 @@ def sparse_attention(q, k, v, gate: Any = None, *, causal: bool = True, mode: st
         _check_mask(attention_mask, q, k, implementation)
         implementation = "reference"
     impl = resolve_implementation(implementation, q, k, v)
+    if impl == "pallas" and implementation == "auto" and gate is not None and gate.noise is not None \
+            and mode == "train":
+        impl = "chunked"  # a scaled training noise (noise annealing) is not in the fused kernel
     kwargs = _block_options(impl, implementation, block_sizes, blocks)
     if impl == "pallas":  # the trainer's sharding rules, read here once: the kernel file knows no mesh
         kwargs["partition"] = sharded.partition_for(jax.sharding.get_abstract_mesh(), sharding.active_rules())

@@ -33,12 +33,13 @@ _NEG = -1e30
 class _Cfg:
     causal: bool
     train: bool
-    gate: Gate | None  # static part only (bias replaced by None); None = dense
+    gate: Gate | None  # static part only (bias and noise replaced by None); None = dense
     t: int
     s: int
     block_q: int
     block_k: int
     window: int | None = None  # sliding window (causal): key j is visible to query i iff i - j < window
+    noise_scaled: bool = False  # the training noise is scaled by ``noise_scale`` (Gate.noise set: noise annealing)
 
     @property
     def nq(self):
@@ -66,7 +67,7 @@ class _Cfg:
         return self.tiles.q_range(kj)
 
 
-def _block_scores(cfg: _Cfg, qb, kb, qi, kj, bias, seed):
+def _block_scores(cfg: _Cfg, qb, kb, qi, kj, bias, seed, noise_scale):
     """Logits, validity, gate logits, gate values and slopes of one (query block, key block) pair (XLA drops
     whatever a caller leaves unused).
 
@@ -91,7 +92,8 @@ def _block_scores(cfg: _Cfg, qb, kb, qi, kj, bias, seed):
                                i.reshape(1, 1, 1, bq, 1), j.reshape(1, 1, 1, 1, bk))
     else:
         noise = None
-    a, a_slope = gate_value_and_slope(cfg.gate, g, noise, cfg.train)
+    gate = dataclasses.replace(cfg.gate, noise=noise_scale) if cfg.noise_scaled else cfg.gate
+    a, a_slope = gate_value_and_slope(gate, g, noise, cfg.train)
     return s, valid, g, a, a_slope
 
 
@@ -120,7 +122,7 @@ def _split(cfg: _Cfg, q, k, v):
     return qp, kp, vp
 
 
-def _forward(cfg: _Cfg, q, k, v, bias, seed):
+def _forward(cfg: _Cfg, q, k, v, bias, seed, noise_scale):
     bsz, t, h, d = q.shape
     kvh, dv = k.shape[2], v.shape[3]
     grp = h // kvh
@@ -134,7 +136,7 @@ def _forward(cfg: _Cfg, q, k, v, bias, seed):
             m, l, acc, rho, edges = carry
             kb = jax.lax.dynamic_slice_in_dim(kp, kj * bk, bk, axis=2)
             vb = jax.lax.dynamic_slice_in_dim(vp, kj * bk, bk, axis=2)
-            s, valid, g, a, _ = _block_scores(cfg, qb, kb, qi, kj, bias, seed)
+            s, valid, g, a, _ = _block_scores(cfg, qb, kb, qi, kj, bias, seed, noise_scale)
             m_new = jnp.maximum(m, jnp.max(jnp.where(valid, s, _NEG), axis=-1))
             p = jnp.where(valid, jnp.exp(s - m_new[..., None]), 0.0)
             alpha = jnp.exp(m - m_new)
@@ -166,7 +168,7 @@ def _forward(cfg: _Cfg, q, k, v, bias, seed):
     return out, lse, density, edge_density
 
 
-def _backward(cfg: _Cfg, q, k, v, bias, seed, out, lse, dout, ddens):
+def _backward(cfg: _Cfg, q, k, v, bias, seed, noise_scale, out, lse, dout, ddens):
     bsz, t, h, d = q.shape
     kvh, dv = k.shape[2], v.shape[3]
     grp = h // kvh
@@ -189,7 +191,7 @@ def _backward(cfg: _Cfg, q, k, v, bias, seed, out, lse, dout, ddens):
             dob = jax.lax.dynamic_slice_in_dim(dop, qi * bq, bq, axis=3)
             lse_b = jax.lax.dynamic_slice_in_dim(lse, qi * bq, bq, axis=3)
             dl_b = jax.lax.dynamic_slice_in_dim(delta, qi * bq, bq, axis=3)
-            s, valid, g, a, a_slope = _block_scores(cfg, qb, kb, qi, kj, bias, seed)
+            s, valid, g, a, a_slope = _block_scores(cfg, qb, kb, qi, kj, bias, seed, noise_scale)
             p = jnp.where(valid, jnp.exp(s - lse_b[..., None]), 0.0)
             dov = jnp.einsum("bkgqd,bksd->bkgqs", dob, vb)
             if a is None:
@@ -221,28 +223,28 @@ def _backward(cfg: _Cfg, q, k, v, bias, seed, out, lse, dout, ddens):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _chunked(cfg: _Cfg, q, k, v, bias, seed):
-    out, _, density, edge_density = _forward(cfg, q, k, v, bias, seed)
+def _chunked(cfg: _Cfg, q, k, v, bias, seed, noise_scale):
+    out, _, density, edge_density = _forward(cfg, q, k, v, bias, seed, noise_scale)
     return out.astype(q.dtype), density, edge_density
 
 
-def _chunked_fwd(cfg, q, k, v, bias, seed):
-    out, lse, density, edge_density = _forward(cfg, q, k, v, bias, seed)
+def _chunked_fwd(cfg, q, k, v, bias, seed, noise_scale):
+    out, lse, density, edge_density = _forward(cfg, q, k, v, bias, seed, noise_scale)
     out = out.astype(q.dtype)
-    return (out, density, edge_density), (q, k, v, bias, seed, out, lse)
+    return (out, density, edge_density), (q, k, v, bias, seed, noise_scale, out, lse)
 
 
 def _chunked_bwd(cfg, res, cts):
-    q, k, v, bias, seed, out, lse = res
+    q, k, v, bias, seed, noise_scale, out, lse = res
     dout, ddens, _ = cts  # the edge density is a count: no gradient
-    dq, dk, dv, dbias = _backward(cfg, q, k, v, bias, seed, out, lse, dout, ddens)
-    return dq, dk, dv, dbias.astype(bias.dtype), None
+    dq, dk, dv, dbias = _backward(cfg, q, k, v, bias, seed, noise_scale, out, lse, dout, ddens)
+    return dq, dk, dv, dbias.astype(bias.dtype), None, None
 
 
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)
 
 
-def _adjacency(cfg: _Cfg, q, k, bias, seed):
+def _adjacency(cfg: _Cfg, q, k, bias, seed, noise_scale):
     """Boolean ``[B, H, T, S]`` edges, computed one query block at a time (no float T x T buffer)."""
     bsz, t, h, d = q.shape
     qp, kp, _ = _split(cfg, q, k, k)
@@ -250,7 +252,7 @@ def _adjacency(cfg: _Cfg, q, k, bias, seed):
     def q_block(_, qi):
         qb = jax.lax.dynamic_slice_in_dim(qp, qi * cfg.block_q, cfg.block_q, axis=3)
         one = dataclasses.replace(cfg, block_k=cfg.nk * cfg.block_k)
-        s, valid, g, a, _ = _block_scores(one, qb, kp, qi, 0, bias, seed)
+        s, valid, g, a, _ = _block_scores(one, qb, kp, qi, 0, bias, seed, noise_scale)
         return None, valid if a is None else valid & (a > 0)
 
     _, adj = jax.lax.scan(q_block, None, jnp.arange(cfg.nq))  # [nq, B, K, G, bq, Sp]
@@ -264,10 +266,13 @@ def chunked_attention(q, k, v, gate: Gate | None, *, causal: bool, train: bool, 
     sliding ``window`` W (a static int)."""
     bsz, t, h, d = q.shape
     s_len = k.shape[1]
-    cfg = _Cfg(causal=causal, train=train, gate=None if gate is None else dataclasses.replace(gate, bias=None),
-               t=t, s=s_len, block_q=min(block_q, t), block_k=min(block_k, s_len), window=window)
+    cfg = _Cfg(causal=causal, train=train,
+               gate=None if gate is None else dataclasses.replace(gate, bias=None, noise=None),
+               noise_scaled=gate is not None and gate.noise is not None, t=t, s=s_len, block_q=min(block_q, t),
+               block_k=min(block_k, s_len), window=window)
     bias = jnp.zeros((h,), jnp.float32) if gate is None else jnp.broadcast_to(gate.bias, (h,)).astype(jnp.float32)
     seed = jnp.zeros((), jnp.uint32) if seed is None else seed
-    out, density, edge_density = _chunked(cfg, q, k, v, bias, seed)
-    adjacency = _adjacency(cfg, q, k, jax.lax.stop_gradient(bias), seed) if return_adjacency else None
+    noise_scale = jnp.asarray(1.0 if gate is None or gate.noise is None else gate.noise, jnp.float32)
+    out, density, edge_density = _chunked(cfg, q, k, v, bias, seed, noise_scale)
+    adjacency = _adjacency(cfg, q, k, jax.lax.stop_gradient(bias), seed, noise_scale) if return_adjacency else None
     return out, density, edge_density, adjacency

@@ -506,13 +506,16 @@ def pallas_attention(q, k, v, gate: Gate | None, *, causal: bool, train: bool, s
     one device."""
     backend = backend or backend_of(jax.default_backend())
     cfg = BlockSizes.of(block_sizes, backend=backend, **blocks).check(backend)
+    if gate is not None and gate.noise is not None and train:
+        raise ValueError("implementation='pallas' samples the method's full gate noise; a scaled noise (Gate.noise, "
+                         "noise annealing) runs in implementation='chunked' or 'reference' ('auto' picks chunked)")
     why = unsupported(q, k, v, backend)
     if why:
         raise ValueError(f"implementation='pallas' cannot run {why} on {backend}; use implementation='chunked' "
                          "(or 'auto', which falls back by itself)")
     t, s_len, h = q.shape[1], k.shape[1], q.shape[2]
     st = _Static(backend=backend, causal=causal, train=train,
-                 gate=None if gate is None else dataclasses.replace(gate, bias=None), t=t, s=s_len,
+                 gate=None if gate is None else dataclasses.replace(gate, bias=None, noise=None), t=t, s=s_len,
                  block_q=_fit(cfg.block_q, t, backend), block_k=_fit(cfg.block_k, s_len, backend),
                  block_q_bwd=_fit(cfg.block_q_bwd, t, backend), block_k_bwd=_fit(cfg.block_k_bwd, s_len, backend),
                  num_warps=cfg.num_warps, num_stages=cfg.num_stages, backward=cfg.backward,

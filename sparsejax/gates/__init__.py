@@ -38,15 +38,19 @@ FAMILIES = tuple(_REGISTRY)
 class Gate:
     """The gate pytree passed to attention and to the model blocks.
 
-    ``bias`` is the only array leaf (differentiable, so it can be learned): shape ``()`` or ``[heads]`` at the
-    attention level, ``[layers]`` or ``[layers, heads]`` at the model level. The rest is static configuration (the
-    family and its parameters). Change a gate with ``dataclasses.replace`` (never rebuild it field by field).
+    ``bias`` is the array leaf that is learned: shape ``()`` or ``[heads]`` at the attention level, ``[layers]`` or
+    ``[layers, heads]`` at the model level. ``noise`` is the scale of the training noise, a float32 scalar (traced:
+    a schedule may move it every step without recompiling) or ``None``, the full noise of the method; at scale 0
+    the sampled gates are the deterministic ones (docs/method.md §1, noise annealing). Eval mode ignores it. The
+    rest is static configuration (the family and its parameters). Change a gate with ``dataclasses.replace``
+    (never rebuild it field by field).
     """
 
     bias: Any
     kind: str = dataclasses.field(default="bernoulli", metadata=dict(static=True))  # the gate family
     temperature: float = dataclasses.field(default=2.0 / 3.0, metadata=dict(static=True))
     stretch: tuple[float, float] = dataclasses.field(default=(-0.1, 1.1), metadata=dict(static=True))
+    noise: Any = None  # training-noise scale in [0, 1] (float32 scalar) or None = 1 exactly (the method's gates)
 
     def __post_init__(self):
         family(self.kind).check(self)
@@ -64,7 +68,8 @@ def make_gate(bias: Any = 3.0, kind: str = "bernoulli", *, shape: tuple[int, ...
 
 
 def gate_to_json(gate: Gate) -> dict:
-    """The gate as the JSON object stored in a checkpoint's ``sparsejax_gate.json``."""
+    """The gate as the JSON object stored in a checkpoint's ``sparsejax_gate.json`` (the eval-mode gate: the
+    training-noise scale is not part of it)."""
     return {"bias": np.asarray(gate.bias).tolist(), "kind": gate.kind, "temperature": gate.temperature,
             "stretch": list(gate.stretch)}
 

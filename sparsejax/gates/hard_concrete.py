@@ -1,7 +1,8 @@
 """Hard-concrete gates (Louizos et al. 2018) on the same logits, ``log_alpha = g``: training samples
 ``clip(sigmoid((l + g) / beta) * (zeta - gamma) + gamma, 0, 1)``, evaluation uses the deterministic
 ``clip(sigmoid(g) * (zeta - gamma) + gamma, 0, 1)``; expected L0 ``sigmoid(g - beta * log(-gamma / zeta))``. A pair is
-an edge when its gate value is > 0. Parameters: ``Gate.temperature`` (beta) and ``Gate.stretch`` (gamma, zeta)."""
+an edge when its gate value is > 0. Parameters: ``Gate.temperature`` (beta) and ``Gate.stretch`` (gamma, zeta). A
+noise scale ``sigma`` (``Gate.noise``) multiplies the logistic noise ``l``."""
 from __future__ import annotations
 
 import jax
@@ -14,7 +15,11 @@ from .registry import GateFamily, register
 
 def _pre(gate, g, uniform, train: bool):
     gamma, zeta = gate.stretch
-    t = (g + logistic_noise(uniform)) / gate.temperature if train else g
+    if train:
+        noise = logistic_noise(uniform)
+        t = (g + (noise if gate.noise is None else jnp.asarray(gate.noise, jnp.float32) * noise)) / gate.temperature
+    else:
+        t = g
     dt_dg = 1.0 / gate.temperature if train else 1.0
     return jax.nn.sigmoid(t) * (zeta - gamma) + gamma, t, dt_dg
 

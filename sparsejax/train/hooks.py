@@ -185,7 +185,8 @@ def train_record(run: "Trainer", out: dict, step: int, tokens_per_s: float) -> T
     # then measured_ce: the CE the multiplier saw (constraint.measure=deterministic), then what a guarded curriculum
     # adds (its CE's EMA, where its annealed target stands)
     logged = controllers.get(run.cfg.constraint.method).record_names
-    names = {**logged(run.spec.sense, False), "measured_ce": "measured_ce", **logged(run.spec.sense, run.spec.guard)}
+    names = {**logged(run.spec.sense, False), "measured_ce": "measured_ce", **logged(run.spec.sense, run.spec.guard),
+             "noise_scale": "noise_scale"}  # gate.noise_anneal: the gate noise's scale at this step
     extra = {}
     for k, name in names.items():
         if k in out:

@@ -34,6 +34,7 @@ class StepSpec:
     guard: bool = False               # density mode: the annealed target waits while the measured CE is over tau
     beta: float = 0.0                 # fixed density weight when there is no multiplier (penalty mode)
     attention: str = "auto"           # sparse_attention implementation (auto | chunked | pallas | reference)
+    noise_anneal: tuple[int, int] | None = None  # (first step, steps): the gate noise's scale 1 -> 0 (gate.noise_anneal)
     rules: tuple = sharding.DEFAULT_RULES  # logical axis -> mesh axes, for parameters and activations
 
 
@@ -46,11 +47,23 @@ def params_of(spec: StepSpec, trainable: dict, frozen: dict) -> dict:
     return lora.merge(frozen["base"], trainable["lora"], spec.lora_alpha)
 
 
-def gate_of(spec: StepSpec, trainable: dict, frozen: dict) -> Gate | None:
+def gate_of(spec: StepSpec, trainable: dict, frozen: dict, step=None) -> Gate | None:
+    """The gate of the step: the static part with the (trained or frozen) bias and, given the training ``step``
+    under ``spec.noise_anneal``, the scale of its noise (:func:`noise_scale`)."""
     if spec.gate is None:
         return None
     bias = trainable["gate_bias"] if "gate_bias" in trainable else frozen["gate_bias"]
-    return dataclasses.replace(spec.gate, bias=bias)
+    noise = None if step is None or spec.noise_anneal is None else noise_scale(spec.noise_anneal, step)
+    return dataclasses.replace(spec.gate, bias=bias, noise=noise)
+
+
+def noise_scale(anneal: tuple[int, int], step):
+    """The gate noise's scale at training ``step`` (0-based, traced): 1 until ``anneal = (first, length)``'s first
+    step, then linearly down to 0 at the run's last step (``first + length - 1``): the last update trains the
+    deterministic gates."""
+    first, length = anneal
+    done = (jnp.asarray(step, jnp.float32) - first + 1.0) / float(length)
+    return jnp.clip(1.0 - done, 0.0, 1.0)
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -112,6 +125,8 @@ def step_spec(cfg: RunConfig, model: Model) -> StepSpec:
                     distill=cfg.train.distill, sense=cfg.constraint.sense, measure=cfg.constraint.measure,
                 measure_every=cfg.constraint.measure_every, guard=cfg.constraint.guard, beta=beta,
                 attention=cfg.train.attention,
+                    noise_anneal=(cfg.train.steps - g.noise_anneal, g.noise_anneal) if g.enabled and g.noise_anneal
+                    else None,
                     rules=sharding.parse_rules(cfg.mesh.rules))
 
 

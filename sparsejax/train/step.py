@@ -13,7 +13,7 @@ import optax
 from .. import controllers, objective, seeds, sharding
 from ..config import RunConfig
 from ..models import forward
-from .state import StepSpec, gate_of, params_of
+from .state import StepSpec, gate_of, noise_scale, params_of
 
 
 SCHEDULES = ("constant", "cosine", "linear")  # train.schedule: the learning rate after warm-up (lr_schedule)
@@ -71,9 +71,9 @@ def make_multiplier(cfg: RunConfig, tau: float | None, target_start: float | Non
     return controller.transform(controller.options(c), setup)
 
 
-def _loss(spec: StepSpec, trainable, frozen, batch, seed, weights):
+def _loss(spec: StepSpec, trainable, frozen, batch, seed, weights, step=None):
     tokens = batch["tokens"]
-    gate = gate_of(spec, trainable, frozen)
+    gate = gate_of(spec, trainable, frozen, step)  # the step sets the noise's scale under gate.noise_anneal
     logits, aux = forward(spec.config, params_of(spec, trainable, frozen), tokens[:, :-1], gate, mode="train",
                           seed=seed, implementation=spec.attention)
     ce = objective.cross_entropy(logits, tokens[:, 1:], batch["mask"])
@@ -121,7 +121,7 @@ def make_train_step(spec: StepSpec, optimizer, multiplier):
         else:
             weights = controllers.loss_weights(state["mult_state"])
         (loss, (ce, density, edges)), grads = jax.value_and_grad(
-            lambda t: _loss(spec, t, frozen, batch, seed, weights), has_aux=True)(state["trainable"])
+            lambda t: _loss(spec, t, frozen, batch, seed, weights, state["step"]), has_aux=True)(state["trainable"])
         finite = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["trainable"])
         trainable = optax.apply_updates(state["trainable"], updates)
@@ -140,6 +140,8 @@ def make_train_step(spec: StepSpec, optimizer, multiplier):
                "total_bad_steps": state["total_bad_steps"] + (~finite).astype(jnp.int32), **held}
         out = {"loss": loss, "ce": ce, "density": density, "edges": edges, "bad_steps": bad,
                "total_bad_steps": new["total_bad_steps"]}
+        if spec.noise_anneal is not None:
+            out["noise_scale"] = noise_scale(spec.noise_anneal, state["step"])
         if multiplier is not None:
             out.update(controllers.metrics(mult_state))
             if probe:
