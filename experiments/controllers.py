@@ -36,12 +36,16 @@ CANDIDATES = {
     "pi_det_ki05": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic", "constraint.pi_ki=0.05"],
     "pi_det_ki05_follow": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic",
                            "constraint.pi_ki=0.05", "constraint.pi_ki_follow_lr=true"],
-    # the preset + noise annealing: the gate noise's scale falls 1 -> 0 over the last 500 / 1,000 of 2,000 steps
+    # the preset + noise annealing: the gate noise's scale falls 1 -> 0 over the last 500 / 1,000 of 2,000 steps,
+    # or over steps 1,000-1,500 with the last 500 at scale 0 (noise_mid)
     "pi_det_ki05_follow_noise500": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic",
                                     "constraint.pi_ki=0.05", "constraint.pi_ki_follow_lr=true", "gate.noise_anneal=500"],
     "pi_det_ki05_follow_noise1000": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic",
                                      "constraint.pi_ki=0.05", "constraint.pi_ki_follow_lr=true",
                                      "gate.noise_anneal=1000"],
+    "pi_det_ki05_follow_noise_mid": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic",
+                                     "constraint.pi_ki=0.05", "constraint.pi_ki_follow_lr=true",
+                                     "gate.noise_anneal=500", "gate.noise_zero=500"],
     "pi_det_ki05_4k": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic", "constraint.pi_ki=0.05",
                        "train.steps=4000"],
     "pi_det_warm": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic", "train.warmup=200"],

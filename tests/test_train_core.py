@@ -179,7 +179,9 @@ def test_density_target_mode_on_the_toy(tmp_path):
     ("data.repeat_tokens=noise", "data.repeat_tokens='noise' must be text or random"),
     ("constraint.method=geco constraint.pi_ki_follow_lr=true", "pi_ki_follow_lr works with constraint.method=pi"),
     ("gate.noise_anneal=-1", "gate.noise_anneal=-1 must be an integer >= 0"),
-    ("gate.noise_anneal=101", "gate.noise_anneal=101 is longer than the run"),
+    ("gate.noise_anneal=101", "gate.noise_zero=0 is longer than the run"),
+    ("gate.noise_anneal=60 gate.noise_zero=50", "is longer than the run"),
+    ("gate.noise_zero=5", "gate.noise_zero=5 needs gate.noise_anneal > 0"),
     ("gate.noise_anneal=50 train.attention=pallas", "set train.attention=chunked"),
 ])
 def test_invalid_values_are_refused_before_anything_runs(override, message, tmp_path):
@@ -344,24 +346,24 @@ def test_undeclared_parameter_axes_are_an_error():
 
 
 def test_noise_annealing_trains_the_deterministic_gates_at_the_end(tmp_path):
-    """gate.noise_anneal=N: the gate noise's scale is 1 until the last N steps, then falls linearly to 0 at the
-    last step (logged as noise_scale); at scale 0 the step's sampled-gate CE is the deterministic CE of the batch
-    (the eval step's, before the update)."""
+    """gate.noise_anneal=N, gate.noise_zero=M: the gate noise's scale is 1 until N + M steps before the end, then
+    falls linearly to 0, reached M steps before the end (logged as noise_scale); at scale 0 the step's sampled-gate
+    CE is the deterministic CE of the batch (the eval step's, before the update)."""
     from sparsejax.data import batch_at
     from sparsejax.train import Trainer
 
     np.testing.assert_allclose([float(st.noise_scale((6, 4), s)) for s in range(10)],
                                [1, 1, 1, 1, 1, 1, 0.75, 0.5, 0.25, 0.0])
-    cfg = load_config("toy_addition_posttrain", TINY + ["constraint.method=pi", "gate.bias=0.5", "train.steps=4",
-                                                        "gate.noise_anneal=2"])
+    cfg = load_config("toy_addition_posttrain", TINY + ["constraint.method=pi", "gate.bias=0.5", "train.steps=5",
+                                                        "gate.noise_anneal=2", "gate.noise_zero=1"])
     run = Trainer(cfg, tmp_path / "run", progress=False)
     eval_step = jax.jit(make_eval_step(run.spec))
-    for step in range(4):
+    for step in range(5):
         batch = batch_at(run.train_src, step, cfg.data.batch_size, cfg.data.seed)
         want = float(eval_step(jax.tree.map(jnp.copy, run.state["trainable"]), run.frozen, batch)["ce"])
         run.state, out = run.step_fn(run.state, run.frozen, batch, jnp.uint32(step))
-        assert float(out["noise_scale"]) == [1.0, 1.0, 0.5, 0.0][step]
-        if step == 3:
+        assert float(out["noise_scale"]) == [1.0, 1.0, 0.5, 0.0, 0.0][step]
+        if step >= 3:
             np.testing.assert_allclose(float(out["ce"]), want, rtol=1e-5)
         elif step < 2:
             assert abs(float(out["ce"]) - want) > 1e-4  # the full noise: another CE

@@ -59,8 +59,8 @@ def gate_of(spec: StepSpec, trainable: dict, frozen: dict, step=None) -> Gate | 
 
 def noise_scale(anneal: tuple[int, int], step):
     """The gate noise's scale at training ``step`` (0-based, traced): 1 until ``anneal = (first, length)``'s first
-    step, then linearly down to 0 at the run's last step (``first + length - 1``): the last update trains the
-    deterministic gates."""
+    step, then linearly down to 0 at step ``first + length - 1`` and 0 after it (``gate.noise_zero`` steps): those
+    updates train the deterministic gates."""
     first, length = anneal
     done = (jnp.asarray(step, jnp.float32) - first + 1.0) / float(length)
     return jnp.clip(1.0 - done, 0.0, 1.0)
@@ -125,8 +125,8 @@ def step_spec(cfg: RunConfig, model: Model) -> StepSpec:
                     distill=cfg.train.distill, sense=cfg.constraint.sense, measure=cfg.constraint.measure,
                 measure_every=cfg.constraint.measure_every, guard=cfg.constraint.guard, beta=beta,
                 attention=cfg.train.attention,
-                    noise_anneal=(cfg.train.steps - g.noise_anneal, g.noise_anneal) if g.enabled and g.noise_anneal
-                    else None,
+                    noise_anneal=(cfg.train.steps - g.noise_zero - g.noise_anneal, g.noise_anneal)
+                    if g.enabled and g.noise_anneal else None,
                     rules=sharding.parse_rules(cfg.mesh.rules))
 
 
