@@ -1,6 +1,8 @@
 """What measuring the constraint on the exported model costs per step (issue J): the library's train step
 (``Trainer.step_fn``) with the multiplier's CE taken under the sampled gates of the loss (``constraint.measure=
-sampled``, no extra work), under the deterministic gates every step (one more forward), and every 4 steps.
+sampled``, no extra work), under the deterministic gates every step (one more forward), and every 4 steps; and
+the step with the gate noise's scale traced (``gate.noise_anneal``, noise annealing) on top of the deterministic
+measure.
 
     python benchmarks/controller_cost.py                      # the toy model and the Shakespeare LM's shape
     python benchmarks/controller_cost.py --tasks toy --repeats 50
@@ -17,7 +19,9 @@ import tempfile
 import time
 
 VARIANTS = {"sampled": [], "deterministic": ["constraint.measure=deterministic"],
-            "deterministic, every 4": ["constraint.measure=deterministic", "constraint.measure_every=4"]}
+            "deterministic, every 4": ["constraint.measure=deterministic", "constraint.measure_every=4"],
+            # the scaled-noise gate path (gate.noise_anneal: a traced scale; its value does not change the cost)
+            "deterministic + noise annealing": ["constraint.measure=deterministic", "gate.noise_anneal=1"]}
 TASKS = {  # preset, overrides (fresh weights of the preset's shape)
     "toy": ("toy_addition_posttrain", []),
     "shakespeare": ("shakespeare_posttrain", ["data.tokenizer=null"]),
