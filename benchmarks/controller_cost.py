@@ -21,7 +21,7 @@ import time
 VARIANTS = {"sampled": [], "deterministic": ["constraint.measure=deterministic"],
             "deterministic, every 4": ["constraint.measure=deterministic", "constraint.measure_every=4"],
             # the scaled-noise gate path (gate.noise_anneal: a traced scale; its value does not change the cost)
-            "deterministic + noise annealing": ["constraint.measure=deterministic", "gate.noise_anneal=1"]}
+            "deterministic + noise annealing": ["constraint.measure=deterministic", "gate.noise_anneal=0.25"]}
 TASKS = {  # preset, overrides (fresh weights of the preset's shape)
     "toy": ("toy_addition_posttrain", []),
     "shakespeare": ("shakespeare_posttrain", ["data.tokenizer=null"]),

@@ -18,7 +18,7 @@ import numpy as np
 
 # name -> overrides on top of the task's post-training preset (the preset's own controller is overridden); all on
 # the paper's Bernoulli gate, as measured in docs/controllers.md (`--set gate.kind=hard_concrete` for the other)
-BERNOULLI = ["gate.kind=bernoulli"]
+BERNOULLI = ["gate.kind=bernoulli", "gate.noise_anneal=0"]  # the full noise unless a candidate anneals it
 CANDIDATES = {
     "geco": [*BERNOULLI, "constraint.method=geco", "constraint.max_log_step=0.02",
              "constraint.max_log_step_down=null"],
@@ -36,19 +36,21 @@ CANDIDATES = {
     "pi_det_ki05": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic", "constraint.pi_ki=0.05"],
     "pi_det_ki05_follow": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic",
                            "constraint.pi_ki=0.05", "constraint.pi_ki_follow_lr=true"],
-    # the preset + noise annealing: the gate noise's scale falls 1 -> 0 over the last 500 / 1,000 of 2,000 steps,
-    # or over steps 1,000-1,500 with the last 500 at scale 0 (noise_mid)
+    # + noise annealing (noise500 is the toy preset since the seventh round): the gate noise's scale falls 1 -> 0
+    # over the last 500 / 1,000 of 2,000 steps, or over steps 1,000-1,500 with the last 500 at scale 0 (noise_mid),
+    # or over the last quarter of 3,000 steps (noise_3k)
     "pi_det_ki05_follow_noise500": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic",
-                                    "constraint.pi_ki=0.05", "constraint.pi_ki_follow_lr=true", "gate.noise_anneal=500"],
+                                    "constraint.pi_ki=0.05", "constraint.pi_ki_follow_lr=true",
+                                    "gate.noise_anneal=0.25"],
     "pi_det_ki05_follow_noise1000": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic",
                                      "constraint.pi_ki=0.05", "constraint.pi_ki_follow_lr=true",
-                                     "gate.noise_anneal=1000"],
+                                     "gate.noise_anneal=0.5"],
     "pi_det_ki05_follow_noise_mid": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic",
                                      "constraint.pi_ki=0.05", "constraint.pi_ki_follow_lr=true",
-                                     "gate.noise_anneal=500", "gate.noise_zero=500"],
+                                     "gate.noise_anneal=0.25", "gate.noise_zero=0.25"],
     "pi_det_ki05_follow_noise_3k": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic",
                                     "constraint.pi_ki=0.05", "constraint.pi_ki_follow_lr=true",
-                                    "gate.noise_anneal=750", "train.steps=3000"],
+                                    "gate.noise_anneal=0.25", "train.steps=3000"],
     "pi_det_ki05_4k": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic", "constraint.pi_ki=0.05",
                        "train.steps=4000"],
     "pi_det_warm": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic", "train.warmup=200"],

@@ -84,10 +84,10 @@ class GateSection:
     bias_lr: float | None = None    # learnable bias: its own learning rate (None: train.lr)
     temperature: float = 2.0 / 3.0
     stretch: tuple[float, float] = (-0.1, 1.1)
-    noise_anneal: int = 0           # the training noise's scale falls linearly from 1 to 0 over N steps ending
-    #                                 noise_zero steps before the end (noise annealing: sampled and deterministic
-    #                                 gates meet; 0: off)
-    noise_zero: int = 0             # noise annealing: the last M steps train at noise scale 0 (the eval gates)
+    noise_anneal: float = 0.0       # noise annealing: over this share of train.steps the gate noise's scale falls
+    #                                 linearly from 1 to 0, ending noise_zero of the run before its end (sampled
+    #                                 and deterministic gates meet; 0: the method's full noise all run)
+    noise_zero: float = 0.0         # noise annealing: the last share of train.steps trains at noise scale 0
 
 
 @dataclasses.dataclass
@@ -323,8 +323,8 @@ _RULES = (
     ("gate.per", *_one_of(_listed(".train.state", "GATE_PER"))),
     ("gate.bias_lr", lambda v: v is None or (math.isfinite(v) and v > 0), "a number > 0 or null"),
     ("gate.temperature", lambda v: math.isfinite(v) and v > 0, "a number > 0"),
-    ("gate.noise_anneal", lambda v: v >= 0, "an integer >= 0 (0: the full noise all run)"),
-    ("gate.noise_zero", lambda v: v >= 0, "an integer >= 0"),
+    ("gate.noise_anneal", lambda v: 0 <= v <= 1, "a share of train.steps in [0, 1] (0: the full noise all run)"),
+    ("gate.noise_zero", lambda v: 0 <= v <= 1, "a share of train.steps in [0, 1]"),
     ("constraint.method", lambda v: v in _controllers.CONTROLLERS,
      lambda v: f"a registered controller: {_or(_controllers.names())}{_controllers.did_you_mean(v)}"),
     ("constraint.sense", lambda v: v in _controllers.SENSES, " or ".join(_controllers.SENSES)),
@@ -399,9 +399,9 @@ def validate(cfg: RunConfig) -> RunConfig:
             and not c.anneal_from > c.density_target:
         problems.append(f"constraint.anneal_from={c.anneal_from} must be above constraint.density_target="
                         f"{c.density_target} (the target falls from one to the other)")
-    if g.noise_anneal + g.noise_zero > cfg.train.steps:
-        problems.append(f"gate.noise_anneal={g.noise_anneal} + gate.noise_zero={g.noise_zero} is longer than the run "
-                        f"(train.steps={cfg.train.steps}): anneal and hold over at most train.steps steps")
+    if g.noise_anneal + g.noise_zero > 1:
+        problems.append(f"gate.noise_anneal={g.noise_anneal} + gate.noise_zero={g.noise_zero} is more than the whole "
+                        "run: the two shares of train.steps must sum to at most 1")
     if g.noise_zero and not g.noise_anneal:
         problems.append(f"gate.noise_zero={g.noise_zero} needs gate.noise_anneal > 0 (the steps over which the noise "
                         "falls to 0 first)")

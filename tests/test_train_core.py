@@ -178,11 +178,11 @@ def test_density_target_mode_on_the_toy(tmp_path):
     ("data.repeat=1.5", "data.repeat=1.5 must be a share in"),
     ("data.repeat_tokens=noise", "data.repeat_tokens='noise' must be text or random"),
     ("constraint.method=geco constraint.pi_ki_follow_lr=true", "pi_ki_follow_lr works with constraint.method=pi"),
-    ("gate.noise_anneal=-1", "gate.noise_anneal=-1 must be an integer >= 0"),
-    ("gate.noise_anneal=101", "gate.noise_zero=0 is longer than the run"),
-    ("gate.noise_anneal=60 gate.noise_zero=50", "is longer than the run"),
-    ("gate.noise_zero=5", "gate.noise_zero=5 needs gate.noise_anneal > 0"),
-    ("gate.noise_anneal=50 train.attention=pallas", "set train.attention=chunked"),
+    ("gate.noise_anneal=-1", "gate.noise_anneal=-1.0 must be a share of train.steps"),
+    ("gate.noise_anneal=1.5", "gate.noise_anneal=1.5 must be a share of train.steps"),
+    ("gate.noise_anneal=0.6 gate.noise_zero=0.5", "is more than the whole run"),
+    ("gate.noise_anneal=0 gate.noise_zero=0.2", "gate.noise_zero=0.2 needs gate.noise_anneal > 0"),
+    ("gate.noise_anneal=0.5 train.attention=pallas", "set train.attention=chunked"),
 ])
 def test_invalid_values_are_refused_before_anything_runs(override, message, tmp_path):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("*", r"\*")):
@@ -346,17 +346,20 @@ def test_undeclared_parameter_axes_are_an_error():
 
 
 def test_noise_annealing_trains_the_deterministic_gates_at_the_end(tmp_path):
-    """gate.noise_anneal=N, gate.noise_zero=M: the gate noise's scale is 1 until N + M steps before the end, then
-    falls linearly to 0, reached M steps before the end (logged as noise_scale); at scale 0 the step's sampled-gate
-    CE is the deterministic CE of the batch (the eval step's, before the update)."""
+    """gate.noise_anneal=a, gate.noise_zero=z (shares of train.steps): the gate noise's scale is 1 until (a + z) of
+    the run before its end, then falls linearly to 0, reached z of the run before the end (logged as noise_scale);
+    at scale 0 the step's sampled-gate CE is the deterministic CE of the batch (the eval step's, before the
+    update)."""
     from sparsejax.data import batch_at
     from sparsejax.train import Trainer
 
     np.testing.assert_allclose([float(st.noise_scale((6, 4), s)) for s in range(10)],
                                [1, 1, 1, 1, 1, 1, 0.75, 0.5, 0.25, 0.0])
     cfg = load_config("toy_addition_posttrain", TINY + ["constraint.method=pi", "gate.bias=0.5", "train.steps=5",
-                                                        "gate.noise_anneal=2", "gate.noise_zero=1"])
+                                                        "gate.noise_anneal=0.4", "gate.noise_zero=0.2"])
     run = Trainer(cfg, tmp_path / "run", progress=False)
+    assert run.spec.noise_anneal == (2, 2)  # steps 2-3 anneal (0.5, 0), step 4 at 0
+    assert st.noise_steps(load_config("toy_addition_posttrain", ["gate.noise_anneal=0.25"])) == (1500, 500)
     eval_step = jax.jit(make_eval_step(run.spec))
     for step in range(5):
         batch = batch_at(run.train_src, step, cfg.data.batch_size, cfg.data.seed)

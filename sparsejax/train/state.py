@@ -34,7 +34,7 @@ class StepSpec:
     guard: bool = False               # density mode: the annealed target waits while the measured CE is over tau
     beta: float = 0.0                 # fixed density weight when there is no multiplier (penalty mode)
     attention: str = "auto"           # sparse_attention implementation (auto | chunked | pallas | reference)
-    noise_anneal: tuple[int, int] | None = None  # (first step, steps): the gate noise's scale 1 -> 0 (gate.noise_anneal)
+    noise_anneal: tuple[int, int] | None = None  # (first step, steps): the gate noise's scale 1 -> 0 (noise_steps)
     rules: tuple = sharding.DEFAULT_RULES  # logical axis -> mesh axes, for parameters and activations
 
 
@@ -55,6 +55,15 @@ def gate_of(spec: StepSpec, trainable: dict, frozen: dict, step=None) -> Gate | 
     bias = trainable["gate_bias"] if "gate_bias" in trainable else frozen["gate_bias"]
     noise = None if step is None or spec.noise_anneal is None else noise_scale(spec.noise_anneal, step)
     return dataclasses.replace(spec.gate, bias=bias, noise=noise)
+
+
+def noise_steps(cfg: RunConfig) -> tuple[int, int]:
+    """``(first step, steps)`` of the noise annealing: ``gate.noise_anneal`` and ``gate.noise_zero`` are shares of
+    ``train.steps`` (rounded; at least one step of annealing)."""
+    n = cfg.train.steps
+    zero = round(cfg.gate.noise_zero * n)
+    length = min(max(1, round(cfg.gate.noise_anneal * n)), n - zero)
+    return n - zero - length, length
 
 
 def noise_scale(anneal: tuple[int, int], step):
@@ -125,8 +134,7 @@ def step_spec(cfg: RunConfig, model: Model) -> StepSpec:
                     distill=cfg.train.distill, sense=cfg.constraint.sense, measure=cfg.constraint.measure,
                 measure_every=cfg.constraint.measure_every, guard=cfg.constraint.guard, beta=beta,
                 attention=cfg.train.attention,
-                    noise_anneal=(cfg.train.steps - g.noise_zero - g.noise_anneal, g.noise_anneal)
-                    if g.enabled and g.noise_anneal else None,
+                    noise_anneal=noise_steps(cfg) if g.enabled and g.noise_anneal else None,
                     rules=sharding.parse_rules(cfg.mesh.rules))
 
 
