@@ -7,7 +7,12 @@ CE against density; prints the table at every evaluation both runs have.
 
 Reads each run's ``metrics.jsonl`` (evaluations on the run's own 8 held-out batches) through ``RunDir``; with
 ``--final FILE`` (the JSON ``sparsejax eval ... data.eval_batches=64`` prints for the final model) marks the final
-model's 64-batch numbers.
+model's 64-batch numbers. ``--continued RUN`` adds a run post-trained further from the final model (its steps drawn
+after the first run's last step; ``--continued-final FILE`` its final model's 64-batch evaluation):
+
+    python experiments/smollm2_long.py --run runs/smollm2/long_d008 --control runs/smollm2/long_control \
+        --final runs/smollm2/long_d008/eval64.json --continued runs/smollm2/long_hold \
+        --continued-final runs/smollm2/long_hold/eval64.json --out docs/figures/smollm2_long_d008.png
 """
 from __future__ import annotations
 
@@ -31,6 +36,8 @@ def main(argv=None):
     p.add_argument("--run", required=True)
     p.add_argument("--control", required=True)
     p.add_argument("--final", help="64-batch eval JSON of the run's final model")
+    p.add_argument("--continued", help="a run post-trained further from the run's final model")
+    p.add_argument("--continued-final", help="64-batch eval JSON of the continued run's final model")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     from sparsejax.train import RunDir
@@ -47,6 +54,15 @@ def main(argv=None):
         cs = sorted(cv)
         ax.plot(cs, [cv[s]["eval_ce"] for s in cs], "s-", ms=3, color="k", label="dense control (same schedule)")
         ax.plot(cs, [cv[s]["eval_ce"] + 0.01 for s in cs], ":", color="tab:green", label="goal: control + 0.01")
+    more = {}
+    if args.continued:  # steps after the first run's last one
+        more = {steps[-1] + r["step"]: r for r in RunDir(Path(args.continued)).records("eval") if r["step"] > 0}
+        ms = sorted(more)
+        ax.plot(ms, [more[s]["eval_ce"] for s in ms], "o-", ms=3, color="tab:purple",
+                label="sparse, continued at the fixed final target")
+        bx.plot(ms, [more[s]["edge_density"] for s in ms], "o-", ms=3, color="tab:purple", label="continued")
+        cx.plot([more[s]["edge_density"] for s in ms], [more[s]["eval_ce"] for s in ms], "o-", ms=3,
+                color="tab:purple", label="continued")
     ax.set_xlabel("step")
     ax.set_ylabel("held-out CE (8 batches, nats)")
     ax.legend(fontsize=7)
@@ -65,6 +81,10 @@ def main(argv=None):
         final = json.loads(Path(args.final).read_text())
         cx.plot(final["edge_density"], final["eval_ce"], "*", ms=14, color="tab:red",
                 label=f"final model, 64 batches: {100 * final['edge_density']:.2f}%, CE {final['eval_ce']:.3f}")
+    if args.continued_final:
+        final = json.loads(Path(args.continued_final).read_text())
+        cx.plot(final["edge_density"], final["eval_ce"], "P", ms=12, color="tab:purple",
+                label=f"continued final, 64 batches: {100 * final['edge_density']:.2f}%, CE {final['eval_ce']:.3f}")
     cx.set_xscale("log")
     cx.invert_xaxis()
     cx.set_xlabel("edge density (log, falling to the right)")
@@ -76,8 +96,8 @@ def main(argv=None):
     fig.savefig(args.out, dpi=120)
     print("| step | sparse CE | control CE | gap | edge density | densest layer |")
     print("|---:|---:|---:|---:|---:|---:|")
-    for s in steps:
-        r, k = ev[s], cv.get(s)
+    for s in steps + sorted(more):
+        r, k = (ev | more)[s], cv.get(s)
         gap = f"{r['eval_ce'] - k['eval_ce']:+.3f}" if k else ""
         print(f"| {s} | {r['eval_ce']:.3f} | {k['eval_ce']:.3f} | {gap} | {100 * r['edge_density']:.2f}% | "
               f"{100 * max(r['edge_density_per_layer']):.1f}% |" if k else
