@@ -5,7 +5,7 @@
 
 1. trains the 4-layer model densely on "ab+cd=" -> 5-digit sums (``sparsejax pretrain toy_addition_pretrain``),
 2. post-trains it sparse under CE <= tau, tau = its own held-out CE (+ slack) (``sparsejax posttrain
-   toy_addition_posttrain``), PI-controlled multiplier, the gate noise annealed to 0 over the last quarter,
+   toy_addition_posttrain``), PI-controlled multiplier,
 3. reports, for the **final** model, exact match on the 1,000 held-out problems (greedy autoregressive decoding
    of the 5 answer digits, and teacher-forced) and the deterministic edge density, and draws the attention graphs
    (layers x positions, one line per kept edge) for a no-carry, a single-carry and a double-carry problem, plus the
