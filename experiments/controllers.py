@@ -36,7 +36,7 @@ CANDIDATES = {
     "pi_det_ki05": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic", "constraint.pi_ki=0.05"],
     "pi_det_ki05_follow": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic",
                            "constraint.pi_ki=0.05", "constraint.pi_ki_follow_lr=true"],
-    # + noise annealing (noise500 is the toy preset since the seventh round): the gate noise's scale falls 1 -> 0
+    # + noise annealing (the seventh round; not the preset): the gate noise's scale falls 1 -> 0
     # over the last 500 / 1,000 of 2,000 steps, or over steps 1,000-1,500 with the last 500 at scale 0 (noise_mid),
     # or over the last quarter of 3,000 steps (noise_3k)
     "pi_det_ki05_follow_noise500": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic",
