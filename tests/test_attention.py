@@ -90,15 +90,23 @@ def _finite_diff(f, x, eps=1e-6):
     return grad
 
 
-def _check_gradients_against_oracle(family, mode, impl, *, t, window=None, block=4):
+def _scaled(gate, sigma):
+    """``gate`` with its training noise scaled by ``sigma`` (None: the method's full noise)."""
+    import dataclasses
+
+    return gate if sigma is None else dataclasses.replace(gate, noise=jnp.float32(sigma))
+
+
+def _check_gradients_against_oracle(family, mode, impl, *, t, window=None, block=4, sigma=None):
     """d/d(q, k, v, bias) of sum(out * w) + sum(density * c) against the float64 oracle's finite differences,
-    straight-through for the Bernoulli gate (its hard sample frozen at the point)."""
+    straight-through for the Bernoulli gate (its hard sample frozen at the point); ``sigma``: a scaled training
+    noise (``Gate.noise``; the oracle given sigma * l)."""
     b, h, kvh, d = 1, 2, 1, 3
     q, k, v = _qkv(b=b, t=t, h=h, kvh=kvh, d=d, seed=1, scale=1.5)
     bias = np.array([0.4, -0.3])
     rng = np.random.default_rng(5)
     w, c = rng.normal(size=(b, t, h, d)), rng.normal(size=(b, h))
-    noise = oracle.logistic(9, (b, h, t, t))
+    noise = oracle.logistic(9, (b, h, t, t)) * (1.0 if sigma is None else sigma)
     base = dict(family=family, train=mode == "train", noise=noise, **({"window": window} if window else {}))
     frozen = oracle.attention(q, k, v, bias, **base)[3] if family == "bernoulli" else None
 
@@ -110,14 +118,14 @@ def _check_gradients_against_oracle(family, mode, impl, *, t, window=None, block
     want = [_finite_diff(lambda x, i=i: objective(*args[:i], x, *args[i + 1:]), args[i]) for i in range(4)]
 
     def loss(qq, kk, vv, bb):
-        out, st = sj.sparse_attention(qq, kk, vv, sj.Gate(bb, family), mode=mode, seed=9, implementation=impl,
-                                      **({"window": window} if window else {}),
+        out, st = sj.sparse_attention(qq, kk, vv, _scaled(sj.Gate(bb, family), sigma), mode=mode, seed=9,
+                                      implementation=impl, **({"window": window} if window else {}),
                                       **({"block_q": block, "block_k": block} if impl == "chunked" else {}))
         return jnp.sum(out * w) + jnp.sum(st.expected_density * c)
 
     got = jax.grad(loss, argnums=(0, 1, 2, 3))(q, k, v, jnp.asarray(bias, jnp.float32))
     for name, g_, w_ in zip("qkvb", got, want):
-        np.testing.assert_allclose(g_, w_, atol=2e-4, rtol=2e-3, err_msg=f"d/d{name}")
+        np.testing.assert_allclose(g_, w_, atol=2e-4, rtol=2e-3, err_msg=f"{impl} d/d{name}")
     assert np.abs(want[3]).max() > 1e-3  # the gate path carries gradient
 
 
@@ -230,12 +238,6 @@ def test_hard_concrete_expected_l0_matches_monte_carlo():
 
 
 # ------------------------------------------------------------------------------------- noise annealing
-def _scaled(gate, sigma):
-    import dataclasses
-
-    return gate if sigma is None else dataclasses.replace(gate, noise=jnp.float32(sigma))
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("impl", ["reference", "chunked"])
 @pytest.mark.parametrize("sigma", [0.5, 0.0, 1.0])
@@ -277,34 +279,10 @@ def test_scaled_bernoulli_frequency_is_sigmoid_of_g_over_sigma():
                                    atol=5e-3)
 
 
-def test_scaled_noise_gradients_match_oracle_finite_differences():
-    """The straight-through gradient under a scaled noise: d/d(q, k, v, bias) against the oracle's finite
-    differences with sigma * l and the hard sample frozen."""
-    b, h, kvh, d, t, sigma = 1, 2, 1, 3, 6, 0.4
-    q, k, v = _qkv(b=b, t=t, h=h, kvh=kvh, d=d, seed=1, scale=1.5)
-    bias = np.array([0.4, -0.3])
-    rng = np.random.default_rng(5)
-    w, c = rng.normal(size=(b, t, h, d)), rng.normal(size=(b, h))
-    base = dict(family="bernoulli", train=True, noise=sigma * oracle.logistic(9, (b, h, t, t)))
-    frozen = oracle.attention(q, k, v, bias, **base)[3]
-
-    def objective(qq, kk, vv, bb):
-        out, dens, _, _ = oracle.attention(qq, kk, vv, bb, frozen_hard=frozen, **base)
-        return (out * w).sum() + (dens * c).sum()
-
-    args = [np.asarray(q, np.float64), np.asarray(k, np.float64), np.asarray(v, np.float64), bias]
-    want = [_finite_diff(lambda x, i=i: objective(*args[:i], x, *args[i + 1:]), args[i]) for i in range(4)]
-    for impl in ("reference", "chunked"):
-        def loss(qq, kk, vv, bb):
-            gate = _scaled(sj.Gate(bb), sigma)
-            out, st = sj.sparse_attention(qq, kk, vv, gate, mode="train", seed=9, implementation=impl,
-                                          **({"block_q": 4, "block_k": 4} if impl == "chunked" else {}))
-            return jnp.sum(out * w) + jnp.sum(st.expected_density * c)
-
-        got = jax.grad(loss, argnums=(0, 1, 2, 3))(q, k, v, jnp.asarray(bias, jnp.float32))
-        for name, g_, w_ in zip("qkvb", got, want):
-            np.testing.assert_allclose(g_, w_, atol=2e-4, rtol=2e-3, err_msg=f"{impl} d/d{name}")
-    assert np.abs(want[3]).max() > 1e-3
+@pytest.mark.parametrize("impl", ["reference", "chunked"])
+def test_scaled_noise_gradients_match_oracle_finite_differences(impl):
+    """The straight-through gradient under a scaled noise (sigma 0.4), against the oracle's finite differences."""
+    _check_gradients_against_oracle("bernoulli", "train", impl, t=6, sigma=0.4)
 
 
 def test_pallas_refuses_a_scaled_noise():
