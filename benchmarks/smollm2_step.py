@@ -5,9 +5,12 @@ fine-tuning, LoRA, LoRA + distillation to the dense teacher; and the dense step)
     .venv/bin/sparsejax data smollm2          # once
     python benchmarks/smollm2_step.py         # ~10 min on 2 cores
     python benchmarks/smollm2_step.py --repeats 2 --only jax-lora torch-sdpa
+    python benchmarks/smollm2_step.py --only jax-full jax-lora-merged jax-lora jax-lora-mlp-merged jax-lora-mlp
 
 Each variant runs in its own process (no shared thread pools or caches), after one warm-up step (compilation);
-the table gives the median of ``--repeats`` steps and ratios against the sparsejax full fine-tuning step. The
+the table gives the median of ``--repeats`` steps and ratios against the sparsejax full fine-tuning step. LoRA
+trains as a low-rank branch beside the frozen kernel (``lora.attach``); the ``-merged`` variants time the form used
+before 2026-12-02 (``W + AB`` formed in the step, so the backward also forms each adapted kernel's full gradient). The
 sparsejax steps are the library's (``Trainer.step_fn``: gated forward with sampled gates, CE + multiplier-weighted
 density, AdamW update); the torch steps are forward + backward + AdamW. Torch "sparse": the materialised formula
 of the method (softmax over causal keys, logistic-noise Bernoulli gate on ``s + b``, straight-through sigmoid, no
@@ -26,6 +29,9 @@ import time
 VARIANTS = {
     "jax-full": "sparsejax sparse, full fine-tuning",
     "jax-lora": "sparsejax sparse, LoRA r=16 (attention)",
+    "jax-lora-merged": "sparsejax sparse, LoRA r=16 (attention), adapters merged into W (before 2026-12-02)",
+    "jax-lora-mlp": "sparsejax sparse, LoRA r=16 (attention + MLP)",
+    "jax-lora-mlp-merged": "sparsejax sparse, LoRA r=16 (attention + MLP), adapters merged into W",
     "jax-lora-distill": "sparsejax sparse, LoRA r=16 + distillation",
     "jax-dense": "sparsejax dense, full fine-tuning",
     "torch-sdpa": "transformers dense (SDPA), full fine-tuning",
@@ -52,7 +58,12 @@ def run_jax(args, variant: str) -> float:
     over = [f"model.checkpoint={m}", f"data.tokenizer={m}/tokenizer.json", f"data.seq_len={args.seq}",
             f"data.batch_size={args.batch}", "data.eval_batches=1", "constraint.sense=density",
             "constraint.density_target=0.01", "gate.bias_lr=0.03"]
-    over += {"jax-full": [], "jax-lora": ["train.lora_rank=16"],
+    mlp = "train.lora_modules=[attn.q,attn.k,attn.v,attn.o,mlp.gate,mlp.up,mlp.down]"
+    if variant.endswith("-merged"):  # the training form before: W + AB formed, so the backward forms dW of W
+        from sparsejax import lora
+        lora.attach = lora.merge
+    over += {"jax-full": [], "jax-lora": ["train.lora_rank=16"], "jax-lora-merged": ["train.lora_rank=16"],
+             "jax-lora-mlp": ["train.lora_rank=16", mlp], "jax-lora-mlp-merged": ["train.lora_rank=16", mlp],
              "jax-lora-distill": ["train.lora_rank=16", "train.distill=1.0"],
              "jax-dense": ["gate.enabled=false", "constraint.method=none", "constraint.sense=ce",
                            "constraint.density_target=null"]}[variant]

@@ -141,8 +141,17 @@ def norm(c: ModelConfig, p: dict, x):
 
 
 def _linear(p: dict, x):
+    """``x W`` (+ bias), plus the low-rank branch ``(x A) B`` of LoRA adapters attached beside ``W``
+    (:func:`sparsejax.lora.attach`: training then never forms the frozen ``W``'s gradient)."""
     y = x @ p["kernel"]
+    if "lora_a" in p:
+        y = y + (x @ p["lora_a"]) @ p["lora_b"]
     return y + p["bias"] if "bias" in p else y
+
+
+def _kernel(p: dict):
+    """A linear layer's kernel with attached LoRA adapters folded in, for the per-head paths (capture, patching)."""
+    return p["kernel"] + p["lora_a"] @ p["lora_b"] if "lora_a" in p else p["kernel"]
 
 
 def rope_frequencies(head_dim: int, theta: float, scaling: tuple | None = None) -> np.ndarray:
@@ -212,7 +221,7 @@ def _project(c: ModelConfig, p: dict, h, heads: int):
     if h.ndim == 3:
         y = _linear(p, h)
         return y.reshape(*y.shape[:2], heads, c.head_dim)
-    y = jnp.einsum("bthd,dhe->bthe", h, p["kernel"].reshape(h.shape[-1], heads, c.head_dim))
+    y = jnp.einsum("bthd,dhe->bthe", h, _kernel(p).reshape(h.shape[-1], heads, c.head_dim))
     return y + p["bias"].reshape(heads, c.head_dim) if "bias" in p else y
 
 
@@ -256,7 +265,7 @@ def output_projection(c: ModelConfig, p: dict, z, hk, per_head: bool):
     ``per_head``: also each head's own share ``[B, T, H, d]`` (hook ``attn.hook_result``, capture only)."""
     o, (b, t) = p["attn"]["o"], z.shape[:2]
     if per_head:
-        hk("attn.hook_result", jnp.einsum("bthe,hed->bthd", z, o["kernel"].reshape(c.n_heads, c.head_dim, c.d_model)))
+        hk("attn.hook_result", jnp.einsum("bthe,hed->bthd", z, _kernel(o).reshape(c.n_heads, c.head_dim, c.d_model)))
     return _sublayer_norm(c, p, "attn", _linear(o, z.reshape(b, t, c.n_heads * c.head_dim)), after=True)
 
 

@@ -177,7 +177,8 @@ class Trainer:
                                       gated=self.spec.gate is not None and not dense)
 
     def params(self) -> dict:
-        return params_of(self.spec, self.state["trainable"], self.frozen)
+        """The model's parameters as a plain tree (LoRA adapters merged into their kernels)."""
+        return params_of(self.spec, self.state["trainable"], self.frozen, merged=True)
 
     def gate(self):
         return gate_of(self.spec, self.state["trainable"], self.frozen)

@@ -38,13 +38,15 @@ class StepSpec:
     rules: tuple = sharding.DEFAULT_RULES  # logical axis -> mesh axes, for parameters and activations
 
 
-def params_of(spec: StepSpec, trainable: dict, frozen: dict) -> dict:
-    """The model's parameters: the trained ones, or the frozen base merged with the LoRA adapters."""
+def params_of(spec: StepSpec, trainable: dict, frozen: dict, *, merged: bool = False) -> dict:
+    """The model's parameters: the trained ones, or the frozen base with the LoRA adapters attached beside their
+    kernels (the forward's low-rank branch: no gradient of the frozen kernels is formed) or, ``merged``, folded into
+    them (a plain parameter tree, for export)."""
     if spec.lora_alpha is None:
         return trainable["params"]
     from .. import lora
 
-    return lora.merge(frozen["base"], trainable["lora"], spec.lora_alpha)
+    return (lora.merge if merged else lora.attach)(frozen["base"], trainable["lora"], spec.lora_alpha)
 
 
 def gate_of(spec: StepSpec, trainable: dict, frozen: dict, step=None) -> Gate | None:
