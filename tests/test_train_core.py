@@ -359,7 +359,8 @@ def test_noise_annealing_trains_the_deterministic_gates_at_the_end(tmp_path):
                                                         "gate.noise_anneal=0.4", "gate.noise_zero=0.2"])
     run = Trainer(cfg, tmp_path / "run", progress=False)
     assert run.spec.noise_anneal == (2, 2)  # steps 2-3 anneal (0.5, 0), step 4 at 0
-    assert st.noise_steps(load_config("toy_addition_posttrain", ["gate.noise_anneal=0.25"])) == (1500, 500)
+    assert st.noise_steps(load_config("toy_addition_posttrain", ["gate.noise_anneal=0.25", "gate.noise_zero=0"])) == (1500, 500)
+    assert st.noise_steps(load_config("toy_addition_posttrain")) == (1000, 500)  # the preset: steps 1,000-1,500, then 0
     eval_step = jax.jit(make_eval_step(run.spec))
     for step in range(5):
         batch = batch_at(run.train_src, step, cfg.data.batch_size, cfg.data.seed)
