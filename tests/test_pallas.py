@@ -220,7 +220,7 @@ def test_model_with_the_kernel_matches_chunked_and_the_run_config_selects_it():
     (_, got), g_got = run("pallas")
     np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)
     chex.assert_trees_all_close(g_got, g_want, atol=2e-5, rtol=1e-4)
-    cfg = load_config("toy_addition_posttrain", ["train.attention=pallas", "gate.noise_anneal=0"])  # the kernel's
+    cfg = load_config("toy_addition_posttrain", ["train.attention=pallas", "gate.noise_anneal=0", "gate.noise_zero=0"])  # the kernel's
     model = sj.Model(config, params)                                                    # noise is the full one
     assert st.step_spec(cfg, model).attention == "pallas"
     with pytest.raises(ValueError, match="train.attention"):
