@@ -44,9 +44,11 @@ def test_config_errors_name_the_fix(tmp_path):
 
 def test_pretrain_then_posttrain_short(tmp_path):
     pre = load_config("toy_addition_pretrain", TINY + ["train.steps=30", "train.lr=3e-3"])
-    Trainer(pre, tmp_path / "dense", progress=False).fit()
+    dense_trainer = Trainer(pre, tmp_path / "dense", progress=False)
+    dense_trainer.fit()
     recs = records(tmp_path / "dense")
     assert recs[30]["ce"] < recs[1]["ce"]
+    assert dense_trainer.step_fn._cache_size() == 1  # the state's layout is the same in and out of a step: one compilation
     assert (tmp_path / "dense" / "model" / "model.safetensors").exists()
     post = load_config("toy_addition_posttrain", TINY + ["train.steps=12", f"model.checkpoint={tmp_path / 'dense' / 'model'}",
                                                          "gate.learnable=true", "train.distill=0.5"])

@@ -126,9 +126,14 @@ class Trainer:
         self.target_start = self._measure_target_start(trainable)
         self.guard_tau = self._ce_target(trainable) if cfg.constraint.guard and self.tau is not None else None
         self.multiplier = _step.make_multiplier(cfg, self.tau, self.target_start, self.guard_tau)
-        self.state = _state.init_state(trainable, self.optimizer, self.multiplier,
-                                       _state.holds_probe(self.spec, self.multiplier))
-        self.step_fn = jax.jit(make_train_step(self.spec, self.optimizer, self.multiplier), donate_argnums=0)
+        state = _state.init_state(trainable, self.optimizer, self.multiplier,
+                                  _state.holds_probe(self.spec, self.multiplier))
+        # one layout for the state in and out of every step: the step compiles once (left to XLA, its outputs'
+        # shardings differ from the placed inputs', and the second step compiled again)
+        self.state_shardings = sharding.state_shardings(state, self.mesh, self.rules)
+        self.state = jax.device_put(state, self.state_shardings)
+        self.step_fn = jax.jit(make_train_step(self.spec, self.optimizer, self.multiplier), donate_argnums=0,
+                               out_shardings=(self.state_shardings, None))
 
     def _measure_tau(self, trainable):
         c = self.cfg.constraint
