@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 
@@ -37,16 +38,21 @@ from sparsejax.train import RunDir, Trainer  # noqa: E402
 EXAMPLES = {"no carry": (12, 34), "single carry": (15, 37), "double carry": (95, 17)}
 
 
+@functools.partial(jax.jit, static_argnums=0)  # shared by the models of one config: compiled once per length
+def _logits(config, params, tokens, gate):
+    return sj.forward(config, params, tokens, gate)[0]
+
+
 def exact_match(model: sj.Model, rows: np.ndarray) -> float:
     """Teacher-forced: every answer digit right given the true earlier digits."""
-    logits, _ = jax.jit(lambda p, t: sj.forward(model.config, p, t, model.gate))(model.params, rows[:, :-1])
+    logits = _logits(model.config, model.params, rows[:, :-1], model.gate)
     pred = np.asarray(jnp.argmax(logits[:, addition.PROMPT_LEN - 1:], -1))
     return float(np.mean(np.all(pred == rows[:, addition.PROMPT_LEN:], axis=1)))
 
 
 def greedy_exact_match(model: sj.Model, rows: np.ndarray) -> float:
     """Greedy autoregressive decoding of the 5 answer digits from the prompt alone."""
-    f = jax.jit(lambda t: sj.forward(model.config, model.params, t, model.gate)[0])
+    f = lambda t: _logits(model.config, model.params, t, model.gate)
     return addition.greedy_exact_match(f, rows)
 
 

@@ -3,10 +3,12 @@ show), the per-head density heatmap, edge-circuit graphs, CircuitsVis arrays and
 page. Each ``plot_*`` writes a PNG, ``draw_circuit`` when given ``out`` (matplotlib, Agg backend)."""
 from __future__ import annotations
 
+import functools
 import html
 import json
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from ..files import atomic_write_text
@@ -84,13 +86,16 @@ def plot_dynamics(metrics_path, out: Path) -> Path:
     return Path(out)
 
 
-def head_maps(model, tokens, gate) -> tuple[np.ndarray, np.ndarray]:
-    """``(pattern, adjacency)``, each ``[L, H, T, T]``, for one sequence (effective attention P * A)."""
+@functools.partial(jax.jit, static_argnums=0)  # once per model config, gate kind and length, not once per call
+def _captured_maps(config, params, tokens, gate):
     from ..models import forward
 
-    _, aux = forward(model.config, model.params, np.asarray(tokens)[None], gate,
-                     capture=["attn.hook_pattern", "attn.hook_adjacency"])
-    caps = aux["captures"]
+    return forward(config, params, tokens, gate, capture=["attn.hook_pattern", "attn.hook_adjacency"])[1]["captures"]
+
+
+def head_maps(model, tokens, gate) -> tuple[np.ndarray, np.ndarray]:
+    """``(pattern, adjacency)``, each ``[L, H, T, T]``, for one sequence (effective attention P * A)."""
+    caps = _captured_maps(model.config, model.params, np.asarray(tokens)[None], gate)
     L = model.config.n_layers
     pattern = np.stack([np.asarray(caps[f"blocks.{l}.attn.hook_pattern"][0]) for l in range(L)])
     adjacency = np.stack([np.asarray(caps[f"blocks.{l}.attn.hook_adjacency"][0]) for l in range(L)])
