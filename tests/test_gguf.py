@@ -1,6 +1,7 @@
 """GGUF import: sparsejax's conversion against transformers' own GGUF loader (the reference), on tiny GGUF files
 written here (llama, qwen2; quantised) and on the real SmolLM2-135M (`sparsejax data smollm2`; CI fetches it:
 `SPARSEJAX_REQUIRE_REAL_MODELS=1` turns a missing model into a failure instead of a skip)."""
+import functools
 import json
 import os
 
@@ -122,6 +123,22 @@ def test_registry_errors(tmp_path):
 
 
 # ------------------------------------------------------------------------------- the real SmolLM2-135M
+@functools.partial(jax.jit, static_argnums=0)
+def _jit_logits(config, params, tokens):
+    return sj.forward(config, params, tokens, None, mode="eval")[0]
+
+
+def _greedy(model, seq, n, width=64):
+    """``n`` greedy tokens after ``seq``; every step runs one right-padded row of ``width`` tokens (causal: the
+    padding after the last real token cannot change its logits), so all steps share one compilation."""
+    out = []
+    for _ in range(n):
+        row = seq + out
+        logits = _jit_logits(model.config, model.params, np.array([row + [0] * (width - len(row))]))
+        out.append(int(np.argmax(logits[0, len(row) - 1])))
+    return out
+
+
 def _real(name):
     try:
         return real_models.model_dir(name), real_models.gguf_path(name)
@@ -188,10 +205,7 @@ def test_smollm2_logits_and_greedy_match_transformers(smollm2):
         seq = tok.encode(prompt).ids
         with torch.no_grad():
             ref_out = ref.generate(torch.tensor([seq]), max_new_tokens=6, do_sample=False)[0, len(seq):].tolist()
-        ours = []
-        for _ in range(6):
-            logits = sj.forward(model.config, model.params, np.array([seq + ours]), None, mode="eval")[0]
-            ours.append(int(np.argmax(logits[0, -1])))
+        ours = _greedy(model, seq, 6)
         assert ours == ref_out
         assert tok.decode(ours).startswith(continuation)
 
@@ -275,7 +289,5 @@ def test_gemma3_logits_past_the_window_and_greedy_match_transformers(gemma3):
     seq = tok.encode(TEXTS[0]).ids
     with torch.no_grad():
         ref_out = ref.generate(torch.tensor([seq]), max_new_tokens=4, do_sample=False)[0, len(seq):].tolist()
-    ours = []
-    for _ in range(4):
-        ours.append(int(np.argmax(sj.forward(model.config, model.params, np.array([seq + ours]))[0][0, -1])))
+    ours = _greedy(model, seq, 4)
     assert ours == ref_out and tok.decode(ours).startswith(" Mary.")
