@@ -18,7 +18,8 @@ import numpy as np
 
 # name -> overrides on top of the task's post-training preset (the preset's own controller is overridden); all on
 # the paper's Bernoulli gate, as measured in docs/controllers.md (`--set gate.kind=hard_concrete` for the other)
-BERNOULLI = ["gate.kind=bernoulli", "gate.noise_anneal=0", "gate.noise_zero=0"]  # the full noise unless a candidate anneals it
+# the full noise and no lr-following integral unless a candidate says otherwise (the presets now set both)
+BERNOULLI = ["gate.kind=bernoulli", "gate.noise_anneal=0", "gate.noise_zero=0", "constraint.pi_ki_follow_lr=false"]
 CANDIDATES = {
     "geco": [*BERNOULLI, "constraint.method=geco", "constraint.max_log_step=0.02",
              "constraint.max_log_step_down=null"],

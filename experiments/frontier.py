@@ -98,16 +98,18 @@ def main(argv=None):
     base = [f"model.checkpoint={RunDir(dense).model}", f"data.tokenizer={RunDir(dense).tokenizer}",
             f"train.steps={args.steps}", *args.set]
     if "dense_ce" not in results:
-        results["dense_ce"] = evaluate_checkpoint(load_config("shakespeare_posttrain", base),
+        results["dense_ce"] = evaluate_checkpoint(load_config("shakespeare_posttrain_density", base),
                                                   RunDir(dense).model)["eval_ce"]
     done = {q["label"] for q in results["points"]}
-    todo = [(f"density<={d:g}", [f"constraint.sense=density", f"constraint.density_target={d}"], f"d{d:g}")
+    # each mode's preset: density targets, then CE targets (dense + slack)
+    todo = [(f"density<={d:g}", "shakespeare_posttrain_density", [f"constraint.density_target={d}"], f"d{d:g}")
             for d in args.density_targets]
-    todo += [(f"CE<=dense+{s:g}", [f"constraint.slack={s}"], f"ce{s:g}") for s in args.ce_slacks]
-    for label, over, name in todo:
+    todo += [(f"CE<=dense+{s:g}", "shakespeare_posttrain", [f"constraint.slack={s}"], f"ce{s:g}")
+             for s in args.ce_slacks]
+    for label, preset, over, name in todo:
         if label in done:
             continue
-        Trainer(load_config("shakespeare_posttrain", base + over), out / name, progress=False).fit()
+        Trainer(load_config(preset, base + over), out / name, progress=False).fit()
         results["points"].append(point(out / name, label))
         atomic_write_text(res_path, json.dumps(results, indent=1))
         print(label, {k: v for k, v in results["points"][-1].items() if k != "config"}, flush=True)

@@ -5,7 +5,7 @@ set -x
 cd /work/main
 M=~/.cache/sparsejax/models/smollm2
 S=/work/main/runs/smollm2
-/usr/bin/time -v .venv/bin/sparsejax posttrain shakespeare_posttrain $S/lora_ce $COMMON \
+/usr/bin/time -v .venv/bin/sparsejax posttrain docs/results/presets/shakespeare_posttrain_until_2026-12-02.yaml $S/lora_ce $COMMON \
   model.checkpoint=$M data.tokenizer=$M/tokenizer.json data.seq_len=64 data.batch_size=8 train.lora_rank=16 \
   train.steps=500 train.eval_every=50 train.checkpoint_every=50 train.log_every=10 \
   constraint.sense=ce constraint.tau=3.906 constraint.measure_every=4 gate.bias_lr=0.03 --no-progress > $S/lora_ce.log 2>&1

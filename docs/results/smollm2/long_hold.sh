@@ -9,7 +9,7 @@ set -e
 M=~/.cache/sparsejax/models/smollm2
 S=runs/smollm2
 python experiments/smollm2_artifact.py rebuild artifacts/smollm2_sparse_long --out $S/rebuilt_long
-sparsejax posttrain shakespeare_posttrain $S/long_hold model.checkpoint=$S/rebuilt_long data.tokenizer=$M/tokenizer.json \
+sparsejax posttrain docs/results/presets/shakespeare_posttrain_until_2026-12-02.yaml $S/long_hold model.checkpoint=$S/rebuilt_long data.tokenizer=$M/tokenizer.json \
   data.seq_len=64 data.batch_size=8 train.lora_rank=16 train.steps=1500 train.eval_every=100 train.checkpoint_every=50 \
   train.keep=2 train.log_every=10 train.lr=3e-4 train.lr_final=0.3333333333 train.seed=2 data.seed=1 \
   constraint.sense=density constraint.density_target=0.008 constraint.beta_init=15.18 gate.bias_lr=0.03 --no-progress

@@ -7,7 +7,7 @@
 set -e
 M=~/.cache/sparsejax/models/smollm2
 S=runs/smollm2
-sparsejax posttrain shakespeare_posttrain $S/long_mlp model.checkpoint=$M data.tokenizer=$M/tokenizer.json \
+sparsejax posttrain docs/results/presets/shakespeare_posttrain_until_2026-12-02.yaml $S/long_mlp model.checkpoint=$M data.tokenizer=$M/tokenizer.json \
   data.seq_len=64 data.batch_size=8 train.lora_rank=16 'train.lora_modules=[attn.q,attn.k,attn.v,attn.o,mlp.gate,mlp.up,mlp.down]' \
   train.steps=2400 train.eval_every=100 train.checkpoint_every=50 train.keep=2 train.log_every=10 \
   constraint.sense=density constraint.density_target=0.008 constraint.anneal_steps=1800 gate.bias_lr=0.03 --no-progress
