@@ -66,6 +66,16 @@ def test_pretrain_then_posttrain_short(tmp_path):
     model = sj.from_pretrained(tmp_path / "sparse" / "model")
     assert model.gate.bias.shape == (2, 4)
     assert not np.allclose(model.gate.bias, 3.0)  # learnable bias moved
+    # the saved model evaluated from its folder alone gives the trainer's final numbers; with every gate opened
+    # (bias variants are data) it is the dense model: the trainer's dense evaluation of the same weights
+    from sparsejax.train.evaluate import checkpoint_evaluator, evaluate_checkpoint
+    saved = evaluate_checkpoint(post, tmp_path / "sparse" / "model")
+    assert saved["eval_ce"] == pytest.approx(result["eval_ce"], rel=1e-6)
+    assert saved["edge_density"] == pytest.approx(result["edge_density"], abs=1e-9)
+    with checkpoint_evaluator(post, tmp_path / "sparse" / "model") as (run, _):
+        opened = run(np.full((2, 4), 1e4))
+        assert opened["edge_density"] == 1.0
+        assert opened["eval_ce"] == pytest.approx(trainer.evaluate(dense=True)["eval_ce"], rel=1e-5)
 
     lora = load_config("toy_addition_posttrain", TINY + ["train.steps=5", f"model.checkpoint={tmp_path / 'dense' / 'model'}",
                                                          "train.lora_rank=2", "train.lora_modules=attn.q,attn.v",

@@ -1,10 +1,12 @@
 """Held-out evaluation: CE and deterministic edge counts summed on device, one host transfer per evaluation."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from .. import seeds, sharding
@@ -52,6 +54,14 @@ def summary(rec: dict) -> dict:
 def evaluate_checkpoint(cfg, checkpoint) -> dict:
     """Held-out CE and (when the checkpoint is gated) edge density of a saved model on ``cfg``'s validation data,
     with no training state: the model, the validation batches and the eval step only."""
+    with checkpoint_evaluator(cfg, checkpoint) as (run, model):
+        return run(None if model.gate is None else model.gate.bias)
+
+
+@contextlib.contextmanager
+def checkpoint_evaluator(cfg, checkpoint):
+    """``(run, model)``: ``run(gate_bias)`` evaluates the saved model with that ``[L, H]`` gate bias (the gate's
+    own, or a variant: the bias is data, so every variant shares one compilation); ``model`` as loaded."""
     import tempfile
 
     from .. import sharding
@@ -69,10 +79,13 @@ def evaluate_checkpoint(cfg, checkpoint) -> dict:
         spec = StepSpec(config=config, gate=gate, attention=cfg.train.attention,
                         rules=sharding.parse_rules(cfg.mesh.rules))
         trainable = {"params": model.params}
-        frozen = {} if model.gate is None else {"gate_bias": model.gate.bias}
         step = jax.jit(make_eval_step(spec))
         with jax.set_mesh(mesh):
-            result = evaluate(step, trainable, frozen, eval_batches(val_src, cfg.data.batch_size,
-                                                                    cfg.data.eval_batches, mesh),
-                              gated=model.gate is not None)
-    return {**result, "gated": model.gate is not None}
+            batches = eval_batches(val_src, cfg.data.batch_size, cfg.data.eval_batches, mesh)
+
+            def run(gate_bias):
+                frozen = {} if model.gate is None else {"gate_bias": jnp.asarray(gate_bias, jnp.float32)}
+                return {**evaluate(step, trainable, frozen, batches, gated=model.gate is not None),
+                        "gated": model.gate is not None}
+
+            yield run, model
