@@ -72,10 +72,11 @@ def test_pretrain_then_posttrain_short(tmp_path):
     saved = evaluate_checkpoint(post, tmp_path / "sparse" / "model")
     assert saved["eval_ce"] == pytest.approx(result["eval_ce"], rel=1e-6)
     assert saved["edge_density"] == pytest.approx(result["edge_density"], abs=1e-9)
-    with checkpoint_evaluator(post, tmp_path / "sparse" / "model") as (run, _):
+    with checkpoint_evaluator(post, tmp_path / "sparse" / "model") as (run, loaded):
         opened = run(np.full((2, 4), 1e4))
         assert opened["edge_density"] == 1.0
         assert opened["eval_ce"] == pytest.approx(trainer.evaluate(dense=True)["eval_ce"], rel=1e-5)
+        assert run(loaded.gate.bias)["eval_ce"] == saved["eval_ce"]  # the same batches on every call
 
     lora = load_config("toy_addition_posttrain", TINY + ["train.steps=5", f"model.checkpoint={tmp_path / 'dense' / 'model'}",
                                                          "train.lora_rank=2", "train.lora_modules=attn.q,attn.v",

@@ -81,7 +81,7 @@ def checkpoint_evaluator(cfg, checkpoint):
         trainable = {"params": model.params}
         step = jax.jit(make_eval_step(spec))
         with jax.set_mesh(mesh):
-            batches = eval_batches(val_src, cfg.data.batch_size, cfg.data.eval_batches, mesh)
+            batches = list(eval_batches(val_src, cfg.data.batch_size, cfg.data.eval_batches, mesh))  # reused
 
             def run(gate_bias):
                 frozen = {} if model.gate is None else {"gate_bias": jnp.asarray(gate_bias, jnp.float32)}
