@@ -4,8 +4,9 @@
 
 For each layer ``l`` the saved sparse model is evaluated with layer ``l``'s gate bias raised so high that every
 causal edge of that layer is kept (its attention = the dense model's), the other layers as trained; ``gain_l`` =
-CE(sparse) - CE(layer l opened) is what that layer's sparsity costs, given the others. One compilation for all
-variants (the bias is data). Also prints the CE with every gate opened (the same weights, dense attention).
+CE(sparse) - CE(layer l opened). Positive: that layer's sparsity costs loss, given the others; negative: the
+weights rely on the sparse pattern (co-adapted), so reopening is no counterfactual for its cost. One compilation
+for all variants (the bias is data). Also prints the CE with every gate opened (the same weights, dense attention).
 """
 from __future__ import annotations
 

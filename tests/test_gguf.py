@@ -279,11 +279,10 @@ def test_gemma3_logits_past_the_window_and_greedy_match_transformers(gemma3):
     ids = np.array([tok.encode(_long_text()).ids[:640]])  # 128 positions past the 512-token window
     with torch.no_grad():
         want = ref(torch.tensor(ids)).logits.numpy()
-    run = jax.jit(lambda cfg, p, t: sj.forward(cfg, p, t)[0], static_argnums=0)
-    got = np.asarray(run(model.config, model.params, ids))
+    got = np.asarray(_jit_logits(model.config, model.params, ids))
     # fp32, 18 layers: observed max |diff| 9.4e-5 on logits up to 37 (2-core AMD EPYC, jax 0.10.2 / torch 2.13)
     np.testing.assert_allclose(got, want, atol=5e-4, rtol=0)
-    unwindowed = np.asarray(run(model.config.replace(sliding_window=10**6), model.params, ids))
+    unwindowed = np.asarray(_jit_logits(model.config.replace(sliding_window=10**6), model.params, ids))
     assert np.abs(unwindowed - want)[0, 512:].max() > 1.0  # the window matters past 512: it is applied
     np.testing.assert_array_equal(unwindowed[0, :512], got[0, :512])
     seq = tok.encode(TEXTS[0]).ids

@@ -130,10 +130,10 @@ class Trainer:
                                   _state.holds_probe(self.spec, self.multiplier))
         # one layout for the state in and out of every step: the step compiles once (left to XLA, its outputs'
         # shardings differ from the placed inputs', and the second step compiled again)
-        self.state_shardings = sharding.state_shardings(state, self.mesh, self.rules)
-        self.state = jax.device_put(state, self.state_shardings)
+        layout = sharding.state_shardings(state, self.mesh, self.rules)
+        self.state = jax.device_put(state, layout)
         self.step_fn = jax.jit(make_train_step(self.spec, self.optimizer, self.multiplier), donate_argnums=0,
-                               out_shardings=(self.state_shardings, None))
+                               out_shardings=(layout, None))
 
     def _measure_tau(self, trainable):
         c = self.cfg.constraint

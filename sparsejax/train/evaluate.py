@@ -64,7 +64,6 @@ def checkpoint_evaluator(cfg, checkpoint):
     own, or a variant: the bias is data, so every variant shares one compilation); ``model`` as loaded."""
     import tempfile
 
-    from .. import sharding
     from ..checkpoints import from_pretrained
     from .data import build_data
     from .state import StepSpec, check_data_fits
