@@ -52,6 +52,11 @@ CANDIDATES = {
     "pi_det_ki05_follow_noise_3k": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic",
                                     "constraint.pi_ki=0.05", "constraint.pi_ki_follow_lr=true",
                                     "gate.noise_anneal=0.25", "train.steps=3000"],
+    # issue J, tenth round: the preset (noise_mid) on a longer schedule; the fractions keep their meaning (3,000
+    # steps: the noise falls over steps 1,500-2,250, the last 750 at scale 0)
+    "noise_mid_3k": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic",
+                     "constraint.pi_ki=0.05", "constraint.pi_ki_follow_lr=true",
+                     "gate.noise_anneal=0.25", "gate.noise_zero=0.25", "train.steps=3000"],
     "pi_det_ki05_4k": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic", "constraint.pi_ki=0.05",
                        "train.steps=4000"],
     "pi_det_warm": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic", "train.warmup=200"],
