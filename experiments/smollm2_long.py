@@ -39,6 +39,8 @@ def main(argv=None):
     p.add_argument("--continued", help="a run post-trained further from the run's final model")
     p.add_argument("--continued-final", help="64-batch eval JSON of the continued run's final model")
     p.add_argument("--out", required=True)
+    p.add_argument("--before", help="a dense run both started from (its curve drawn at negative steps)")
+    p.add_argument("--title", default="SmolLM2-135M", help="the figure title's start (the model, how it began)")
     args = p.parse_args(argv)
     from sparsejax.train import RunDir
 
@@ -54,6 +56,11 @@ def main(argv=None):
         cs = sorted(cv)
         ax.plot(cs, [cv[s]["eval_ce"] for s in cs], "s-", ms=3, color="k", label="dense control (same schedule)")
         ax.plot(cs, [cv[s]["eval_ce"] + 0.01 for s in cs], ":", color="tab:green", label="goal: control + 0.01")
+    if args.before:  # the fine-tuning that preceded both, ending at step 0
+        bv = RunDir(Path(args.before)).records("eval")
+        last = max(r["step"] for r in bv)
+        ax.plot([r["step"] - last for r in bv], [r["eval_ce"] for r in bv], "d-", ms=3, color="tab:gray",
+                label="dense fine-tuning before (gate off)")
     more = {}
     if args.continued:  # steps after the first run's last one
         more = {steps[-1] + r["step"]: r for r in RunDir(Path(args.continued)).records("eval") if r["step"] > 0}
@@ -90,7 +97,7 @@ def main(argv=None):
     cx.set_xlabel("edge density (log, falling to the right)")
     cx.set_ylabel("held-out CE (nats)")
     cx.legend(fontsize=7)
-    fig.suptitle(f"SmolLM2-135M, LoRA r16, {steps[-1]} steps, density target annealed "
+    fig.suptitle(f"{args.title}, LoRA r16, {steps[-1]} steps, density target annealed "
                  f"{start:.2f} -> {c['density_target']:g} over {c['anneal_steps']} steps", fontsize=10)
     fig.tight_layout()
     fig.savefig(args.out, dpi=120)
