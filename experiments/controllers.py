@@ -20,6 +20,9 @@ import numpy as np
 # the paper's Bernoulli gate, as measured in docs/controllers.md (`--set gate.kind=hard_concrete` for the other)
 # the full noise and no lr-following integral unless a candidate says otherwise (the presets now set both)
 BERNOULLI = ["gate.kind=bernoulli", "gate.noise_anneal=0", "gate.noise_zero=0", "constraint.pi_ki_follow_lr=false"]
+# the toy preset's controller and noise schedule since the eighth round (issue J)
+NOISE_MID = [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic", "constraint.pi_ki=0.05",
+             "constraint.pi_ki_follow_lr=true", "gate.noise_anneal=0.25", "gate.noise_zero=0.25"]
 CANDIDATES = {
     "geco": [*BERNOULLI, "constraint.method=geco", "constraint.max_log_step=0.02",
              "constraint.max_log_step_down=null"],
@@ -46,17 +49,13 @@ CANDIDATES = {
     "pi_det_ki05_follow_noise1000": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic",
                                      "constraint.pi_ki=0.05", "constraint.pi_ki_follow_lr=true",
                                      "gate.noise_anneal=0.5"],
-    "pi_det_ki05_follow_noise_mid": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic",
-                                     "constraint.pi_ki=0.05", "constraint.pi_ki_follow_lr=true",
-                                     "gate.noise_anneal=0.25", "gate.noise_zero=0.25"],
+    "pi_det_ki05_follow_noise_mid": NOISE_MID,
     "pi_det_ki05_follow_noise_3k": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic",
                                     "constraint.pi_ki=0.05", "constraint.pi_ki_follow_lr=true",
                                     "gate.noise_anneal=0.25", "train.steps=3000"],
     # issue J, tenth round: the preset (noise_mid) on a longer schedule; the fractions keep their meaning (3,000
     # steps: the noise falls over steps 1,500-2,250, the last 750 at scale 0)
-    "noise_mid_3k": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic",
-                     "constraint.pi_ki=0.05", "constraint.pi_ki_follow_lr=true",
-                     "gate.noise_anneal=0.25", "gate.noise_zero=0.25", "train.steps=3000"],
+    "noise_mid_3k": [*NOISE_MID, "train.steps=3000"],
     "pi_det_ki05_4k": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic", "constraint.pi_ki=0.05",
                        "train.steps=4000"],
     "pi_det_warm": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic", "train.warmup=200"],
