@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -54,3 +56,50 @@ def test_controller_summary_and_curve_figure(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     subprocess.run(cmd, check=True, cwd=REPO, capture_output=True)
     assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_artifact_of_a_chained_lora_run_rebuilds_its_model(tmp_path):
+    """Fine-tune first, then sparsify: a LoRA run that started from another LoRA run's model/ exports both adapter
+    sets, and the rebuild (base + the first set, then + the second, with the gate) is the run's own model/: same
+    weights and gate, same evaluation."""
+    sys.path.insert(0, str(REPO / "experiments"))
+    import numpy as np
+
+    import smollm2_artifact
+    import sparsejax as sj
+    from sparsejax.config import load_config
+    from sparsejax.train import RunDir, Trainer
+
+    small = ["train.log_every=5", "train.eval_every=5", "train.checkpoint_every=5", "data.eval_batches=2"]
+    dense = tmp_path / "dense"
+    Trainer(load_config("toy_addition_pretrain", ["train.steps=10", *small]), dense, progress=False).fit()
+    first, second = tmp_path / "finetuned", tmp_path / "sparse"
+    Trainer(load_config("toy_addition_pretrain", [f"model.checkpoint={RunDir(dense).model}", "train.lora_rank=4",
+                                                  "train.steps=10", "train.lr=0.01", *small]), first,
+            progress=False).fit()
+    Trainer(load_config("toy_addition_posttrain", [f"model.checkpoint={RunDir(first).model}", "train.lora_rank=4",
+                                                   "train.steps=10", "train.lr=0.01", *small]), second,
+            progress=False).fit()
+    art = smollm2_artifact.export(second, tmp_path / "artifact")
+    source = json.loads((art / "source.json").read_text())
+    assert [s["file"] for s in source["chain"]] == ["lora_stage0.safetensors", "lora.safetensors"]
+    result = smollm2_artifact.rebuild(art, tmp_path / "rebuilt", base_dir=RunDir(dense).model)
+    want, got = sj.from_pretrained(RunDir(second).model), sj.from_pretrained(tmp_path / "rebuilt")
+    base = sj.from_pretrained(RunDir(dense).model)
+    for w, g, b in zip(jax_leaves(want.params), jax_leaves(got.params), jax_leaves(base.params)):
+        np.testing.assert_allclose(g, w, rtol=0, atol=1e-6)
+    assert max(float(np.abs(w - b).max()) for w, b in zip(jax_leaves(want.params), jax_leaves(base.params))) > 1e-3
+    np.testing.assert_array_equal(np.asarray(got.gate.bias), np.asarray(want.gate.bias))
+    final = [r for r in RunDir(second).records("eval") if r.step == 10][-1]
+    assert abs(result["sparse"]["eval_ce"] - final["eval_ce"]) < 1e-5
+    # an artifact without its first stage says which file is missing
+    (art / "lora_stage0.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="lora_stage0"):
+        smollm2_artifact.rebuild(art, tmp_path / "rebuilt2", base_dir=RunDir(dense).model)
+
+
+def jax_leaves(tree):
+    import jax
+    import numpy as np
+
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
