@@ -88,7 +88,7 @@ def summarise(run_dir: Path, tau: float, slack: float | None = None) -> dict:
         tau = evals[0]["dense_eval_ce"] + slack
     final = evals[-1]
     first = lambda th: next((r["step"] for r in evals if r["edge_density"] <= th), None)
-    return {"final_density": final["edge_density"], "final_ce_minus_tau": final["eval_ce"] - tau,
+    return {"tau": tau, "final_density": final["edge_density"], "final_ce_minus_tau": final["eval_ce"] - tau,
             # the worst excursion counts evaluations after the gated starting point (step 0)
             "worst_excursion": max(r["eval_ce"] - tau for r in evals if r["step"] > 0), "steps_to_5pct": first(0.05),
             "steps_to_1pct": first(0.01), "final_density_per_layer": final["edge_density_per_layer"],
@@ -147,9 +147,19 @@ def main(argv=None):
             final = Trainer(cfg, run, progress=False).fit()
             row = summarise(run, final["tau"], cfg.constraint.slack)
             if args.task == "toy":
-                m = sj.from_pretrained(RunDir(run).model)
-                f = jax.jit(lambda t: sj.forward(m.config, m.params, t, m.gate)[0])
-                row["final_greedy_exact_match"] = addition.greedy_exact_match(f, addition.split("validation"))
+                def greedy_em(path):
+                    m = sj.from_pretrained(path)
+                    f = jax.jit(lambda t: sj.forward(m.config, m.params, t, m.gate)[0])
+                    return addition.greedy_exact_match(f, addition.split("validation"))
+
+                row["final_greedy_exact_match"] = greedy_em(RunDir(run).model)
+            # the run's best_model/ (the sparsest evaluated model with held-out CE <= tau), the alternative export
+            best = RunDir(run).best_record()
+            if best is not None:
+                row["best_model"] = {"step": best.step, "density": best.edge_density,
+                                     "ce_minus_tau": best.eval_ce - row["tau"]}
+                if args.task == "toy":
+                    row["best_model"]["greedy_exact_match"] = greedy_em(RunDir(run).best_model)
             results[key] = row
             atomic_write_text(out / "results.json", json.dumps(results, indent=1))
             print(key, {k: v for k, v in row.items() if k not in ("curve", "final_density_per_layer")}, flush=True)
@@ -164,10 +174,14 @@ def zoo_table(zoo: dict) -> str:
                    key=lambda n: list(CANDIDATES).index(n) if n in CANDIDATES else 99)
     lines = ["| candidate | runs | " + " | ".join(zoo) + " | worst density | worst CE - tau | worst EM | goal met |",
              "|" + "---|" * (len(zoo) + 6)]
-    for n in names:
+    for n, of in [(n, of) for n in names for of in ("final", "best_model")]:
+        runs = [[r for k, r in res.items() if k.split("/")[0] == n] for res in zoo.values()]
+        if of == "best_model":  # the same columns for the runs' best_model/ (records from before it: no line)
+            if not any("best_model" in r for mine in runs for r in mine):
+                continue
+            runs = [[_best_as_final(r) for r in mine] for mine in runs]
         cells, rows = [], []
-        for res in zoo.values():
-            mine = [r for k, r in res.items() if k.split("/")[0] == n]
+        for mine in runs:
             rows += mine
             cells.append(" / ".join(f"{100 * r['final_density']:.2f}%"
                                     + (f" ({r['final_greedy_exact_match']:.3f})" if "final_greedy_exact_match" in r else "")
@@ -177,12 +191,22 @@ def zoo_table(zoo: dict) -> str:
         em = [r.get("final_greedy_exact_match") for r in rows]
         goal = sum(r["final_density"] <= 0.025 and r["final_ce_minus_tau"] <= 0 and (e is None or e >= 0.99)
                    for r, e in zip(rows, em))
-        lines.append(f"| {n} | {len(rows)} | " + " | ".join(cells)
+        lines.append(f"| {n}{' best_model/' if of == 'best_model' else ''} | {len(rows)} | " + " | ".join(cells)
                      + f" | {100 * max(r['final_density'] for r in rows):.2f}% | "
                      + f"{max(r['final_ce_minus_tau'] for r in rows):+.4f} | "
                      + (f"{min(e for e in em if e is not None):.3f}" if any(e is not None for e in em) else "-")
                      + f" | {goal}/{len(rows)} |")
     return "\n".join(lines) + "\n"
+
+
+def _best_as_final(r: dict) -> dict:
+    """A run's best_model/ in the final model's keys; a run that never met tau exports none: no model, counted
+    as missing the goal (density 100%, CE - tau +inf, EM 0)."""
+    b = r.get("best_model")
+    if b is None:
+        return {"final_density": 1.0, "final_ce_minus_tau": float("inf"), "final_greedy_exact_match": 0.0}
+    return {"final_density": b["density"], "final_ce_minus_tau": b["ce_minus_tau"],
+            **({"final_greedy_exact_match": b["greedy_exact_match"]} if "greedy_exact_match" in b else {})}
 
 
 def table(results: dict) -> str:

@@ -26,6 +26,28 @@ def test_compose_flax_example_runs():
     assert "final: eval-mode expected density" in out
 
 
+def test_zoo_table_worst_case_and_best_model_rows():
+    """The zoo table's worst case over dense models and the goal count, for the final models and for best_model/
+    (a run that never met tau has none: it counts as missing the goal)."""
+    sys.path.insert(0, str(REPO / "experiments"))
+    import controllers
+
+    run = lambda d, c, em, best=None: {"final_density": d, "final_ce_minus_tau": c, "final_greedy_exact_match": em,
+                                       **({"best_model": best} if best else {})}
+    zoo = {"a": {"x/seed1": run(0.02, -0.01, 1.0, {"step": 900, "density": 0.015, "ce_minus_tau": -0.002,
+                                                   "greedy_exact_match": 0.995})},
+           "b": {"x/seed1": run(0.03, 0.004, 0.98)}}
+    lines = controllers.zoo_table(zoo).splitlines()
+    final, best = lines[2].split(" | "), lines[3].split(" | ")
+    assert final[0] == "| x" and final[2:4] == ["2.00% (1.000)", "3.00% (0.980)"]
+    assert final[4:] == ["3.00%", "+0.0040", "0.980", "1/2 |"]
+    assert best[0] == "| x best_model/" and best[2:4] == ["1.50% (0.995)", "100.00% (0.000)"]
+    assert best[4:] == ["100.00%", "+inf", "0.000", "1/2 |"]
+    assert len(lines) == 4  # no best_model line for records that predate it
+    del zoo["a"]["x/seed1"]["best_model"]
+    assert len(controllers.zoo_table(zoo).splitlines()) == 3
+
+
 def test_controller_summary_and_curve_figure(tmp_path):
     """experiments/controllers.py's numbers from a run's records (by hand), and toy_curves.py's figure."""
     sys.path.insert(0, str(REPO / "experiments"))
@@ -39,7 +61,7 @@ def test_controller_summary_and_curve_figure(tmp_path):
     s = controllers.summarise(tmp_path, 0.5)
     assert s["final_density"] == 0.008 and abs(s["final_ce_minus_tau"] + 0.2) < 1e-12
     assert abs(s["worst_excursion"] - 0.2) < 1e-12  # step 10, not the gated start's 0.4
-    assert s["steps_to_5pct"] == 10 and s["steps_to_1pct"] == 20
+    assert s["steps_to_5pct"] == 10 and s["steps_to_1pct"] == 20 and s["tau"] == 0.5
     # tau measured on training batches: the held-out target is the dense held-out CE (step 0) + slack
     recs[0]["dense_eval_ce"] = 0.25
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))

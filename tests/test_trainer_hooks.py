@@ -120,3 +120,21 @@ def test_records_of_old_runs_read_back_typed(tmp_path):
     assert [r.to_dict() for r in run.records()] == lines[:3]
     run.reset_records(None)
     assert run.metrics.read_text() == "" and RunDir.find(tmp_path) == [run]
+
+
+@pytest.mark.parametrize("sense", ["ce", "density"])
+def test_keep_best_keeps_the_best_feasible_evaluation_of_each_sense(tmp_path, sense):
+    """best_model/: CE-target mode keeps the sparsest evaluation with CE <= tau; density-target mode (tau = the
+    density target) the lowest CE with density <= the target. Each kept evaluation is exported and in best.json."""
+    from sparsejax.train import checkpointing
+
+    exported = []
+    export = lambda path: exported.append(path)
+    evals = [(0.30, 0.50), (0.10, 0.20), (0.12, 0.05), (0.25, 0.04), (0.11, 0.03), (0.09, 0.06)]  # (CE, density)
+    tau, kept = {"ce": (0.12, [1, 2, 4]), "density": (0.05, [2, 4])}[sense]
+    for i, (ce, d) in enumerate(evals):
+        rec = EvalRecord(step=10 * i, eval_ce=ce, edge_density=d)
+        assert checkpointing.keep_best(tmp_path, rec, tau, export, sense) == (i in kept)
+    assert len(exported) == len(kept) and exported[0] == RunDir(tmp_path).best_model
+    assert RunDir(tmp_path).best_record()["step"] == 10 * kept[-1]
+    assert not checkpointing.keep_best(tmp_path, EvalRecord(step=99, eval_ce=0.0, edge_density=0.0), None, export)

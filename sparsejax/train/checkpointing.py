@@ -56,14 +56,20 @@ def export(config, params, gate, path: Path, tokenizer=None, max_shard_bytes: in
                     fetch=fetch)
 
 
-def keep_best(run_dir, rec, tau: float | None, export_fn) -> bool:
-    """If ``rec`` (an evaluation) meets ``eval_ce <= tau`` and is sparser than ``best.json``, call
-    ``export_fn(run_dir.best_model)`` and record it. Returns whether it became the best."""
-    if tau is None or "edge_density" not in rec or rec["eval_ce"] > tau:
+def keep_best(run_dir, rec, tau: float | None, export_fn, sense: str = "ce") -> bool:
+    """If ``rec`` (an evaluation) meets the constraint and beats ``best.json``, call ``export_fn(run_dir.best_model)``
+    and record it. ``sense="ce"``: feasible is ``eval_ce <= tau``, better is sparser; ``sense="density"`` (``tau`` the
+    density target): feasible is ``edge_density <= tau``, better is a lower held-out CE. Returns whether it became
+    the best."""
+    if tau is None or "edge_density" not in rec:
+        return False
+    feasible, better = {"ce": (lambda r: r["eval_ce"] <= tau, lambda r, b: r["edge_density"] < b["edge_density"]),
+                        "density": (lambda r: r["edge_density"] <= tau, lambda r, b: r["eval_ce"] < b["eval_ce"])}[sense]
+    if not feasible(rec):
         return False
     run_dir = RunDir.of(run_dir)
     best = run_dir.best_record()
-    if best is not None and rec["edge_density"] >= best["edge_density"]:
+    if best is not None and not better(rec, best):
         return False
     export_fn(run_dir.best_model)
     from ..distributed import is_main

@@ -15,7 +15,7 @@ before ``best`` looks at the final evaluation, where it was logged just after):
 |---|---|---|
 | ``log`` | ``train.log_every`` + last | the training record (:class:`~sparsejax.train.records.TrainRecord`) |
 | ``evaluate`` | ``train.eval_every`` | an evaluation record (not at the last step) / the start record, the final one |
-| ``best`` | 1 (acts on evaluations) | ``best_model/``, ``best.json`` if sparsest with ``CE <= tau`` / the same, final |
+| ``best`` | 1 (acts on evaluations) | ``best_model/``, ``best.json`` if sparsest with ``CE <= tau`` (density mode: lowest CE under the target) / the same, final |
 | ``checkpoint`` | ``train.checkpoint_every`` | an orbax checkpoint / one of the last step if there is none |
 | ``export`` | 0 | / ``model/`` |
 
@@ -239,12 +239,14 @@ class Evaluate(Callback):
 
 class KeepBest(Callback):
     """``best``: keep the evaluation of this step (or the final one) when it is the sparsest meeting
-    ``CE <= tau`` so far (``best_model/`` and ``best.json``). Runs every step and acts where a hook before it left
+    ``CE <= tau`` so far (density-target mode: the lowest CE at density <= the target), as ``best_model/`` and
+    ``best.json``. Runs every step and acts where a hook before it left
     an evaluation (``info.evaluation``), so it follows the ``evaluate`` hook's cadence, whatever it is."""
 
     def on_step(self, info):
         if info.evaluation is not None:
-            checkpointing.keep_best(info.trainer.dir, info.evaluation, info.trainer.tau, info.trainer.export)
+            checkpointing.keep_best(info.trainer.dir, info.evaluation, info.trainer.tau, info.trainer.export,
+                                     info.trainer.cfg.constraint.sense)
 
     on_end = on_step
 

@@ -6,7 +6,8 @@
       tensorboard/       the same scalars as TensorBoard event files
       checkpoints/       orbax checkpoints of the train state (resume from the newest)
       model/             the exported Hugging Face directory (+ sparsejax_gate.json, tokenizer.json)
-      best_model/        the sparsest evaluated model meeting CE <= tau, and best.json its evaluation
+      best_model/        the sparsest evaluated model meeting CE <= tau (density-target mode: the lowest CE at
+                         density <= the target), and best.json its evaluation
       tokenizer.json     text runs: the tokenizer (trained on the corpus, or the checkpoint's)
       tfds/              data.backend=tfds: the prepared array_record data
       report.html, dynamics.png, report_*.png, report_attention_viewer.html   what ``sparsejax report`` writes
