@@ -40,6 +40,12 @@ CANDIDATES = {
     "pi_anneal_a05": [*BERNOULLI, "constraint.method=pi", "constraint.sense=density", "constraint.density_target=0.02",
                       "constraint.anneal_steps=1400", "constraint.alpha=0.5", "constraint.pi_kp=0.5",
                       "constraint.pi_ki_down=0.5", "train.schedule=linear", "train.lr_final=0.0"],
+    # issue J, twelfth round: density mode with the CE preset's gate-noise schedule (falls 1 -> 0 over steps
+    # 1,000-1,500, then 0), so the last 500 steps train the exported model's gates
+    "pi_anneal_noise_mid": [*BERNOULLI, "constraint.method=pi", "constraint.sense=density",
+                            "constraint.density_target=0.02", "constraint.anneal_steps=1400", "constraint.alpha=0.98",
+                            "constraint.pi_kp=0.5", "constraint.pi_ki_down=0.5", "train.schedule=linear",
+                            "train.lr_final=0.0", "gate.noise_anneal=0.25", "gate.noise_zero=0.25"],
     # issue J: the constraint measured on the model that is exported (the deterministic gates)
     "pi_det": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic"],
     "pi_det_ki05": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic", "constraint.pi_ki=0.05"],
