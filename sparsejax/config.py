@@ -100,7 +100,9 @@ class _ConstraintShared:
     tau: float | None = None        # None: the dense model's held-out CE, measured before post-training
     slack: float = 0.0
     beta_init: float = 1e-2         # the multiplier's start; penalty: the fixed density weight
-    tau_data: str = "validation"    # where the dense CE behind tau is measured: "validation" or "train" batches
+    tau_data: str = "validation"    # where the dense CE behind tau is measured: "validation" or "train" batches, or
+    #                                 "batch": each measured training batch (the multiplier sees the CE minus the
+    #                                 dense starting model's on the same batch, against the slack)
     tau_gates: str = "dense"        # tau from the "dense" model (gates off) or the gated starting model under "sampled"
     #                                 gates (the training loss's own mode; docs/controllers.md)
     anneal_steps: int = 0           # pi/geco: move the target geometrically from anneal_from to its final value over
@@ -388,6 +390,16 @@ def validate(cfg: RunConfig) -> RunConfig:
         problems.append("constraint.guard=true (a guarded density curriculum) needs constraint.method="
                         f"{_or(_controllers.supporting('guards'))}, constraint.sense=density and "
                         "constraint.anneal_steps > 0")
+    if c.tau_data == "batch" and g.enabled:
+        if c.tau is not None:
+            problems.append(f"constraint.tau={c.tau} fixes the CE target, constraint.tau_data=batch measures it on "
+                            "each batch (the dense model's CE + slack): drop one of the two")
+        if c.tau_gates != "dense":
+            problems.append("constraint.tau_data=batch measures the dense model on each batch: set "
+                            "constraint.tau_gates=dense")
+        if c.sense == "ce" and c.anneal_steps:
+            problems.append("constraint.tau_data=batch holds the CE at the slack over the dense model on every batch: "
+                            "set constraint.anneal_steps=0")
     annealing = _controllers.supporting("anneals")
     if ctrl is not None and c.anneal_steps and ctrl.constrains and not ctrl.anneals:
         problems.append(f"constraint.anneal_steps works with constraint.method={_or(annealing)}, not {c.method}: set "

@@ -297,6 +297,62 @@ def test_deterministic_measure_is_the_exported_models_ce(tmp_path, every):
             np.testing.assert_allclose(float(out["ce_ema"]), want, rtol=1e-5)
 
 
+@pytest.mark.parametrize("extra,every", [([], 1), (["train.lora_rank=2"], 3)])
+def test_batch_tau_measures_the_gap_to_the_dense_starting_model_on_each_batch(tmp_path, extra, every):
+    """constraint.tau_data=batch: the multiplier's input is the training batch's CE under the exported gates minus
+    the dense starting model's CE on the same batch (both from the evaluation step, the dense one on the parameters
+    the run started from), its target the slack; the run's tau (records, best_model/) stays the dense held-out CE +
+    slack."""
+    from sparsejax.data import batch_at
+    from sparsejax.train import Trainer
+
+    cfg = load_config("toy_addition_posttrain", TINY + extra + [
+        "constraint.method=pi", "constraint.tau_data=batch", "constraint.slack=0.02",
+        f"constraint.measure_every={every}", "gate.bias=0.5", "train.lr=1e-2"])
+    run = Trainer(cfg, tmp_path / "run", progress=False)
+    assert ("teacher" in run.frozen) == (not extra)  # under LoRA the frozen base is the reference
+    gated, dense = jax.jit(make_eval_step(run.spec)), jax.jit(make_eval_step(run.spec, dense=True))
+    start = jax.tree.map(jnp.copy, run.state["trainable"])
+    np.testing.assert_allclose(run.tau, run.evaluate(start, dense=True)["eval_ce"] + 0.02, rtol=1e-6)
+    held = None
+    for step in range(4):
+        batch = batch_at(run.train_src, step, cfg.data.batch_size, cfg.data.seed)
+        before = jax.tree.map(jnp.copy, run.state["trainable"])
+        want = float(gated(before, run.frozen, batch)["ce"]) - float(dense(start, run.frozen, batch)["ce"])
+        run.state, out = run.step_fn(run.state, run.frozen, batch, jnp.uint32(step))
+        if step % every == 0:
+            held = want
+            np.testing.assert_allclose(float(out["measured_ce"]), want, rtol=1e-4, atol=1e-6)
+        else:
+            np.testing.assert_allclose(float(out["measured_ce"]), held, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(float(out["tau"]), 0.02)
+    # the parameters moved, the reference did not: the dense model of the last step is another number
+    assert abs(float(dense(run.state["trainable"], run.frozen, batch)["ce"])
+               - float(dense(start, run.frozen, batch)["ce"])) > 1e-4
+
+
+def test_batch_tau_with_every_edge_kept_measures_no_gap(tmp_path):
+    """Gates that keep every edge give the dense model's attention: the measured gap is 0 (float32)."""
+    from sparsejax.data import batch_at
+    from sparsejax.train import Trainer
+
+    cfg = load_config("toy_addition_posttrain", TINY + ["constraint.method=pi", "constraint.tau_data=batch",
+                                                        "gate.bias=50.0"])
+    run = Trainer(cfg, tmp_path / "run", progress=False)
+    batch = batch_at(run.train_src, 0, cfg.data.batch_size, cfg.data.seed)
+    _, out = run.step_fn(run.state, run.frozen, batch, jnp.uint32(0))
+    assert abs(float(out["measured_ce"])) < 1e-5
+
+
+@pytest.mark.parametrize("override,problem", [("constraint.tau=1.0", "drop one of the two"),
+                                              ("constraint.tau_gates=sampled", "constraint.tau_gates=dense"),
+                                              ("constraint.anneal_steps=10", "constraint.anneal_steps=0")])
+def test_batch_tau_refuses_what_contradicts_it(override, problem):
+    with pytest.raises(ValueError, match=problem.replace(".", r"\.")):
+        load_config("toy_addition_posttrain", TINY + ["constraint.tau_data=batch", "constraint.anneal_from=1.0",
+                                                      override])
+
+
 def test_tau_under_sampled_gates(tmp_path):
     """constraint.tau_gates=sampled: tau = the starting gated model's CE under the sampled gates (noise seed 0) on
     the tau batches + slack, recomputed here with the reference attention (the step uses the chunked one)."""

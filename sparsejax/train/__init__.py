@@ -40,7 +40,9 @@ __all__ = ["Callback", "CompositeTracker", "EvalRecord", "FinalRecord", "Hook", 
            "make_train_step"]
 
 
-TAU_DATA = ("validation", "train")  # constraint.tau_data: the batches the dense CE behind tau is measured on
+# constraint.tau_data: the batches the dense CE behind tau is measured on; "batch": every measured training batch,
+# the multiplier seeing that batch's CE minus the dense starting model's on it, against the slack (train_step)
+TAU_DATA = ("validation", "train", "batch")
 TAU_GATES = ("dense", "sampled")  # constraint.tau_gates: tau from the dense model or the gated one, sampled gates
 
 # changing these on resume does not change the trajectory so far
@@ -144,11 +146,14 @@ class Trainer:
         return self._ce_target(trainable)
 
     def _ce_target(self, trainable):
-        """The CE target: ``constraint.tau``, or the dense model's CE (on ``constraint.tau_data``) + slack
-        (``constraint.tau_gates=sampled``: the gated starting model's CE under sampled gates + slack)."""
+        """The CE target: ``constraint.tau``, or the dense model's CE (on ``constraint.tau_data``; held-out for
+        ``batch``) + slack (``constraint.tau_gates=sampled``: the gated starting model's CE under sampled gates +
+        slack)."""
         c = self.cfg.constraint
         if c.tau is not None:
             return c.tau
+        # tau_data=batch: the multiplier's target is the slack over the dense model on each batch (make_multiplier);
+        # tau here, the dense held-out CE + slack, is what the records and best_model/ compare the held-out CE with
         src = self.train_src if c.tau_data == "train" else self.val_src
         if c.tau_gates == "sampled":  # the gated model as it starts, under the training loss's sampled gates
             step = jax.jit(make_eval_step(self.spec, sampled=True))

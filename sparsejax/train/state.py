@@ -32,6 +32,7 @@ class StepSpec:
     measure: str = "deterministic"    # the CE the multiplier sees: under "sampled" or "deterministic" gates
     measure_every: int = 1            # deterministic: measured every this many steps (held between)
     guard: bool = False               # density mode: the annealed target waits while the measured CE is over tau
+    relative: bool = False            # the measured CE minus the dense starting model's on the batch (tau_data=batch)
     beta: float = 0.0                 # fixed density weight when there is no multiplier (penalty mode)
     attention: str = "auto"           # sparse_attention implementation (auto | chunked | pallas | reference)
     noise_anneal: tuple[int, int] | None = None  # (first step, steps): the gate noise's scale 1 -> 0 (noise_steps)
@@ -47,6 +48,12 @@ def params_of(spec: StepSpec, trainable: dict, frozen: dict, *, merged: bool = F
     from .. import lora
 
     return (lora.merge if merged else lora.attach)(frozen["base"], trainable["lora"], spec.lora_alpha)
+
+
+def teacher_of(frozen: dict) -> dict:
+    """The frozen dense starting model: the distillation teacher and the reference of ``constraint.tau_data=batch``
+    (under LoRA the frozen base)."""
+    return frozen["teacher"] if "teacher" in frozen else frozen["base"]
 
 
 def gate_of(spec: StepSpec, trainable: dict, frozen: dict, step=None) -> Gate | None:
@@ -135,6 +142,7 @@ def step_spec(cfg: RunConfig, model: Model) -> StepSpec:
                     lora_alpha=cfg.train.lora_alpha if cfg.train.lora_rank > 0 else None,
                     distill=cfg.train.distill, sense=cfg.constraint.sense, measure=cfg.constraint.measure,
                 measure_every=cfg.constraint.measure_every, guard=cfg.constraint.guard, beta=beta,
+                    relative=g.enabled and cfg.constraint.tau_data == "batch",
                 attention=cfg.train.attention,
                     noise_anneal=noise_steps(cfg) if g.enabled and g.noise_anneal else None,
                     rules=sharding.parse_rules(cfg.mesh.rules))
@@ -154,9 +162,10 @@ def split_params(cfg: RunConfig, spec: StepSpec, model: Model) -> tuple[dict, di
     if spec.gate is not None:
         bias = model.gate.bias if model.gate is not None else gate_bias_init(cfg, model.config)
         (trainable if cfg.gate.learnable else frozen)["gate_bias"] = jnp.asarray(bias, jnp.float32)
-    if spec.distill > 0 and spec.lora_alpha is None:
-        # the frozen dense teacher: its own buffers (the trainable ones are donated to each step). Under LoRA the
-        # frozen base *is* the dense teacher, so the step reads frozen["base"] and no copy is made.
+    if (spec.distill > 0 or spec.relative) and spec.lora_alpha is None:
+        # the frozen dense teacher (distillation; the reference of tau_data=batch): its own buffers (the trainable
+        # ones are donated to each step). Under LoRA the frozen base *is* the dense teacher, so the step reads
+        # frozen["base"] and no copy is made.
         frozen["teacher"] = jax.tree.map(lambda x: jnp.array(x, copy=True), model.params)
     return trainable, frozen
 

@@ -13,7 +13,7 @@ import optax
 from .. import controllers, objective, seeds, sharding
 from ..config import RunConfig
 from ..models import forward
-from .state import StepSpec, gate_of, noise_scale, params_of
+from .state import StepSpec, gate_of, noise_scale, params_of, teacher_of
 
 
 SCHEDULES = ("constant", "cosine", "linear")  # train.schedule: the learning rate after warm-up (lr_schedule)
@@ -63,6 +63,9 @@ def make_multiplier(cfg: RunConfig, tau: float | None, target_start: float | Non
     controller = controllers.get(c.method)
     if not cfg.gate.enabled:
         return None
+    if c.tau_data == "batch":  # the measured CE is the gap to the dense model on the same batch: its target the slack
+        tau = c.slack if c.sense == "ce" else tau
+        guard_tau = c.slack if guard_tau is not None else None
     t = cfg.train  # the lr over its peak, per multiplier update (pi_ki_follow_lr: the integral's growth follows it)
     lr = lr_schedule(t.lr, t.warmup, t.steps, t.schedule, t.lr_final)
     setup = controllers.Setup(tau=tau, sense=c.sense, slack=c.slack, anneal_steps=c.anneal_steps,
@@ -81,8 +84,7 @@ def _loss(spec: StepSpec, trainable, frozen, batch, seed, weights, step=None):
     w_ce, w_density = weights
     loss = w_ce * ce + w_density * density
     if spec.distill > 0:
-        teacher = frozen["teacher"] if "teacher" in frozen else frozen["base"]  # LoRA: the base is the teacher
-        teacher_logits, _ = forward(spec.config, teacher, tokens[:, :-1], implementation=spec.attention)
+        teacher_logits, _ = forward(spec.config, teacher_of(frozen), tokens[:, :-1], implementation=spec.attention)
         loss = loss + spec.distill * objective.distillation_kl(logits, teacher_logits)
     # deterministic edge density of this batch per layer and head (counted inside the attention, no T x T array)
     return loss, (ce, density, aux["edge_density"].mean(1))
@@ -96,6 +98,14 @@ def deterministic_ce(spec: StepSpec, trainable, frozen, batch):
     return jax.lax.stop_gradient(objective.cross_entropy(logits, tokens[:, 1:], batch["mask"]))
 
 
+def reference_ce(spec: StepSpec, frozen, batch):
+    """The batch's CE under the dense starting model (``constraint.tau_data=batch``): the frozen teacher, or under
+    LoRA the frozen base, gates off (no gradient)."""
+    tokens = batch["tokens"]
+    logits, _ = forward(spec.config, teacher_of(frozen), tokens[:, :-1], implementation=spec.attention)
+    return jax.lax.stop_gradient(objective.cross_entropy(logits, tokens[:, 1:], batch["mask"]))
+
+
 def make_train_step(spec: StepSpec, optimizer, multiplier):
     """``train_step(state, frozen, batch, seed) -> (state, out)``; a non-finite loss or gradient skips the update
     (``bad_steps`` counts consecutive skips).
@@ -103,13 +113,17 @@ def make_train_step(spec: StepSpec, optimizer, multiplier):
     The multiplier's input: in CE mode the batch's CE under the sampled gates (``spec.measure == "sampled"``) or
     under the deterministic gates (``"deterministic"``: one more forward, every ``spec.measure_every`` steps, the
     last value held in ``state["probe_ce"]`` between); in density mode the deterministic edge density of the batch,
-    and for a guarded curriculum (``spec.guard``) the CE in the same two modes as the guard."""
+    and for a guarded curriculum (``spec.guard``) the CE in the same two modes as the guard. Under ``spec.relative``
+    (``constraint.tau_data=batch``) the CE minus the dense starting model's on the same batch (one more forward,
+    measured with it), so that the batches' own spread in difficulty does not reach the multiplier."""
     probe = multiplier is not None and spec.measure == "deterministic" and (spec.sense == "ce" or spec.guard)
+    gap = (lambda ce, frozen, batch: ce - reference_ce(spec, frozen, batch)) if spec.relative else \
+        (lambda ce, frozen, batch: ce)
 
     def measured_ce(state, frozen, batch, sampled_ce):
         if not probe:
-            return sampled_ce, {}
-        det = lambda: deterministic_ce(spec, state["trainable"], frozen, batch)
+            return gap(sampled_ce, frozen, batch), {}
+        det = lambda: gap(deterministic_ce(spec, state["trainable"], frozen, batch), frozen, batch)
         if spec.measure_every == 1:
             return det(), {}
         value = jax.lax.cond(state["step"] % spec.measure_every == 0, det, lambda: state["probe_ce"])
@@ -144,8 +158,8 @@ def make_train_step(spec: StepSpec, optimizer, multiplier):
             out["noise_scale"] = noise_scale(spec.noise_anneal, state["step"])
         if multiplier is not None:
             out.update(controllers.metrics(mult_state))
-            if probe:
-                out["measured_ce"] = measured
+            if probe or spec.relative:
+                out["measured_ce"] = measured  # the multiplier's input (tau_data=batch: the gap to the dense model)
         return new, out
 
     def sharded_train_step(state, frozen, batch, seed):  # activations placed by the logical-axis rules
