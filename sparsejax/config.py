@@ -397,6 +397,9 @@ def validate(cfg: RunConfig) -> RunConfig:
         if c.tau_gates != "dense":
             problems.append("constraint.tau_data=batch measures the dense model on each batch: set "
                             "constraint.tau_gates=dense")
+        if c.sense == "ce" and not c.slack > 0:
+            problems.append(f"constraint.tau_data=batch targets the gap to the dense model on each batch, "
+                            f"constraint.slack={c.slack}: it must be > 0 (e.g. constraint.slack=0.01)")
         if c.sense == "ce" and c.anneal_steps:
             problems.append("constraint.tau_data=batch holds the CE at the slack over the dense model on every batch: "
                             "set constraint.anneal_steps=0")

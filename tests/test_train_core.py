@@ -346,7 +346,8 @@ def test_batch_tau_with_every_edge_kept_measures_no_gap(tmp_path):
 
 @pytest.mark.parametrize("override,problem", [("constraint.tau=1.0", "drop one of the two"),
                                               ("constraint.tau_gates=sampled", "constraint.tau_gates=dense"),
-                                              ("constraint.anneal_steps=10", "constraint.anneal_steps=0")])
+                                              ("constraint.anneal_steps=10", "constraint.anneal_steps=0"),
+                                              ("constraint.slack=0.0", "must be > 0")])
 def test_batch_tau_refuses_what_contradicts_it(override, problem):
     with pytest.raises(ValueError, match=problem.replace(".", r"\.")):
         load_config("toy_addition_posttrain", TINY + ["constraint.tau_data=batch", "constraint.anneal_from=1.0",
