@@ -80,8 +80,12 @@ def gap_figure(pairs, out):
         control = json.loads((Path(control_dir) / "eval64.json").read_text())["eval_ce"]
         recs = RunDir(run).records("eval")
         steps = RunDir(run).config_dict()["train"]["steps"]
-        line, = ax.plot([r["edge_density"] for r in recs], [r["eval_ce"] - control for r in recs], "-", alpha=0.35,
-                        lw=1)
+        # the trajectory against the control's evaluation at the same step when the two share a schedule, else
+        # against its final CE
+        same = RunDir(control_dir).config_dict()["train"]["steps"] == steps
+        at = {r["step"]: r["eval_ce"] for r in RunDir(control_dir).records("eval")} if same else {}
+        line, = ax.plot([r["edge_density"] for r in recs], [r["eval_ce"] - at.get(r["step"], control) for r in recs],
+                        "-", alpha=0.35, lw=1)
         gap = final["eval_ce"] - control
         worst = max(final["edge_density_per_layer"])
         ax.plot(final["edge_density"], gap, "o", color=line.get_color(), ms=8,
@@ -95,7 +99,7 @@ def gap_figure(pairs, out):
     ax.set_xlabel("edge density (share of causal pairs kept, log)")
     ax.set_ylabel("held-out CE - its dense control's (nats)")
     ax.set_title("SmolLM2-135M sparse post-training: final models (dots; 64 held-out batches),\n"
-                 "trajectories (lines; 8 batches, against the control's final CE)", fontsize=9)
+                 "trajectories (lines; 8 batches, against the control at the same step, or its final CE)", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=130)
