@@ -55,14 +55,19 @@ def main(argv=None):
     ax.axhline(control["eval_ce"], color="k", ls="--", lw=1, label=f"dense control {control['eval_ce']:.3f}")
     ax.axhline(control["eval_ce"] + 0.01, color="tab:green", ls=":", lw=1, label="goal: control + 0.01")
     ax.axvline(0.01, color="tab:green", ls=":", lw=1)
+    _finish(fig, ax, "held-out CE (nats)", "SmolLM2-135M, LoRA r16, 500 steps: final models (dots), trajectories "
+            "(lines)", args.out)
+
+
+def _finish(fig, ax, ylabel, title, out):
     ax.set_xscale("log")
     ax.set_xlabel("edge density (share of causal pairs kept, log)")
-    ax.set_ylabel("held-out CE (nats)")
-    ax.set_title("SmolLM2-135M, LoRA r16, 500 steps: final models (dots), trajectories (lines)", fontsize=9)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(args.out, dpi=130)
-    print("wrote", args.out)
+    fig.savefig(out, dpi=130)
+    print("wrote", out)
 
 
 def gap_figure(pairs, out):
@@ -95,15 +100,9 @@ def gap_figure(pairs, out):
     ax.axhline(0.0, color="k", ls="--", lw=1, label="the run's dense control")
     ax.fill_between([1e-4, 0.01], -0.05, 0.01, color="tab:green", alpha=0.15, lw=0,
                     label="goal: <= 1% of edges at <= control + 0.01")
-    ax.set_xscale("log")
-    ax.set_xlabel("edge density (share of causal pairs kept, log)")
-    ax.set_ylabel("held-out CE - its dense control's (nats)")
-    ax.set_title("SmolLM2-135M sparse post-training: final models (dots; 64 held-out batches),\n"
-                 "trajectories (lines; 8 batches, against the control at the same step, or its final CE)", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=130)
-    print("wrote", out)
+    _finish(fig, ax, "held-out CE - its dense control's (nats)", "SmolLM2-135M sparse post-training: final models "
+            "(dots; 64 held-out batches),\ntrajectories (lines; 8 batches, against the control at the same step, or its "
+            "final CE)", out)
 
 
 if __name__ == "__main__":

@@ -90,20 +90,22 @@ def _loss(spec: StepSpec, trainable, frozen, batch, seed, weights, step=None):
     return loss, (ce, density, aux["edge_density"].mean(1))
 
 
+def _batch_ce(spec: StepSpec, params, batch, gate=None):
+    """The batch's CE under ``params`` with ``gate``'s deterministic (eval-mode) gates, or dense (no gradient)."""
+    tokens = batch["tokens"]
+    logits, _ = forward(spec.config, params, tokens[:, :-1], gate, mode="eval", implementation=spec.attention)
+    return jax.lax.stop_gradient(objective.cross_entropy(logits, tokens[:, 1:], batch["mask"]))
+
+
 def deterministic_ce(spec: StepSpec, trainable, frozen, batch):
     """The batch's CE under the deterministic (eval-mode) gates: the model that is exported (no gradient)."""
-    tokens = batch["tokens"]
-    logits, _ = forward(spec.config, params_of(spec, trainable, frozen), tokens[:, :-1], gate_of(spec, trainable, frozen),
-                        mode="eval", implementation=spec.attention)
-    return jax.lax.stop_gradient(objective.cross_entropy(logits, tokens[:, 1:], batch["mask"]))
+    return _batch_ce(spec, params_of(spec, trainable, frozen), batch, gate_of(spec, trainable, frozen))
 
 
 def reference_ce(spec: StepSpec, frozen, batch):
     """The batch's CE under the dense starting model (``constraint.tau_data=batch``): the frozen teacher, or under
     LoRA the frozen base, gates off (no gradient)."""
-    tokens = batch["tokens"]
-    logits, _ = forward(spec.config, teacher_of(frozen), tokens[:, :-1], implementation=spec.attention)
-    return jax.lax.stop_gradient(objective.cross_entropy(logits, tokens[:, 1:], batch["mask"]))
+    return _batch_ce(spec, teacher_of(frozen), batch)
 
 
 def make_train_step(spec: StepSpec, optimizer, multiplier):

@@ -8,14 +8,7 @@
 # finetune_first.sh's (F reproduces to 1e-3). Phase B from F on finetune_first.sh's schedule (900 steps, data seed 1,
 # lr 1e-3 -> 1e-4, the schedule of its dense control ff_control, reused), PI kp 2, the integral following the lr,
 # measured every 4 steps, gate bias lr 0.03.
-set -e
-M=~/.cache/sparsejax/models/smollm2
-S=runs/smollm2
-P=docs/results/presets/shakespeare_posttrain_until_2026-12-02.yaml
-COMMON="data.tokenizer=$M/tokenizer.json data.seq_len=64 data.batch_size=8 train.lora_rank=16 \
-  train.eval_every=100 train.checkpoint_every=50 train.keep=2 train.log_every=10"
-sparsejax pretrain $P $S/ff_a model.checkpoint=$M $COMMON train.steps=600 constraint.sense=ce constraint.density_target=null --no-progress
-F=$S/ff_a/model
+source "$(dirname "$0")/ff_phase_a.sh"  # M, S, P, COMMON; phase A -> F
 sparsejax posttrain $P $S/ff_batch model.checkpoint=$F $COMMON train.steps=900 data.seed=1 constraint.sense=ce \
   constraint.density_target=null constraint.tau_data=batch constraint.slack=0.01 constraint.measure=deterministic \
   constraint.measure_every=4 constraint.pi_kp=2.0 constraint.pi_ki_follow_lr=true gate.bias_lr=0.03 --no-progress \

@@ -9,14 +9,7 @@
 # EMA's memory ~2 steps) and pi_ki_down 0.1 (once the target is reached, the integral unwinds 5x faster while the
 # density is under it), the toy's best of the eleventh round (final 1.83% for a 2% target, CE 0.0025).
 # (A second run beside it, alpha 0.5 alone, was stopped at its start on 2026-12-04 to give its core to the toy zoo.)
-set -e
-M=~/.cache/sparsejax/models/smollm2
-S=runs/smollm2
-P=docs/results/presets/shakespeare_posttrain_until_2026-12-02.yaml
-COMMON="data.tokenizer=$M/tokenizer.json data.seq_len=64 data.batch_size=8 train.lora_rank=16 \
-  train.eval_every=100 train.checkpoint_every=50 train.keep=2 train.log_every=10"
-sparsejax pretrain $P $S/ff_a model.checkpoint=$M $COMMON train.steps=600 constraint.sense=ce constraint.density_target=null --no-progress
-F=$S/ff_a/model
+source "$(dirname "$0")/ff_phase_a.sh"  # M, S, P, COMMON; phase A -> F
 B="model.checkpoint=$F $COMMON train.steps=900 data.seed=1 constraint.sense=density constraint.density_target=0.008 \
   constraint.anneal_steps=600 gate.bias_lr=0.03 constraint.alpha=0.5"
 sparsejax posttrain $P $S/ff_a05_kd $B constraint.pi_ki_down=0.1 --no-progress > $S/ff_a05_kd.log 2>&1

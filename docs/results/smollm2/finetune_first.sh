@@ -5,15 +5,8 @@
 # Phase B, from F, side by side: (i) the density target annealed 70% -> 0.8% over 600 steps, held to step 900;
 # (ii) the dense control on the same schedule (gate off). Both final models and F on 64 held-out batches.
 # LoRA r16 on q/k/v/o, T=64, batch 8, the long run's preset; seeds train 1, data 0 (A) / 1 (B: a fresh order).
-set -e
 # Resumable: each run continues from its newest checkpoint. ~22 min for A alone, ~75 min for B (Intel Xeon, 2 cores).
-M=~/.cache/sparsejax/models/smollm2
-S=runs/smollm2
-P=docs/results/presets/shakespeare_posttrain_until_2026-12-02.yaml
-COMMON="data.tokenizer=$M/tokenizer.json data.seq_len=64 data.batch_size=8 train.lora_rank=16 \
-  train.eval_every=100 train.checkpoint_every=50 train.keep=2 train.log_every=10"
-sparsejax pretrain $P $S/ff_a model.checkpoint=$M $COMMON train.steps=600 constraint.sense=ce constraint.density_target=null --no-progress
-F=$S/ff_a/model
+source "$(dirname "$0")/ff_phase_a.sh"  # M, S, P, COMMON; phase A -> F
 B="model.checkpoint=$F $COMMON train.steps=900 data.seed=1"
 sparsejax posttrain $P $S/ff_d008 $B constraint.sense=density constraint.density_target=0.008 constraint.anneal_steps=600 \
   gate.bias_lr=0.03 --no-progress > $S/ff_d008.log 2>&1 &
