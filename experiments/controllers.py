@@ -67,6 +67,18 @@ CANDIDATES = {
     # issue J, tenth round: the preset (noise_mid) on a longer schedule; the fractions keep their meaning (3,000
     # steps: the noise falls over steps 1,500-2,250, the last 750 at scale 0)
     "noise_mid_3k": [*NOISE_MID, "train.steps=3000"],
+    # issue J, thirteenth round: the preset on 4,000 steps (noise falls over steps 2,000-3,000, the last 1,000 at 0)
+    "noise_mid_4k": [*NOISE_MID, "train.steps=4000"],
+    # issue J, thirteenth round: the preset with the multiplier's input and target from the same batch (the
+    # measured batch's deterministic-gate CE minus the dense starting model's CE on it, against the slack)
+    "noise_mid_batch": [*NOISE_MID, "constraint.tau_data=batch"],
+    # issue J, thirteenth round: re-routing faster (twice the preset's lr) on 3,000 steps; and the 4,000-step
+    # schedule with a smoother multiplier (a 50-step CE memory, a smaller proportional gain): on the toy the measured
+    # batch's CE has a standard deviation of 0.007-0.017 at a flat density, over the 0.005 slack
+    "noise_mid_3k_lr2": [*NOISE_MID, "train.steps=3000", "train.lr=2e-3"],
+    "noise_mid_4k_smooth": [*NOISE_MID, "train.steps=4000", "constraint.alpha=0.98", "constraint.pi_kp=0.5"],
+    "noise_mid_4k_smooth_batch": [*NOISE_MID, "train.steps=4000", "constraint.alpha=0.98", "constraint.pi_kp=0.5",
+                                  "constraint.tau_data=batch"],
     "pi_det_ki05_4k": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic", "constraint.pi_ki=0.05",
                        "train.steps=4000"],
     "pi_det_warm": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic", "train.warmup=200"],

@@ -64,14 +64,6 @@ def main(argv=None):
         done[key] = res
         atomic_write_text(out / "results.json", json.dumps(done, indent=1))
         print(label, shape, mesh, res.get("bytes_per_device", 0) / GIB, res.get("error", ""), flush=True)
-    import sparsejax.plan as plan_mod
-    from sparsejax.config import load_config, model_config
-
-    for r in done.values():  # model FLOPs (analytic; results written before the field existed get it here)
-        if "error" not in r:
-            cfg = load_config("gpt2_small", r["overrides"])
-            r["flops_per_step"] = plan_mod.analytic_flops(model_config(cfg.model), r["global_batch"], r["seq_len"],
-                                                          lora=r["lora_rank"] > 0, distill=r["distill"] > 0)
     lines = ["| setup | shape | mesh (devices) | global batch x context | params (B) | trainable (B) | per device GiB "
              "(args + out + temp - alias) | budget GiB | fits | model TFLOP/step |", "|---|---|---|---|---:|---:|---|---:|---|---:|"]
     for key in sorted(done, key=int):

@@ -63,9 +63,11 @@ def plan_overrides(shape: str | None, mesh: dict) -> list[str]:
     return out
 
 
-def analytic_flops(config, batch: int, seq: int, *, lora: bool, distill: bool) -> float:
+def analytic_flops(config, batch: int, seq: int, *, lora: bool, forwards: float = 0.0) -> float:
     """Model FLOPs of one step: ``tokens x (6 N + 3 A)`` for full training (``4 N``: LoRA's backward computes no
-    weight gradients of the frozen matrices), plus ``tokens x (2 N + A)`` for the distillation teacher's forward.
+    weight gradients of the frozen matrices), plus ``tokens x (2 N + A)`` for each further forward pass of a step
+    (``forwards``, averaged over steps: the distillation teacher's, the multiplier's measurements,
+    ``train.step.measurement_forwards``).
     ``N``: matrix parameters (everything but the input embedding lookup); ``A = 2 L H hd (T + 1)``: the causal
     attention products (QK^T and PV over the average T/2 + 1/2 keys) per token (a sliding-window layer: over its
     average visible keys, ``pairs / T``). XLA's cost analysis cannot be used
@@ -86,8 +88,7 @@ def analytic_flops(config, batch: int, seq: int, *, lora: bool, distill: bool) -
     attn = 4 * config.n_heads * config.head_dim * sum(pairs(w) for w in config.layer_windows()) / seq
     tokens = batch * seq
     flops = tokens * ((4 if lora else 6) * n + 3 * attn)
-    if distill:
-        flops += tokens * (2 * n + attn)
+    flops += forwards * tokens * (2 * n + attn)
     return float(flops)
 
 
@@ -127,6 +128,8 @@ def compile_plan(cfg) -> dict:
     with jax.set_mesh(mesh):
         compiled = step.lower(place(state), place(frozen), batch, seed).compile()
     mem = compiled.memory_analysis()
+    # the distillation teacher's forward and the multiplier's measurements, per step
+    forwards = float(cfg.train.distill > 0) + (stp.measurement_forwards(spec) if multiplier is not None else 0.0)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     n_params = sum(x.size for x in jax.tree.leaves(shapes))
@@ -137,7 +140,7 @@ def compile_plan(cfg) -> dict:
             "trainable_params": int(n_trainable), "bytes_per_device": int(per_device),
             "argument_bytes": int(mem.argument_size_in_bytes), "output_bytes": int(mem.output_size_in_bytes),
             "temp_bytes": int(mem.temp_size_in_bytes), "alias_bytes": int(mem.alias_size_in_bytes),
-            "flops_per_step": analytic_flops(config, b, t, lora=cfg.train.lora_rank > 0, distill=cfg.train.distill > 0),
+            "flops_per_step": analytic_flops(config, b, t, lora=cfg.train.lora_rank > 0, forwards=forwards),
             "xla_flops_per_step": float(cost.get("flops", float("nan"))) * mesh.size,
             "tokens_per_step": b * t, "grad_accum": cfg.train.grad_accum, "seq_len": t, "global_batch": b,
             "dtype": cfg.model.dtype, "remat": cfg.model.remat, "lora_rank": cfg.train.lora_rank,

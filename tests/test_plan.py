@@ -105,6 +105,34 @@ def test_gemma3_shapes_count_the_published_parameters():
     big = model_config(load_config(None, plan_overrides("gemma-3-4b", parse_mesh([]))).model)
     assert (big.family, big.n_kv_heads, big.layer_windows()[:6]) == ("gemma3", 4, (1024,) * 5 + (None,))
     full = big.replace(layer_types=("full_attention",) * big.n_layers)  # the window halves attention at T = 4096
-    a, b = (analytic_flops(c, 1, 4096, lora=False, distill=False) for c in (big, full))
+    a, b = (analytic_flops(c, 1, 4096, lora=False) for c in (big, full))
     saved = 29 * (4096 * 4097 // 2 - (1024 * 1025 // 2 + 3072 * 1024))  # 29 of 34 layers local: pairs not attended
     assert abs((b - a) - 3 * 4 * 8 * 256 * saved) < 1e-6 * b  # 3 x (QK^T + PV) x H x hd per pair
+
+
+def test_model_flops_count_the_multipliers_measurements(capsys):
+    """The plan's model FLOPs add one forward pass (tokens x (2 N + A)) per deterministic-gate measurement of the
+    multiplier's input and one per dense reference (``constraint.tau_data=batch``), averaged over
+    ``measure_every``; a fixed penalty measures nothing."""
+    from sparsejax.config import load_config, model_config
+    from sparsejax.plan import analytic_flops
+
+    base = ["model.checkpoint=null", *TINY, "constraint.method=pi", "constraint.slack=0.01"]
+    cases = {("constraint.measure=sampled",): 0.0, ("constraint.measure=deterministic",
+                                                     "constraint.measure_every=1"): 1.0,
+             ("constraint.measure=deterministic", "constraint.measure_every=4"): 0.25,
+             ("constraint.measure=deterministic", "constraint.measure_every=4", "constraint.tau_data=batch"): 0.5,
+             ("constraint.measure=sampled", "constraint.tau_data=batch"): 1.0,
+             # distillation: the teacher's forward, which also gives the reference
+             ("constraint.measure=deterministic", "constraint.measure_every=4", "constraint.tau_data=batch",
+              "train.distill=1.0"): 1.25,
+             ("constraint.method=penalty", "constraint.pi_ki_follow_lr=false",
+              "constraint.measure=deterministic"): 0.0}
+    config = model_config(load_config("toy_addition_posttrain", base).model)
+    b, t = 16, load_config("toy_addition_posttrain", base).data.seq_len
+    train = analytic_flops(config, b, t, lora=False)
+    forward = analytic_flops(config, b, t, lora=False, forwards=1.0) - train
+    for extra, n in cases.items():
+        assert cli.main(["plan", "toy_addition_posttrain", *base, *extra, "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["flops_per_step"] == pytest.approx(train + n * forward, rel=1e-9), extra

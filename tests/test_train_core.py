@@ -297,12 +297,12 @@ def test_deterministic_measure_is_the_exported_models_ce(tmp_path, every):
             np.testing.assert_allclose(float(out["ce_ema"]), want, rtol=1e-5)
 
 
-@pytest.mark.parametrize("extra,every", [([], 1), (["train.lora_rank=2"], 3)])
+@pytest.mark.parametrize("extra,every", [([], 1), (["train.lora_rank=2"], 3), (["train.distill=1.0"], 2)])
 def test_batch_tau_measures_the_gap_to_the_dense_starting_model_on_each_batch(tmp_path, extra, every):
     """constraint.tau_data=batch: the multiplier's input is the training batch's CE under the exported gates minus
     the dense starting model's CE on the same batch (both from the evaluation step, the dense one on the parameters
     the run started from), its target the slack; the run's tau (records, best_model/) stays the dense held-out CE +
-    slack."""
+    slack. With distillation the reference is the teacher's CE from the loss's own forward, the same number."""
     from sparsejax.data import batch_at
     from sparsejax.train import Trainer
 
@@ -310,7 +310,7 @@ def test_batch_tau_measures_the_gap_to_the_dense_starting_model_on_each_batch(tm
         "constraint.method=pi", "constraint.tau_data=batch", "constraint.slack=0.02",
         f"constraint.measure_every={every}", "gate.bias=0.5", "train.lr=1e-2"])
     run = Trainer(cfg, tmp_path / "run", progress=False)
-    assert ("teacher" in run.frozen) == (not extra)  # under LoRA the frozen base is the reference
+    assert ("teacher" in run.frozen) == ("train.lora_rank=2" not in extra)  # under LoRA: the frozen base
     gated, dense = jax.jit(make_eval_step(run.spec)), jax.jit(make_eval_step(run.spec, dense=True))
     start = jax.tree.map(jnp.copy, run.state["trainable"])
     np.testing.assert_allclose(run.tau, run.evaluate(start, dense=True)["eval_ce"] + 0.02, rtol=1e-6)

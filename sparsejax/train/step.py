@@ -83,11 +83,13 @@ def _loss(spec: StepSpec, trainable, frozen, batch, seed, weights, step=None):
     density = objective.density_penalty(aux) if gate is not None else jnp.zeros(())
     w_ce, w_density = weights
     loss = w_ce * ce + w_density * density
+    reference = None  # the dense starting model's CE on the batch, when the teacher's forward runs anyway
     if spec.distill > 0:
         teacher_logits, _ = forward(spec.config, teacher_of(frozen), tokens[:, :-1], implementation=spec.attention)
         loss = loss + spec.distill * objective.distillation_kl(logits, teacher_logits)
+        reference = jax.lax.stop_gradient(objective.cross_entropy(teacher_logits, tokens[:, 1:], batch["mask"]))
     # deterministic edge density of this batch per layer and head (counted inside the attention, no T x T array)
-    return loss, (ce, density, aux["edge_density"].mean(1))
+    return loss, (ce, density, aux["edge_density"].mean(1), reference)
 
 
 def _batch_ce(spec: StepSpec, params, batch, gate=None):
@@ -108,6 +110,21 @@ def reference_ce(spec: StepSpec, frozen, batch):
     return _batch_ce(spec, teacher_of(frozen), batch)
 
 
+def _probes(spec: StepSpec) -> bool:
+    """Whether the multiplier's input is a CE under the deterministic gates: one more forward when measured."""
+    return spec.measure == "deterministic" and (spec.sense == "ce" or spec.guard)
+
+
+def measurement_forwards(spec: StepSpec) -> float:
+    """Forward passes per step, averaged over ``measure_every``, that a constrained step spends on the multiplier's
+    input beyond its loss: the deterministic-gate CE and, under ``spec.relative``, the dense reference on the same
+    batch unless distillation's teacher forward gives it (``plan.analytic_flops`` counts them)."""
+    relative = spec.relative and not spec.distill > 0  # with distillation the loss's teacher forward is reused
+    if _probes(spec):
+        return (1 + relative) / spec.measure_every
+    return float(relative)
+
+
 def make_train_step(spec: StepSpec, optimizer, multiplier):
     """``train_step(state, frozen, batch, seed) -> (state, out)``; a non-finite loss or gradient skips the update
     (``bad_steps`` counts consecutive skips).
@@ -117,15 +134,17 @@ def make_train_step(spec: StepSpec, optimizer, multiplier):
     last value held in ``state["probe_ce"]`` between); in density mode the deterministic edge density of the batch,
     and for a guarded curriculum (``spec.guard``) the CE in the same two modes as the guard. Under ``spec.relative``
     (``constraint.tau_data=batch``) the CE minus the dense starting model's on the same batch (one more forward,
-    measured with it), so that the batches' own spread in difficulty does not reach the multiplier."""
-    probe = multiplier is not None and spec.measure == "deterministic" and (spec.sense == "ce" or spec.guard)
-    gap = (lambda ce, frozen, batch: ce - reference_ce(spec, frozen, batch)) if spec.relative else \
-        (lambda ce, frozen, batch: ce)
+    measured with it; with distillation the teacher's forward in the loss gives it), so that the batches' own spread in difficulty does not reach the multiplier."""
+    probe = multiplier is not None and _probes(spec)
 
-    def measured_ce(state, frozen, batch, sampled_ce):
+    def measured_ce(state, frozen, batch, sampled_ce, reference):
+        # tau_data=batch: minus the dense starting model's CE on the batch (the distillation teacher's, when the
+        # loss computed it; else one more forward)
+        ref = (lambda: reference) if reference is not None else (lambda: reference_ce(spec, frozen, batch))
+        gap = (lambda ce: ce - ref()) if spec.relative else (lambda ce: ce)
         if not probe:
-            return gap(sampled_ce, frozen, batch), {}
-        det = lambda: gap(deterministic_ce(spec, state["trainable"], frozen, batch), frozen, batch)
+            return gap(sampled_ce), {}
+        det = lambda: gap(deterministic_ce(spec, state["trainable"], frozen, batch))
         if spec.measure_every == 1:
             return det(), {}
         value = jax.lax.cond(state["step"] % spec.measure_every == 0, det, lambda: state["probe_ce"])
@@ -136,14 +155,14 @@ def make_train_step(spec: StepSpec, optimizer, multiplier):
             weights = (jnp.ones(()), jnp.asarray(spec.beta, jnp.float32))
         else:
             weights = controllers.loss_weights(state["mult_state"])
-        (loss, (ce, density, edges)), grads = jax.value_and_grad(
+        (loss, (ce, density, edges, reference)), grads = jax.value_and_grad(
             lambda t: _loss(spec, t, frozen, batch, seed, weights, state["step"]), has_aux=True)(state["trainable"])
         finite = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["trainable"])
         trainable = optax.apply_updates(state["trainable"], updates)
         mult_state, held = state["mult_state"], {}
         if multiplier is not None:
-            measured, held = measured_ce(state, frozen, batch, ce)
+            measured, held = measured_ce(state, frozen, batch, ce, reference)
             if spec.sense == "ce":
                 _, mult_state = multiplier.update(None, mult_state, constraint=measured)
             else:
