@@ -77,6 +77,7 @@ CANDIDATES = {
     # batch's CE has a standard deviation of 0.007-0.017 at a flat density, over the 0.005 slack
     "noise_mid_3k_lr2": [*NOISE_MID, "train.steps=3000", "train.lr=2e-3"],
     "noise_mid_4k_smooth": [*NOISE_MID, "train.steps=4000", "constraint.alpha=0.98", "constraint.pi_kp=0.5"],
+    "noise_mid_6k_smooth": [*NOISE_MID, "train.steps=6000", "constraint.alpha=0.98", "constraint.pi_kp=0.5"],
     "noise_mid_4k_smooth_batch": [*NOISE_MID, "train.steps=4000", "constraint.alpha=0.98", "constraint.pi_kp=0.5",
                                   "constraint.tau_data=batch"],
     "pi_det_ki05_4k": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic", "constraint.pi_ki=0.05",
