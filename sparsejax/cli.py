@@ -32,7 +32,35 @@ def _train(args) -> int:
         raise SystemExit("posttrain needs gate.enabled=true (use `sparsejax pretrain` for dense training)")
     result = Trainer(cfg, args.run_dir, progress=not args.no_progress).fit()
     print(json.dumps(summary(result), indent=1))
+    if args.command == "posttrain":
+        notice = missed_target(result, cfg.constraint.sense, args.run_dir)
+        if notice:
+            print(notice, file=sys.stderr)
     return 0
+
+
+def missed_target(result: dict | None, sense: str, run_dir) -> str | None:
+    """A notice when the final model ends over its target (held-out CE over tau, or the density over its target),
+    naming by how much and where the best evaluated model that met it is (``best_model/``); ``None`` when it met
+    it or the run had no target."""
+    from sparsejax.train import RunDir
+    from sparsejax.train.checkpointing import overshoot
+
+    if not result or result.get("tau") is None or "edge_density" not in result:
+        return None
+    over = overshoot(result, result["tau"], sense)
+    if over <= 0:
+        return None
+    what = (f"held-out CE {result['eval_ce']:.4f}, {over:.4f} over tau {result['tau']:.4g}" if sense == "ce" else
+            f"edge density {result['edge_density']:.4%}, over the target {result['tau']:.4%}")
+    run = RunDir(run_dir)
+    best = run.best_record()
+    where = ("no evaluated model met the target (loosen constraint.slack / constraint.density_target, or train "
+             "longer)") if best is None else (
+        f"{run.best_model} holds the best evaluated model that met it (step {best.step}: edge density "
+        f"{best.edge_density:.4%}, held-out CE {best.eval_ce:.4f}; chosen on the same held-out data, so its numbers "
+        "flatter it)")
+    return f"note: the final model ({run.model}) ends over its target: {what}; {where}"
 
 
 def _eval(args) -> int:

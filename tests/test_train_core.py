@@ -428,3 +428,32 @@ def test_noise_annealing_trains_the_deterministic_gates_at_the_end(tmp_path):
             np.testing.assert_allclose(float(out["ce"]), want, rtol=1e-5)
         elif step < 2:
             assert abs(float(out["ce"]) - want) > 1e-4  # the full noise: another CE
+
+
+@pytest.mark.parametrize("sense", ["ce", "density"])
+def test_posttrain_says_when_the_final_model_misses_its_target(tmp_path, capsys, sense):
+    """`sparsejax posttrain` ends with a notice on stderr when the final model is over its target (by how much, and
+    where best_model/ is, or that no evaluation met it), and with none when it met it."""
+    from sparsejax import cli
+
+    common = [*TINY, "model.checkpoint=null", "train.steps=4", "train.eval_every=2", "--no-progress"]
+    target = {"ce": ("constraint.tau=1e-6", "constraint.tau=100.0"),
+              "density": ("constraint.density_target=1e-6", "constraint.density_target=0.999")}[sense]
+    extra = [] if sense == "ce" else ["constraint.sense=density", "constraint.pi_ki_follow_lr=false", "gate.bias=0.0"]
+    assert cli.main(["posttrain", "toy_addition_posttrain", str(tmp_path / "miss"), *common, *extra, target[0]]) == 0
+    err = capsys.readouterr().err
+    assert "ends over its target" in err and ("over tau" if sense == "ce" else "over the target") in err
+    assert "no evaluated model met the target" in err
+    assert cli.main(["posttrain", "toy_addition_posttrain", str(tmp_path / "meet"), *common, *extra, target[1]]) == 0
+    assert "ends over its target" not in capsys.readouterr().err
+    # a final model over tau with an earlier evaluation under it: the notice names best_model/
+    from sparsejax.train import RunDir
+    from sparsejax.train.checkpointing import overshoot
+
+    best = RunDir(tmp_path / "meet").best_record()
+    assert best is not None and overshoot(best.to_dict(), float(target[1].split("=")[1]), sense) <= 0
+    result = {**best.to_dict(), "eval_ce": 150.0 if sense == "ce" else best.eval_ce,
+              "edge_density": 1.0 if sense == "density" else best.edge_density,
+              "tau": float(target[1].split("=")[1])}
+    notice = cli.missed_target(result, sense, tmp_path / "meet")
+    assert "best_model" in notice and f"step {best.step}" in notice

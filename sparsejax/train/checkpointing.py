@@ -56,6 +56,12 @@ def export(config, params, gate, path: Path, tokenizer=None, max_shard_bytes: in
                     fetch=fetch)
 
 
+def overshoot(rec, tau: float, sense: str = "ce") -> float:
+    """How far an evaluation ``rec`` ends over its target: ``eval_ce - tau`` (``sense="ce"``) or ``edge_density -
+    tau`` (``"density"``, ``tau`` the density target); <= 0 meets it."""
+    return rec["eval_ce"] - tau if sense == "ce" else rec["edge_density"] - tau
+
+
 def keep_best(run_dir, rec, tau: float | None, export_fn, sense: str = "ce") -> bool:
     """If ``rec`` (an evaluation) meets the constraint and beats ``best.json``, call ``export_fn(run_dir.best_model)``
     and record it. ``sense="ce"``: feasible is ``eval_ce <= tau``, better is sparser; ``sense="density"`` (``tau`` the
@@ -63,9 +69,9 @@ def keep_best(run_dir, rec, tau: float | None, export_fn, sense: str = "ce") -> 
     the best."""
     if tau is None or "edge_density" not in rec:
         return False
-    feasible, better = {"ce": (lambda r: r["eval_ce"] <= tau, lambda r, b: r["edge_density"] < b["edge_density"]),
-                        "density": (lambda r: r["edge_density"] <= tau, lambda r, b: r["eval_ce"] < b["eval_ce"])}[sense]
-    if not feasible(rec):
+    better = {"ce": lambda r, b: r["edge_density"] < b["edge_density"],
+              "density": lambda r, b: r["eval_ce"] < b["eval_ce"]}[sense]
+    if overshoot(rec, tau, sense) > 0:
         return False
     run_dir = RunDir.of(run_dir)
     best = run_dir.best_record()
