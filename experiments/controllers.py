@@ -77,6 +77,10 @@ CANDIDATES = {
     # batch's CE has a standard deviation of 0.007-0.017 at a flat density, over the 0.005 slack
     "noise_mid_3k_lr2": [*NOISE_MID, "train.steps=3000", "train.lr=2e-3"],
     "noise_mid_4k_smooth": [*NOISE_MID, "train.steps=4000", "constraint.alpha=0.98", "constraint.pi_kp=0.5"],
+    # + the noise back while the CE is over tau (gate.noise_recover: the scale at least the violation / slack),
+    # the way back for a run that crosses tau once the annealed noise is 0
+    "noise_mid_4k_smooth_recover": [*NOISE_MID, "train.steps=4000", "constraint.alpha=0.98", "constraint.pi_kp=0.5",
+                                    "gate.noise_recover=true"],
     "noise_mid_6k_smooth": [*NOISE_MID, "train.steps=6000", "constraint.alpha=0.98", "constraint.pi_kp=0.5"],
     "noise_mid_4k_smooth_batch": [*NOISE_MID, "train.steps=4000", "constraint.alpha=0.98", "constraint.pi_kp=0.5",
                                   "constraint.tau_data=batch"],

@@ -88,6 +88,8 @@ class GateSection:
     #                                 linearly from 1 to 0, ending noise_zero of the run before its end (sampled
     #                                 and deterministic gates meet; 0: the method's full noise all run)
     noise_zero: float = 0.0         # noise annealing: the last share of train.steps trains at noise scale 0
+    noise_recover: bool = False     # noise annealing, CE mode: the scale is at least the multiplier's violation over
+    #                                 the slack (clipped to [0, 1]), so a run over tau gets the noise back
 
 
 @dataclasses.dataclass
@@ -420,6 +422,11 @@ def validate(cfg: RunConfig) -> RunConfig:
     if g.noise_zero and not g.noise_anneal:
         problems.append(f"gate.noise_zero={g.noise_zero} needs gate.noise_anneal > 0 (the steps over which the noise "
                         "falls to 0 first)")
+    if g.noise_recover and not (g.noise_anneal and c.sense == "ce" and c.slack > 0 and ctrl is not None
+                                and ctrl.constrains):
+        problems.append("gate.noise_recover=true raises an annealed noise while the CE is over tau: it needs "
+                        "gate.noise_anneal > 0, constraint.sense=ce, constraint.slack > 0 and a controller with a "
+                        "target (constraint.method=pi, geco or dual_ascent)")
     if g.noise_anneal and cfg.train.attention == "pallas":
         problems.append("gate.noise_anneal scales the gate noise, which the fused kernel does not: set "
                         "train.attention=chunked (or auto, which picks it) or gate.noise_anneal=0")

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 import sparsejax as sj
-from sparsejax import sharding
+from sparsejax import controllers as sj_controllers, sharding
 from sparsejax.config import load_config, model_config
 from sparsejax.train import StepSpec, make_eval_step, make_train_step
 from sparsejax.train import state as st, step as stp
@@ -183,6 +183,9 @@ def test_density_target_mode_on_the_toy(tmp_path):
     ("gate.noise_anneal=0.6 gate.noise_zero=0.5", "is more than the whole run"),
     ("gate.noise_anneal=0 gate.noise_zero=0.2", "gate.noise_zero=0.2 needs gate.noise_anneal > 0"),
     ("gate.noise_anneal=0.5 train.attention=pallas", "set train.attention=chunked"),
+    ("gate.noise_recover=true gate.noise_anneal=0", "gate.noise_recover=true raises an annealed noise"),
+    ("gate.noise_recover=true constraint.method=penalty constraint.pi_ki_follow_lr=false",
+     "a controller with a target"),
 ])
 def test_invalid_values_are_refused_before_anything_runs(override, message, tmp_path):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("*", r"\*")):
@@ -428,6 +431,38 @@ def test_noise_annealing_trains_the_deterministic_gates_at_the_end(tmp_path):
             np.testing.assert_allclose(float(out["ce"]), want, rtol=1e-5)
         elif step < 2:
             assert abs(float(out["ce"]) - want) > 1e-4  # the full noise: another CE
+
+
+def test_noise_recovery_brings_the_noise_back_while_the_ce_is_over_tau(tmp_path):
+    """gate.noise_recover=true: the noise scale is max(annealed scale, violation / slack clipped to [0, 1]), the
+    violation being the controller's CE estimate minus tau before the step. At an annealed scale of 0 a run far
+    over tau trains under the full noise again (its sampled-gate CE is not the deterministic CE), one under tau
+    under the deterministic gates (the same CE, as without recovery)."""
+    from sparsejax.data import batch_at
+    from sparsejax.train import Trainer
+
+    np.testing.assert_allclose([float(st.recovered_noise(s, v, 0.01)) for s, v in
+                                [(0.0, -0.5), (0.0, 0.005), (0.0, 0.5), (0.3, 0.001), (0.3, 0.004), (1.0, -1.0)]],
+                               [0.0, 0.5, 1.0, 0.3, 0.4, 1.0], rtol=1e-6)
+    for tau, over in ((1e-6, True), (100.0, False)):
+        cfg = load_config("toy_addition_posttrain", TINY + [
+            "constraint.method=pi", f"constraint.tau={tau}", "constraint.slack=0.01", "gate.bias=0.5",
+            "train.steps=4", "gate.noise_anneal=0.25", "gate.noise_zero=0.75", "gate.noise_recover=true"])
+        run = Trainer(cfg, tmp_path / f"run{over}", progress=False)
+        assert run.spec.noise_anneal == (0, 1) and run.spec.noise_recover == 0.01  # scale 0 from step 0 on
+        eval_step = jax.jit(make_eval_step(run.spec))
+        for step in range(4):
+            batch = batch_at(run.train_src, step, cfg.data.batch_size, cfg.data.seed)
+            violation = float(sj_controllers.metrics(run.state["mult_state"])["violation"])
+            want = float(eval_step(jax.tree.map(jnp.copy, run.state["trainable"]), run.frozen, batch)["ce"])
+            run.state, out = run.step_fn(run.state, run.frozen, batch, jnp.uint32(step))
+            np.testing.assert_allclose(float(out["noise_scale"]), np.clip(violation / 0.01, 0, 1), atol=1e-6)
+            if step >= 1:  # the controller's estimate has seen a batch: far over (or under) tau
+                assert float(out["noise_scale"]) == (1.0 if over else 0.0)
+                if over:
+                    assert abs(float(out["ce"]) - want) > 1e-4
+                else:
+                    np.testing.assert_allclose(float(out["ce"]), want, rtol=1e-5)
 
 
 @pytest.mark.parametrize("sense", ["ce", "density"])

@@ -36,6 +36,7 @@ class StepSpec:
     beta: float = 0.0                 # fixed density weight when there is no multiplier (penalty mode)
     attention: str = "auto"           # sparse_attention implementation (auto | chunked | pallas | reference)
     noise_anneal: tuple[int, int] | None = None  # (first step, steps): the gate noise's scale 1 -> 0 (noise_steps)
+    noise_recover: float | None = None  # the slack: the scale is at least the multiplier's violation over it
     rules: tuple = sharding.DEFAULT_RULES  # logical axis -> mesh axes, for parameters and activations
 
 
@@ -56,14 +57,23 @@ def teacher_of(frozen: dict) -> dict:
     return frozen["teacher"] if "teacher" in frozen else frozen["base"]
 
 
-def gate_of(spec: StepSpec, trainable: dict, frozen: dict, step=None) -> Gate | None:
+def gate_of(spec: StepSpec, trainable: dict, frozen: dict, step=None, violation=None) -> Gate | None:
     """The gate of the step: the static part with the (trained or frozen) bias and, given the training ``step``
-    under ``spec.noise_anneal``, the scale of its noise (:func:`noise_scale`)."""
+    under ``spec.noise_anneal``, the scale of its noise (:func:`noise_scale`; under ``spec.noise_recover`` at least
+    the multiplier's ``violation`` over the slack)."""
     if spec.gate is None:
         return None
     bias = trainable["gate_bias"] if "gate_bias" in trainable else frozen["gate_bias"]
     noise = None if step is None or spec.noise_anneal is None else noise_scale(spec.noise_anneal, step)
+    if noise is not None and spec.noise_recover is not None and violation is not None:
+        noise = recovered_noise(noise, violation, spec.noise_recover)
     return dataclasses.replace(spec.gate, bias=bias, noise=noise)
+
+
+def recovered_noise(scale, violation, slack: float):
+    """``gate.noise_recover``: the annealed ``scale``, or more while the CE is over its target: ``violation``
+    (the controller's CE estimate minus tau) over ``slack``, clipped to [0, 1]."""
+    return jnp.maximum(scale, jnp.clip(jnp.asarray(violation, jnp.float32) / slack, 0.0, 1.0))
 
 
 def noise_steps(cfg: RunConfig) -> tuple[int, int]:
@@ -145,6 +155,7 @@ def step_spec(cfg: RunConfig, model: Model) -> StepSpec:
                     relative=g.enabled and cfg.constraint.tau_data == "batch",
                 attention=cfg.train.attention,
                     noise_anneal=noise_steps(cfg) if g.enabled and g.noise_anneal else None,
+                    noise_recover=cfg.constraint.slack if g.enabled and g.noise_recover else None,
                     rules=sharding.parse_rules(cfg.mesh.rules))
 
 

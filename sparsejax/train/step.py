@@ -13,7 +13,7 @@ import optax
 from .. import controllers, objective, seeds, sharding
 from ..config import RunConfig
 from ..models import forward
-from .state import StepSpec, gate_of, noise_scale, params_of, teacher_of
+from .state import StepSpec, gate_of, noise_scale, params_of, recovered_noise, teacher_of
 
 
 SCHEDULES = ("constant", "cosine", "linear")  # train.schedule: the learning rate after warm-up (lr_schedule)
@@ -74,9 +74,10 @@ def make_multiplier(cfg: RunConfig, tau: float | None, target_start: float | Non
     return controller.transform(controller.options(c), setup)
 
 
-def _loss(spec: StepSpec, trainable, frozen, batch, seed, weights, step=None):
+def _loss(spec: StepSpec, trainable, frozen, batch, seed, weights, step=None, violation=None):
     tokens = batch["tokens"]
-    gate = gate_of(spec, trainable, frozen, step)  # the step sets the noise's scale under gate.noise_anneal
+    # the step sets the noise's scale under gate.noise_anneal (and gate.noise_recover: from the violation)
+    gate = gate_of(spec, trainable, frozen, step, violation)
     logits, aux = forward(spec.config, params_of(spec, trainable, frozen), tokens[:, :-1], gate, mode="train",
                           seed=seed, implementation=spec.attention)
     ce = objective.cross_entropy(logits, tokens[:, 1:], batch["mask"])
@@ -151,12 +152,16 @@ def make_train_step(spec: StepSpec, optimizer, multiplier):
         return value, {"probe_ce": value}
 
     def train_step(state, frozen, batch, seed):
+        violation = None
         if multiplier is None:
             weights = (jnp.ones(()), jnp.asarray(spec.beta, jnp.float32))
         else:
             weights = controllers.loss_weights(state["mult_state"])
+            if spec.noise_recover is not None:
+                violation = jax.lax.stop_gradient(controllers.metrics(state["mult_state"])["violation"])
         (loss, (ce, density, edges, reference)), grads = jax.value_and_grad(
-            lambda t: _loss(spec, t, frozen, batch, seed, weights, state["step"]), has_aux=True)(state["trainable"])
+            lambda t: _loss(spec, t, frozen, batch, seed, weights, state["step"], violation),
+            has_aux=True)(state["trainable"])
         finite = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["trainable"])
         trainable = optax.apply_updates(state["trainable"], updates)
@@ -177,6 +182,8 @@ def make_train_step(spec: StepSpec, optimizer, multiplier):
                "total_bad_steps": new["total_bad_steps"]}
         if spec.noise_anneal is not None:
             out["noise_scale"] = noise_scale(spec.noise_anneal, state["step"])
+            if violation is not None:
+                out["noise_scale"] = recovered_noise(out["noise_scale"], violation, spec.noise_recover)
         if multiplier is not None:
             out.update(controllers.metrics(mult_state))
             if probe or spec.relative:
