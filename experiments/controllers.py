@@ -81,6 +81,9 @@ CANDIDATES = {
     # the way back for a run that crosses tau once the annealed noise is 0
     "noise_mid_4k_smooth_recover": [*NOISE_MID, "train.steps=4000", "constraint.alpha=0.98", "constraint.pi_kp=0.5",
                                     "gate.noise_recover=true"],
+    # + an lr that ends at a quarter of its peak instead of 0, so that a late crossing has lr left to be undone
+    "noise_mid_4k_smooth_recover_lr25": [*NOISE_MID, "train.steps=4000", "constraint.alpha=0.98",
+                                         "constraint.pi_kp=0.5", "gate.noise_recover=true", "train.lr_final=0.25"],
     "noise_mid_6k_smooth": [*NOISE_MID, "train.steps=6000", "constraint.alpha=0.98", "constraint.pi_kp=0.5"],
     "noise_mid_4k_smooth_batch": [*NOISE_MID, "train.steps=4000", "constraint.alpha=0.98", "constraint.pi_kp=0.5",
                                   "constraint.tau_data=batch"],
