@@ -12,15 +12,15 @@ for S in 1 2; do  # the two dense models every earlier round left over 2.5%
 done
 for S in 0 3 4; do  # the rest of the zoo, with the candidate that did best on the two, and with the noise back
   python experiments/controllers.py --task toy --dense runs/zoo_dens/toy_d$S/dense --out runs/zoo13/toy_d$S \
-    --seeds 1 2 --candidates noise_mid_4k_smooth noise_mid_4k_smooth_recover
+    --seeds 1 2 --candidates noise_mid_4k_smooth noise_mid_4k_smooth_recover noise_mid_4k_smooth_recover_lr25
 done
 for S in 1 2; do
   python experiments/controllers.py --task toy --dense runs/zoo_dens/toy_d$S/dense --out runs/zoo13/toy_d$S \
-    --seeds 1 2 --candidates noise_mid_4k_smooth_recover
+    --seeds 1 2 --candidates noise_mid_4k_smooth_recover noise_mid_4k_smooth_recover_lr25
 done
 # the main job's configuration (dense seed 0, post-training data seed 0)
 python experiments/controllers.py --task toy --dense runs/zoo_dens/toy_d0/dense --out runs/zoo13/makerun --seeds 1 \
-  --set data.seed=0 --candidates noise_mid_4k_smooth noise_mid_4k_smooth_recover
+  --set data.seed=0 --candidates noise_mid_4k_smooth noise_mid_4k_smooth_recover noise_mid_4k_smooth_recover_lr25
 # the worst dense model on 6,000 steps
 for P in 1 2; do
   python experiments/controllers.py --task toy --dense runs/zoo_dens/toy_d2/dense --out runs/zoo13/toy_d2_6k_s$P \
