@@ -426,7 +426,7 @@ def validate(cfg: RunConfig) -> RunConfig:
                                 and ctrl.constrains):
         problems.append("gate.noise_recover=true raises an annealed noise while the CE is over tau: it needs "
                         "gate.noise_anneal > 0, constraint.sense=ce, constraint.slack > 0 and a controller with a "
-                        "target (constraint.method=pi, geco or dual_ascent)")
+                        f"target (constraint.method={_or(_controllers.supporting('ce'))})")
     if g.noise_anneal and cfg.train.attention == "pallas":
         problems.append("gate.noise_anneal scales the gate noise, which the fused kernel does not: set "
                         "train.attention=chunked (or auto, which picks it) or gate.noise_anneal=0")

@@ -57,17 +57,24 @@ def teacher_of(frozen: dict) -> dict:
     return frozen["teacher"] if "teacher" in frozen else frozen["base"]
 
 
-def gate_of(spec: StepSpec, trainable: dict, frozen: dict, step=None, violation=None) -> Gate | None:
-    """The gate of the step: the static part with the (trained or frozen) bias and, given the training ``step``
-    under ``spec.noise_anneal``, the scale of its noise (:func:`noise_scale`; under ``spec.noise_recover`` at least
-    the multiplier's ``violation`` over the slack)."""
+def gate_of(spec: StepSpec, trainable: dict, frozen: dict, noise=None) -> Gate | None:
+    """The gate of the step: the static part with the (trained or frozen) bias and the scale of its noise
+    (``noise``: the training step's, :func:`step_noise`; ``None``: the full noise)."""
     if spec.gate is None:
         return None
     bias = trainable["gate_bias"] if "gate_bias" in trainable else frozen["gate_bias"]
-    noise = None if step is None or spec.noise_anneal is None else noise_scale(spec.noise_anneal, step)
-    if noise is not None and spec.noise_recover is not None and violation is not None:
-        noise = recovered_noise(noise, violation, spec.noise_recover)
     return dataclasses.replace(spec.gate, bias=bias, noise=noise)
+
+
+def step_noise(spec: StepSpec, step, violation=None):
+    """The gate noise's scale at training ``step`` under ``spec.noise_anneal`` (:func:`noise_scale`; under
+    ``spec.noise_recover`` at least the multiplier's ``violation`` over the slack); ``None`` without annealing."""
+    if spec.noise_anneal is None:
+        return None
+    scale = noise_scale(spec.noise_anneal, step)
+    if spec.noise_recover is not None and violation is not None:
+        scale = recovered_noise(scale, violation, spec.noise_recover)
+    return scale
 
 
 def recovered_noise(scale, violation, slack: float):

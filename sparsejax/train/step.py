@@ -13,7 +13,7 @@ import optax
 from .. import controllers, objective, seeds, sharding
 from ..config import RunConfig
 from ..models import forward
-from .state import StepSpec, gate_of, noise_scale, params_of, recovered_noise, teacher_of
+from .state import StepSpec, gate_of, params_of, step_noise, teacher_of
 
 
 SCHEDULES = ("constant", "cosine", "linear")  # train.schedule: the learning rate after warm-up (lr_schedule)
@@ -74,10 +74,9 @@ def make_multiplier(cfg: RunConfig, tau: float | None, target_start: float | Non
     return controller.transform(controller.options(c), setup)
 
 
-def _loss(spec: StepSpec, trainable, frozen, batch, seed, weights, step=None, violation=None):
+def _loss(spec: StepSpec, trainable, frozen, batch, seed, weights, noise=None):
     tokens = batch["tokens"]
-    # the step sets the noise's scale under gate.noise_anneal (and gate.noise_recover: from the violation)
-    gate = gate_of(spec, trainable, frozen, step, violation)
+    gate = gate_of(spec, trainable, frozen, noise)  # the step's noise scale under gate.noise_anneal (step_noise)
     logits, aux = forward(spec.config, params_of(spec, trainable, frozen), tokens[:, :-1], gate, mode="train",
                           seed=seed, implementation=spec.attention)
     ce = objective.cross_entropy(logits, tokens[:, 1:], batch["mask"])
@@ -135,7 +134,8 @@ def make_train_step(spec: StepSpec, optimizer, multiplier):
     last value held in ``state["probe_ce"]`` between); in density mode the deterministic edge density of the batch,
     and for a guarded curriculum (``spec.guard``) the CE in the same two modes as the guard. Under ``spec.relative``
     (``constraint.tau_data=batch``) the CE minus the dense starting model's on the same batch (one more forward,
-    measured with it; with distillation the teacher's forward in the loss gives it), so that the batches' own spread in difficulty does not reach the multiplier."""
+    measured with it; with distillation the teacher's forward in the loss gives it), so that the batches' own spread
+    in difficulty does not reach the multiplier."""
     probe = multiplier is not None and _probes(spec)
 
     def measured_ce(state, frozen, batch, sampled_ce, reference):
@@ -159,9 +159,9 @@ def make_train_step(spec: StepSpec, optimizer, multiplier):
             weights = controllers.loss_weights(state["mult_state"])
             if spec.noise_recover is not None:
                 violation = jax.lax.stop_gradient(controllers.metrics(state["mult_state"])["violation"])
+        noise = step_noise(spec, state["step"], violation)
         (loss, (ce, density, edges, reference)), grads = jax.value_and_grad(
-            lambda t: _loss(spec, t, frozen, batch, seed, weights, state["step"], violation),
-            has_aux=True)(state["trainable"])
+            lambda t: _loss(spec, t, frozen, batch, seed, weights, noise), has_aux=True)(state["trainable"])
         finite = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["trainable"])
         trainable = optax.apply_updates(state["trainable"], updates)
@@ -180,10 +180,8 @@ def make_train_step(spec: StepSpec, optimizer, multiplier):
                "total_bad_steps": state["total_bad_steps"] + (~finite).astype(jnp.int32), **held}
         out = {"loss": loss, "ce": ce, "density": density, "edges": edges, "bad_steps": bad,
                "total_bad_steps": new["total_bad_steps"]}
-        if spec.noise_anneal is not None:
-            out["noise_scale"] = noise_scale(spec.noise_anneal, state["step"])
-            if violation is not None:
-                out["noise_scale"] = recovered_noise(out["noise_scale"], violation, spec.noise_recover)
+        if noise is not None:
+            out["noise_scale"] = noise
         if multiplier is not None:
             out.update(controllers.metrics(mult_state))
             if probe or spec.relative:
