@@ -254,6 +254,46 @@ def test_pi_integral_growth_follows_the_lr_when_asked():
     np.testing.assert_allclose(runs["true"], ki * 0.5 * sum(1 - k / 10 for k in range(10)), rtol=1e-5)
 
 
+def test_pi_hold_lets_beta_fall_but_never_rise_again():
+    """hold_from=2 (by hand, kp=0, alpha=0, ki=0.1, density target 0.02, error (c - 0.02) / 0.02 clipped to 1):
+    the integral grows on updates 0 and 1, then only falls: over target it stays, under target it falls, and over
+    target again it does not come back up; with kp > 0 beta never exceeds its previous value once held. From a run
+    config, pi_hold_from is a share of train.steps x grad_accum."""
+    t = constrained.pi_control(0.02, beta_init=1.0, ki=0.1, kp=0.0, alpha=0.0, sense="density", hold_from=2)
+    s = t.init(None)
+    integrals = []
+    for c in (0.04, 0.04, 0.04, 0.01, 0.04, 0.04):
+        _, s = t.update(None, s, constraint=c)
+        integrals.append(float(s.integral))
+    np.testing.assert_allclose(integrals, [0.1, 0.2, 0.2, 0.15, 0.15, 0.15], atol=1e-6)
+    np.testing.assert_allclose(float(s.beta), np.exp(0.15), rtol=1e-6)
+
+    t = constrained.pi_control(0.02, beta_init=1.0, ki=0.1, kp=2.0, alpha=0.0, sense="density", hold_from=3)
+    s, betas = t.init(None), []
+    for c in (0.03, 0.03, 0.03, 0.01, 0.04, 0.021, 0.04, 0.03):
+        _, s = t.update(None, s, constraint=c)
+        betas.append(float(s.beta))
+    assert betas[1] > betas[0] and betas[2] > betas[1]  # before the hold beta grows
+    assert all(b <= a + 1e-7 for a, b in zip(betas[2:], betas[3:]))  # after it, never up
+    assert betas[3] < betas[2]  # and still falls at once when told to
+    with pytest.raises(ValueError, match="hold_from"):
+        constrained.pi_control(0.02, hold_from=-1)
+
+    from sparsejax.config import load_config
+    from sparsejax.train.step import make_multiplier
+
+    over = ["constraint.method=pi", "constraint.sense=density", "constraint.density_target=0.02",
+            "constraint.pi_kp=0", "constraint.alpha=0", "constraint.beta_init=1", "constraint.pi_ki=0.1",
+            "constraint.pi_ki_follow_lr=false", "train.steps=10", "train.grad_accum=2"]
+    m = make_multiplier(load_config("toy_addition_posttrain", over + ["constraint.pi_hold_from=0.3"]), 0.02)
+    s = m.init(None)
+    for _ in range(20):  # 20 updates (10 steps x 2 micro-batches): held from update 6 on
+        _, s = m.update(None, s, constraint=0.04)
+    np.testing.assert_allclose(float(s.integral), 6 * 0.1, rtol=1e-5)
+    with pytest.raises(ValueError, match="pi_hold_from"):
+        load_config("toy_addition_posttrain", ["constraint.pi_hold_from=1.5"])
+
+
 def test_guarded_curriculum_moves_its_target_only_while_the_guard_holds():
     """Annealed from 0.4 to 0.025 over 4 schedule steps (targets 0.4 * 0.0625 ** (p / 4)); the guard's CE (alpha 0:
     no EMA) under guard_tau moves the schedule on, over it holds it, never past anneal_steps."""

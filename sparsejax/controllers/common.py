@@ -14,6 +14,7 @@ POSITIVE = (lambda v: math.isfinite(v) and v > 0, "a number > 0")
 NON_NEGATIVE = (lambda v: math.isfinite(v) and v >= 0, "a number >= 0")
 POSITIVE_OR_NULL = (lambda v: v is None or (math.isfinite(v) and v > 0), "a number > 0 or null")
 DECAY = (lambda v: 0 <= v < 1, "in [0, 1)")
+SHARE_OR_NULL = (lambda v: v is None or 0 <= v <= 1, "a share in [0, 1] or null")
 
 
 def check_positive(**values):

@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .common import DECAY, NON_NEGATIVE, POSITIVE, POSITIVE_OR_NULL, check_beta_range, check_multiplier, \
-    check_positive, target_schedule
+from .common import DECAY, NON_NEGATIVE, POSITIVE, POSITIVE_OR_NULL, SHARE_OR_NULL, check_beta_range, \
+    check_multiplier, check_positive, target_schedule
 from .registry import EMA, SENSES, TARGET, Controller, option, register
 
 
@@ -31,8 +31,8 @@ class PIState(NamedTuple):
 def pi_control(tau: float, *, beta_init: float = 1e-2, ki: float = 0.02, kp: float = 2.0, alpha: float = 0.9,
                beta_min: float = 1e-4, beta_max: float = 1e4, error_clip: float = 1.0, scale: float | None = None,
                sense: str = "ce", ki_down: float | None = None, target_start: float | None = None,
-               anneal_steps: int = 0, ki_up_scale=None,
-               guard_tau: float | None = None) -> optax.GradientTransformationExtraArgs:
+               anneal_steps: int = 0, ki_up_scale=None, guard_tau: float | None = None,
+               hold_from: int | None = None) -> optax.GradientTransformationExtraArgs:
     """PI controller on ``log beta`` for ``CE <= tau`` (or ``density <= tau`` with ``sense="density"``).
 
     With ``C_t`` the EMA (decay ``alpha``) of the constrained quantity and the scaled satisfaction
@@ -70,6 +70,11 @@ def pi_control(tau: float, *, beta_init: float = 1e-2, ki: float = 0.02, kp: flo
     guard_tau))``: beta grows only while the density is above its target *and* the CE is under ``guard_tau``, and
     falls as soon as either says so (a target that merely waited would leave the density's integral winding up
     while the CE is over). Without a guard ``p`` is the update count.
+
+    ``hold_from`` (a multiplier that stops rising at the end of a schedule): from this update count on, neither the
+    integral nor beta may exceed their values of the previous update (``I_t <= I_{t-1}``, ``beta_t <= beta_{t-1}``):
+    beta still falls at once when the constrained quantity goes over its target, but never grows again, so nothing
+    pushes more edges over the threshold while the learning rate decays (docs/controllers.md, fourteenth round).
     """
     check_positive(ki=ki, error_clip=error_clip, scale=tau if scale is None else scale)
     if ki_down is not None:
@@ -80,6 +85,8 @@ def pi_control(tau: float, *, beta_init: float = 1e-2, ki: float = 0.02, kp: flo
     sign = 1.0 if sense == "ce" else -1.0
     lo, hi = float(np.log(beta_min)), float(np.log(beta_max))
     target = target_schedule(tau, target_start, anneal_steps)
+    if hold_from is not None and hold_from < 0:
+        raise ValueError(f"hold_from must be an update count >= 0, got {hold_from}")
     if guard_tau is not None and (sense != "density" or not anneal_steps):
         raise ValueError("a guarded curriculum (guard_tau) needs sense='density' and an annealed target "
                          f"(anneal_steps > 0), got sense={sense!r}, anneal_steps={anneal_steps}")
@@ -112,6 +119,10 @@ def pi_control(tau: float, *, beta_init: float = 1e-2, ki: float = 0.02, kp: flo
             rate = jnp.where(e > 0, rate * jnp.clip(ki_up_scale(state.count), 0.0, 1.0), rate)
         integral = jnp.clip(state.integral + rate * e, lo, hi)
         beta = jnp.exp(jnp.clip(integral + kp * e, lo, hi))
+        if hold_from is not None:  # only down from here: neither part of log beta rises above its last value
+            held = (state.count >= hold_from) & (state.count > 0)
+            integral = jnp.where(held, jnp.minimum(integral, state.integral), integral)
+            beta = jnp.where(held, jnp.minimum(beta, state.beta), beta)
         return updates, PIState(beta, integral, ema, tau_t, state.count + 1, progress, guard_ema)
 
     return optax.GradientTransformationExtraArgs(init, update)
@@ -131,6 +142,8 @@ class PIOptions:
                                       "null: pi_ki)")
     pi_ki_follow_lr: bool = option(False, doc="scale the integral gain while beta grows by lr / peak lr "
                                    "(anti-windup as the lr decays; docs/controllers.md)", exclusive=True)
+    pi_hold_from: float | None = option(None, SHARE_OR_NULL, "share of train.steps after which beta only falls "
+                                        "(never rises again; null: never held)", exclusive=True)
     error_clip: float = option(1.0, POSITIVE, "clip of the scaled error")
     error_scale: str = option("tau", (lambda v: v in ERROR_SCALES, " or ".join(ERROR_SCALES)),
                               "the error's unit: tau (relative error) or slack (units of the slack)")
@@ -153,7 +166,8 @@ class PI(Controller):
         return pi_control(setup.tau, beta_init=o.beta_init, ki=o.pi_ki, kp=o.pi_kp, alpha=o.alpha,
                           beta_min=o.beta_min, error_clip=o.error_clip, scale=scale, sense=setup.sense,
                           ki_down=o.pi_ki_down, target_start=setup.target_start, anneal_steps=setup.anneal_steps,
-                          ki_up_scale=setup.lr_over_peak if o.pi_ki_follow_lr else None, guard_tau=setup.guard_tau)
+                          ki_up_scale=setup.lr_over_peak if o.pi_ki_follow_lr else None, guard_tau=setup.guard_tau,
+                          hold_from=None if o.pi_hold_from is None else round(o.pi_hold_from * setup.updates))
 
     def metrics(self, state: PIState) -> dict:
         return {"beta": state.beta, EMA: state.ema, TARGET: state.tau, "violation": state.ema - state.tau,

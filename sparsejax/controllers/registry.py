@@ -62,6 +62,7 @@ class Setup:
     target_start: float | None = None      # where an annealed target starts (anneal_from or the measured density)
     guard_tau: float | None = None         # a guarded curriculum's CE target (None: no guard)
     lr_over_peak: Callable | None = None   # update count -> the learning rate over its peak
+    updates: int = 0                       # the multiplier updates of the whole run (train.steps x grad_accum)
 
 
 class Controller(abc.ABC):

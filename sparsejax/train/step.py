@@ -70,7 +70,8 @@ def make_multiplier(cfg: RunConfig, tau: float | None, target_start: float | Non
     lr = lr_schedule(t.lr, t.warmup, t.steps, t.schedule, t.lr_final)
     setup = controllers.Setup(tau=tau, sense=c.sense, slack=c.slack, anneal_steps=c.anneal_steps,
                               target_start=target_start, guard_tau=guard_tau if c.guard else None,
-                              lr_over_peak=lambda count: lr(count // t.grad_accum) / t.lr)
+                              lr_over_peak=lambda count: lr(count // t.grad_accum) / t.lr,
+                              updates=t.steps * t.grad_accum)
     return controller.transform(controller.options(c), setup)
 
 
