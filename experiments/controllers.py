@@ -89,6 +89,12 @@ CANDIDATES = {
     # 0.6; constraint.pi_hold_from): late crossings of tau came at noise 0.1 and 0, pushed by a still-growing beta
     "noise_mid_4k_smooth_hold70": [*NOISE_MID, "train.steps=4000", "constraint.alpha=0.98", "constraint.pi_kp=0.5",
                                    "constraint.pi_hold_from=0.7"],
+    # issue J, fourteenth round: the noise falls to a floor (gate.noise_floor) instead of 0 and stays there: at
+    # scale 0 the held-out CE moved by the slack at a flat density with beta at its floor (edges at the threshold
+    # flip); a small noise keeps a margin around the threshold to the end
+    "noise_mid_4k_smooth_floor20": [*NOISE_MID, "train.steps=4000", "constraint.alpha=0.98", "constraint.pi_kp=0.5",
+                                    "gate.noise_floor=0.2"],
+    "noise_mid_floor20": [*NOISE_MID, "gate.noise_floor=0.2"],
     "noise_mid_4k_smooth_hold60": [*NOISE_MID, "train.steps=4000", "constraint.alpha=0.98", "constraint.pi_kp=0.5",
                                    "constraint.pi_hold_from=0.6"],
     "noise_mid_4k_smooth_batch": [*NOISE_MID, "train.steps=4000", "constraint.alpha=0.98", "constraint.pi_kp=0.5",

@@ -88,6 +88,9 @@ class GateSection:
     #                                 linearly from 1 to 0, ending noise_zero of the run before its end (sampled
     #                                 and deterministic gates meet; 0: the method's full noise all run)
     noise_zero: float = 0.0         # noise annealing: the last share of train.steps trains at noise scale 0
+    #                                 (at gate.noise_floor when set)
+    noise_floor: float = 0.0        # noise annealing: the scale falls from 1 to this floor instead of 0 and stays
+    #                                 there (a margin around the gate threshold survives to the end)
     noise_recover: bool = False     # noise annealing, CE mode: the scale is at least the multiplier's violation over
     #                                 the slack (clipped to [0, 1]), so a run over tau gets the noise back
 
@@ -329,6 +332,7 @@ _RULES = (
     ("gate.temperature", lambda v: math.isfinite(v) and v > 0, "a number > 0"),
     ("gate.noise_anneal", lambda v: 0 <= v <= 1, "a share of train.steps in [0, 1] (0: the full noise all run)"),
     ("gate.noise_zero", lambda v: 0 <= v <= 1, "a share of train.steps in [0, 1]"),
+    ("gate.noise_floor", lambda v: 0 <= v < 1, "a noise scale in [0, 1)"),
     ("constraint.method", lambda v: v in _controllers.CONTROLLERS,
      lambda v: f"a registered controller: {_or(_controllers.names())}{_controllers.did_you_mean(v)}"),
     ("constraint.sense", lambda v: v in _controllers.SENSES, " or ".join(_controllers.SENSES)),
@@ -419,6 +423,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     if g.noise_anneal + g.noise_zero > 1:
         problems.append(f"gate.noise_anneal={g.noise_anneal} + gate.noise_zero={g.noise_zero} is more than the whole "
                         "run: the two shares of train.steps must sum to at most 1")
+    if g.noise_floor and not g.noise_anneal:
+        problems.append(f"gate.noise_floor={g.noise_floor} needs gate.noise_anneal > 0 (the steps over which the "
+                        "noise falls to it)")
     if g.noise_zero and not g.noise_anneal:
         problems.append(f"gate.noise_zero={g.noise_zero} needs gate.noise_anneal > 0 (the steps over which the noise "
                         "falls to 0 first)")

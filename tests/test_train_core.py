@@ -182,6 +182,8 @@ def test_density_target_mode_on_the_toy(tmp_path):
     ("gate.noise_anneal=1.5", "gate.noise_anneal=1.5 must be a share of train.steps"),
     ("gate.noise_anneal=0.6 gate.noise_zero=0.5", "is more than the whole run"),
     ("gate.noise_anneal=0 gate.noise_zero=0.2", "gate.noise_zero=0.2 needs gate.noise_anneal > 0"),
+    ("gate.noise_anneal=0 gate.noise_zero=0 gate.noise_floor=0.2", "gate.noise_floor=0.2 needs gate.noise_anneal > 0"),
+    ("gate.noise_floor=1", "gate.noise_floor=1.0 must be a noise scale"),
     ("gate.noise_anneal=0.5 train.attention=pallas", "set train.attention=chunked"),
     ("gate.noise_recover=true gate.noise_anneal=0", "gate.noise_recover=true raises an annealed noise"),
     ("gate.noise_recover=true constraint.method=penalty constraint.pi_ki_follow_lr=false",
@@ -415,6 +417,8 @@ def test_noise_annealing_trains_the_deterministic_gates_at_the_end(tmp_path):
 
     np.testing.assert_allclose([float(st.noise_scale((6, 4), s)) for s in range(10)],
                                [1, 1, 1, 1, 1, 1, 0.75, 0.5, 0.25, 0.0])
+    np.testing.assert_allclose([float(st.noise_scale((6, 4), s, 0.2)) for s in range(5, 11)],  # gate.noise_floor
+                               [1, 0.8, 0.6, 0.4, 0.2, 0.2], rtol=1e-6)
     cfg = load_config("toy_addition_posttrain", TINY + ["constraint.method=pi", "gate.bias=0.5", "train.steps=5",
                                                         "gate.noise_anneal=0.4", "gate.noise_zero=0.2"])
     run = Trainer(cfg, tmp_path / "run", progress=False)

@@ -37,6 +37,7 @@ class StepSpec:
     attention: str = "auto"           # sparse_attention implementation (auto | chunked | pallas | reference)
     noise_anneal: tuple[int, int] | None = None  # (first step, steps): the gate noise's scale 1 -> 0 (noise_steps)
     noise_recover: float | None = None  # the slack: the scale is at least the multiplier's violation over it
+    noise_floor: float = 0.0          # the scale the annealing ends at (gate.noise_floor)
     rules: tuple = sharding.DEFAULT_RULES  # logical axis -> mesh axes, for parameters and activations
 
 
@@ -71,7 +72,7 @@ def step_noise(spec: StepSpec, step, violation=None):
     ``spec.noise_recover`` at least the multiplier's ``violation`` over the slack); ``None`` without annealing."""
     if spec.noise_anneal is None:
         return None
-    scale = noise_scale(spec.noise_anneal, step)
+    scale = noise_scale(spec.noise_anneal, step, spec.noise_floor)
     if spec.noise_recover is not None and violation is not None:
         scale = recovered_noise(scale, violation, spec.noise_recover)
     return scale
@@ -92,13 +93,13 @@ def noise_steps(cfg: RunConfig) -> tuple[int, int]:
     return n - zero - length, length
 
 
-def noise_scale(anneal: tuple[int, int], step):
+def noise_scale(anneal: tuple[int, int], step, floor: float = 0.0):
     """The gate noise's scale at training ``step`` (0-based, traced): 1 until ``anneal = (first, length)``'s first
-    step, then linearly down to 0 at step ``first + length - 1`` and 0 after it (``gate.noise_zero`` steps): those
-    updates train the deterministic gates."""
+    step, then linearly down to ``floor`` at step ``first + length - 1`` and ``floor`` after it (``gate.noise_zero``
+    steps): at ``floor`` 0 those updates train the deterministic gates."""
     first, length = anneal
     done = (jnp.asarray(step, jnp.float32) - first + 1.0) / float(length)
-    return jnp.clip(1.0 - done, 0.0, 1.0)
+    return floor + (1.0 - floor) * jnp.clip(1.0 - done, 0.0, 1.0)
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -163,7 +164,7 @@ def step_spec(cfg: RunConfig, model: Model) -> StepSpec:
                 attention=cfg.train.attention,
                     noise_anneal=noise_steps(cfg) if g.enabled and g.noise_anneal else None,
                     noise_recover=cfg.constraint.slack if g.enabled and g.noise_recover else None,
-                    rules=sharding.parse_rules(cfg.mesh.rules))
+                    noise_floor=g.noise_floor, rules=sharding.parse_rules(cfg.mesh.rules))
 
 
 def split_params(cfg: RunConfig, spec: StepSpec, model: Model) -> tuple[dict, dict]:
