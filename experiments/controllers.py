@@ -95,6 +95,11 @@ CANDIDATES = {
     "noise_mid_4k_smooth_floor20": [*NOISE_MID, "train.steps=4000", "constraint.alpha=0.98", "constraint.pi_kp=0.5",
                                     "gate.noise_floor=0.2"],
     "noise_mid_floor20": [*NOISE_MID, "gate.noise_floor=0.2"],
+    # issue J, fourteenth round: model/ is the sparsest evaluated model meeting CE <= tau on training batches
+    # (train.final=feasible; held-out data never decides): a late break no longer becomes the run's output
+    "noise_mid_4k_smooth_feasible": [*NOISE_MID, "train.steps=4000", "constraint.alpha=0.98", "constraint.pi_kp=0.5",
+                                     "train.final=feasible"],
+    "noise_mid_feasible": [*NOISE_MID, "train.final=feasible"],
     "noise_mid_4k_smooth_hold60": [*NOISE_MID, "train.steps=4000", "constraint.alpha=0.98", "constraint.pi_kp=0.5",
                                    "constraint.pi_hold_from=0.6"],
     "noise_mid_4k_smooth_batch": [*NOISE_MID, "train.steps=4000", "constraint.alpha=0.98", "constraint.pi_kp=0.5",
@@ -121,15 +126,22 @@ def summarise(run_dir: Path, tau: float, slack: float | None = None) -> dict:
     when it is measured on training batches (``constraint.tau_data=train``, the Shakespeare preset)."""
     from sparsejax.train import RunDir
 
-    evals = RunDir(run_dir).records("eval")  # the start, the periodic and the final evaluations, in file order
+    run = RunDir(run_dir)
+    evals = run.records("eval")  # the start, the periodic and the final evaluations, in file order
     if slack is not None and "dense_eval_ce" in evals[0]:
         tau = evals[0]["dense_eval_ce"] + slack
     final = evals[-1]
+    chosen = run.feasible_record()  # train.final=feasible: model/ is that step's model, the run's output
+    extra = {}
+    if chosen is not None:
+        extra = {"selected_step": chosen["step"], "last_density": final["edge_density"],
+                 "last_ce_minus_tau": final["eval_ce"] - tau}
+        final = [r for r in evals if r["step"] == chosen["step"]][-1]
     first = lambda th: next((r["step"] for r in evals if r["edge_density"] <= th), None)
     return {"tau": tau, "final_density": final["edge_density"], "final_ce_minus_tau": final["eval_ce"] - tau,
             # the worst excursion counts evaluations after the gated starting point (step 0)
             "worst_excursion": max(r["eval_ce"] - tau for r in evals if r["step"] > 0), "steps_to_5pct": first(0.05),
-            "steps_to_1pct": first(0.01), "final_density_per_layer": final["edge_density_per_layer"],
+            "steps_to_1pct": first(0.01), "final_density_per_layer": final["edge_density_per_layer"], **extra,
             "curve": [(r["step"], r["eval_ce"], r["edge_density"]) for r in evals]}
 
 

@@ -32,11 +32,28 @@ def _train(args) -> int:
         raise SystemExit("posttrain needs gate.enabled=true (use `sparsejax pretrain` for dense training)")
     result = Trainer(cfg, args.run_dir, progress=not args.no_progress).fit()
     print(json.dumps(summary(result), indent=1))
-    if args.command == "posttrain":
+    if args.command == "posttrain" and cfg.train.final == "feasible":
+        print(chosen_model(result, args.run_dir), file=sys.stderr)
+    elif args.command == "posttrain":
         notice = missed_target(result, cfg.constraint.sense, args.run_dir)
         if notice:
             print(notice, file=sys.stderr)
     return 0
+
+
+def chosen_model(result: dict | None, run_dir) -> str:
+    """``train.final=feasible``: which evaluated model ``model/`` is, with its training-batch and held-out numbers
+    (the summary printed above is the last step's), or that none met the constraint and ``model/`` is the last."""
+    from sparsejax.train import RunDir
+
+    run = RunDir(run_dir)
+    rec = run.feasible_record()
+    if rec is None:
+        return (f"note: no evaluated model met the constraint on the training batches; {run.model} is the last "
+                "step's model (train.final=feasible)")
+    return (f"note: {run.model} is step {rec['step']}'s model (train.final=feasible: the sparsest evaluated model "
+            f"meeting the constraint on training batches, CE {rec['train_eval_ce']:.4f} against {rec['tau']:.4g}): "
+            f"held-out CE {rec['eval_ce']:.4f}, edge density {rec['edge_density']:.4%}")
 
 
 def missed_target(result: dict | None, sense: str, run_dir) -> str | None:

@@ -154,6 +154,9 @@ class TrainSection:
     #                                 sharded files of at most this many MiB, written shard by shard (large models)
     attention: str = "auto"         # attention implementation: auto (pallas kernel on GPU/TPU, chunked on CPU),
     #                                 chunked, pallas, reference
+    final: str = "last"             # model/: the "last" step's model, or "feasible": the sparsest evaluated model
+    #                                 meeting the constraint on training batches (held-out data never decides;
+    #                                 feasible_model/, feasible.json; docs/controllers.md, fourteenth round)
 
 
 @dataclasses.dataclass
@@ -347,6 +350,7 @@ _RULES = (
     ("constraint.measure_every", lambda v: v >= 1, "an integer >= 1"),
     ("constraint.anneal_from", lambda v: v is None or (math.isfinite(v) and v > 0), "a number > 0 or null"),
     ("train.steps", lambda v: v >= 0, "an integer >= 0"),
+    ("train.final", lambda v: v in ("last", "feasible"), "last or feasible"),
     ("train.lr", lambda v: math.isfinite(v) and v > 0, "a number > 0"),
     ("train.warmup", lambda v: v >= 0, "an integer >= 0"),
     ("train.schedule", *_one_of(_listed(".train.step", "SCHEDULES"))),
@@ -434,6 +438,11 @@ def validate(cfg: RunConfig) -> RunConfig:
         problems.append("gate.noise_recover=true raises an annealed noise while the CE is over tau: it needs "
                         "gate.noise_anneal > 0, constraint.sense=ce, constraint.slack > 0 and a controller with a "
                         f"target (constraint.method={_or(_controllers.supporting('ce'))})")
+    if cfg.train.final == "feasible" and not (g.enabled and ctrl is not None and ctrl.constrains
+                                               and cfg.train.eval_every > 0):
+        problems.append("train.final=feasible picks the sparsest evaluated model meeting the constraint: it needs a "
+                        "gated run with a target (constraint.method="
+                        f"{_or(_controllers.supporting('ce'))}) and train.eval_every > 0")
     if g.noise_anneal and cfg.train.attention == "pallas":
         problems.append("gate.noise_anneal scales the gate noise, which the fused kernel does not: set "
                         "train.attention=chunked (or auto, which picks it) or gate.noise_anneal=0")

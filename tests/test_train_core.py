@@ -496,3 +496,45 @@ def test_posttrain_says_when_the_final_model_misses_its_target(tmp_path, capsys,
               "tau": float(target[1].split("=")[1])}
     notice = cli.missed_target(result, sense, tmp_path / "meet")
     assert "best_model" in notice and f"step {best.step}" in notice
+
+
+def test_final_feasible_exports_the_sparsest_model_meeting_the_constraint_on_training_batches(tmp_path, capsys):
+    """train.final=feasible: model/ is the evaluated model with the lowest edge density among those whose CE on the
+    training batches (data.eval_batches of them) is <= tau, recomputed here from an independent hook that evaluates
+    every evaluation's model on those batches and from the exported files themselves; held-out numbers are those of
+    that step; with no feasible evaluation model/ is the last step's model. Refused without a target or evaluations."""
+    from sparsejax import cli
+    from sparsejax.data import addition
+    from sparsejax.train import RunDir, Trainer
+    from sparsejax.data import batch_at
+    from sparsejax.seeds import EVAL_ORDER
+
+    common = [*TINY, "model.checkpoint=null", "train.steps=6", "train.eval_every=2", "train.final=feasible",
+              "gate.bias=0.5", "constraint.method=pi"]
+    seen = {}
+    cfg = load_config("toy_addition_posttrain", [*common, "constraint.tau=100.0"])
+    run = Trainer(cfg, tmp_path / "all", progress=False)
+    run.add_hook(lambda info: seen.setdefault(info.step, run.evaluate(src=run.train_src)), 2, last=True,
+                 before="select")
+    run.fit()
+    rec = RunDir(tmp_path / "all").feasible_record()
+    want = min(seen, key=lambda s: (seen[s]["edge_density"], s))  # every one feasible: the sparsest (first on ties)
+    assert rec["step"] == want and rec["tau"] == 100.0
+    np.testing.assert_allclose(rec["train_edge_density"], seen[want]["edge_density"])
+    held_out = {r.step: r for r in RunDir(tmp_path / "all").records("eval")}
+    np.testing.assert_allclose(rec["eval_ce"], held_out[want].eval_ce)
+    m = sj.from_pretrained(tmp_path / "all" / "model")  # the exported model/ is that model: its CE on the batches
+    f = jax.jit(lambda t: sj.forward(m.config, m.params, t, m.gate, mode="eval")[0])
+    ces = [float(sj.objective.cross_entropy(f(b["tokens"][:, :-1]), b["tokens"][:, 1:], b["mask"]))
+           for b in (batch_at(addition.source("train"), i, cfg.data.batch_size, seed=EVAL_ORDER)
+                     for i in range(cfg.data.eval_batches))]
+    np.testing.assert_allclose(np.mean(ces), rec["train_eval_ce"], rtol=1e-5)
+    for name in ("model.safetensors", "sparsejax_gate.json"):
+        assert (tmp_path / "all" / "model" / name).read_bytes() == (tmp_path / "all" / "feasible_model" / name).read_bytes()
+
+    assert cli.main(["posttrain", "toy_addition_posttrain", str(tmp_path / "none"), *common, "constraint.tau=1e-6",
+                     "--no-progress"]) == 0
+    assert "no evaluated model met the constraint on the training batches" in capsys.readouterr().err
+    assert RunDir(tmp_path / "none").feasible_record() is None and (tmp_path / "none" / "model").exists()
+    with pytest.raises(ValueError, match="train.final=feasible picks"):
+        load_config("toy_addition_posttrain", ["train.final=feasible", "train.eval_every=0"])

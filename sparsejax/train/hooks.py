@@ -7,7 +7,7 @@ first step, ``on_step(info)`` on its steps, ``on_end(info)`` once per ``fit`` af
 no step left to run). Hooks run in order, every process of a multi-process run runs them all (collectives inside
 evaluation, checkpointing and export need every process).
 
-The loop's own work is five hooks, registered in this order by :func:`default_hooks` (the order the loop did it
+The loop's own work is five hooks (six with ``train.final=feasible``), registered in this order by :func:`default_hooks` (the order the loop did it
 in before it had hooks, so the files are the same; the one change of timing: at the end the final record is logged
 before ``best`` looks at the final evaluation, where it was logged just after):
 
@@ -16,6 +16,7 @@ before ``best`` looks at the final evaluation, where it was logged just after):
 | ``log`` | ``train.log_every`` + last | the training record (:class:`~sparsejax.train.records.TrainRecord`) |
 | ``evaluate`` | ``train.eval_every`` | an evaluation record (not at the last step) / the start record, the final one |
 | ``best`` | 1 (acts on evaluations) | ``best_model/``, ``best.json`` if sparsest with ``CE <= tau`` (density mode: lowest CE under the target) / the same, final |
+| ``select`` | 1 (acts on evaluations; only with ``train.final=feasible``) | ``feasible_model/``, ``feasible.json`` if sparsest meeting the constraint on training batches / the same, final |
 | ``checkpoint`` | ``train.checkpoint_every`` | an orbax checkpoint / one of the last step if there is none |
 | ``export`` | 0 | / ``model/`` |
 
@@ -25,6 +26,8 @@ takes one out, ``trainer.hooks["evaluate"].every = 50`` changes a cadence.
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -32,6 +35,7 @@ import jax
 import numpy as np
 
 from .. import controllers
+from ..files import atomic_directory, atomic_write_text
 from . import checkpointing
 from .records import EvalRecord, FinalRecord, Record, StartRecord, TrainRecord
 
@@ -251,6 +255,48 @@ class KeepBest(Callback):
     on_end = on_step
 
 
+class SelectFeasible(Callback):
+    """``select`` (``train.final=feasible``): at each evaluation (and the final one) the model's CE and edge density
+    on ``data.eval_batches`` training batches (one fixed draw); the sparsest model meeting the constraint there — CE
+    <= the dense model's CE on the same batches + ``constraint.slack`` (or ``constraint.tau`` when given); density
+    mode: the lowest CE at a density <= the target — is kept as ``feasible_model/`` with ``feasible.json`` (its
+    training-batch numbers and its held-out evaluation), and the ``export`` hook makes it ``model/``. Held-out data
+    never decides, so the held-out numbers of the chosen model are a fair measurement of the run's output."""
+
+    def on_start(self, info):
+        run = info.trainer
+        c = run.cfg.constraint
+        if c.sense == "density" or c.tau is not None:
+            self.tau = float(run.tau)
+        else:  # the dense model measured on the batches the choice is made on
+            self.tau = run.evaluate(dense=True, src=run.train_src)["eval_ce"] + c.slack
+
+    def on_step(self, info):
+        if info.evaluation is None:
+            return
+        run = info.trainer
+        sense = run.cfg.constraint.sense
+        train = run.evaluate(src=run.train_src)
+        rec = {"eval_ce": train["eval_ce"], "edge_density": train["edge_density"]}
+        if checkpointing.overshoot(rec, self.tau, sense) > 0:
+            return
+        best = run.dir.feasible_record()
+        key = "edge_density" if sense == "ce" else "eval_ce"  # sparser, or (density mode) a lower CE
+        if best is not None and not rec[key] < best[f"train_{key}"]:
+            return
+        run.export(run.dir.feasible_model)
+        from ..distributed import is_main
+
+        if is_main():
+            ev = info.evaluation
+            atomic_write_text(run.dir.feasible, json.dumps(
+                {"step": ev["step"], "tau": self.tau, "train_eval_ce": rec["eval_ce"],
+                 "train_edge_density": rec["edge_density"], "eval_ce": ev["eval_ce"],
+                 "edge_density": ev["edge_density"]}))
+
+    on_end = on_step
+
+
 class Checkpoint(Callback):
     """``checkpoint``: an orbax checkpoint of the train state; at the end, one of the last step if not saved."""
 
@@ -264,10 +310,19 @@ class Checkpoint(Callback):
 
 
 class Export(Callback):
-    """``export``: the final model as a Hugging Face directory, ``model/``."""
+    """``export``: the final model as a Hugging Face directory, ``model/`` (``train.final=feasible``: a copy of
+    ``feasible_model/``, or the last model when no evaluation met the constraint on the training batches)."""
 
     def on_end(self, info):
-        info.trainer.export(info.trainer.dir.model)
+        run = info.trainer
+        if run.cfg.train.final == "feasible" and run.dir.feasible_model.exists():
+            from ..distributed import is_main
+
+            if is_main():
+                atomic_directory(run.dir.model, lambda tmp: shutil.copytree(run.dir.feasible_model, tmp,
+                                                                             dirs_exist_ok=True))
+            return
+        run.export(run.dir.model)
 
 
 def default_hooks(cfg) -> Hooks:
@@ -276,5 +331,6 @@ def default_hooks(cfg) -> Hooks:
     return Hooks([Hook("log", LogTraining(), t.log_every, last=True),
                   Hook("evaluate", Evaluate(), t.eval_every),
                   Hook("best", KeepBest(), 1),
+                  *([Hook("select", SelectFeasible(), 1)] if t.final == "feasible" else []),
                   Hook("checkpoint", Checkpoint(), t.checkpoint_every),
                   Hook("export", Export(), 0)])

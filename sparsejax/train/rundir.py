@@ -8,6 +8,8 @@
       model/             the exported Hugging Face directory (+ sparsejax_gate.json, tokenizer.json)
       best_model/        the sparsest evaluated model meeting CE <= tau (density-target mode: the lowest CE at
                          density <= the target), and best.json its evaluation
+      feasible_model/    train.final=feasible: the same choice measured on training batches (feasible.json: its
+                         training-batch and held-out numbers); copied to model/ at the end
       tokenizer.json     text runs: the tokenizer (trained on the corpus, or the checkpoint's)
       tfds/              data.backend=tfds: the prepared array_record data
       report.html, dynamics.png, report_*.png, report_attention_viewer.html   what ``sparsejax report`` writes
@@ -39,6 +41,8 @@ class RunDir:
     MODEL = "model"
     BEST_MODEL = "best_model"
     BEST = "best.json"
+    FEASIBLE_MODEL = "feasible_model"
+    FEASIBLE = "feasible.json"
     TOKENIZER = TOKENIZER_FILE  # "tokenizer.json", the name an exported model/ carries it under too
     TFDS = "tfds"
     # what the report writes into a run folder (or the folder it is given)
@@ -84,6 +88,9 @@ class RunDir:
     model = property(lambda self: self.path / self.MODEL, doc="``model/``: the exported model")
     best_model = property(lambda self: self.path / self.BEST_MODEL, doc="``best_model/``: the best feasible model")
     best = property(lambda self: self.path / self.BEST, doc="``best.json``: the best feasible model's evaluation")
+    feasible_model = property(lambda self: self.path / self.FEASIBLE_MODEL,
+                              doc="``feasible_model/``: the best model feasible on training batches (train.final)")
+    feasible = property(lambda self: self.path / self.FEASIBLE, doc="``feasible.json``: its numbers")
     tokenizer = property(lambda self: self.path / self.TOKENIZER, doc="``tokenizer.json``")
     tfds = property(lambda self: self.path / self.TFDS, doc="``tfds/``: prepared TFDS data")
     report = property(lambda self: self.path / self.REPORT, doc="``report.html``")
@@ -129,6 +136,11 @@ class RunDir:
         if not self.best.exists():
             return None
         return EvalRecord.from_dict(json.loads(self.best.read_text()))
+
+    def feasible_record(self) -> dict | None:
+        """``feasible.json`` (``train.final=feasible``): the step, ``train_eval_ce`` / ``train_edge_density`` (the
+        training batches that chose it) and its held-out ``eval_ce`` / ``edge_density``; ``None`` until there is one."""
+        return json.loads(self.feasible.read_text()) if self.feasible.exists() else None
 
     def config_text(self) -> str | None:
         """``config.yaml`` as written (``None`` when absent)."""
