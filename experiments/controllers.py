@@ -95,7 +95,7 @@ CANDIDATES = {
     "noise_mid_4k_smooth_floor20": [*NOISE_MID, "train.steps=4000", "constraint.alpha=0.98", "constraint.pi_kp=0.5",
                                     "gate.noise_floor=0.2"],
     "noise_mid_floor20": [*NOISE_MID, "gate.noise_floor=0.2"],
-    # issue J, fourteenth round: model/ is the sparsest evaluated model meeting CE <= tau on training batches
+    # issue J, fourteenth round: model/ is the last evaluated model meeting CE <= tau on training batches
     # (train.final=feasible; held-out data never decides): a late break no longer becomes the run's output
     "noise_mid_4k_smooth_feasible": [*NOISE_MID, "train.steps=4000", "constraint.alpha=0.98", "constraint.pi_kp=0.5",
                                      "train.final=feasible"],

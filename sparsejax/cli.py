@@ -51,7 +51,7 @@ def chosen_model(result: dict | None, run_dir) -> str:
     if rec is None:
         return (f"note: no evaluated model met the constraint on the training batches; {run.model} is the last "
                 "step's model (train.final=feasible)")
-    return (f"note: {run.model} is step {rec['step']}'s model (train.final=feasible: the sparsest evaluated model "
+    return (f"note: {run.model} is step {rec['step']}'s model (train.final=feasible: the last evaluated model "
             f"meeting the constraint on training batches, CE {rec['train_eval_ce']:.4f} against {rec['tau']:.4g}): "
             f"held-out CE {rec['eval_ce']:.4f}, edge density {rec['edge_density']:.4%}")
 

@@ -154,9 +154,9 @@ class TrainSection:
     #                                 sharded files of at most this many MiB, written shard by shard (large models)
     attention: str = "auto"         # attention implementation: auto (pallas kernel on GPU/TPU, chunked on CPU),
     #                                 chunked, pallas, reference
-    final: str = "last"             # model/: the "last" step's model, or "feasible": the sparsest evaluated model
-    #                                 meeting the constraint on training batches (held-out data never decides;
-    #                                 feasible_model/, feasible.json; docs/controllers.md, fourteenth round)
+    final: str = "last"             # model/: the "last" step's model, or "feasible": the last evaluated model that
+    #                                 met the constraint on training batches (the final one unless a late step broke
+    #                                 it; held-out data never decides; feasible_model/, feasible.json)
 
 
 @dataclasses.dataclass
@@ -440,7 +440,7 @@ def validate(cfg: RunConfig) -> RunConfig:
                         f"target (constraint.method={_or(_controllers.supporting('ce'))})")
     if cfg.train.final == "feasible" and not (g.enabled and ctrl is not None and ctrl.constrains
                                                and cfg.train.eval_every > 0):
-        problems.append("train.final=feasible picks the sparsest evaluated model meeting the constraint: it needs a "
+        problems.append("train.final=feasible picks the last evaluated model meeting the constraint: it needs a "
                         "gated run with a target (constraint.method="
                         f"{_or(_controllers.supporting('ce'))}) and train.eval_every > 0")
     if g.noise_anneal and cfg.train.attention == "pallas":

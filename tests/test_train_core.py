@@ -498,11 +498,50 @@ def test_posttrain_says_when_the_final_model_misses_its_target(tmp_path, capsys,
     assert "best_model" in notice and f"step {best.step}" in notice
 
 
-def test_final_feasible_exports_the_sparsest_model_meeting_the_constraint_on_training_batches(tmp_path, capsys):
-    """train.final=feasible: model/ is the evaluated model with the lowest edge density among those whose CE on the
-    training batches (data.eval_batches of them) is <= tau, recomputed here from an independent hook that evaluates
-    every evaluation's model on those batches and from the exported files themselves; held-out numbers are those of
-    that step; with no feasible evaluation model/ is the last step's model. Refused without a target or evaluations."""
+def test_final_feasible_keeps_the_last_model_meeting_the_constraint_on_training_batches(tmp_path):
+    """The select hook's rule on scripted evaluations (a stand-in trainer): the target is the dense CE on the
+    training batches + slack; each evaluation whose training-batch CE is within it replaces feasible_model/, one
+    over it (a late break) does not, so the last feasible one stays."""
+    import types
+
+    from sparsejax.train import RunDir
+    from sparsejax.train.hooks import SelectFeasible
+
+    train_ce = {100: 0.30, 200: 0.24, 300: 0.26, 400: 0.31}  # dense 0.2 + slack 0.1 = 0.3: step 400 breaks it
+    exported = []
+
+    class Stand:
+        cfg = load_config("toy_addition_posttrain", ["constraint.slack=0.1", "constraint.tau=null"])
+        dir = RunDir(tmp_path)
+        step = 0
+
+        def evaluate(self, dense=False, src=None):
+            assert src == "train-batches"
+            return {"eval_ce": 0.2 if dense else train_ce[self.step], "edge_density": 0.5 - self.step / 1000}
+
+        def export(self, path):
+            exported.append(self.step)
+            path.mkdir(exist_ok=True)
+
+    run = Stand()
+    run.train_src = "train-batches"
+    hook = SelectFeasible()
+    hook.on_start(types.SimpleNamespace(trainer=run))
+    for step in train_ce:
+        run.step = step
+        hook.on_step(types.SimpleNamespace(trainer=run, evaluation={"step": step, "eval_ce": 9.0,
+                                                                     "edge_density": 0.1}))
+    assert exported == [100, 200, 300]
+    rec = RunDir(tmp_path).feasible_record()
+    assert rec["step"] == 300 and rec["train_eval_ce"] == 0.26 and rec["eval_ce"] == 9.0
+    np.testing.assert_allclose(rec["tau"], 0.3)
+
+
+def test_final_feasible_exports_the_model_meeting_the_constraint_on_training_batches(tmp_path, capsys):
+    """train.final=feasible in a run: with every evaluation feasible, model/ is the final model, and feasible.json's
+    training-batch numbers are those of an independent hook evaluating the model on those batches, and of the
+    exported files themselves; its held-out numbers those of that step's evaluation; with no feasible evaluation
+    model/ is the last step's model. Refused without a target or evaluations."""
     from sparsejax import cli
     from sparsejax.data import addition
     from sparsejax.train import RunDir, Trainer
@@ -518,8 +557,8 @@ def test_final_feasible_exports_the_sparsest_model_meeting_the_constraint_on_tra
                  before="select")
     run.fit()
     rec = RunDir(tmp_path / "all").feasible_record()
-    want = min(seen, key=lambda s: (seen[s]["edge_density"], s))  # every one feasible: the sparsest (first on ties)
-    assert rec["step"] == want and rec["tau"] == 100.0
+    want = max(seen)  # every evaluation feasible: the last one
+    assert want == 6 and rec["step"] == want and rec["tau"] == 100.0
     np.testing.assert_allclose(rec["train_edge_density"], seen[want]["edge_density"])
     held_out = {r.step: r for r in RunDir(tmp_path / "all").records("eval")}
     np.testing.assert_allclose(rec["eval_ce"], held_out[want].eval_ce)

@@ -8,8 +8,8 @@
       model/             the exported Hugging Face directory (+ sparsejax_gate.json, tokenizer.json)
       best_model/        the sparsest evaluated model meeting CE <= tau (density-target mode: the lowest CE at
                          density <= the target), and best.json its evaluation
-      feasible_model/    train.final=feasible: the same choice measured on training batches (feasible.json: its
-                         training-batch and held-out numbers); copied to model/ at the end
+      feasible_model/    train.final=feasible: the last evaluated model meeting the constraint on training batches
+                         (feasible.json: its training-batch and held-out numbers); copied to model/ at the end
       tokenizer.json     text runs: the tokenizer (trained on the corpus, or the checkpoint's)
       tfds/              data.backend=tfds: the prepared array_record data
       report.html, dynamics.png, report_*.png, report_attention_viewer.html   what ``sparsejax report`` writes
@@ -89,7 +89,7 @@ class RunDir:
     best_model = property(lambda self: self.path / self.BEST_MODEL, doc="``best_model/``: the best feasible model")
     best = property(lambda self: self.path / self.BEST, doc="``best.json``: the best feasible model's evaluation")
     feasible_model = property(lambda self: self.path / self.FEASIBLE_MODEL,
-                              doc="``feasible_model/``: the best model feasible on training batches (train.final)")
+                              doc="``feasible_model/``: the last model feasible on training batches (train.final)")
     feasible = property(lambda self: self.path / self.FEASIBLE, doc="``feasible.json``: its numbers")
     tokenizer = property(lambda self: self.path / self.TOKENIZER, doc="``tokenizer.json``")
     tfds = property(lambda self: self.path / self.TFDS, doc="``tfds/``: prepared TFDS data")
