@@ -125,3 +125,34 @@ def jax_leaves(tree):
     import numpy as np
 
     return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def test_toy_failures_counts_each_problem_once_and_splits_the_mean(tmp_path):
+    """experiments/toy_failures.py on a random gated toy model: the train / held-out mean answer losses weight back
+    to the CE of all 10,000 problems computed by the library's masked cross-entropy; a threshold of 0 counts every
+    problem, with 100 problems in each units-digit class; a huge one counts none."""
+    sys.path.insert(0, str(REPO / "experiments"))
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import toy_failures
+
+    import sparsejax as sj
+    from sparsejax.checkpoints import Model
+    from sparsejax.checkpoints.hf import save_pretrained
+    from sparsejax.config import load_config, model_config
+    from sparsejax.data import addition
+
+    config = model_config(load_config("toy_addition_posttrain").model)
+    model = Model(config, sj.init_params(config, jax.random.PRNGKey(0)),
+                  sj.make_gate(bias=1.0, kind="bernoulli", shape=(config.n_layers, config.n_heads)))
+    save_pretrained(model, tmp_path / "m")
+    f = toy_failures.failures(str(tmp_path / "m"), threshold=0.0)
+    tokens = addition.all_problems()
+    m = sj.from_pretrained(tmp_path / "m")
+    logits = sj.forward(m.config, m.params, jnp.asarray(tokens[:, :-1]), m.gate)[0]
+    ce = float(sj.objective.cross_entropy(logits, jnp.asarray(tokens[:, 1:]), jnp.asarray(addition.answer_mask(10000))))
+    np.testing.assert_allclose(0.9 * f["train_ce"] + 0.1 * f["validation_ce"], ce, rtol=1e-4)
+    assert f["failing"] == 10000 and all(n == 100 for _, n in f["classes"])
+    assert sum(n for _, n in f["digit"]) == 10000
+    assert toy_failures.failures(str(tmp_path / "m"), threshold=1e9)["failing"] == 0
