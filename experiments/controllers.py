@@ -85,8 +85,8 @@ CANDIDATES = {
     "noise_mid_4k_smooth_recover_lr25": [*NOISE_MID, "train.steps=4000", "constraint.alpha=0.98",
                                          "constraint.pi_kp=0.5", "gate.noise_recover=true", "train.lr_final=0.25"],
     "noise_mid_6k_smooth": [*NOISE_MID, "train.steps=6000", "constraint.alpha=0.98", "constraint.pi_kp=0.5"],
-    # issue J, fourteenth round: the multiplier stops rising from 70% / 60% of the schedule on (noise scale 0.2 /
-    # 0.6; constraint.pi_hold_from): late crossings of tau came at noise 0.1 and 0, pushed by a still-growing beta
+    # issue J, fourteenth round: the multiplier stops rising from 70% of the schedule on (noise scale 0.2;
+    # constraint.pi_hold_from): were late crossings of tau pushed by a still-growing beta? (measured: they were not)
     "noise_mid_4k_smooth_hold70": [*NOISE_MID, "train.steps=4000", "constraint.alpha=0.98", "constraint.pi_kp=0.5",
                                    "constraint.pi_hold_from=0.7"],
     # issue J, fourteenth round: the noise falls to a floor (gate.noise_floor) instead of 0 and stays there: at
@@ -94,14 +94,10 @@ CANDIDATES = {
     # flip); a small noise keeps a margin around the threshold to the end
     "noise_mid_4k_smooth_floor20": [*NOISE_MID, "train.steps=4000", "constraint.alpha=0.98", "constraint.pi_kp=0.5",
                                     "gate.noise_floor=0.2"],
-    "noise_mid_floor20": [*NOISE_MID, "gate.noise_floor=0.2"],
     # issue J, fourteenth round: model/ is the last evaluated model meeting CE <= tau on training batches
     # (train.final=feasible; held-out data never decides): a late break no longer becomes the run's output
     "noise_mid_4k_smooth_feasible": [*NOISE_MID, "train.steps=4000", "constraint.alpha=0.98", "constraint.pi_kp=0.5",
                                      "train.final=feasible"],
-    "noise_mid_feasible": [*NOISE_MID, "train.final=feasible"],
-    "noise_mid_4k_smooth_hold60": [*NOISE_MID, "train.steps=4000", "constraint.alpha=0.98", "constraint.pi_kp=0.5",
-                                   "constraint.pi_hold_from=0.6"],
     "noise_mid_4k_smooth_batch": [*NOISE_MID, "train.steps=4000", "constraint.alpha=0.98", "constraint.pi_kp=0.5",
                                   "constraint.tau_data=batch"],
     "pi_det_ki05_4k": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic", "constraint.pi_ki=0.05",

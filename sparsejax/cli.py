@@ -33,7 +33,7 @@ def _train(args) -> int:
     result = Trainer(cfg, args.run_dir, progress=not args.no_progress).fit()
     print(json.dumps(summary(result), indent=1))
     if args.command == "posttrain" and cfg.train.final == "feasible":
-        print(chosen_model(result, args.run_dir), file=sys.stderr)
+        print(chosen_model(args.run_dir), file=sys.stderr)
     elif args.command == "posttrain":
         notice = missed_target(result, cfg.constraint.sense, args.run_dir)
         if notice:
@@ -41,7 +41,7 @@ def _train(args) -> int:
     return 0
 
 
-def chosen_model(result: dict | None, run_dir) -> str:
+def chosen_model(run_dir) -> str:
     """``train.final=feasible``: which evaluated model ``model/`` is, with its training-batch and held-out numbers
     (the summary printed above is the last step's), or that none met the constraint and ``model/`` is the last."""
     from sparsejax.train import RunDir
