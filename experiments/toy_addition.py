@@ -100,8 +100,9 @@ def main(argv=None):
     print("== 2/3 sparse post-training (PI multiplier, CE <= tau)")
     post_over = [f"model.checkpoint={dense_run.model}"] + ([f"train.steps={post_steps}"] if post_steps else [])
     post_cfg = load_config("toy_addition_posttrain", post_over)
-    final = Trainer(post_cfg, sparse_run, progress=not args.no_progress).fit()
-    sparse = sj.from_pretrained(sparse_run.model)  # the final model is the result
+    last = Trainer(post_cfg, sparse_run, progress=not args.no_progress).fit()
+    sparse = sj.from_pretrained(sparse_run.model)  # the run's output (model/) is the result
+    final = {**sparse_run.model_record().to_dict(), "tau": last["tau"]}  # its held-out evaluation
 
     print("== 3/3 evaluation and figures")
     results = {"dense_exact_match_greedy": greedy_exact_match(dense, val),
@@ -111,6 +112,8 @@ def main(argv=None):
                "final_exact_match_greedy": greedy_exact_match(sparse, val),
                "final_exact_match_teacher_forced": exact_match(sparse, val),
                "edge_density": final["edge_density"], "edge_density_per_layer": final["edge_density_per_layer"],
+               "last_step": last["step"], "last_edge_density": last["edge_density"],
+               "last_ce_minus_tau": last["eval_ce"] - last["tau"],
                "pretrain_steps": pre_cfg.train.steps, "posttrain_steps": post_cfg.train.steps,
                "seeds": {"pretrain": pre_cfg.train.seed, "posttrain": post_cfg.train.seed}}
     results["goal_met"] = bool(results["edge_density"] <= 0.025 and results["final_exact_match_greedy"] >= 0.99)

@@ -26,7 +26,7 @@ def _train(args) -> int:
 
     overrides = list(args.overrides)
     if args.command == "pretrain":
-        overrides = ["gate.enabled=false", "constraint.method=none", *overrides]
+        overrides = ["gate.enabled=false", "constraint.method=none", "train.final=last", *overrides]
     cfg = load_config(args.config, overrides)
     if args.command == "posttrain" and not cfg.gate.enabled:
         raise SystemExit("posttrain needs gate.enabled=true (use `sparsejax pretrain` for dense training)")

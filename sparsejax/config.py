@@ -157,6 +157,12 @@ class TrainSection:
     final: str = "last"             # model/: the "last" step's model, or "feasible": the last evaluated model that
     #                                 met the constraint on training batches (the final one unless a late step broke
     #                                 it; held-out data never decides; feasible_model/, feasible.json)
+    feasible_tail: float | None = None  # with train.final=feasible (ignored with last): also the mean CE of this share of the training-batch
+    #                                 sequences with the highest CE (their tail) must stay within the dense model's
+    #                                 on the same sequences + feasible_tail_slack: a model that loses a whole class of
+    #                                 problems moves the mean by the slack but its tail by 10-100x (docs/controllers.md,
+    #                                 fifteenth round); null: the mean only
+    feasible_tail_slack: float = 0.05
 
 
 @dataclasses.dataclass
@@ -351,6 +357,8 @@ _RULES = (
     ("constraint.anneal_from", lambda v: v is None or (math.isfinite(v) and v > 0), "a number > 0 or null"),
     ("train.steps", lambda v: v >= 0, "an integer >= 0"),
     ("train.final", lambda v: v in ("last", "feasible"), "last or feasible"),
+    ("train.feasible_tail", lambda v: v is None or 0 < v <= 1, "a share of the sequences in (0, 1] or null"),
+    ("train.feasible_tail_slack", lambda v: math.isfinite(v) and v >= 0, "a number of nats >= 0"),
     ("train.lr", lambda v: math.isfinite(v) and v > 0, "a number > 0"),
     ("train.warmup", lambda v: v >= 0, "an integer >= 0"),
     ("train.schedule", *_one_of(_listed(".train.step", "SCHEDULES"))),
@@ -442,7 +450,8 @@ def validate(cfg: RunConfig) -> RunConfig:
                                                and cfg.train.eval_every > 0):
         problems.append("train.final=feasible picks the last evaluated model meeting the constraint: it needs a "
                         "gated run with a target (constraint.method="
-                        f"{_or(_controllers.supporting('ce'))}) and train.eval_every > 0")
+                        f"{_or(_controllers.supporting('ce'))}) and train.eval_every > 0; or set train.final=last "
+                        "(model/ the last step's model)")
     if g.noise_anneal and cfg.train.attention == "pallas":
         problems.append("gate.noise_anneal scales the gate noise, which the fused kernel does not: set "
                         "train.attention=chunked (or auto, which picks it) or gate.noise_anneal=0")

@@ -112,6 +112,15 @@ def constrain(x, kind: str):
     return jax.lax.with_sharding_constraint(x, spec)
 
 
+def replicate(x):
+    """``x`` constrained to be whole on every device of the current mesh (a small result every process reads on the
+    host, e.g. one value per row of a batch); unchanged when no mesh is set."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return x
+    return jax.lax.with_sharding_constraint(x, P())
+
+
 def param_axes(path: str) -> tuple | None:
     """Logical axes of a parameter given its path below the params root (None: not a model parameter); declared
     where the parameters are created, ``sparsejax.models.decoder.PARAM_AXES``."""

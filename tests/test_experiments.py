@@ -153,6 +153,11 @@ def test_toy_failures_counts_each_problem_once_and_splits_the_mean(tmp_path):
     logits = sj.forward(m.config, m.params, jnp.asarray(tokens[:, :-1]), m.gate)[0]
     ce = float(sj.objective.cross_entropy(logits, jnp.asarray(tokens[:, 1:]), jnp.asarray(addition.answer_mask(10000))))
     np.testing.assert_allclose(0.9 * f["train_ce"] + 0.1 * f["validation_ce"], ce, rtol=1e-4)
+    per = -np.take_along_axis(np.asarray(jax.nn.log_softmax(logits, -1)), tokens[:, 1:, None], -1)[..., 0]
+    per = per[:, addition.PROMPT_LEN - 1:].mean(1)  # each problem's mean answer loss; the 9,000 training ones' worst 180
+    held_out = {tuple(r) for r in addition.split("validation").tolist()}
+    train = np.array([p for p, r in zip(per, tokens.tolist()) if tuple(r) not in held_out])
+    np.testing.assert_allclose(f["train_tail"], np.sort(train)[-180:].mean(), rtol=1e-5)
     assert f["failing"] == 10000 and all(n == 100 for _, n in f["classes"])
     assert sum(n for _, n in f["digit"]) == 10000
     assert toy_failures.failures(str(tmp_path / "m"), threshold=1e9)["failing"] == 0

@@ -126,7 +126,7 @@ def test_model_flops_count_the_multipliers_measurements(capsys):
              # distillation: the teacher's forward, which also gives the reference
              ("constraint.measure=deterministic", "constraint.measure_every=4", "constraint.tau_data=batch",
               "train.distill=1.0"): 1.25,
-             ("constraint.method=penalty", "constraint.pi_ki_follow_lr=false",
+             ("constraint.method=penalty", "constraint.pi_ki_follow_lr=false", "train.final=last",
               "constraint.measure=deterministic"): 0.0}
     config = model_config(load_config("toy_addition_posttrain", base).model)
     b, t = 16, load_config("toy_addition_posttrain", base).data.seq_len

@@ -36,6 +36,10 @@ def test_summary_table_and_sections(tmp_path):
                      "best feasible (best_model/)"]
     final = rows[2]
     assert final[1] == 20 and final[2] == 0.48 and final[3] == pytest.approx(0.03) and final[4] == 0.2
+    (run / "feasible.json").write_text(json.dumps({"step": 0}))  # train.final=feasible rolled model/ back to step 0
+    rows = report.summary_rows(run)[1]
+    assert rows[3][0].startswith("model/ (train.final=feasible") and rows[3][1:3] == [0, 0.7]
+    (run / "feasible.json").unlink()
     page = report.write_report(run).read_text()
     assert page.count("<figure>") == 2  # dynamics and the per-head heatmap, each once
     assert "held-out CE &lt;= tau = 0.5" in page and "no exported model/ yet" in page

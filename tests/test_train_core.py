@@ -423,8 +423,8 @@ def test_noise_annealing_trains_the_deterministic_gates_at_the_end(tmp_path):
                                                         "gate.noise_anneal=0.4", "gate.noise_zero=0.2"])
     run = Trainer(cfg, tmp_path / "run", progress=False)
     assert run.spec.noise_anneal == (2, 2)  # steps 2-3 anneal (0.5, 0), step 4 at 0
-    assert st.noise_steps(load_config("toy_addition_posttrain", ["gate.noise_anneal=0.25", "gate.noise_zero=0"])) == (1500, 500)
-    assert st.noise_steps(load_config("toy_addition_posttrain")) == (1000, 500)  # the preset: steps 1,000-1,500, then 0
+    assert st.noise_steps(load_config("toy_addition_posttrain", ["gate.noise_anneal=0.25", "gate.noise_zero=0"])) == (3000, 1000)
+    assert st.noise_steps(load_config("toy_addition_posttrain")) == (2000, 1000)  # the preset: steps 2,000-3,000, then 0
     eval_step = jax.jit(make_eval_step(run.spec))
     for step in range(5):
         batch = batch_at(run.train_src, step, cfg.data.batch_size, cfg.data.seed)
@@ -475,7 +475,8 @@ def test_posttrain_says_when_the_final_model_misses_its_target(tmp_path, capsys,
     where best_model/ is, or that no evaluation met it), and with none when it met it."""
     from sparsejax import cli
 
-    common = [*TINY, "model.checkpoint=null", "train.steps=4", "train.eval_every=2", "--no-progress"]
+    common = [*TINY, "model.checkpoint=null", "train.steps=4", "train.eval_every=2", "train.final=last",
+              "--no-progress"]
     target = {"ce": ("constraint.tau=1e-6", "constraint.tau=100.0"),
               "density": ("constraint.density_target=1e-6", "constraint.density_target=0.999")}[sense]
     extra = [] if sense == "ce" else ["constraint.sense=density", "constraint.pi_ki_follow_lr=false", "gate.bias=0.0"]
@@ -511,12 +512,13 @@ def test_final_feasible_keeps_the_last_model_meeting_the_constraint_on_training_
     exported = []
 
     class Stand:
-        cfg = load_config("toy_addition_posttrain", ["constraint.slack=0.1", "constraint.tau=null"])
+        cfg = load_config("toy_addition_posttrain", ["constraint.slack=0.1", "constraint.tau=null",
+                                                     "train.feasible_tail=null"])
         dir = RunDir(tmp_path)
         step = 0
 
-        def evaluate(self, dense=False, src=None):
-            assert src == "train-batches"
+        def evaluate(self, dense=False, src=None, tail=None):
+            assert src == "train-batches" and tail is None
             return {"eval_ce": 0.2 if dense else train_ce[self.step], "edge_density": 0.5 - self.step / 1000}
 
         def export(self, path):
@@ -537,6 +539,61 @@ def test_final_feasible_keeps_the_last_model_meeting_the_constraint_on_training_
     np.testing.assert_allclose(rec["tau"], 0.3)
 
 
+def test_final_feasible_tail_refuses_a_model_that_loses_its_worst_sequences(tmp_path):
+    """train.feasible_tail on scripted evaluations: an evaluation whose mean CE is within its target but whose tail
+    (the mean CE of the worst share of the sequences) is over the dense model's tail + feasible_tail_slack is not
+    kept; the next one with both within is; feasible.json records the tail numbers."""
+    import types
+
+    from sparsejax.train import RunDir
+    from sparsejax.train.hooks import SelectFeasible
+
+    train = {100: (0.25, 0.5), 200: (0.24, 0.6), 300: (0.22, 1.9), 400: (0.29, 0.7)}  # (mean, tail) per step
+    exported = []
+
+    class Stand:
+        cfg = load_config("toy_addition_posttrain", ["constraint.slack=0.1", "constraint.tau=null",
+                                                     "train.final=feasible", "train.feasible_tail=0.02",
+                                                     "train.feasible_tail_slack=0.4"])
+        dir = RunDir(tmp_path)
+        step = 0
+
+        def evaluate(self, dense=False, src=None, tail=None):
+            assert src == "train-batches" and tail == 0.02
+            ce, tail_ce = (0.2, 0.4) if dense else train[self.step]  # targets: mean 0.3, tail 0.8
+            return {"eval_ce": ce, "tail_ce": tail_ce, "edge_density": 0.5 - self.step / 1000}
+
+        def export(self, path):
+            exported.append(self.step)
+            path.mkdir(exist_ok=True)
+
+    run = Stand()
+    run.train_src = "train-batches"
+    hook = SelectFeasible()
+    hook.on_start(types.SimpleNamespace(trainer=run))
+    for step in train:
+        run.step = step
+        hook.on_step(types.SimpleNamespace(trainer=run, evaluation={"step": step, "eval_ce": 9.0,
+                                                                     "edge_density": 0.1}))
+    assert exported == [100, 200, 400]
+    rec = RunDir(tmp_path).feasible_record()
+    assert rec["step"] == 400 and rec["train_tail_ce"] == 0.7 and rec["tail_share"] == 0.02
+    np.testing.assert_allclose([rec["tau"], rec["tail_tau"]], [0.3, 0.8])
+    with pytest.raises(ValueError, match="train.feasible_tail"):
+        load_config("toy_addition_posttrain", ["train.final=feasible", "train.feasible_tail=1.5"])
+
+
+def test_tail_mean_is_the_mean_of_the_largest_share():
+    """tail_mean against sorting by hand: the largest ceil(share * n) values (at least one)."""
+    from sparsejax.train.evaluate import tail_mean
+
+    x = np.random.default_rng(0).permutation(np.arange(1.0, 101.0))
+    assert tail_mean(x, 0.02) == 99.5 and tail_mean(x, 0.015) == 99.5 and tail_mean(x, 0.01) == 100.0
+    assert tail_mean(x, 0.001) == 100.0 and tail_mean(x, 1.0) == 50.5 and tail_mean(x, 0.1) == 95.5
+    with pytest.raises(ValueError, match="share in"):
+        tail_mean(x, 0.0)
+
+
 def test_final_feasible_exports_the_model_meeting_the_constraint_on_training_batches(tmp_path, capsys):
     """train.final=feasible in a run: with every evaluation feasible, model/ is the final model, and feasible.json's
     training-batch numbers are those of an independent hook evaluating the model on those batches, and of the
@@ -551,7 +608,8 @@ def test_final_feasible_exports_the_model_meeting_the_constraint_on_training_bat
     common = [*TINY, "model.checkpoint=null", "train.steps=6", "train.eval_every=2", "train.final=feasible",
               "gate.bias=0.5", "constraint.method=pi"]
     seen = {}
-    cfg = load_config("toy_addition_posttrain", [*common, "constraint.tau=100.0"])
+    cfg = load_config("toy_addition_posttrain", [*common, "constraint.tau=100.0", "train.feasible_tail=0.05",
+                                                 "train.feasible_tail_slack=100.0"])
     run = Trainer(cfg, tmp_path / "all", progress=False)
     run.add_hook(lambda info: seen.setdefault(info.step, run.evaluate(src=run.train_src)), 2, last=True,
                  before="select")
@@ -564,10 +622,21 @@ def test_final_feasible_exports_the_model_meeting_the_constraint_on_training_bat
     np.testing.assert_allclose(rec["eval_ce"], held_out[want].eval_ce)
     m = sj.from_pretrained(tmp_path / "all" / "model")  # the exported model/ is that model: its CE on the batches
     f = jax.jit(lambda t: sj.forward(m.config, m.params, t, m.gate, mode="eval")[0])
-    ces = [float(sj.objective.cross_entropy(f(b["tokens"][:, :-1]), b["tokens"][:, 1:], b["mask"]))
-           for b in (batch_at(addition.source("train"), i, cfg.data.batch_size, seed=EVAL_ORDER)
-                     for i in range(cfg.data.eval_batches))]
+    ces, rows = [], []
+    for b in (batch_at(addition.source("train"), i, cfg.data.batch_size, seed=EVAL_ORDER)
+              for i in range(cfg.data.eval_batches)):
+        logits = f(b["tokens"][:, :-1])
+        ces.append(float(sj.objective.cross_entropy(logits, b["tokens"][:, 1:], b["mask"])))
+        x = np.asarray(logits, np.float64)  # each row's answer loss, in float64 numpy
+        logp = x - x.max(-1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+        nll = -np.take_along_axis(logp, np.asarray(b["tokens"])[:, 1:, None], -1)[..., 0]
+        mask = np.asarray(b["mask"], np.float64)
+        rows.extend((nll * mask).sum(1) / mask.sum(1))
     np.testing.assert_allclose(np.mean(ces), rec["train_eval_ce"], rtol=1e-5)
+    worst = np.sort(rows)[-int(np.ceil(0.05 * len(rows))):]  # the worst 5% of the training-batch problems
+    np.testing.assert_allclose(rec["train_tail_ce"], worst.mean(), rtol=1e-4)
+    assert rec["tail_share"] == 0.05 and rec["train_tail_ce"] > rec["train_eval_ce"]
     for name in ("model.safetensors", "sparsejax_gate.json"):
         assert (tmp_path / "all" / "model" / name).read_bytes() == (tmp_path / "all" / "feasible_model" / name).read_bytes()
 
@@ -577,3 +646,5 @@ def test_final_feasible_exports_the_model_meeting_the_constraint_on_training_bat
     assert RunDir(tmp_path / "none").feasible_record() is None and (tmp_path / "none" / "model").exists()
     with pytest.raises(ValueError, match="train.final=feasible picks"):
         load_config("toy_addition_posttrain", ["train.final=feasible", "train.eval_every=0"])
+    with pytest.raises(ValueError, match="or set train.final=last"):
+        load_config("toy_addition_posttrain", ["constraint.method=penalty", "constraint.pi_ki_follow_lr=false"])

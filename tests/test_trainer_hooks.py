@@ -49,8 +49,8 @@ def test_a_tracker_and_hooks_passed_in_see_the_whole_run(tmp_path):
     trainer.add_hook(phases, every=3, last=True, name="phases")
     trainer.add_hook(lambda info: after_eval.append((info.step, info.evaluation and info.evaluation.step)), every=3,
                      name="after_eval", before="checkpoint")
-    assert trainer.hooks.names() == ["log", "evaluate", "best", "after_eval", "checkpoint", "export", "every2",
-                                     "phases"]
+    assert trainer.hooks.names() == ["log", "evaluate", "best", "select", "after_eval", "checkpoint", "export",
+                                     "every2", "phases"]  # select: the preset's train.final=feasible
     dicts = []
     final = trainer.fit(callbacks=[dicts.append])
 
@@ -120,6 +120,22 @@ def test_records_of_old_runs_read_back_typed(tmp_path):
     assert [r.to_dict() for r in run.records()] == lines[:3]
     run.reset_records(None)
     assert run.metrics.read_text() == "" and RunDir.find(tmp_path) == [run]
+
+
+def test_model_record_is_the_evaluation_of_the_model_exported(tmp_path):
+    """model_record(): the final evaluation, or with feasible.json that of its step (a rolled-back run's output)."""
+    run = RunDir(tmp_path / "run")
+    lines = [{"step": 0, "eval_ce": 0.7, "edge_density": 0.9}, {"step": 100, "eval_ce": 0.5, "edge_density": 0.2},
+             {"step": 200, "eval_ce": 0.9, "edge_density": 0.1}, {"step": 200, "eval_ce": 0.9, "edge_density": 0.1,
+                                                                  "tau": 0.6, "final": True}]
+    run.path.mkdir()
+    assert run.model_record() is None
+    run.metrics.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert isinstance(run.model_record(), FinalRecord) and run.model_record().eval_ce == 0.9
+    run.feasible.write_text(json.dumps({"step": 100}))
+    assert run.model_record().to_dict() == lines[1]
+    run.feasible.write_text(json.dumps({"step": 200}))
+    assert isinstance(run.model_record(), FinalRecord)
 
 
 @pytest.mark.parametrize("sense", ["ce", "density"])

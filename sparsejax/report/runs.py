@@ -24,7 +24,8 @@ def find_runs(run_dir: Path) -> list[Path]:
 
 
 def summary_rows(run: Path) -> tuple[list[str], list[list]]:
-    """The summary table of a run: dense model, initial gated model, final model, best feasible checkpoint."""
+    """The summary table of a run: dense model, initial gated model, final model, the model in ``model/`` when
+    ``train.final=feasible`` made it an earlier one, best feasible checkpoint."""
     run = RunDir.of(run)
     _, evals = read_metrics(run)
     start = next((r for r in evals if isinstance(r, StartRecord)), None)
@@ -40,6 +41,10 @@ def summary_rows(run: Path) -> tuple[list[str], list[list]]:
     last = evals[-1] if evals else None
     if last is not None and last is not start:
         add("final" if last.get("final") else "last evaluation (run unfinished)", last)
+    chosen = run.feasible_record()  # train.final=feasible rolled model/ back to an earlier evaluation
+    if chosen is not None and last is not None and chosen["step"] != last["step"] and run.model_record() is not None:
+        add(f"{run.MODEL}/ (train.final=feasible: the last model meeting the constraint on training batches)",
+            run.model_record())
     best = run.best_record()
     if best is not None:
         add(f"best feasible ({run.BEST_MODEL}/)", best)

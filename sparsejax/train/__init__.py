@@ -176,15 +176,16 @@ class Trainer:
                              "constraint.anneal_from")
         return start
 
-    def evaluate(self, trainable=None, *, dense: bool = False, src=None) -> dict:
+    def evaluate(self, trainable=None, *, dense: bool = False, src=None, tail: float | None = None) -> dict:
         """Held-out CE and (when gated) deterministic edge density overall / per layer / per head (``src``: other
-        data than the validation split, e.g. the training split's first batches)."""
+        data than the validation split, e.g. the training split's first batches; ``tail``: also ``tail_ce``, the
+        mean CE of that share of the sequences with the highest CE)."""
         trainable = self.state["trainable"] if trainable is None else trainable
         with jax.set_mesh(self.mesh):
             batches = _evaluate.eval_batches(self.val_src if src is None else src, self.cfg.data.batch_size,
                                              self.cfg.data.eval_batches, self.mesh)
             return _evaluate.evaluate(self._eval[dense], trainable, self.frozen, batches,
-                                      gated=self.spec.gate is not None and not dense)
+                                      gated=self.spec.gate is not None and not dense, tail=tail)
 
     def params(self) -> dict:
         """The model's parameters as a plain tree (LoRA adapters merged into their kernels)."""

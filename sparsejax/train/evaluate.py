@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from pathlib import Path
 
 import jax
@@ -31,16 +32,30 @@ def edge_stats(per_head: np.ndarray) -> dict:
             "edge_density_per_head": per_head.tolist()}
 
 
-def evaluate(eval_step, trainable, frozen, batches, *, gated: bool) -> dict:
-    """Mean held-out CE over the batches and (when gated) the deterministic edge density."""
-    ces, counts, rows, t = [], None, 0, 0
+def tail_mean(values, share: float) -> float:
+    """The mean of the largest ``ceil(share * n)`` of ``n`` values (at least one): the tail of a loss distribution
+    (its conditional value at risk at level ``1 - share``). ``share=0.02`` of 512 per-problem losses: the worst 11."""
+    values = np.sort(np.asarray(values, np.float64).ravel())
+    if not values.size or not 0 < share <= 1:
+        raise ValueError(f"tail_mean needs values and a share in (0, 1], got {values.size} values, share {share}")
+    return float(values[-max(1, math.ceil(share * values.size - 1e-9)):].mean())
+
+
+def evaluate(eval_step, trainable, frozen, batches, *, gated: bool, tail: float | None = None) -> dict:
+    """Mean held-out CE over the batches and (when gated) the deterministic edge density; ``tail``: also
+    ``tail_ce``, the mean CE of the worst ``tail`` share of the sequences (:func:`tail_mean`)."""
+    ces, seqs, counts, rows, t = [], [], None, 0, 0
     for batch in batches:
         out = eval_step(trainable, frozen, batch)
         ces.append(out["ce"])
+        if tail is not None:
+            seqs.append(out["sequence_ce"])
         counts = out["edge_counts"] if counts is None else counts + out["edge_counts"]
         rows, t = rows + batch["tokens"].shape[0], batch["tokens"].shape[1] - 1
-    ces, counts = jax.device_get((ces, counts))  # the only host transfer
+    ces, seqs, counts = jax.device_get((ces, seqs, counts))  # the only host transfer
     result = {"eval_ce": float(np.mean([float(c) for c in ces]))}
+    if tail is not None:
+        result["tail_ce"] = tail_mean(np.concatenate([np.asarray(s) for s in seqs]), tail)
     if gated:
         result.update(edge_stats(np.asarray(counts, np.float64) / (rows * (t * (t + 1) // 2))))
     return result

@@ -142,6 +142,15 @@ class RunDir:
         training batches that chose it) and its held-out ``eval_ce`` / ``edge_density``; ``None`` until there is one."""
         return json.loads(self.feasible.read_text()) if self.feasible.exists() else None
 
+    def model_record(self) -> EvalRecord | None:
+        """The held-out evaluation of the model in ``model/``: the final evaluation, or with ``train.final=feasible``
+        that of the step ``feasible.json`` names (the last evaluation of that step: the final one when it is the last
+        step); ``None`` before the run has evaluated."""
+        evals, chosen = self.records("eval"), self.feasible_record()
+        if chosen is not None:
+            evals = [r for r in evals if r.step == chosen["step"]]
+        return evals[-1] if evals else None
+
     def config_text(self) -> str | None:
         """``config.yaml`` as written (``None`` when absent)."""
         return self.config.read_text() if self.config.exists() else None

@@ -197,8 +197,10 @@ def make_train_step(spec: StepSpec, optimizer, multiplier):
 
 
 def make_eval_step(spec: StepSpec, *, dense: bool = False, sampled: bool = False):
-    """``eval_step(trainable, frozen, batch) -> {"ce", "edge_counts" [L, H] int32}`` in eval mode: the batch's
-    masked CE and the number of deterministic edges per layer and head summed over the batch (on device).
+    """``eval_step(trainable, frozen, batch) -> {"ce", "sequence_ce" [B], "edge_counts" [L, H] int32}`` in eval
+    mode: the batch's masked CE, each row's (sorted, whole on every device: the tail of the per-sequence loss,
+    ``train.feasible_tail``) and the number of deterministic edges per layer and head summed over the batch (on
+    device).
     ``sampled``: the CE under sampled (training-mode) gates instead, noise seed 0 (``constraint.tau_gates``); its
     edge counts are those of the sampled gates."""
 
@@ -210,10 +212,12 @@ def make_eval_step(spec: StepSpec, *, dense: bool = False, sampled: bool = False
         logits, aux = forward(spec.config, params_of(spec, trainable, frozen), tokens, gate, mode=mode, seed=seed,
                               implementation=spec.attention)
         ce = objective.cross_entropy(logits, batch["tokens"][:, 1:], batch["mask"])
+        rows = sharding.replicate(jnp.sort(objective.sequence_cross_entropy(logits, batch["tokens"][:, 1:],
+                                                                            batch["mask"])))
         t = tokens.shape[1]
         pairs = t * (t + 1) // 2
         counts = jnp.round(aux["edge_density"] * pairs).astype(jnp.int32).sum(1)  # exact: counts < 2**24
-        return {"ce": ce, "edge_counts": counts}
+        return {"ce": ce, "sequence_ce": rows, "edge_counts": counts}
 
     def sharded_eval_step(trainable, frozen, batch):
         with sharding.use_rules(spec.rules):
