@@ -107,7 +107,9 @@ class _ConstraintShared:
     beta_init: float = 1e-2         # the multiplier's start; penalty: the fixed density weight
     tau_data: str = "validation"    # where the dense CE behind tau is measured: "validation" or "train" batches, or
     #                                 "batch": each measured training batch (the multiplier sees the CE minus the
-    #                                 dense starting model's on the same batch, against the slack)
+    #                                 dense starting model's on the same batch, against the slack), or "control":
+    #                                 the same against a dense control trained beside the sparse model on the same
+    #                                 batches and schedule (one more forward and backward a step; control_model/)
     tau_gates: str = "dense"        # tau from the "dense" model (gates off) or the gated starting model under "sampled"
     #                                 gates (the training loss's own mode; docs/controllers.md)
     anneal_steps: int = 0           # pi/geco: move the target geometrically from anneal_from to its final value over
@@ -408,19 +410,24 @@ def validate(cfg: RunConfig) -> RunConfig:
         problems.append("constraint.guard=true (a guarded density curriculum) needs constraint.method="
                         f"{_or(_controllers.supporting('guards'))}, constraint.sense=density and "
                         "constraint.anneal_steps > 0")
-    if c.tau_data == "batch" and g.enabled:
+    if c.tau_data in ("batch", "control") and g.enabled:
+        ref = "the dense model" if c.tau_data == "batch" else "a dense control"
         if c.tau is not None:
-            problems.append(f"constraint.tau={c.tau} fixes the CE target, constraint.tau_data=batch measures it on "
-                            "each batch (the dense model's CE + slack): drop one of the two")
+            problems.append(f"constraint.tau={c.tau} fixes the CE target, constraint.tau_data={c.tau_data} measures it "
+                            f"on each batch ({ref}'s CE + slack): drop one of the two")
         if c.tau_gates != "dense":
-            problems.append("constraint.tau_data=batch measures the dense model on each batch: set "
+            problems.append(f"constraint.tau_data={c.tau_data} measures {ref} on each batch: set "
                             "constraint.tau_gates=dense")
         if c.sense == "ce" and not c.slack > 0:
-            problems.append(f"constraint.tau_data=batch targets the gap to the dense model on each batch, "
+            problems.append(f"constraint.tau_data={c.tau_data} targets the gap to {ref} on each batch, "
                             f"constraint.slack={c.slack}: it must be > 0 (e.g. constraint.slack=0.01)")
         if c.sense == "ce" and c.anneal_steps:
-            problems.append("constraint.tau_data=batch holds the CE at the slack over the dense model on every batch: "
+            problems.append(f"constraint.tau_data={c.tau_data} holds the CE at the slack over {ref} on every batch: "
                             "set constraint.anneal_steps=0")
+    if c.tau_data == "control" and g.enabled and (cfg.train.lora_rank > 0 or cfg.train.distill > 0):
+        problems.append("constraint.tau_data=control trains a dense control of the whole model beside the sparse one: "
+                        "it needs full fine-tuning without distillation (train.lora_rank=0, train.distill=0); "
+                        "with LoRA or a teacher use constraint.tau_data=batch")
     annealing = _controllers.supporting("anneals")
     if ctrl is not None and c.anneal_steps and ctrl.constrains and not ctrl.anneals:
         problems.append(f"constraint.anneal_steps works with constraint.method={_or(annealing)}, not {c.method}: set "

@@ -114,7 +114,7 @@ def compile_plan(cfg) -> dict:
     trainable, frozen = jax.eval_shape(lambda p: st.split_params(cfg, spec, sj.Model(config, p)), shapes)
     # tau, guard_tau: any value (shapes only)
     optimizer, multiplier = stp.make_optimizer(cfg), stp.make_multiplier(cfg, 1.0, guard_tau=1.0)
-    state = st.abstract_state(trainable, optimizer, multiplier, st.holds_probe(spec, multiplier))
+    state = st.abstract_state(trainable, optimizer, multiplier, st.holds_probe(spec, multiplier), spec.control)
     mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     rules = sharding.parse_rules(cfg.mesh.rules)
     place = lambda tree: jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree,

@@ -336,6 +336,50 @@ def test_batch_tau_measures_the_gap_to_the_dense_starting_model_on_each_batch(tm
                - float(dense(start, run.frozen, batch)["ce"])) > 1e-4
 
 
+def test_control_tau_trains_a_dense_control_in_step_and_measures_the_gap_to_it(tmp_path):
+    """constraint.tau_data=control: a dense control trained beside the sparse model is, at every evaluation, the
+    model a separate dense run (gates off, no constraint, same seed, data, optimiser and schedule) has reached: its
+    held-out CE in the records is that run's, and control_model/ holds that run's weights; each step's multiplier
+    input is the batch's CE under the exported gates minus the control's CE on it, both before the step's update
+    (from the evaluation step), against the slack."""
+    from sparsejax.data import batch_at
+    from sparsejax.train import RunDir, Trainer
+
+    common = [*TINY, "model.checkpoint=null", "train.steps=4", "train.eval_every=2", "train.lr=1e-2",
+              "train.final=last"]
+    sparse = [*common, "gate.bias=0.5", "constraint.method=pi", "constraint.tau_data=control",
+              "constraint.slack=0.02"]
+    dense_cfg = load_config("toy_addition_posttrain", [*common, "gate.enabled=false", "constraint.method=none",
+                                                     "constraint.pi_ki_follow_lr=false"])
+    Trainer(dense_cfg, tmp_path / "dense", progress=False).fit()
+    Trainer(load_config("toy_addition_posttrain", sparse), tmp_path / "sparse", progress=False).fit()
+    want = {r.step: r.eval_ce for r in RunDir(tmp_path / "dense").records("eval")}
+    got = {r.step: r["control_eval_ce"] for r in RunDir(tmp_path / "sparse").records("eval") if r.step > 0}
+    assert sorted(got) == [2, 4]
+    np.testing.assert_allclose([got[2], got[4]], [want[2], want[4]], rtol=1e-5)
+    assert abs(want[4] - want[2]) > 1e-3  # the control trained: another CE at each evaluation
+    a, b = sj.from_pretrained(tmp_path / "dense" / "model"), sj.from_pretrained(tmp_path / "sparse" / "control_model")
+    assert b.gate is None
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-4, atol=1e-6)
+
+    run = Trainer(load_config("toy_addition_posttrain", sparse), tmp_path / "steps", progress=False)
+    gated, dense = jax.jit(make_eval_step(run.spec)), jax.jit(make_eval_step(run.spec, dense=True))
+    for step in range(3):
+        batch = batch_at(run.train_src, step, run.cfg.data.batch_size, run.cfg.data.seed)
+        before = jax.tree.map(jnp.copy, run.state["trainable"])
+        control = {"params": jax.tree.map(jnp.copy, run.state["control"]["params"])}
+        ref = float(dense(control, run.frozen, batch)["ce"])
+        gap = float(gated(before, run.frozen, batch)["ce"]) - ref
+        run.state, out = run.step_fn(run.state, run.frozen, batch, jnp.uint32(step))
+        np.testing.assert_allclose(float(out["control_ce"]), ref, rtol=1e-5)
+        np.testing.assert_allclose(float(out["measured_ce"]), gap, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(float(out["tau"]), 0.02)
+    for bad in ("train.lora_rank=2", "train.distill=1.0"):
+        with pytest.raises(ValueError, match="constraint.tau_data=control trains a dense control"):
+            load_config("toy_addition_posttrain", [*sparse, bad])
+
+
 def test_batch_tau_with_every_edge_kept_measures_no_gap(tmp_path):
     """Gates that keep every edge give the dense model's attention: the measured gap is 0 (float32)."""
     from sparsejax.data import batch_at
@@ -353,9 +397,10 @@ def test_batch_tau_with_every_edge_kept_measures_no_gap(tmp_path):
                                               ("constraint.tau_gates=sampled", "constraint.tau_gates=dense"),
                                               ("constraint.anneal_steps=10", "constraint.anneal_steps=0"),
                                               ("constraint.slack=0.0", "must be > 0")])
-def test_batch_tau_refuses_what_contradicts_it(override, problem):
+@pytest.mark.parametrize("data", ["batch", "control"])
+def test_batch_tau_refuses_what_contradicts_it(override, problem, data):
     with pytest.raises(ValueError, match=problem.replace(".", r"\.")):
-        load_config("toy_addition_posttrain", TINY + ["constraint.tau_data=batch", "constraint.anneal_from=1.0",
+        load_config("toy_addition_posttrain", TINY + [f"constraint.tau_data={data}", "constraint.anneal_from=1.0",
                                                       override])
 
 

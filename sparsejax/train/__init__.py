@@ -41,8 +41,9 @@ __all__ = ["Callback", "CompositeTracker", "EvalRecord", "FinalRecord", "Hook", 
 
 
 # constraint.tau_data: the batches the dense CE behind tau is measured on; "batch": every measured training batch,
-# the multiplier seeing that batch's CE minus the dense starting model's on it, against the slack (train_step)
-TAU_DATA = ("validation", "train", "batch")
+# the multiplier seeing that batch's CE minus the dense starting model's on it, against the slack (train_step);
+# "control": the same against a dense control trained beside the sparse model, in step, on the same batches
+TAU_DATA = ("validation", "train", "batch", "control")
 TAU_GATES = ("dense", "sampled")  # constraint.tau_gates: tau from the dense model or the gated one, sampled gates
 
 # changing these on resume does not change the trajectory so far
@@ -129,7 +130,7 @@ class Trainer:
         self.guard_tau = self._ce_target(trainable) if cfg.constraint.guard and self.tau is not None else None
         self.multiplier = _step.make_multiplier(cfg, self.tau, self.target_start, self.guard_tau)
         state = _state.init_state(trainable, self.optimizer, self.multiplier,
-                                  _state.holds_probe(self.spec, self.multiplier))
+                                  _state.holds_probe(self.spec, self.multiplier), self.spec.control)
         # one layout for the state in and out of every step: the step compiles once (left to XLA, its outputs'
         # shardings differ from the placed inputs', and the second step compiled again)
         layout = sharding.state_shardings(state, self.mesh, self.rules)

@@ -190,7 +190,8 @@ def train_record(run: "Trainer", out: dict, step: int, tokens_per_s: float) -> T
     # adds (its CE's EMA, where its annealed target stands)
     logged = controllers.get(run.cfg.constraint.method).record_names
     names = {**logged(run.spec.sense, False), "measured_ce": "measured_ce", **logged(run.spec.sense, run.spec.guard),
-             "noise_scale": "noise_scale"}  # gate.noise_anneal: the gate noise's scale at this step
+             "noise_scale": "noise_scale",  # gate.noise_anneal: the gate noise's scale at this step
+             "control_ce": "control_ce"}  # constraint.tau_data=control: the dense control's CE on the batch
     extra = {}
     for k, name in names.items():
         if k in out:
@@ -226,15 +227,22 @@ class Evaluate(Callback):
             info.log(StartRecord.from_dict({"step": 0, **run.evaluate(),
                                             "dense_eval_ce": run.evaluate(dense=True)["eval_ce"]}))
 
+    @staticmethod
+    def held_out(run) -> dict:
+        """The held-out evaluation; with a dense control (``constraint.tau_data=control``) also its CE."""
+        control = {} if not run.spec.control else {
+            "control_eval_ce": run.evaluate({"params": run.state["control"]["params"]}, dense=True)["eval_ce"]}
+        return {**run.evaluate(), **control}
+
     def on_step(self, info):
         if info.last:
             return
-        info.evaluation = EvalRecord.from_dict({"step": info.step, **info.trainer.evaluate()})
+        info.evaluation = EvalRecord.from_dict({"step": info.step, **self.held_out(info.trainer)})
         info.log(info.evaluation)
 
     def on_end(self, info):
         run = info.trainer
-        final = {"step": int(run.state["step"]), **run.evaluate()}
+        final = {"step": int(run.state["step"]), **self.held_out(run)}
         if run.tau is not None:
             final["tau"] = float(run.tau)
         info.evaluation = EvalRecord.from_dict(final)  # what fit() returns and best.json keeps (no "final" key)
@@ -314,10 +322,14 @@ class Checkpoint(Callback):
 
 class Export(Callback):
     """``export``: the final model as a Hugging Face directory, ``model/`` (``train.final=feasible``: a copy of
-    ``feasible_model/``, or the last model when no evaluation met the constraint on the training batches)."""
+    ``feasible_model/``, or the last model when no evaluation met the constraint on the training batches); with
+    ``constraint.tau_data=control`` also the dense control as ``control_model/``."""
 
     def on_end(self, info):
         run = info.trainer
+        if run.spec.control:
+            checkpointing.export(run.config, run.state["control"]["params"], None, run.dir.control_model,
+                                 tokenizer=run.tokenizer)
         if run.cfg.train.final == "feasible" and run.dir.feasible_model.exists():
             from ..distributed import is_main
 

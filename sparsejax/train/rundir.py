@@ -10,6 +10,7 @@
                          density <= the target), and best.json its evaluation
       feasible_model/    train.final=feasible: the last evaluated model meeting the constraint on training batches
                          (feasible.json: its training-batch and held-out numbers); copied to model/ at the end
+      control_model/     constraint.tau_data=control: the dense control trained beside the sparse model (no gate)
       tokenizer.json     text runs: the tokenizer (trained on the corpus, or the checkpoint's)
       tfds/              data.backend=tfds: the prepared array_record data
       report.html, dynamics.png, report_*.png, report_attention_viewer.html   what ``sparsejax report`` writes
@@ -42,6 +43,7 @@ class RunDir:
     BEST_MODEL = "best_model"
     BEST = "best.json"
     FEASIBLE_MODEL = "feasible_model"
+    CONTROL_MODEL = "control_model"
     FEASIBLE = "feasible.json"
     TOKENIZER = TOKENIZER_FILE  # "tokenizer.json", the name an exported model/ carries it under too
     TFDS = "tfds"
@@ -91,6 +93,8 @@ class RunDir:
     feasible_model = property(lambda self: self.path / self.FEASIBLE_MODEL,
                               doc="``feasible_model/``: the last model feasible on training batches (train.final)")
     feasible = property(lambda self: self.path / self.FEASIBLE, doc="``feasible.json``: its numbers")
+    control_model = property(lambda self: self.path / self.CONTROL_MODEL,
+                             doc="``control_model/``: the dense control trained beside (constraint.tau_data=control)")
     tokenizer = property(lambda self: self.path / self.TOKENIZER, doc="``tokenizer.json``")
     tfds = property(lambda self: self.path / self.TFDS, doc="``tfds/``: prepared TFDS data")
     report = property(lambda self: self.path / self.REPORT, doc="``report.html``")

@@ -1,7 +1,8 @@
 """What a run trains: model, gate, the train state (built from weights or from shapes alone), shardings (the data:
 ``data.py``).
 
-The train state is a pytree ``{"trainable", "opt_state", "mult_state", "step", "bad_steps", "total_bad_steps"}``;
+The train state is a pytree ``{"trainable", "opt_state", "mult_state", "step", "bad_steps", "total_bad_steps"}``
+(with ``constraint.tau_data=control`` also ``"control": {"params", "opt_state"}``, the dense control trained beside);
 the frozen arrays a step reads but never changes (the LoRA base, the distillation teacher, a fixed gate bias) are a
 separate pytree, so that the step can donate the state and still be lowered from ``jax.ShapeDtypeStruct``s.
 """
@@ -33,6 +34,7 @@ class StepSpec:
     measure_every: int = 1            # deterministic: measured every this many steps (held between)
     guard: bool = False               # density mode: the annealed target waits while the measured CE is over tau
     relative: bool = False            # the measured CE minus the dense starting model's on the batch (tau_data=batch)
+    control: bool = False             # ... minus a dense control's, trained in the same step (tau_data=control)
     beta: float = 0.0                 # fixed density weight when there is no multiplier (penalty mode)
     attention: str = "auto"           # sparse_attention implementation (auto | chunked | pallas | reference)
     noise_anneal: tuple[int, int] | None = None  # (first step, steps): the gate noise's scale 1 -> 0 (noise_steps)
@@ -160,7 +162,8 @@ def step_spec(cfg: RunConfig, model: Model) -> StepSpec:
                     lora_alpha=cfg.train.lora_alpha if cfg.train.lora_rank > 0 else None,
                     distill=cfg.train.distill, sense=cfg.constraint.sense, measure=cfg.constraint.measure,
                 measure_every=cfg.constraint.measure_every, guard=cfg.constraint.guard, beta=beta,
-                    relative=g.enabled and cfg.constraint.tau_data == "batch",
+                    relative=g.enabled and cfg.constraint.tau_data in ("batch", "control"),
+                    control=g.enabled and cfg.constraint.tau_data == "control",
                 attention=cfg.train.attention,
                     noise_anneal=noise_steps(cfg) if g.enabled and g.noise_anneal else None,
                     noise_recover=cfg.constraint.slack if g.enabled and g.noise_recover else None,
@@ -181,7 +184,7 @@ def split_params(cfg: RunConfig, spec: StepSpec, model: Model) -> tuple[dict, di
     if spec.gate is not None:
         bias = model.gate.bias if model.gate is not None else gate_bias_init(cfg, model.config)
         (trainable if cfg.gate.learnable else frozen)["gate_bias"] = jnp.asarray(bias, jnp.float32)
-    if (spec.distill > 0 or spec.relative) and spec.lora_alpha is None:
+    if (spec.distill > 0 or (spec.relative and not spec.control)) and spec.lora_alpha is None:
         # the frozen dense teacher (distillation; the reference of tau_data=batch): its own buffers (the trainable
         # ones are donated to each step). Under LoRA the frozen base *is* the dense teacher, so the step reads
         # frozen["base"] and no copy is made.
@@ -195,17 +198,22 @@ def holds_probe(spec: StepSpec, multiplier) -> bool:
             and (spec.sense == "ce" or spec.guard))
 
 
-def init_state(trainable: dict, optimizer, multiplier, probe: bool = False) -> dict:
+def init_state(trainable: dict, optimizer, multiplier, probe: bool = False, control: bool = False) -> dict:
+    """The train state; ``control`` (``constraint.tau_data=control``): with a dense control that starts as a copy of
+    ``trainable["params"]`` (its own buffers) under an optimiser state of its own."""
     zero = lambda: jnp.zeros((), jnp.int32)  # separate buffers: the state is donated to each step
     state = {"trainable": trainable, "opt_state": optimizer.init(trainable),
              "mult_state": multiplier.init(None) if multiplier is not None else {},
              "step": zero(), "bad_steps": zero(), "total_bad_steps": zero()}
     if probe:
         state["probe_ce"] = jnp.zeros((), jnp.float32)
+    if control:
+        params = jax.tree.map(lambda x: jnp.array(x, copy=True), trainable["params"])
+        state["control"] = {"params": params, "opt_state": optimizer.init({"params": params})}
     return state
 
 
-def abstract_state(trainable_shapes: dict, optimizer, multiplier, probe: bool = False) -> dict:
+def abstract_state(trainable_shapes: dict, optimizer, multiplier, probe: bool = False, control: bool = False) -> dict:
     """The train state as ``jax.ShapeDtypeStruct``s, from the shapes of the trainable tree alone."""
-    return jax.eval_shape(lambda t: init_state(t, optimizer, multiplier, probe), trainable_shapes)
+    return jax.eval_shape(lambda t: init_state(t, optimizer, multiplier, probe, control), trainable_shapes)
 

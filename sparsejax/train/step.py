@@ -63,7 +63,8 @@ def make_multiplier(cfg: RunConfig, tau: float | None, target_start: float | Non
     controller = controllers.get(c.method)
     if not cfg.gate.enabled:
         return None
-    if c.tau_data == "batch":  # the measured CE is the gap to the dense model on the same batch: its target the slack
+    if c.tau_data in ("batch", "control"):  # the measured CE is the gap to the dense model / control on the batch:
+        #                                     its target the slack
         tau = c.slack if c.sense == "ce" else tau
         guard_tau = c.slack if guard_tau is not None else None
     t = cfg.train  # the lr over its peak, per multiplier update (pi_ki_follow_lr: the integral's growth follows it)
@@ -119,11 +120,13 @@ def _probes(spec: StepSpec) -> bool:
 def measurement_forwards(spec: StepSpec) -> float:
     """Forward passes per step, averaged over ``measure_every``, that a constrained step spends on the multiplier's
     input beyond its loss: the deterministic-gate CE and, under ``spec.relative``, the dense reference on the same
-    batch unless distillation's teacher forward gives it (``plan.analytic_flops`` counts them)."""
-    relative = spec.relative and not spec.distill > 0  # with distillation the loss's teacher forward is reused
+    batch unless distillation's teacher forward gives it, and the dense control's step (``tau_data=control``: its
+    forward and backward, three forwards) (``plan.analytic_flops`` counts them)."""
+    relative = spec.relative and not spec.distill > 0 and not spec.control  # distillation's teacher forward reused
+    control = 3.0 if spec.control else 0.0  # tau_data=control: the control's forward and backward, every step
     if _probes(spec):
-        return (1 + relative) / spec.measure_every
-    return float(relative)
+        return (1 + relative) / spec.measure_every + control
+    return float(relative) + control
 
 
 def make_train_step(spec: StepSpec, optimizer, multiplier):
@@ -136,8 +139,27 @@ def make_train_step(spec: StepSpec, optimizer, multiplier):
     and for a guarded curriculum (``spec.guard``) the CE in the same two modes as the guard. Under ``spec.relative``
     (``constraint.tau_data=batch``) the CE minus the dense starting model's on the same batch (one more forward,
     measured with it; with distillation the teacher's forward in the loss gives it), so that the batches' own spread
-    in difficulty does not reach the multiplier."""
+    in difficulty does not reach the multiplier. With ``spec.control`` (``constraint.tau_data=control``) the reference
+    is a dense control in ``state["control"]``, trained in the same step on the same batch with the same optimiser
+    and schedule (its CE is measured before its update, as the sparse model's is), so that the target follows what
+    further dense training alone would reach."""
     probe = multiplier is not None and _probes(spec)
+
+    def control_step(state, batch):
+        """The dense control's CE on the batch and its updated ``{"params", "opt_state"}``."""
+        tokens = batch["tokens"]
+
+        def ce_of(params):
+            logits, _ = forward(spec.config, params, tokens[:, :-1], None, mode="train",
+                                implementation=spec.attention)
+            return objective.cross_entropy(logits, tokens[:, 1:], batch["mask"])
+
+        ctl = state["control"]
+        ce, grads = jax.value_and_grad(ce_of)(ctl["params"])
+        updates, opt_state = optimizer.update({"params": grads}, ctl["opt_state"], {"params": ctl["params"]})
+        params = optax.apply_updates({"params": ctl["params"]}, updates)["params"]
+        finite = jnp.isfinite(ce) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        return jax.lax.stop_gradient(ce), {"params": params, "opt_state": opt_state}, finite
 
     def measured_ce(state, frozen, batch, sampled_ce, reference):
         # tau_data=batch: minus the dense starting model's CE on the batch (the distillation teacher's, when the
@@ -164,6 +186,9 @@ def make_train_step(spec: StepSpec, optimizer, multiplier):
         (loss, (ce, density, edges, reference)), grads = jax.value_and_grad(
             lambda t: _loss(spec, t, frozen, batch, seed, weights, noise), has_aux=True)(state["trainable"])
         finite = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        if spec.control:  # the dense control's step; its CE before the update is the reference
+            reference, control, control_finite = control_step(state, batch)
+            finite = finite & control_finite
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["trainable"])
         trainable = optax.apply_updates(state["trainable"], updates)
         mult_state, held = state["mult_state"], {}
@@ -179,10 +204,14 @@ def make_train_step(spec: StepSpec, optimizer, multiplier):
         new = {"trainable": keep(trainable, state["trainable"]), "opt_state": keep(opt_state, state["opt_state"]),
                "mult_state": keep(mult_state, state["mult_state"]), "step": state["step"] + 1, "bad_steps": bad,
                "total_bad_steps": state["total_bad_steps"] + (~finite).astype(jnp.int32), **held}
+        if spec.control:
+            new["control"] = keep(control, state["control"])
         out = {"loss": loss, "ce": ce, "density": density, "edges": edges, "bad_steps": bad,
                "total_bad_steps": new["total_bad_steps"]}
         if noise is not None:
             out["noise_scale"] = noise
+        if spec.control:
+            out["control_ce"] = reference  # the dense control's CE on this batch
         if multiplier is not None:
             out.update(controllers.metrics(mult_state))
             if probe or spec.relative:
