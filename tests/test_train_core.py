@@ -544,43 +544,50 @@ def test_posttrain_says_when_the_final_model_misses_its_target(tmp_path, capsys,
     assert "best_model" in notice and f"step {best.step}" in notice
 
 
-def test_final_feasible_keeps_the_last_model_meeting_the_constraint_on_training_batches(tmp_path):
-    """The select hook's rule on scripted evaluations (a stand-in trainer): the target is the dense CE on the
-    training batches + slack; each evaluation whose training-batch CE is within it replaces feasible_model/, one
-    over it (a late break) does not, so the last feasible one stays."""
+def _select_on_scripted(tmp_path, overrides, train, dense, tail=None):
+    """Run the select hook on a stand-in trainer whose training-batch evaluations are scripted: ``train`` maps each
+    step to its (mean CE, tail CE), ``dense`` is the dense model's; returns the steps exported and feasible.json."""
     import types
 
     from sparsejax.train import RunDir
     from sparsejax.train.hooks import SelectFeasible
 
-    train_ce = {100: 0.30, 200: 0.24, 300: 0.26, 400: 0.31}  # dense 0.2 + slack 0.1 = 0.3: step 400 breaks it
     exported = []
 
     class Stand:
-        cfg = load_config("toy_addition_posttrain", ["constraint.slack=0.1", "constraint.tau=null",
-                                                     "train.feasible_tail=null"])
+        cfg = load_config("toy_addition_posttrain", overrides)
         dir = RunDir(tmp_path)
+        train_src = "train-batches"
         step = 0
 
         def evaluate(self, dense=False, src=None, tail=None):
-            assert src == "train-batches" and tail is None
-            return {"eval_ce": 0.2 if dense else train_ce[self.step], "edge_density": 0.5 - self.step / 1000}
+            assert src == "train-batches" and tail == self.cfg.train.feasible_tail
+            ce, tail_ce = dense_ce if dense else train[self.step]
+            return {"eval_ce": ce, "tail_ce": tail_ce, "edge_density": 0.5 - self.step / 1000}
 
         def export(self, path):
             exported.append(self.step)
             path.mkdir(exist_ok=True)
 
-    run = Stand()
-    run.train_src = "train-batches"
-    hook = SelectFeasible()
+    dense_ce, run, hook = dense, Stand(), SelectFeasible()
     hook.on_start(types.SimpleNamespace(trainer=run))
-    for step in train_ce:
+    for step in train:
         run.step = step
         hook.on_step(types.SimpleNamespace(trainer=run, evaluation={"step": step, "eval_ce": 9.0,
                                                                      "edge_density": 0.1}))
+    return exported, RunDir(tmp_path).feasible_record()
+
+
+def test_final_feasible_keeps_the_last_model_meeting_the_constraint_on_training_batches(tmp_path):
+    """The select hook's rule on scripted evaluations (a stand-in trainer): the target is the dense CE on the
+    training batches + slack; each evaluation whose training-batch CE is within it replaces feasible_model/, one
+    over it (a late break) does not, so the last feasible one stays; without train.feasible_tail the tail is not
+    looked at."""
+    train = {100: (0.30, 5.0), 200: (0.24, 5.0), 300: (0.26, 5.0), 400: (0.31, 0.0)}  # dense 0.2 + slack 0.1 = 0.3
+    exported, rec = _select_on_scripted(tmp_path, ["constraint.slack=0.1", "constraint.tau=null",
+                                                   "train.feasible_tail=null"], train, (0.2, 0.0))
     assert exported == [100, 200, 300]
-    rec = RunDir(tmp_path).feasible_record()
-    assert rec["step"] == 300 and rec["train_eval_ce"] == 0.26 and rec["eval_ce"] == 9.0
+    assert rec["step"] == 300 and rec["train_eval_ce"] == 0.26 and rec["eval_ce"] == 9.0 and "tail_tau" not in rec
     np.testing.assert_allclose(rec["tau"], 0.3)
 
 
@@ -588,40 +595,11 @@ def test_final_feasible_tail_refuses_a_model_that_loses_its_worst_sequences(tmp_
     """train.feasible_tail on scripted evaluations: an evaluation whose mean CE is within its target but whose tail
     (the mean CE of the worst share of the sequences) is over the dense model's tail + feasible_tail_slack is not
     kept; the next one with both within is; feasible.json records the tail numbers."""
-    import types
-
-    from sparsejax.train import RunDir
-    from sparsejax.train.hooks import SelectFeasible
-
     train = {100: (0.25, 0.5), 200: (0.24, 0.6), 300: (0.22, 1.9), 400: (0.29, 0.7)}  # (mean, tail) per step
-    exported = []
-
-    class Stand:
-        cfg = load_config("toy_addition_posttrain", ["constraint.slack=0.1", "constraint.tau=null",
-                                                     "train.final=feasible", "train.feasible_tail=0.02",
-                                                     "train.feasible_tail_slack=0.4"])
-        dir = RunDir(tmp_path)
-        step = 0
-
-        def evaluate(self, dense=False, src=None, tail=None):
-            assert src == "train-batches" and tail == 0.02
-            ce, tail_ce = (0.2, 0.4) if dense else train[self.step]  # targets: mean 0.3, tail 0.8
-            return {"eval_ce": ce, "tail_ce": tail_ce, "edge_density": 0.5 - self.step / 1000}
-
-        def export(self, path):
-            exported.append(self.step)
-            path.mkdir(exist_ok=True)
-
-    run = Stand()
-    run.train_src = "train-batches"
-    hook = SelectFeasible()
-    hook.on_start(types.SimpleNamespace(trainer=run))
-    for step in train:
-        run.step = step
-        hook.on_step(types.SimpleNamespace(trainer=run, evaluation={"step": step, "eval_ce": 9.0,
-                                                                     "edge_density": 0.1}))
-    assert exported == [100, 200, 400]
-    rec = RunDir(tmp_path).feasible_record()
+    exported, rec = _select_on_scripted(tmp_path, ["constraint.slack=0.1", "constraint.tau=null",
+                                                   "train.final=feasible", "train.feasible_tail=0.02",
+                                                   "train.feasible_tail_slack=0.4"], train, (0.2, 0.4))
+    assert exported == [100, 200, 400]  # targets: mean 0.3, tail 0.8
     assert rec["step"] == 400 and rec["train_tail_ce"] == 0.7 and rec["tail_share"] == 0.02
     np.testing.assert_allclose([rec["tau"], rec["tail_tau"]], [0.3, 0.8])
     with pytest.raises(ValueError, match="train.feasible_tail"):
