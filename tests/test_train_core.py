@@ -362,6 +362,10 @@ def test_control_tau_trains_a_dense_control_in_step_and_measures_the_gap_to_it(t
     assert b.gate is None
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
         np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-4, atol=1e-6)
+    from sparsejax import report  # the dynamics figure of such a run: the gap on its own axis, the control's CE
+
+    (tmp_path / "sparse" / "feasible.json").write_text('{"step": 2}')  # and a rolled-back model/ marked
+    assert report.plot_dynamics(tmp_path / "sparse", tmp_path / "dyn.png").read_bytes()[:4] == b"\x89PNG"
 
     run = Trainer(load_config("toy_addition_posttrain", sparse), tmp_path / "steps", progress=False)
     gated, dense = jax.jit(make_eval_step(run.spec)), jax.jit(make_eval_step(run.spec, dense=True))

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from ..files import atomic_write_text
+from ..train.rundir import RunDir
 from .runs import read_metrics
 
 
@@ -43,12 +44,28 @@ def plot_dynamics(metrics_path, out: Path) -> Path:
     axes = axes[0]
     ce_ax = axes[-1]
     ce_ax.plot(steps, [r["ce"] for r in train], label="train CE (sampled gates)", alpha=0.5, lw=0.8)
+    # constraint.tau_data=batch / control: the controller's input and target are a gap to a dense model on each batch
+    # (a few hundredths of a nat), drawn on their own axis
+    run = RunDir(metrics_path) if Path(metrics_path).is_dir() else RunDir(Path(metrics_path).parent)
+    config = run.config_dict()
+    relative = (config or {}).get("constraint", {}).get("tau_data") in ("batch", "control")
+    gap_ax = ce_ax.twinx() if relative and train and ema in train[0] else None
     if train and ema in train[0]:
-        ce_ax.plot(steps, [r[ema] for r in train], label="CE EMA (controller input)")
+        (gap_ax or ce_ax).plot(steps, [r[ema] for r in train], color="tab:orange",
+                               label="CE gap EMA (controller input, right)" if gap_ax else "CE EMA (controller input)")
     if evals:
         ce_ax.plot([r["step"] for r in evals], [r["eval_ce"] for r in evals], "o-", ms=3, color="tab:red",
                    label="held-out CE (eval gates)")
-    if train and ce_target in train[0]:
+        control = [r for r in evals if "control_eval_ce" in r]
+        if control:  # constraint.tau_data=control: the dense control trained beside
+            ce_ax.plot([r["step"] for r in control], [r["control_eval_ce"] for r in control], "s--", ms=3,
+                       color="tab:green", label="held-out CE, dense control")
+    if gap_ax is not None:
+        if ce_target in train[0]:
+            gap_ax.axhline(train[0][ce_target], ls=":", color="tab:orange", label="target: the slack (right)")
+        gap_ax.set_ylabel("CE gap to the dense model (nats)")
+        gap_ax.legend(fontsize=7, loc="lower left")
+    elif train and ce_target in train[0]:
         tau = train[0][ce_target]
         ce_ax.axhline(tau, ls="--", color="black", label="target tau")
         lo = min([r["eval_ce"] for r in evals] + [tau])
@@ -78,8 +95,13 @@ def plot_dynamics(metrics_path, out: Path) -> Path:
             axes[1].semilogy(steps, [max(r[key], 1e-12) for r in train], color="tab:orange")
             axes[1].set_title(f"multiplier {key} (log)")
             axes[1].set_ylabel(key)
+    chosen = run.feasible_record()  # train.final=feasible rolled model/ back to an earlier evaluation
     for ax in axes:
         ax.set_xlabel("step")
+        if chosen is not None and steps and chosen["step"] < steps[-1]:
+            ax.axvline(chosen["step"], color="gray", lw=0.8, ls="-.")
+    if chosen is not None and steps and chosen["step"] < steps[-1]:
+        axes[0].set_title(f"edge density (log); model/ = step {chosen['step']} (-.)")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
