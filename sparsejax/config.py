@@ -71,6 +71,8 @@ class DataSection:
     seed: int = 0
     eval_batches: int = 8
     repeat: float = 0.0             # text: share of rows with a passage copied later in the row (induction data)
+    aside: float = 0.0              # share of the training rows (the last ones) held aside, never trained on: the
+    #                                 multiplier's CE gap (constraint.tau_data=batch / control) is measured on them
     repeat_tokens: str = "text"     # the repeated passage: "text" (from the row) or "random" (uniform tokens)
 
 
@@ -357,6 +359,7 @@ _RULES = (
     ("constraint.measure", *_one_of(_listed(".train.step", "MEASURES"))),
     ("constraint.measure_every", lambda v: v >= 1, "an integer >= 1"),
     ("constraint.anneal_from", lambda v: v is None or (math.isfinite(v) and v > 0), "a number > 0 or null"),
+    ("data.aside", lambda v: 0 <= v < 0.5, "a share of the training rows in [0, 0.5) (0: none held aside)"),
     ("train.steps", lambda v: v >= 0, "an integer >= 0"),
     ("train.final", lambda v: v in ("last", "feasible"), "last or feasible"),
     ("train.feasible_tail", lambda v: v is None or 0 < v <= 1, "a share of the sequences in (0, 1] or null"),
@@ -424,6 +427,11 @@ def validate(cfg: RunConfig) -> RunConfig:
         if c.sense == "ce" and c.anneal_steps:
             problems.append(f"constraint.tau_data={c.tau_data} holds the CE at the slack over {ref} on every batch: "
                             "set constraint.anneal_steps=0")
+    if cfg.data.aside and not (g.enabled and c.tau_data in ("batch", "control") and c.sense == "ce"
+                               and c.measure == "deterministic"):
+        problems.append(f"data.aside={cfg.data.aside} holds training rows aside to measure the multiplier's CE gap on: "
+                        "it needs a gated run with constraint.tau_data=batch or control, constraint.sense=ce and "
+                        "constraint.measure=deterministic (or data.aside=0)")
     if c.tau_data == "control" and g.enabled and (cfg.train.lora_rank > 0 or cfg.train.distill > 0):
         problems.append("constraint.tau_data=control trains a dense control of the whole model beside the sparse one: "
                         "it needs full fine-tuning without distillation (train.lora_rank=0, train.distill=0); "

@@ -123,6 +123,8 @@ def compile_plan(cfg) -> dict:
     batch_sh = sharding.batch_sharding(mesh, rules)
     batch = {"tokens": jax.ShapeDtypeStruct((b, t + 1), jax.numpy.int32, sharding=batch_sh),
              "mask": jax.ShapeDtypeStruct((b, t), jax.numpy.float32, sharding=batch_sh)}
+    if spec.aside:  # data.aside: the step's held-aside rows beside its batch
+        batch.update({f"aside_{k}": v for k, v in batch.items()})
     seed = jax.ShapeDtypeStruct((), jax.numpy.uint32, sharding=sharding.replicated(mesh))
     step = jax.jit(make_train_step(spec, optimizer, multiplier), donate_argnums=0)
     with jax.set_mesh(mesh):

@@ -125,6 +125,9 @@ def test_model_flops_count_the_multipliers_measurements(capsys):
              ("constraint.measure=sampled", "constraint.tau_data=batch"): 1.0,
              # a dense control trained beside: its forward and backward (three forwards) every step
              ("constraint.measure=deterministic", "constraint.measure_every=4", "constraint.tau_data=control"): 3.25,
+             # ... measured on held-aside rows: the control's forward there too, when measured
+             ("constraint.measure=deterministic", "constraint.measure_every=4", "constraint.tau_data=control",
+              "data.aside=0.05"): 3.5,
              # distillation: the teacher's forward, which also gives the reference
              ("constraint.measure=deterministic", "constraint.measure_every=4", "constraint.tau_data=batch",
               "train.distill=1.0"): 1.25,

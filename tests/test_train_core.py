@@ -384,6 +384,44 @@ def test_control_tau_trains_a_dense_control_in_step_and_measures_the_gap_to_it(t
             load_config("toy_addition_posttrain", [*sparse, bad])
 
 
+@pytest.mark.parametrize("data", ["control", "batch"])
+def test_aside_rows_are_never_trained_on_and_carry_the_measured_gap(tmp_path, data):
+    """data.aside: the last share of the training rows is held aside — the training stream draws from the rest only —
+    and the multiplier's input is the CE gap measured on the step's held-aside rows: the exported gates' CE there
+    minus the control's (tau_data=control, before its update) or the dense starting model's (tau_data=batch), both
+    from the evaluation step. Refused where nothing would measure on them."""
+    from sparsejax.data import addition, batch_at, hold_aside
+    from sparsejax.train import Trainer
+    from sparsejax.train.loop import train_rows
+
+    full = addition.source("train")
+    rest, aside = hold_aside(full, 0.1)
+    assert (len(rest), len(aside)) == (8100, 900)
+    np.testing.assert_array_equal(aside.rows([0, 899])["tokens"], full.rows([8100, 8999])["tokens"])
+    cfg = load_config("toy_addition_posttrain", [*TINY, "model.checkpoint=null", "gate.bias=0.5", "train.lr=1e-2",
+                                                 "constraint.method=pi", f"constraint.tau_data={data}",
+                                                 "constraint.slack=0.02", "data.aside=0.1"])
+    run = Trainer(cfg, tmp_path / "run", progress=False)
+    assert len(run.train_src) == 8100 and len(run.aside_src) == 900
+    gated, dense = jax.jit(make_eval_step(run.spec)), jax.jit(make_eval_step(run.spec, dense=True))
+    start = {"params": jax.tree.map(jnp.copy, run.state["trainable"]["params"])}
+    aside_rows = {tuple(r) for r in full.rows(np.arange(8100, 9000))["tokens"].tolist()}
+    for step in range(3):
+        batch = train_rows(run, step)
+        assert not aside_rows & {tuple(r) for r in np.asarray(batch["tokens"]).tolist()}  # never trained on
+        held = {"tokens": batch["aside_tokens"], "mask": batch["aside_mask"]}
+        np.testing.assert_array_equal(held["tokens"], batch_at(run.aside_src, step, 16, cfg.data.seed)["tokens"])
+        reference = {"params": run.state["control"]["params"]} if data == "control" else start
+        gap = (float(gated(jax.tree.map(jnp.copy, run.state["trainable"]), run.frozen, held)["ce"])
+               - float(dense(jax.tree.map(jnp.copy, reference), run.frozen, held)["ce"]))
+        run.state, out = run.step_fn(run.state, run.frozen, batch, jnp.uint32(step))
+        np.testing.assert_allclose(float(out["measured_ce"]), gap, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="data.aside=0.1 holds training rows aside"):
+        load_config("toy_addition_posttrain", [*TINY, "data.aside=0.1"])
+    with pytest.raises(ValueError, match="leaves none to train on"):
+        hold_aside(rest, 1.0)
+
+
 def test_batch_tau_with_every_edge_kept_measures_no_gap(tmp_path):
     """Gates that keep every edge give the dense model's attention: the measured gap is 0 (float32)."""
     from sparsejax.data import batch_at

@@ -37,6 +37,34 @@ class ArraySource:
         return {"tokens": tokens, "mask": mask}
 
 
+class Rows:
+    """Rows ``[start, stop)`` of another source, renumbered from 0 (the same rows, the same transformations)."""
+
+    def __init__(self, source, start: int, stop: int):
+        if not 0 <= start < stop <= len(source):
+            raise ValueError(f"rows [{start}, {stop}) are not a non-empty range of a source of {len(source)} rows")
+        self.source, self.start, self.stop = source, start, stop
+
+    def __len__(self):
+        return self.stop - self.start
+
+    @property
+    def seq_len(self) -> int:
+        return self.source.seq_len
+
+    def rows(self, indices) -> dict:
+        return self.source.rows(np.asarray(indices) + self.start)
+
+
+def hold_aside(source, share: float):
+    """``(rest, aside)``: the last ``share`` of the rows held aside (``data.aside``), the rest to train on."""
+    n = len(source)
+    cut = n - max(1, int(round(n * share)))
+    if cut < 1:
+        raise ValueError(f"data.aside={share} of {n} rows leaves none to train on: lower data.aside")
+    return Rows(source, 0, cut), Rows(source, cut, n)
+
+
 class RepeatedPassages:
     """Text with repeated passages (for induction heads): in a share ``share`` of the rows of ``source`` (chosen,
     like everything here, by ``(seed, row)`` alone), a passage of ``min_len`` to ``(T + 1) // 2`` tokens is copied

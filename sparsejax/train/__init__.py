@@ -110,6 +110,11 @@ class Trainer:
         self.trackers: list[Tracker] = [*default_trackers(self.dir), *trackers]
         self.hooks: Hooks = default_hooks(cfg)
         self.train_src, self.val_src, self.tokenizer = build_data(cfg, self.dir)
+        self.aside_src = None  # data.aside: training rows never trained on, where the multiplier's gap is measured
+        if cfg.data.aside:
+            from ..data import hold_aside
+
+            self.train_src, self.aside_src = hold_aside(self.train_src, cfg.data.aside)
         self.rules = sharding.parse_rules(cfg.mesh.rules)
         self.mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
         model = build_model(cfg, self.mesh, self.rules)  # a checkpoint streams onto its shardings

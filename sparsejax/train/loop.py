@@ -66,8 +66,7 @@ def fit(run, *, progress: bool = True, callbacks=()) -> dict | None:
         run.hooks.start(info(start))
         with jax.set_mesh(run.mesh):
             for step in range(start, t.steps):
-                batch = place_batch(lambda rows: batch_at(run.train_src, step, cfg.data.batch_size, cfg.data.seed,
-                                                          rows=rows), cfg.data.batch_size, shard)
+                batch = place_batch(lambda rows: train_rows(run, step, rows), cfg.data.batch_size, shard)
                 run.state, out = run.step_fn(run.state, run.frozen, batch, step_noise(t.seed, step))
                 # the previous step's counter is ready by now while the device runs this one; after a bad step,
                 # check every step at once so that the run stops exactly at max_bad_steps
@@ -89,6 +88,17 @@ def fit(run, *, progress: bool = True, callbacks=()) -> dict | None:
         if bar is not None:
             bar.close()
     return None if end.evaluation is None else end.evaluation.to_dict()
+
+
+def train_rows(run, step: int, rows: slice = slice(None)) -> dict:
+    """The step's training batch; with ``data.aside``, also the step's batch of held-aside rows (``aside_tokens``,
+    ``aside_mask``), which the multiplier's CE gap is measured on."""
+    d = run.cfg.data
+    batch = batch_at(run.train_src, step, d.batch_size, d.seed, rows=rows)
+    if run.aside_src is not None:
+        batch.update({f"aside_{k}": v for k, v in batch_at(run.aside_src, step, d.batch_size, d.seed,
+                                                            rows=rows).items()})
+    return batch
 
 
 def _check_bad(pending, max_bad: int) -> bool:

@@ -35,6 +35,7 @@ class StepSpec:
     guard: bool = False               # density mode: the annealed target waits while the measured CE is over tau
     relative: bool = False            # the measured CE minus the dense starting model's on the batch (tau_data=batch)
     control: bool = False             # ... minus a dense control's, trained in the same step (tau_data=control)
+    aside: bool = False               # both measured on held-aside rows the batch carries (data.aside)
     beta: float = 0.0                 # fixed density weight when there is no multiplier (penalty mode)
     attention: str = "auto"           # sparse_attention implementation (auto | chunked | pallas | reference)
     noise_anneal: tuple[int, int] | None = None  # (first step, steps): the gate noise's scale 1 -> 0 (noise_steps)
@@ -164,6 +165,7 @@ def step_spec(cfg: RunConfig, model: Model) -> StepSpec:
                 measure_every=cfg.constraint.measure_every, guard=cfg.constraint.guard, beta=beta,
                     relative=g.enabled and cfg.constraint.tau_data in ("batch", "control"),
                     control=g.enabled and cfg.constraint.tau_data == "control",
+                    aside=g.enabled and cfg.data.aside > 0,
                 attention=cfg.train.attention,
                     noise_anneal=noise_steps(cfg) if g.enabled and g.noise_anneal else None,
                     noise_recover=cfg.constraint.slack if g.enabled and g.noise_recover else None,

@@ -122,7 +122,9 @@ def measurement_forwards(spec: StepSpec) -> float:
     input beyond its loss: the deterministic-gate CE and, under ``spec.relative``, the dense reference on the same
     batch unless distillation's teacher forward gives it, and the dense control's step (``tau_data=control``: its
     forward and backward, three forwards) (``plan.analytic_flops`` counts them)."""
-    relative = spec.relative and not spec.distill > 0 and not spec.control  # distillation's teacher forward reused
+    # the dense reference's forward: distillation's teacher forward and the control's training forward are reused,
+    # except on held-aside rows (data.aside), where the reference takes its own forward
+    relative = spec.relative and (spec.aside or not (spec.distill > 0 or spec.control))
     control = 3.0 if spec.control else 0.0  # tau_data=control: the control's forward and backward, every step
     if _probes(spec):
         return (1 + relative) / spec.measure_every + control
@@ -163,8 +165,13 @@ def make_train_step(spec: StepSpec, optimizer, multiplier):
 
     def measured_ce(state, frozen, batch, sampled_ce, reference):
         # tau_data=batch: minus the dense starting model's CE on the batch (the distillation teacher's, when the
-        # loss computed it; else one more forward)
+        # loss computed it; else one more forward); tau_data=control: minus the control's (before its update)
         ref = (lambda: reference) if reference is not None else (lambda: reference_ce(spec, frozen, batch))
+        if spec.aside:  # data.aside: both measured on the step's held-aside rows instead (config.py allows it only
+            #             with measure=deterministic and a relative target), each when measured
+            batch = {"tokens": batch["aside_tokens"], "mask": batch["aside_mask"]}
+            ref = ((lambda: _batch_ce(spec, state["control"]["params"], batch)) if spec.control else
+                   (lambda: reference_ce(spec, frozen, batch)))
         gap = (lambda ce: ce - ref()) if spec.relative else (lambda ce: ce)
         if not probe:
             return gap(sampled_ce), {}
