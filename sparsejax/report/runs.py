@@ -42,9 +42,9 @@ def summary_rows(run: Path) -> tuple[list[str], list[list]]:
     if last is not None and last is not start:
         add("final" if last.get("final") else "last evaluation (run unfinished)", last)
     chosen = run.feasible_record()  # train.final=feasible rolled model/ back to an earlier evaluation
-    if chosen is not None and last is not None and chosen["step"] != last["step"] and run.model_record() is not None:
-        add(f"{run.MODEL}/ (train.final=feasible: the last model meeting the constraint on training batches)",
-            run.model_record())
+    output = run.model_record() if chosen is not None and last is not None and chosen["step"] != last["step"] else None
+    if output is not None:
+        add(f"{run.MODEL}/ (train.final=feasible: the last model meeting the constraint on training batches)", output)
     best = run.best_record()
     if best is not None:
         add(f"best feasible ({run.BEST_MODEL}/)", best)
