@@ -427,11 +427,12 @@ def validate(cfg: RunConfig) -> RunConfig:
         if c.sense == "ce" and c.anneal_steps:
             problems.append(f"constraint.tau_data={c.tau_data} holds the CE at the slack over {ref} on every batch: "
                             "set constraint.anneal_steps=0")
-    if cfg.data.aside and not (g.enabled and c.tau_data in ("batch", "control") and c.sense == "ce"
-                               and c.measure == "deterministic"):
+    if cfg.data.aside and not (g.enabled and c.tau_data in ("batch", "control") and c.measure == "deterministic"
+                               and (c.sense == "ce" or c.guard)):
         problems.append(f"data.aside={cfg.data.aside} holds training rows aside to measure the multiplier's CE gap on: "
-                        "it needs a gated run with constraint.tau_data=batch or control, constraint.sense=ce and "
-                        "constraint.measure=deterministic (or data.aside=0)")
+                        "it needs a gated run with constraint.tau_data=batch or control, constraint.measure="
+                        "deterministic and either constraint.sense=ce or a guarded density curriculum "
+                        "(constraint.guard=true) (or data.aside=0)")
     if c.tau_data == "control" and g.enabled and (cfg.train.lora_rank > 0 or cfg.train.distill > 0):
         problems.append("constraint.tau_data=control trains a dense control of the whole model beside the sparse one: "
                         "it needs full fine-tuning without distillation (train.lora_rank=0, train.distill=0); "

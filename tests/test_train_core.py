@@ -384,12 +384,13 @@ def test_control_tau_trains_a_dense_control_in_step_and_measures_the_gap_to_it(t
             load_config("toy_addition_posttrain", [*sparse, bad])
 
 
-@pytest.mark.parametrize("data", ["control", "batch"])
-def test_aside_rows_are_never_trained_on_and_carry_the_measured_gap(tmp_path, data):
+@pytest.mark.parametrize("data,guarded", [("control", False), ("batch", False), ("control", True)])
+def test_aside_rows_are_never_trained_on_and_carry_the_measured_gap(tmp_path, data, guarded):
     """data.aside: the last share of the training rows is held aside — the training stream draws from the rest only —
-    and the multiplier's input is the CE gap measured on the step's held-aside rows: the exported gates' CE there
-    minus the control's (tau_data=control, before its update) or the dense starting model's (tau_data=batch), both
-    from the evaluation step. Refused where nothing would measure on them."""
+    and the multiplier's input (CE mode) or the guard of a guarded density curriculum is the CE gap measured on the
+    step's held-aside rows: the exported gates' CE there minus the control's (tau_data=control, before its update)
+    or the dense starting model's (tau_data=batch), both from the evaluation step. Refused where nothing would
+    measure on them."""
     from sparsejax.data import addition, batch_at, hold_aside
     from sparsejax.train import Trainer
     from sparsejax.train.loop import train_rows
@@ -400,8 +401,12 @@ def test_aside_rows_are_never_trained_on_and_carry_the_measured_gap(tmp_path, da
     np.testing.assert_array_equal(aside.rows([0, 899])["tokens"], full.rows([8100, 8999])["tokens"])
     cfg = load_config("toy_addition_posttrain", [*TINY, "model.checkpoint=null", "gate.bias=0.5", "train.lr=1e-2",
                                                  "constraint.method=pi", f"constraint.tau_data={data}",
-                                                 "constraint.slack=0.02", "data.aside=0.1"])
+                                                 "constraint.slack=0.02", "data.aside=0.1",
+                                                 *(["constraint.sense=density", "constraint.density_target=0.05",
+                                                    "constraint.anneal_steps=4", "constraint.guard=true"]
+                                                   if guarded else [])])
     run = Trainer(cfg, tmp_path / "run", progress=False)
+    assert run.spec.guard == guarded and run.spec.aside
     assert len(run.train_src) == 8100 and len(run.aside_src) == 900
     gated, dense = jax.jit(make_eval_step(run.spec)), jax.jit(make_eval_step(run.spec, dense=True))
     start = {"params": jax.tree.map(jnp.copy, run.state["trainable"]["params"])}
@@ -416,8 +421,17 @@ def test_aside_rows_are_never_trained_on_and_carry_the_measured_gap(tmp_path, da
                - float(dense(jax.tree.map(jnp.copy, reference), run.frozen, held)["ce"]))
         run.state, out = run.step_fn(run.state, run.frozen, batch, jnp.uint32(step))
         np.testing.assert_allclose(float(out["measured_ce"]), gap, rtol=1e-4, atol=1e-6)
+        if guarded:  # the guard's EMA (alpha of the preset) starts at the first measured gap, its target the slack
+            np.testing.assert_allclose(float(run.state["mult_state"].guard_ema), gap if step == 0 else
+                                       cfg.constraint.alpha * ema + (1 - cfg.constraint.alpha) * gap, rtol=1e-4,
+                                       atol=1e-6)
+            ema = float(run.state["mult_state"].guard_ema)
     with pytest.raises(ValueError, match="data.aside=0.1 holds training rows aside"):
         load_config("toy_addition_posttrain", [*TINY, "data.aside=0.1"])
+    with pytest.raises(ValueError, match="data.aside=0.1 holds training rows aside"):  # density mode, no guard
+        load_config("toy_addition_posttrain", [*TINY, "data.aside=0.1", "constraint.tau_data=control",
+                                               "constraint.slack=0.02", "constraint.sense=density",
+                                               "constraint.density_target=0.05"])
     with pytest.raises(ValueError, match="leaves none to train on"):
         hold_aside(rest, 1.0)
 
