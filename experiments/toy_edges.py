@@ -1,0 +1,52 @@
+"""Where a sparse toy model keeps its edges: the mean number of kept edges per held-out problem in each layer, per
+head of layer 0, and (``--map``) layer 0's ``[query, key]`` map of kept edges summed over heads. A problem has
+4 layers x 4 heads x 55 causal pairs = 880 edges, so 2.5% of edges is 22 edges a problem (issue J, fifteenth
+round in docs/controllers.md: the dense model that needs 2.5-3.5% keeps twice the edges of the easy ones in layer 0).
+
+    python experiments/toy_edges.py runs/zoo15/toy_d2/noise_mid_4k_smooth_tail/seed2/model [MODEL ...] [--map]
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def edges(model_dir: str) -> dict:
+    """``{"per_layer": [L], "layer0_heads": [H], "layer0_map": [T, T], "causal": int}``: mean kept edges per problem
+    over the 1,000 held-out problems under the exported (deterministic) gates; ``causal``: causal pairs a problem."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    import sparsejax as sj
+    from sparsejax.data import addition
+
+    m = sj.from_pretrained(model_dir)
+    if m.gate is None:
+        raise SystemExit(f"{model_dir} has no gate (a dense model): give a sparse run's model/")
+    rows = addition.split("validation")
+    caps = sj.forward(m.config, m.params, jnp.asarray(rows[:, :-1]), m.gate, mode="eval",
+                      capture="blocks.*.attn.hook_adjacency")[1]["captures"]
+    adj = [np.asarray(caps[f"blocks.{layer}.attn.hook_adjacency"]) for layer in range(m.config.n_layers)]
+    t = adj[0].shape[-1]
+    return {"per_layer": [float(a.sum((1, 2, 3)).mean()) for a in adj],
+            "layer0_heads": adj[0].sum((2, 3)).mean(0).tolist(), "layer0_map": adj[0].mean(0).sum(0),
+            "causal": m.config.n_layers * m.config.n_heads * t * (t + 1) // 2}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("models", nargs="+", help="exported model directories (a run's model/)")
+    p.add_argument("--map", action="store_true", help="also print layer 0's [query, key] map (kept edges a problem)")
+    args = p.parse_args(argv)
+    import numpy as np
+
+    for path in args.models:
+        e = edges(path)
+        total = sum(e["per_layer"])
+        print(f"{path}: {total:.1f} of {e['causal']} edges a problem ({total / e['causal']:.2%}); per layer "
+              f"{[round(x, 1) for x in e['per_layer']]}; layer 0 per head {[round(x, 1) for x in e['layer0_heads']]}")
+        if args.map:
+            print(np.array2string(e["layer0_map"], precision=2, suppress_small=True, max_line_width=200))
+
+
+if __name__ == "__main__":
+    main()
