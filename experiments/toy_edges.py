@@ -4,6 +4,7 @@ head of layer 0, and (``--map``) layer 0's ``[query, key]`` map of kept edges su
 round in docs/controllers.md: the dense model that needs 2.5-3.5% keeps twice the edges of the easy ones in layer 0).
 
     python experiments/toy_edges.py runs/zoo15/toy_d2/noise_mid_4k_smooth_tail/seed2/model [MODEL ...] [--map]
+        [--figure docs/figures/toy_layer0_edges.png --labels NAME ...]
 """
 from __future__ import annotations
 
@@ -36,16 +37,50 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="+", help="exported model directories (a run's model/)")
     p.add_argument("--map", action="store_true", help="also print layer 0's [query, key] map (kept edges a problem)")
+    p.add_argument("--figure", help="draw each model's layer-0 map side by side into this PNG")
+    p.add_argument("--labels", nargs="*", help="a title for each model in the figure (default: its path)")
     args = p.parse_args(argv)
+    if args.labels and len(args.labels) != len(args.models):
+        p.error(f"--labels: {len(args.labels)} titles for {len(args.models)} models")
     import numpy as np
 
+    found = []
     for path in args.models:
         e = edges(path)
+        found.append(e)
         total = sum(e["per_layer"])
         print(f"{path}: {total:.1f} of {e['causal']} edges a problem ({total / e['causal']:.2%}); per layer "
               f"{[round(x, 1) for x in e['per_layer']]}; layer 0 per head {[round(x, 1) for x in e['layer0_heads']]}")
         if args.map:
             print(np.array2string(e["layer0_map"], precision=2, suppress_small=True, max_line_width=200))
+    if args.figure:
+        draw(found, args.labels or args.models, args.figure)
+
+
+def draw(found: list, labels: list, path: str) -> None:
+    """Layer 0's kept edges a problem (summed over its heads) at each (query, key) position, one panel a model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sparsejax.data import addition
+
+    ticks = ["a", "b", "+", "c", "d", "=", "s1", "s2", "s3", "s4"]  # the input positions of ``ab+cd=s1..s5``
+    fig, axes = plt.subplots(1, len(found), figsize=(3.6 * len(found), 3.6), squeeze=False)
+    vmax = max(float(e["layer0_map"].max()) for e in found)
+    for ax, e, label in zip(axes[0], found, labels):
+        im = ax.imshow(e["layer0_map"], cmap="viridis", vmin=0, vmax=vmax)
+        total = sum(e["per_layer"])
+        ax.set_title(f"{label}\n{total / e['causal']:.2%} of edges; layer 0: {e['per_layer'][0]:.1f} a problem",
+                     fontsize=8)
+        ax.set_xticks(range(len(ticks)), ticks, fontsize=7)
+        ax.set_yticks(range(len(ticks)), ticks, fontsize=7)
+        ax.set_xlabel("key", fontsize=8)
+        ax.set_ylabel("query", fontsize=8)
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="kept edges a problem (sum over heads)")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
