@@ -72,7 +72,8 @@ class DataSection:
     eval_batches: int = 8
     repeat: float = 0.0             # text: share of rows with a passage copied later in the row (induction data)
     aside: float = 0.0              # share of the training rows (the last ones) held aside, never trained on: the
-    #                                 multiplier's CE gap (constraint.tau_data=batch / control) is measured on them
+    #                                 CE gap (constraint.tau_data=batch / control) that the multiplier (CE mode) or
+    #                                 the guard of a guarded density curriculum sees is measured on them
     repeat_tokens: str = "text"     # the repeated passage: "text" (from the row) or "random" (uniform tokens)
 
 
