@@ -149,3 +149,27 @@ def test_pick_heads_finds_the_changed_the_sparse_and_covers_layers(tmp_path):
     out = report.plot_attention_maps((dense_p, None), (sparse_p, adj), [str(i) for i in range(T)],
                                      tmp_path / "maps.png", heads=picked)
     assert out.stat().st_size > 0
+
+
+@pytest.mark.parametrize("annealed", [True, False])
+def test_dynamics_draws_the_density_target_as_it_moved(tmp_path, monkeypatch, annealed):
+    """A density target annealed over the run (constraint.anneal_steps) is drawn at each logged step, a fixed one
+    as one horizontal line at its value."""
+    from matplotlib.figure import Figure
+
+    targets = [0.4, 0.2, 0.1] if annealed else [0.05] * 3
+    recs = [{"step": 0, "eval_ce": 0.7, "edge_density": 0.9, "edge_density_per_layer": [0.95, 0.85]}]
+    for s, t in zip((10, 20, 30), targets):
+        recs.append({"step": s, "loss": 1.0, "ce": 0.6, "expected_density": 0.5, "beta": 0.1,
+                     "density_target": t, "density_ema": 0.5, "train_edge_density": 0.5, "violation": 0.0})
+    recs.append({"step": 30, "eval_ce": 0.5, "edge_density": 0.2, "edge_density_per_layer": [0.3, 0.1],
+                 "final": True})
+    _write(tmp_path / "run", recs)
+    drawn = []
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: drawn.append(self))
+    report.plot_dynamics(tmp_path / "run", tmp_path / "d.png")
+    (line,) = [ln for ln in drawn[0].axes[0].get_lines() if ln.get_label().startswith("density target")]
+    if annealed:
+        assert list(line.get_xdata()) == [10, 20, 30] and list(line.get_ydata()) == targets
+    else:
+        assert list(line.get_ydata()) == [0.05, 0.05]  # axhline: one value at both ends

@@ -66,8 +66,12 @@ def plot_dynamics(metrics_path, out: Path) -> Path:
         gap_ax.set_ylabel("CE gap to the dense model (nats)")
         gap_ax.legend(fontsize=7, loc="lower left")
     elif train and ce_target in train[0]:
-        tau = train[0][ce_target]
-        ce_ax.axhline(tau, ls="--", color="black", label="target tau")
+        target = [r[ce_target] for r in train]
+        tau = target[-1]
+        if len(set(target)) > 1:  # an annealed CE target
+            ce_ax.plot(steps, target, ls="--", color="black", label="target tau (annealed)")
+        else:
+            ce_ax.axhline(tau, ls="--", color="black", label="target tau")
         lo = min([r["eval_ce"] for r in evals] + [tau])
         ce_ax.set_ylim(lo - 0.05 * abs(lo) - 0.01, tau + max(0.3 * abs(tau), 0.05))
     ce_ax.set_title("cross-entropy")
@@ -85,8 +89,12 @@ def plot_dynamics(metrics_path, out: Path) -> Path:
             for l in range(len(evals[0]["edge_density_per_layer"])):
                 ax.semilogy(es, [max(r["edge_density_per_layer"][l], 1e-6) for r in evals], ":", lw=1,
                             label=f"held-out, layer {l}")
-        if density_target in train[0]:
-            ax.axhline(train[0][density_target], ls="--", color="black", lw=1, label="density target")
+        if density_target in train[0]:  # an annealed target (constraint.anneal_steps) is drawn as it moved
+            target = [r[density_target] for r in train]
+            if len(set(target)) > 1:
+                ax.semilogy(steps, target, ls="--", color="black", lw=1, label="density target (annealed)")
+            else:
+                ax.axhline(target[0], ls="--", color="black", lw=1, label="density target")
         ax.set_title("edge density (log)")
         ax.set_ylabel("share of causal pairs kept")
         ax.legend(fontsize=6)
