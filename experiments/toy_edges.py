@@ -1,7 +1,8 @@
 """Where a sparse toy model keeps its edges: the mean number of kept edges per held-out problem in each layer, per
 head of layer 0, and (``--map``) layer 0's ``[query, key]`` map of kept edges summed over heads. A problem has
-4 layers x 4 heads x 55 causal pairs = 880 edges, so 2.5% of edges is 22 edges a problem (issue J, fifteenth
-round in docs/controllers.md: the dense model that needs 2.5-3.5% keeps twice the edges of the easy ones in layer 0).
+4 layers x 4 heads x 55 causal pairs = 880 edges, so 2.5% of edges is 22 edges a problem (with a BOS token,
+``data.bos=true``, read from the run's config: 66 pairs, 1,056 edges). Issue J, sixteenth round in
+docs/controllers.md: the dense model that needs 2.5-3.5% keeps twice the edges of the easy ones in layer 0.
 
     python experiments/toy_edges.py runs/zoo15/toy_d2/noise_mid_4k_smooth_tail/seed2/model [MODEL ...] [--map]
         [--figure docs/figures/toy_layer0_edges.png --labels NAME ...]
@@ -9,6 +10,17 @@ round in docs/controllers.md: the dense model that needs 2.5-3.5% keeps twice th
 from __future__ import annotations
 
 import argparse
+
+
+def run_bos(model_dir: str) -> bool:
+    """Whether the run that exported ``model_dir`` (its parent folder) put a BOS token first in every row
+    (``data.bos`` in its ``config.yaml``; a model folder outside a run: no)."""
+    from pathlib import Path
+
+    from sparsejax.train.rundir import RunDir
+
+    cfg = RunDir(Path(model_dir).resolve().parent).config_dict() or {}
+    return bool(cfg.get("data", {}).get("bos", False))
 
 
 def edges(model_dir: str) -> dict:
@@ -23,7 +35,7 @@ def edges(model_dir: str) -> dict:
     m = sj.from_pretrained(model_dir)
     if m.gate is None:
         raise SystemExit(f"{model_dir} has no gate (a dense model): give a sparse run's model/")
-    rows = addition.split("validation")
+    rows = addition.split("validation", run_bos(model_dir))
     caps = sj.forward(m.config, m.params, jnp.asarray(rows[:, :-1]), m.gate, mode="eval",
                       capture="blocks.*.attn.hook_adjacency")[1]["captures"]
     adj = [np.asarray(caps[f"blocks.{layer}.attn.hook_adjacency"]) for layer in range(m.config.n_layers)]
@@ -64,8 +76,6 @@ def draw(found: list, labels: list, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sparsejax.data import addition
-
     ticks = ["a", "b", "+", "c", "d", "=", "s1", "s2", "s3", "s4"]  # the input positions of ``ab+cd=s1..s5``
     fig, axes = plt.subplots(1, len(found), figsize=(3.6 * len(found), 3.6), squeeze=False)
     vmax = max(float(e["layer0_map"].max()) for e in found)
@@ -74,8 +84,9 @@ def draw(found: list, labels: list, path: str) -> None:
         total = sum(e["per_layer"])
         ax.set_title(f"{label}\n{total / e['causal']:.2%} of edges; layer 0: {e['per_layer'][0]:.1f} a problem",
                      fontsize=8)
-        ax.set_xticks(range(len(ticks)), ticks, fontsize=7)
-        ax.set_yticks(range(len(ticks)), ticks, fontsize=7)
+        names = ["BOS"] * (len(e["layer0_map"]) - len(ticks)) + ticks  # a model trained with data.bos=true
+        ax.set_xticks(range(len(names)), names, fontsize=7)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
         ax.set_xlabel("key", fontsize=8)
         ax.set_ylabel("query", fontsize=8)
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="kept edges a problem (sum over heads)")

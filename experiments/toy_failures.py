@@ -25,13 +25,16 @@ def failures(model_dir: str, threshold: float = 0.1) -> dict:
     from sparsejax.data import addition
     from sparsejax.train.evaluate import tail_mean
 
+    from toy_edges import run_bos
+
     m = sj.from_pretrained(model_dir)
     forward = jax.jit(lambda t: sj.forward(m.config, m.params, t, m.gate)[0])
-    tokens = addition.all_problems()  # row a * 100 + b is a + b
+    bos = run_bos(model_dir)
+    tokens = addition.all_problems(bos)  # row a * 100 + b is a + b
     logp = np.asarray(jax.nn.log_softmax(forward(jnp.asarray(tokens[:, :-1])), -1))
-    nll = -np.take_along_axis(logp, tokens[:, 1:, None], -1)[..., 0][:, addition.PROMPT_LEN - 1:]  # [10000, 5]
+    nll = -np.take_along_axis(logp, tokens[:, 1:, None], -1)[..., 0][:, -addition.ANSWER_LEN:]  # [10000, 5]
     per = nll.mean(1)
-    held_out = {tuple(r) for r in addition.split("validation").tolist()}
+    held_out = {tuple(r) for r in addition.split("validation", bos).tolist()}
     val = np.array([tuple(r) in held_out for r in tokens.tolist()])
     bad = np.flatnonzero(per > threshold)
     return {"train_ce": float(per[~val].mean()), "validation_ce": float(per[val].mean()),

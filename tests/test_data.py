@@ -19,6 +19,47 @@ def test_addition_rows_and_mask():
     assert [addition.carries(*p) for p in ((12, 34), (15, 37), (95, 17))] == [0, 1, 2]
 
 
+def test_addition_with_a_bos_token_is_the_same_problems_one_position_later():
+    plain, bos = addition.split("validation"), addition.split("validation", bos=True)
+    assert bos.shape == (1000, 12) and (bos[:, 0] == addition.BOS).all()
+    np.testing.assert_array_equal(bos[:, 1:], plain)
+    assert addition.decode(addition.encode(53, 21, bos=True)) == "^53+21=00074"
+    assert addition.vocab(True) == addition.vocab() + 1 == 13
+    for src in (addition.source("train"), addition.source("train", bos=True)):
+        row = src.rows([0])
+        targets = row["tokens"][0, 1:][row["mask"][0] > 0]
+        np.testing.assert_array_equal(targets, row["tokens"][0, -5:])  # the loss is on the 5 answer digits only
+
+
+def _oracle(wrong_digit=None):
+    """A causal "model" that adds: at the answer positions it reads a, b from the prompt it is given and predicts
+    the next digit of a + b (``wrong_digit``: predicts digit ``k`` one too high whenever a's units digit is 3)."""
+    def logits_fn(tokens):
+        tokens = np.asarray(tokens)
+        off = int(tokens[0, 0] == addition.BOS)
+        a = tokens[:, off] * 10 + tokens[:, off + 1]
+        b = tokens[:, off + 3] * 10 + tokens[:, off + 4]
+        digits = np.array([[int(c) for c in f"{x:05d}"] for x in a + b])
+        if wrong_digit is not None:
+            hit = tokens[:, off + 1] == 3
+            digits[hit, wrong_digit] = (digits[hit, wrong_digit] + 1) % 10
+        out = np.zeros((*tokens.shape, addition.vocab(True)), np.float32)
+        for k in range(5):
+            out[np.arange(len(tokens)), off + 5 + k, digits[:, k]] = 1.0
+        return out
+    return logits_fn
+
+
+@pytest.mark.parametrize("bos", [False, True])
+def test_greedy_exact_match_decodes_from_the_prompt_alone(bos):
+    rows = addition.split("validation", bos=bos)
+    assert addition.greedy_exact_match(_oracle(), rows) == 1.0
+    units_3 = np.mean(rows[:, int(bos) + 1] == 3)  # the problems the faulty oracle gets wrong
+    assert addition.greedy_exact_match(_oracle(wrong_digit=2), rows) == pytest.approx(1 - units_3)
+    with pytest.raises(ValueError, match="not addition problems"):
+        addition.greedy_exact_match(_oracle(), rows[:, :9])
+
+
 def test_batches_are_deterministic_and_cover_epochs():
     src = ArraySource(np.arange(30 * 3).reshape(30, 3))
     first = [batch_indices(30, s, 7, seed=3) for s in range(4)]  # one epoch = 4 batches of 7 (2 rows dropped)

@@ -177,6 +177,8 @@ def test_density_target_mode_on_the_toy(tmp_path):
     ("data.repeat=0.5", "applies to text data only: set data.repeat=0"),
     ("data.repeat=1.5", "data.repeat=1.5 must be a share in"),
     ("data.repeat_tokens=noise", "data.repeat_tokens='noise' must be text or random"),
+    ("data.bos=true data.kind=text data.path=shakespeare", "is built for data.kind=addition with data.backend=array"),
+    ("data.bos=true data.backend=tfds", "is built for data.kind=addition with data.backend=array"),
     ("constraint.method=geco constraint.pi_ki_follow_lr=true", "pi_ki_follow_lr works with constraint.method=pi"),
     ("gate.noise_anneal=-1", "gate.noise_anneal=-1.0 must be a share of train.steps"),
     ("gate.noise_anneal=1.5", "gate.noise_anneal=1.5 must be a share of train.steps"),

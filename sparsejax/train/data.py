@@ -30,7 +30,7 @@ def build_data(cfg: RunConfig, run_dir):
 
             srcs = tfds_builders.prepare("addition", run_dir.tfds)
             return srcs["train"], srcs["validation"], None
-        return addition.source("train"), addition.source("validation"), None
+        return addition.source("train", d.bos), addition.source("validation", d.bos), None
     if d.kind != "text":
         raise ValueError(f"data.kind must be {' or '.join(map(repr, KINDS))}, got {d.kind!r}")
     from ..data import text
