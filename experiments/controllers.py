@@ -207,7 +207,7 @@ def main(argv=None):
                 def greedy_em(path):
                     m = sj.from_pretrained(path)
                     f = jax.jit(lambda t: sj.forward(m.config, m.params, t, m.gate)[0])
-                    return addition.greedy_exact_match(f, addition.split("validation", cfg.data.bos))
+                    return addition.greedy_exact_match(f, addition.split("validation", bool(cfg.data.bos)))
 
                 row["final_greedy_exact_match"] = greedy_em(RunDir(run).model)
             # the run's best_model/ (the sparsest evaluated model with held-out CE <= tau), the alternative export

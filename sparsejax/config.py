@@ -75,8 +75,10 @@ class DataSection:
     #                                 CE gap (constraint.tau_data=batch / control) that the multiplier (CE mode) or
     #                                 the guard of a guarded density curriculum sees is measured on them
     repeat_tokens: str = "text"     # the repeated passage: "text" (from the row) or "random" (uniform tokens)
-    bos: bool = False               # addition: every row starts with a BOS token (12; a 13-token vocabulary), a key
-    #                                 every query sees (a RoPE model's cheap position signal: controllers.md, round 16)
+    bos: bool | None = None         # every row starts with a BOS token. addition: token 12 (a 13-token vocabulary);
+    #                                 text: the checkpoint's bos_token_id. null: text rows start with it where the
+    #                                 checkpoint's tokenizer puts it first (Gemma, Llama 3: pretrained so) and
+    #                                 data.repeat=0, else no BOS
 
 
 @dataclasses.dataclass
@@ -477,9 +479,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     if g.enabled and not g.learnable and g.bias_lr is not None:
         problems.append(f"gate.bias_lr={g.bias_lr} has no effect while gate.learnable=false: set "
                         f"gate.learnable=true (learn the gate bias at that rate) or drop gate.bias_lr")
-    if cfg.data.bos and (cfg.data.kind != "addition" or cfg.data.backend != "array"):
-        problems.append("data.bos=true (a BOS token first in every row) is built for data.kind=addition with "
-                        "data.backend=array: set data.bos=false, or use the addition task in memory")
+    if cfg.data.bos and (cfg.data.backend != "array" or cfg.data.repeat):
+        problems.append("data.bos=true (a BOS token first in every row) is built for data.backend=array without "
+                        "repeated passages: set data.bos=false, or data.backend=array and data.repeat=0")
     if cfg.data.repeat and cfg.data.kind != "text":
         problems.append(f"data.repeat={cfg.data.repeat} (repeated passages) applies to text data only: set "
                         "data.repeat=0 or data.kind=text")

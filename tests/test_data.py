@@ -94,6 +94,11 @@ def test_text_rows_and_tokenizer(tmp_path):
     np.testing.assert_array_equal(row, ids[16:33])  # stride seq_len, length seq_len + 1
     with pytest.raises(ValueError, match="shorter than one row"):
         text.to_rows(ids[:10], 16)
+    # a BOS token first: the same stride, the BOS then seq_len corpus tokens; every corpus token a target once
+    rows = text.to_rows(ids, 16, bos=299)
+    assert rows.shape == (len(ids) // 16, 17) and (rows[:, 0] == 299).all()
+    np.testing.assert_array_equal(rows[:, 1:].ravel(), ids[:rows.shape[0] * 16])
+    assert text.text_sources(ids, 16, bos=299)[0].seq_len == 16
     with pytest.raises(FileNotFoundError, match="no text files"):
         text.corpus_files(tmp_path / "missing")
 

@@ -155,3 +155,48 @@ def test_overrides_after_mesh_are_overrides():
                                                "data=2"])
     _overrides_out_of_mesh(args)
     assert args.mesh == ["fsdp=16", "data=2"] and args.overrides == ["train.lora_rank=16"]
+
+
+def test_text_bos_comes_from_the_checkpoint_or_is_a_clear_error(tmp_path):
+    """data.bos=true on text: every row starts with the checkpoint's bos_token_id; a fresh model (no checkpoint) or a
+    config.json without a BOS token in the tokenizer is refused with the fix."""
+    import json
+
+    from sparsejax.data import text
+    from sparsejax.train.data import build_data
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("To be, or not to be, that is the question. " * 300)
+    tok = text.train_tokenizer([corpus], 300, tmp_path / "tokenizer.json")
+    cfg = sj.ModelConfig(family="llama", vocab_size=tok.get_vocab_size(), d_model=16, n_layers=1, n_heads=2,
+                         d_ff=32, max_position=32)
+    ckpt = tmp_path / "ckpt"
+    sj.save_pretrained(sj.Model(cfg, sj.init_params(cfg, jax.random.PRNGKey(0))), ckpt)
+    base = ["data.kind=text", f"data.path={corpus}", f"data.tokenizer={tmp_path / 'tokenizer.json'}", "data.seq_len=16",
+            "data.bos=true"]
+    hf = json.loads((ckpt / "config.json").read_text())
+    for bos, fine in ((7, True), (None, False), (tok.get_vocab_size(), False)):
+        (ckpt / "config.json").write_text(json.dumps({**hf, "bos_token_id": bos}))
+        run_cfg = load_config(None, base + [f"model.checkpoint={ckpt}"])
+        if fine:
+            train, val, _ = build_data(run_cfg, tmp_path / "run")
+            rows = train.rows(np.arange(len(train)))["tokens"]
+            assert rows.shape[1] == 17 and (rows[:, 0] == 7).all() and val.rows([0])["tokens"][0, 0] == 7
+            plain = build_data(load_config(None, base[:-1] + [f"model.checkpoint={ckpt}"]), tmp_path / "run")[0]
+            np.testing.assert_array_equal(rows[0, 1:], plain.rows([0])["tokens"][0, :16])
+        else:
+            with pytest.raises(ValueError, match="names no BOS token in the tokenizer.*set data.bos=false"):
+                build_data(run_cfg, tmp_path / "run")
+    with pytest.raises(ValueError, match="a fresh model has none: set model.checkpoint=DIR"):
+        build_data(load_config(None, base), tmp_path / "run")
+    # unset (the default): the BOS token only where the checkpoint's tokenizer puts it first
+    (ckpt / "config.json").write_text(json.dumps({**hf, "bos_token_id": 7}))
+    auto = base[:-1] + [f"model.checkpoint={ckpt}"]
+    rows_of = lambda over: build_data(load_config(None, over), tmp_path / "run")[0].rows(np.arange(5))["tokens"]
+    np.testing.assert_array_equal(rows_of(auto), rows_of(auto + ["data.bos=false"]))  # this tokenizer adds none
+    from tokenizers import processors
+
+    tok.post_processor = processors.TemplateProcessing(single=f"{tok.id_to_token(7)} $A",
+                                                       special_tokens=[(tok.id_to_token(7), 7)])
+    tok.save(str(tmp_path / "bos_tokenizer.json"))
+    assert (rows_of(auto + [f"data.tokenizer={tmp_path / 'bos_tokenizer.json'}"])[:, 0] == 7).all()

@@ -192,16 +192,22 @@ def encode_files(files, tokenizer) -> np.ndarray:
     return np.concatenate(ids)
 
 
-def to_rows(ids: np.ndarray, seq_len: int) -> np.ndarray:
-    """Non-overlapping windows of ``seq_len + 1`` tokens (stride ``seq_len``: targets continue the inputs)."""
-    n = (len(ids) - 1) // seq_len
+def to_rows(ids: np.ndarray, seq_len: int, bos: int | None = None) -> np.ndarray:
+    """Non-overlapping windows of ``seq_len + 1`` tokens (stride ``seq_len``: targets continue the inputs). With
+    ``bos`` (a token id) each row is that token followed by ``seq_len`` tokens of the corpus (stride ``seq_len``): the
+    model reads the BOS token first, as a pretrained LM that expects one at every sequence start does, and every
+    corpus token is a target exactly once."""
+    span = seq_len + (bos is None)
+    n = (len(ids) - (bos is None)) // seq_len
     if n < 1:
-        raise ValueError(f"the corpus ({len(ids)} tokens) is shorter than one row of {seq_len + 1} tokens")
-    idx = np.arange(n)[:, None] * seq_len + np.arange(seq_len + 1)[None, :]
-    return ids[idx]
+        raise ValueError(f"the corpus ({len(ids)} tokens) is shorter than one row of {span} tokens")
+    rows = ids[np.arange(n)[:, None] * seq_len + np.arange(span)[None, :]]
+    if bos is not None:
+        rows = np.concatenate([np.full((n, 1), bos, rows.dtype), rows], axis=1)
+    return rows
 
 
-def text_sources(ids: np.ndarray, seq_len: int, validation_fraction: float = 0.05):
-    """``(train, validation)`` :class:`ArraySource`s; validation is the corpus tail."""
+def text_sources(ids: np.ndarray, seq_len: int, validation_fraction: float = 0.05, bos: int | None = None):
+    """``(train, validation)`` :class:`ArraySource`s; validation is the corpus tail; ``bos``: see :func:`to_rows`."""
     cut = int(len(ids) * (1 - validation_fraction))
-    return ArraySource(to_rows(ids[:cut], seq_len)), ArraySource(to_rows(ids[cut:], seq_len))
+    return ArraySource(to_rows(ids[:cut], seq_len, bos)), ArraySource(to_rows(ids[cut:], seq_len, bos))

@@ -9,7 +9,7 @@ from ..checkpoints.hf import TOKENIZER_FILE
 from ..config import RunConfig
 from .rundir import RunDir
 
-__all__ = ["build_data"]
+__all__ = ["build_data", "row_bos"]
 
 KINDS = ("addition", "text")  # data.kind
 BACKENDS = ("array", "tfds")  # data.backend: in memory, or array_record files under the run folder
@@ -30,7 +30,7 @@ def build_data(cfg: RunConfig, run_dir):
 
             srcs = tfds_builders.prepare("addition", run_dir.tfds)
             return srcs["train"], srcs["validation"], None
-        return addition.source("train", d.bos), addition.source("validation", d.bos), None
+        return addition.source("train", bool(d.bos)), addition.source("validation", bool(d.bos)), None
     if d.kind != "text":
         raise ValueError(f"data.kind must be {' or '.join(map(repr, KINDS))}, got {d.kind!r}")
     from ..data import text
@@ -56,12 +56,17 @@ def build_data(cfg: RunConfig, run_dir):
     if d.backend == "tfds":
         from ..data import tfds_builders
 
+        if row_bos(cfg, tokenizer) is not None:
+            raise ValueError("this checkpoint's tokenizer puts a BOS token first and the model expects one, but "
+                             "data.backend=tfds builds rows without it: set data.backend=array (or data.bos=false "
+                             "to train without it)")
         tok_path.parent.mkdir(parents=True, exist_ok=True)
         tokenizer.save(str(tok_path))
         srcs = tfds_builders.prepare("text", run_dir.tfds, files=files, tokenizer_path=tok_path, seq_len=d.seq_len)
         train, val = srcs["train"], srcs["validation"]
     else:
-        train, val = text.text_sources(text.encode_files(files, tokenizer), d.seq_len)
+        bos = row_bos(cfg, tokenizer)
+        train, val = text.text_sources(text.encode_files(files, tokenizer), d.seq_len, bos=bos)
     if d.repeat:  # induction data: the same transformation of train and validation rows
         from ..data import RepeatedPassages
 
@@ -70,3 +75,30 @@ def build_data(cfg: RunConfig, run_dir):
         train, val = (RepeatedPassages(train, d.repeat, train_seed, vocab=vocab),
                       RepeatedPassages(val, d.repeat, val_seed, vocab=vocab))
     return train, val, tokenizer
+
+
+
+def row_bos(cfg: RunConfig, tokenizer) -> int | None:
+    """The token every text row starts with, or ``None``. ``data.bos=true``: the checkpoint's ``config.json``
+    ``bos_token_id`` (a clear error where there is none); ``false``: none; unset (``null``, the default): that token
+    where the checkpoint's own tokenizer puts it first in what it encodes — the model was pretrained with one at every
+    sequence start (Gemma, Llama 3), and reads text without it far worse — else none (GPT-2, OLMo, Qwen2, a fresh
+    model)."""
+    import json
+
+    want = cfg.data.bos
+    if want is False or (want is None and (cfg.model.checkpoint is None or cfg.data.repeat)):
+        return None  # (repeated passages may overwrite a row's first token: no BOS unless asked, which is refused)
+    if cfg.model.checkpoint is None:
+        raise ValueError("data.bos=true on text puts the pretrained model's BOS token first in every row, and a fresh "
+                         "model has none: set model.checkpoint=DIR (its config.json names bos_token_id) or "
+                         "data.bos=false")
+    path = Path(cfg.model.checkpoint) / "config.json"
+    bos = json.loads(path.read_text()).get("bos_token_id") if path.exists() else None
+    named = isinstance(bos, int) and 0 <= bos < tokenizer.get_vocab_size()
+    if want is None:
+        return bos if named and tokenizer.encode("a").ids[:1] == [bos] else None
+    if not named:
+        raise ValueError(f"data.bos=true: {path} names no BOS token in the tokenizer (bos_token_id={bos!r}); "
+                         "set data.bos=false")
+    return bos

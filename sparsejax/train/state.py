@@ -121,13 +121,13 @@ def build_model(cfg: RunConfig, mesh=None, rules=None) -> Model:
 def check_data_fits(cfg: RunConfig, config: ModelConfig, train_src, val_src, tokenizer):
     from ..data import addition
 
-    vocab_needed = addition.vocab(cfg.data.bos) if tokenizer is None else tokenizer.get_vocab_size()
+    vocab_needed = addition.vocab(bool(cfg.data.bos)) if tokenizer is None else tokenizer.get_vocab_size()
     fixed = cfg.model.checkpoint is not None
     if vocab_needed > config.vocab_size:
         if tokenizer is None:  # the addition task
             fix = ("a model trained without the BOS token cannot read it: set data.bos=false" if fixed
                    else f"set model.vocab_size={vocab_needed}")
-            raise ValueError(f"the addition task{' with data.bos=true' * cfg.data.bos} has {vocab_needed} tokens but "
+            raise ValueError(f"the addition task{' with data.bos=true' * bool(cfg.data.bos)} has {vocab_needed} tokens but "
                              f"the model's embedding has {config.vocab_size}; {fix}")
         fix = (f"use the checkpoint's own tokenizer (data.tokenizer=...) or one with <= {config.vocab_size} tokens"
                if fixed else f"set model.vocab_size >= {vocab_needed} or data.bpe_vocab <= {config.vocab_size}")
