@@ -161,3 +161,26 @@ def test_toy_failures_counts_each_problem_once_and_splits_the_mean(tmp_path):
     assert f["failing"] == 10000 and all(n == 100 for _, n in f["classes"])
     assert sum(n for _, n in f["digit"]) == 10000
     assert toy_failures.failures(str(tmp_path / "m"), threshold=1e9)["failing"] == 0
+
+
+def test_control_gap_reads_a_run_and_measures_each_against_its_control(tmp_path):
+    """experiments/control_gap.py: a run's records from its metrics.jsonl (every evaluation, every 100th training
+    record), and each final model's gap to the control beside it or to a named separate control run."""
+    sys.path.insert(0, str(REPO / "experiments"))
+    import control_gap
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("data: {seq_len: 8}\n")
+    lines = [{"step": 0, "eval_ce": 3.0, "edge_density": 0.8, "edge_density_per_layer": [0.8]},
+             *({"step": s, "ce": 2.5, "beta": 0.1, "control_ce": 2.4, "loss": 9.0} for s in range(50, 250, 50)),
+             {"step": 200, "eval_ce": 2.70, "edge_density": 0.01, "edge_density_per_layer": [0.01],
+              "control_eval_ce": 2.65, "final": True}]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in lines))
+    rec = control_gap.records(str(run))
+    assert [r["step"] for r in rec["train"]] == [100, 200] and "loss" not in rec["train"][0]
+    assert [r["step"] for r in rec["evals"]] == [0, 200] and rec["config"] == {"data": {"seq_len": 8}}
+    sep = {"evals": [{"step": 200, "eval_ce": 2.55, "edge_density": 1.0}]}
+    plain = {"evals": [{"step": 200, "eval_ce": 2.60, "edge_density": 0.02}]}
+    pts = control_gap.points({"in_run": rec, "control": sep, "plain": plain}, against={"plain": "control"})
+    assert [(n, round(g, 6)) for n, _, g, _ in pts] == [("in_run", 0.05), ("plain", 0.05)]

@@ -1,0 +1,94 @@
+"""How far a small LM is from the goal: each run's final edge density against its held-out CE minus that of the
+dense control trained beside it on the same schedule (``constraint.tau_data=control`` records ``control_eval_ce`` at
+every evaluation), from the records of docs/results/zoo_induction/evals.json (issue J, sixteenth round).
+
+    python experiments/control_gap.py docs/results/zoo_induction/evals.json --against density=control ce=control \
+        ce_batch=control --figure docs/figures/induction_lm_control_gap.png
+    python experiments/control_gap.py RECORDS --add NAME RUN_DIR     # add a finished run's records under NAME first
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+TRAIN_KEYS = ("ce", "control_ce", "measured_ce", "ce_ema", "guard_ema", "density_target", "target_progress", "beta",
+              "train_edge_density")
+
+
+def records(run_dir: str) -> dict:
+    """A run's config, every evaluation and every 100th training record (the keys above that it logged)."""
+    import yaml
+
+    run = Path(run_dir)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [{k: r[k] for k in ("step", "eval_ce", "edge_density", "edge_density_per_layer", "control_eval_ce",
+                                "tau", "final") if k in r} for r in rows if "eval_ce" in r]
+    train = [{"step": r["step"], **{k: r[k] for k in TRAIN_KEYS if k in r}} for r in rows
+             if "ce" in r and "eval_ce" not in r and r["step"] % 100 == 0]
+    return {"config": yaml.safe_load((run / "config.yaml").read_text()), "evals": evals, "train": train}
+
+
+def points(recs: dict, against: dict | None = None) -> list[tuple[str, float, float, int]]:
+    """``(name, final density, final gap to the control, steps)`` for every record with a control beside it, and for
+    each ``against[name]``: the final held-out CE of that separate dense run (on the same schedule) as its control."""
+    out = []
+    for name, rec in recs.items():
+        final = rec["evals"][-1]
+        control = final.get("control_eval_ce")
+        if name in (against or {}):
+            control = recs[against[name]]["evals"][-1]["eval_ce"]
+        if control is not None:
+            out.append((name, final["edge_density"], final["eval_ce"] - control, final["step"]))
+    return sorted(out, key=lambda p: p[1])
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("records", help="a JSON file of {name: {config, evals, train}}")
+    p.add_argument("--add", nargs=2, action="append", metavar=("NAME", "RUN_DIR"), default=[],
+                   help="add (or replace) a finished run's records")
+    p.add_argument("--against", nargs="*", default=[], metavar="RUN=CONTROL",
+                   help="runs measured against a separate dense control record (e.g. density=control)")
+    p.add_argument("--figure", help="write the density-gap figure here (PNG)")
+    args = p.parse_args(argv)
+    path = Path(args.records)
+    recs = json.loads(path.read_text())
+    for name, run_dir in args.add:
+        recs[name] = records(run_dir)
+    if args.add:
+        path.write_text(json.dumps(recs, indent=1))
+    pts = points(recs, dict(a.split("=", 1) for a in args.against))
+    print("| run | steps | final edge density | held-out CE − control |\n|---|---:|---:|---:|")
+    for name, density, gap, steps in pts:
+        print(f"| {name} | {steps} | {density:.2%} | {gap:+.3f} |")
+    if args.figure:
+        draw(pts, args.figure)
+
+
+def draw(pts, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    low = min(-0.03, min(p[2] for p in pts) - 0.01)
+    ax.fill_between([0.004, 0.01], low, 0.01, color="0.85", zorder=0, label="the goal: <= 1% at <= control + 0.01")
+    for name, density, gap, steps in pts:
+        ax.scatter(density, gap, color="C0" if steps <= 2400 else "C3", zorder=3)
+        ax.annotate(f"{name} ({steps})", (density, gap), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ax.axhline(0.01, color="k", lw=0.8, ls="--")
+    ax.set_xscale("log")
+    ax.set_xlim(0.004, 1.0)
+    ax.set_ylim(low, max(p[2] for p in pts) + 0.02)
+    ax.set_xlabel("final edge density (held out)")
+    ax.set_ylabel("held-out CE − dense control's (nats)")
+    ax.set_title("induction LM: each run against the dense control trained beside it", fontsize=9)
+    ax.legend(fontsize=7, loc="upper right")
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
