@@ -169,7 +169,8 @@ def test_bad_input_clear_errors_nothing_written(tmp_path):
         (["data.batch_size=20000"], ValueError, "fewer than one batch"),
         (["model.max_position=8"], ValueError, "longer than the model's max_position=8"),
         (["mesh.data=3"], ValueError, "does not match the 1 available devices"),
-        (["model.vocab_size=8"], ValueError, "the tokenizer has 12 tokens"),
+        (["model.vocab_size=8"], ValueError,
+         "the addition task has 12 tokens but the model.s embedding has 8; set model.vocab_size=12"),
     ]
     for extra, err, message in cases:
         with pytest.raises(err, match=message):
