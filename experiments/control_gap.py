@@ -84,7 +84,7 @@ def draw(pts, path: str) -> None:
     ax.set_ylim(low, max(p[2] for p in pts) + 0.02)
     ax.set_xlabel("final edge density (held out)")
     ax.set_ylabel("held-out CE − dense control's (nats)")
-    ax.set_title("induction LM: each run against the dense control trained beside it", fontsize=9)
+    ax.set_title("induction LM: each final model against a dense control on the same schedule", fontsize=9)
     ax.legend(fontsize=7, loc="upper right")
     fig.savefig(path, dpi=130, bbox_inches="tight")
     print(f"wrote {path}")
