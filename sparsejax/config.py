@@ -365,6 +365,8 @@ _RULES = (
     ("constraint.measure_every", lambda v: v >= 1, "an integer >= 1"),
     ("constraint.anneal_from", lambda v: v is None or (math.isfinite(v) and v > 0), "a number > 0 or null"),
     ("data.aside", lambda v: 0 <= v < 0.5, "a share of the training rows in [0, 0.5) (0: none held aside)"),
+    ("data.bos", lambda v: v in (True, False, None),
+     "true, false or null (null: text rows start with the checkpoint's BOS where its tokenizer adds one)"),
     ("train.steps", lambda v: v >= 0, "an integer >= 0"),
     ("train.final", lambda v: v in ("last", "feasible"), "last or feasible"),
     ("train.feasible_tail", lambda v: v is None or 0 < v <= 1, "a share of the sequences in (0, 1] or null"),
