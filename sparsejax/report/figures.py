@@ -25,6 +25,14 @@ def _plt():
     return plt
 
 
+def _target(ax, steps, values, label, **style):
+    """A controller's target: the series it was where it moved (annealed: constraint.anneal_steps), else one line."""
+    if len(set(values)) > 1:
+        ax.plot(steps, values, label=f"{label} (annealed)", **style)
+    else:
+        ax.axhline(values[0], label=label, **style)
+
+
 def plot_dynamics(metrics_path, out: Path) -> Path:
     """Edge density (log: training batch, expected, and held-out per layer at evaluations), the multiplier (log),
     and CE (training, its EMA, held-out at evaluations) against the dashed target, over steps. ``metrics_path``: a
@@ -68,10 +76,7 @@ def plot_dynamics(metrics_path, out: Path) -> Path:
     elif train and ce_target in train[0]:
         target = [r[ce_target] for r in train]
         tau = target[-1]
-        if len(set(target)) > 1:  # an annealed CE target
-            ce_ax.plot(steps, target, ls="--", color="black", label="target tau (annealed)")
-        else:
-            ce_ax.axhline(tau, ls="--", color="black", label="target tau")
+        _target(ce_ax, steps, target, "target tau", ls="--", color="black")
         lo = min([r["eval_ce"] for r in evals] + [tau])
         ce_ax.set_ylim(lo - 0.05 * abs(lo) - 0.01, tau + max(0.3 * abs(tau), 0.05))
     ce_ax.set_title("cross-entropy")
@@ -89,12 +94,8 @@ def plot_dynamics(metrics_path, out: Path) -> Path:
             for l in range(len(evals[0]["edge_density_per_layer"])):
                 ax.semilogy(es, [max(r["edge_density_per_layer"][l], 1e-6) for r in evals], ":", lw=1,
                             label=f"held-out, layer {l}")
-        if density_target in train[0]:  # an annealed target (constraint.anneal_steps) is drawn as it moved
-            target = [r[density_target] for r in train]
-            if len(set(target)) > 1:
-                ax.semilogy(steps, target, ls="--", color="black", lw=1, label="density target (annealed)")
-            else:
-                ax.axhline(target[0], ls="--", color="black", lw=1, label="density target")
+        if density_target in train[0]:
+            _target(ax, steps, [r[density_target] for r in train], "density target", ls="--", color="black", lw=1)
         ax.set_title("edge density (log)")
         ax.set_ylabel("share of causal pairs kept")
         ax.legend(fontsize=6)

@@ -77,7 +77,6 @@ def build_data(cfg: RunConfig, run_dir):
     return train, val, tokenizer
 
 
-
 def row_bos(cfg: RunConfig, tokenizer) -> int | None:
     """The token every text row starts with, or ``None``. ``data.bos=true``: the checkpoint's ``config.json``
     ``bos_token_id`` (a clear error where there is none); ``false``: none; unset (``null``, the default): that token

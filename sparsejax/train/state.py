@@ -125,10 +125,12 @@ def check_data_fits(cfg: RunConfig, config: ModelConfig, train_src, val_src, tok
     fixed = cfg.model.checkpoint is not None
     if vocab_needed > config.vocab_size:
         if tokenizer is None:  # the addition task
-            fix = ("a model trained without the BOS token cannot read it: set data.bos=false" if fixed
-                   else f"set model.vocab_size={vocab_needed}")
-            raise ValueError(f"the addition task{' with data.bos=true' * bool(cfg.data.bos)} has {vocab_needed} tokens but "
-                             f"the model's embedding has {config.vocab_size}; {fix}")
+            with_bos = " with data.bos=true" * bool(cfg.data.bos)
+            fix = (f"set model.vocab_size={vocab_needed}" if not fixed else
+                   "a model trained without the BOS token cannot read it: set data.bos=false" if with_bos else
+                   "use a model trained on the addition task")
+            raise ValueError(f"the addition task{with_bos} has {vocab_needed} tokens but the model's embedding has "
+                             f"{config.vocab_size}; {fix}")
         fix = (f"use the checkpoint's own tokenizer (data.tokenizer=...) or one with <= {config.vocab_size} tokens"
                if fixed else f"set model.vocab_size >= {vocab_needed} or data.bpe_vocab <= {config.vocab_size}")
         raise ValueError(f"the tokenizer has {vocab_needed} tokens but the model's embedding has "
