@@ -89,6 +89,9 @@ class GateSection:
     per: str = "head"               # bias shape: "model" (), "layer" [L], "head" [L, H]
     learnable: bool = False
     bias_lr: float | None = None    # learnable bias: its own learning rate (None: train.lr)
+    bias_max: float | None = None   # learnable bias: never above this (e.g. its start, gate.bias); None: no bound.
+    #                                 A head the model needs under the noise otherwise raises its bias until its
+    #                                 gates sit in the sigmoid's flat tail, where the density penalty has no slope
     temperature: float = 2.0 / 3.0
     stretch: tuple[float, float] = (-0.1, 1.1)
     noise_anneal: float = 0.0       # noise annealing: over this share of train.steps the gate noise's scale falls
@@ -100,6 +103,9 @@ class GateSection:
     #                                 there (a margin around the gate threshold survives to the end)
     noise_recover: bool = False     # noise annealing, CE mode: the scale is at least the multiplier's violation over
     #                                 the slack (clipped to [0, 1]), so a run over tau gets the noise back
+    head_power: float = 1.0         # the density penalty per head and sequence: 1 = the method's mean expected edge
+    #                                 density; p < 1 = the mean of ((d + 0.01)^p - 0.01^p) / p, concave, so an edge
+    #                                 costs less in a head that keeps more (redundant heads' reads merge into one)
 
 
 @dataclasses.dataclass
@@ -347,10 +353,12 @@ _RULES = (
     ("gate.kind", lambda v: v in GATE_FAMILIES, "a registered gate family: " + " or ".join(GATE_FAMILIES)),
     ("gate.per", *_one_of(_listed(".train.state", "GATE_PER"))),
     ("gate.bias_lr", lambda v: v is None or (math.isfinite(v) and v > 0), "a number > 0 or null"),
+    ("gate.bias_max", lambda v: v is None or math.isfinite(v), "a number or null"),
     ("gate.temperature", lambda v: math.isfinite(v) and v > 0, "a number > 0"),
     ("gate.noise_anneal", lambda v: 0 <= v <= 1, "a share of train.steps in [0, 1] (0: the full noise all run)"),
     ("gate.noise_zero", lambda v: 0 <= v <= 1, "a share of train.steps in [0, 1]"),
     ("gate.noise_floor", lambda v: 0 <= v < 1, "a noise scale in [0, 1)"),
+    ("gate.head_power", lambda v: 0 < v <= 1, "an exponent in (0, 1]"),
     ("constraint.method", lambda v: v in _controllers.CONTROLLERS,
      lambda v: f"a registered controller: {_or(_controllers.names())}{_controllers.did_you_mean(v)}"),
     ("constraint.sense", lambda v: v in _controllers.SENSES, " or ".join(_controllers.SENSES)),
@@ -481,6 +489,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     if g.enabled and not g.learnable and g.bias_lr is not None:
         problems.append(f"gate.bias_lr={g.bias_lr} has no effect while gate.learnable=false: set "
                         f"gate.learnable=true (learn the gate bias at that rate) or drop gate.bias_lr")
+    if g.bias_max is not None and not g.learnable and g.enabled:
+        problems.append(f"gate.bias_max={g.bias_max} bounds a learnt gate bias: set gate.learnable=true or drop "
+                        f"gate.bias_max")
     if cfg.data.bos and (cfg.data.backend != "array" or cfg.data.repeat):
         problems.append("data.bos=true (a BOS token first in every row) is built for data.backend=array without "
                         "repeated passages: set data.bos=false, or data.backend=array and data.repeat=0")

@@ -47,7 +47,23 @@ def make_optimizer(cfg: RunConfig) -> optax.GradientTransformation:
                               for k, v in tree.items()}
         inner = optax.multi_transform({"rest": inner, "bias": adam(cfg.gate.bias_lr, 0.0)}, label)
     opt = optax.chain(optax.clip_by_global_norm(t.grad_clip), inner)
+    if cfg.gate.learnable and cfg.gate.bias_max is not None:
+        opt = optax.chain(opt, cap_gate_bias(cfg.gate.bias_max))
     return optax.MultiSteps(opt, t.grad_accum) if t.grad_accum > 1 else opt
+
+
+def cap_gate_bias(cap: float) -> optax.GradientTransformation:
+    """The last link of the optimiser under ``gate.bias_max``: the learnt gate bias's update is cut so that the
+    bias ends at or under ``cap`` (``min(update, cap - bias)``; a bias above it returns to it in one step). Without
+    it a head the model needs under the gate noise raises its bias (the CE's straight-through gradient keeps its
+    sampled gates open) until every gate of the head sits where ``sigmoid'`` is ~0, and the density penalty can no
+    longer close any of its edges (issue J, seventeenth round)."""
+    def update(updates, state, params=None):
+        if params is None or "gate_bias" not in updates:
+            return updates, state
+        return {**updates, "gate_bias": jnp.minimum(updates["gate_bias"], cap - params["gate_bias"])}, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def make_multiplier(cfg: RunConfig, tau: float | None, target_start: float | None = None,
@@ -83,8 +99,9 @@ def _loss(spec: StepSpec, trainable, frozen, batch, seed, weights, noise=None):
                           seed=seed, implementation=spec.attention)
     ce = objective.cross_entropy(logits, tokens[:, 1:], batch["mask"])
     density = objective.density_penalty(aux) if gate is not None else jnp.zeros(())
+    penalty = density if spec.head_power == 1.0 or gate is None else objective.density_penalty(aux, spec.head_power)
     w_ce, w_density = weights
-    loss = w_ce * ce + w_density * density
+    loss = w_ce * ce + w_density * penalty
     reference = None  # the dense starting model's CE on the batch, when the teacher's forward runs anyway
     if spec.distill > 0:
         teacher_logits, _ = forward(spec.config, teacher_of(frozen), tokens[:, :-1], implementation=spec.attention)
