@@ -108,13 +108,6 @@ CANDIDATES = {
     # loses a whole class of problems (exact match 0.988 under tau) moves the mean by ~the slack, its tail by 10-100x
     "noise_mid_4k_smooth_tail": [*NOISE_MID, "train.steps=4000", "constraint.alpha=0.98", "constraint.pi_kp=0.5",
                                  "train.final=feasible", "train.feasible_tail=0.02", "train.feasible_tail_slack=0.05"],
-    # seventeenth round: the same, with a concave density price per head (gate.head_power): redundant heads merge
-    "noise_mid_4k_smooth_tail_hp05": [*NOISE_MID, "train.steps=4000", "constraint.alpha=0.98", "constraint.pi_kp=0.5",
-                                      "train.final=feasible", "train.feasible_tail=0.02",
-                                      "train.feasible_tail_slack=0.05", "gate.head_power=0.5"],
-    "noise_mid_4k_smooth_tail_hp08": [*NOISE_MID, "train.steps=4000", "constraint.alpha=0.98", "constraint.pi_kp=0.5",
-                                      "train.final=feasible", "train.feasible_tail=0.02",
-                                      "train.feasible_tail_slack=0.05", "gate.head_power=0.8"],
     # seventeenth round: the gate bias bounded by its start (a needed head cannot escape the penalty upwards)
     "noise_mid_4k_smooth_tail_cap": [*NOISE_MID, "train.steps=4000", "constraint.alpha=0.98", "constraint.pi_kp=0.5",
                                      "train.final=feasible", "train.feasible_tail=0.02",

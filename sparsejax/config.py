@@ -103,9 +103,6 @@ class GateSection:
     #                                 there (a margin around the gate threshold survives to the end)
     noise_recover: bool = False     # noise annealing, CE mode: the scale is at least the multiplier's violation over
     #                                 the slack (clipped to [0, 1]), so a run over tau gets the noise back
-    head_power: float = 1.0         # the density penalty per head and sequence: 1 = the method's mean expected edge
-    #                                 density; p < 1 = the mean of ((d + 0.01)^p - 0.01^p) / p, concave, so an edge
-    #                                 costs less in a head that keeps more (redundant heads' reads merge into one)
 
 
 @dataclasses.dataclass
@@ -358,7 +355,6 @@ _RULES = (
     ("gate.noise_anneal", lambda v: 0 <= v <= 1, "a share of train.steps in [0, 1] (0: the full noise all run)"),
     ("gate.noise_zero", lambda v: 0 <= v <= 1, "a share of train.steps in [0, 1]"),
     ("gate.noise_floor", lambda v: 0 <= v < 1, "a noise scale in [0, 1)"),
-    ("gate.head_power", lambda v: 0 < v <= 1, "an exponent in (0, 1]"),
     ("constraint.method", lambda v: v in _controllers.CONTROLLERS,
      lambda v: f"a registered controller: {_or(_controllers.names())}{_controllers.did_you_mean(v)}"),
     ("constraint.sense", lambda v: v in _controllers.SENSES, " or ".join(_controllers.SENSES)),

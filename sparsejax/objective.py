@@ -29,20 +29,9 @@ def sequence_cross_entropy(logits, targets, mask=None):
     return (nll * mask).sum(-1) / jnp.maximum(mask.sum(-1), 1.0)
 
 
-HEAD_EPS = 0.01  # gate.head_power < 1: the density at which a head's marginal edge price stops growing
-
-
-def density_penalty(aux, head_power: float = 1.0) -> jax.Array:
-    """The model's sparsity term: expected edge density averaged over layers, batch and heads (``head_power`` 1, the
-    method's). ``head_power`` p < 1 averages ``((d + eps)^p - eps^p) / p`` over each layer, sequence and head's
-    expected density d instead: the same slope as the mean for a full head (d = 1), steeper for an emptier one
-    (``(d + eps)^(p - 1)``), so an edge costs less in a head that already keeps many — of two heads carrying the same
-    read, the emptier one's copy is priced out first."""
-    d = aux["density"]
-    if head_power == 1.0:
-        return d.mean()
-    p, eps = head_power, HEAD_EPS
-    return (((d.astype(jnp.float32) + eps) ** p - eps ** p) / p).mean()
+def density_penalty(aux) -> jax.Array:
+    """The model's sparsity term: expected edge density averaged over layers, batch and heads."""
+    return aux["density"].mean()
 
 
 def distillation_kl(student_logits, teacher_logits):

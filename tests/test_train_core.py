@@ -186,8 +186,6 @@ def test_density_target_mode_on_the_toy(tmp_path):
     ("gate.noise_anneal=0 gate.noise_zero=0.2", "gate.noise_zero=0.2 needs gate.noise_anneal > 0"),
     ("gate.noise_anneal=0 gate.noise_zero=0 gate.noise_floor=0.2", "gate.noise_floor=0.2 needs gate.noise_anneal > 0"),
     ("gate.noise_floor=1", "gate.noise_floor=1.0 must be a noise scale"),
-    ("gate.head_power=0", "gate.head_power=0.0 must be an exponent in (0, 1]"),
-    ("gate.head_power=1.5", "gate.head_power=1.5 must be an exponent in (0, 1]"),
     ("gate.noise_anneal=0.5 train.attention=pallas", "set train.attention=chunked"),
     ("gate.noise_recover=true gate.noise_anneal=0", "gate.noise_recover=true raises an annealed noise"),
     ("gate.noise_recover=true constraint.method=penalty constraint.pi_ki_follow_lr=false",
@@ -556,44 +554,6 @@ def test_noise_annealing_trains_the_deterministic_gates_at_the_end(tmp_path):
             np.testing.assert_allclose(float(out["ce"]), want, rtol=1e-5)
         elif step < 2:
             assert abs(float(out["ce"]) - want) > 1e-4  # the full noise: another CE
-
-
-def test_head_power_prices_an_edge_by_how_full_its_head_is(tmp_path):
-    """gate.head_power=p: the density penalty is the mean over layers, sequences and heads of ((d + eps)^p - eps^p)/p
-    (a float64 numpy oracle), whose slope in a head's density is (d + eps)^(p - 1) / count: steeper in an emptier
-    head; p = 1 is the plain mean. In the train step the penalty changes the update, not the logged density."""
-    from sparsejax import objective
-    from sparsejax.data import batch_at
-    from sparsejax.train import Trainer
-
-    d = np.random.default_rng(0).uniform(0, 1, (3, 2, 4)).astype(np.float32)
-    d[0, 0, 0], d[1, 1, 2] = 0.0, 1.0
-    e = objective.HEAD_EPS
-    for p in (1.0, 0.5, 0.25):
-        want = d.astype(np.float64).mean() if p == 1 else (((d + e) ** p - e ** p) / p).astype(np.float64).mean()
-        got, grad = jax.value_and_grad(lambda x: objective.density_penalty({"density": x}, p))(jnp.asarray(d))
-        np.testing.assert_allclose(float(got), want, rtol=1e-5)
-        np.testing.assert_allclose(np.asarray(grad), (d.astype(np.float64) + e * (p < 1)) ** (p - 1) / d.size,
-                                   rtol=1e-4)
-    # the same edges, concentrated in one head of two, cost less under p < 1 (and the same under p = 1)
-    spread, merged = jnp.array([[[0.3, 0.3]]]), jnp.array([[[0.6, 0.0]]])
-    assert float(objective.density_penalty({"density": merged}, 0.5)) < float(objective.density_penalty(
-        {"density": spread}, 0.5))
-    assert float(objective.density_penalty({"density": merged})) == pytest.approx(
-        float(objective.density_penalty({"density": spread})))
-    outs = {}
-    for p in (1.0, 0.5):
-        cfg = load_config("toy_addition_posttrain", TINY + ["train.steps=1", "constraint.method=penalty",
-                                                            "constraint.pi_ki_follow_lr=false", "gate.bias=0.5",
-                                                            "constraint.beta_init=1.0", "train.final=last",
-                                                            f"gate.head_power={p}"])
-        run = Trainer(cfg, tmp_path / f"run{p}", progress=False)
-        assert run.spec.head_power == p
-        batch = batch_at(run.train_src, 0, cfg.data.batch_size, cfg.data.seed)
-        state, out = run.step_fn(run.state, run.frozen, batch, jnp.uint32(0))
-        outs[p] = (float(out["density"]), jax.tree.leaves(state["trainable"]))
-    assert outs[1.0][0] == pytest.approx(outs[0.5][0], rel=1e-6)  # the same logged (mean) density
-    assert max(float(jnp.abs(a - b).max()) for a, b in zip(outs[1.0][1], outs[0.5][1])) > 1e-6  # another update
 
 
 def test_noise_recovery_brings_the_noise_back_while_the_ce_is_over_tau(tmp_path):

@@ -41,7 +41,6 @@ class StepSpec:
     noise_anneal: tuple[int, int] | None = None  # (first step, steps): the gate noise's scale 1 -> 0 (noise_steps)
     noise_recover: float | None = None  # the slack: the scale is at least the multiplier's violation over it
     noise_floor: float = 0.0          # the scale the annealing ends at (gate.noise_floor)
-    head_power: float = 1.0           # the density penalty's exponent per head (gate.head_power; 1 = the mean)
     rules: tuple = sharding.DEFAULT_RULES  # logical axis -> mesh axes, for parameters and activations
 
 
@@ -177,7 +176,7 @@ def step_spec(cfg: RunConfig, model: Model) -> StepSpec:
                 attention=cfg.train.attention,
                     noise_anneal=noise_steps(cfg) if g.enabled and g.noise_anneal else None,
                     noise_recover=cfg.constraint.slack if g.enabled and g.noise_recover else None,
-                    noise_floor=g.noise_floor, head_power=g.head_power, rules=sharding.parse_rules(cfg.mesh.rules))
+                    noise_floor=g.noise_floor, rules=sharding.parse_rules(cfg.mesh.rules))
 
 
 def split_params(cfg: RunConfig, spec: StepSpec, model: Model) -> tuple[dict, dict]:

@@ -99,9 +99,8 @@ def _loss(spec: StepSpec, trainable, frozen, batch, seed, weights, noise=None):
                           seed=seed, implementation=spec.attention)
     ce = objective.cross_entropy(logits, tokens[:, 1:], batch["mask"])
     density = objective.density_penalty(aux) if gate is not None else jnp.zeros(())
-    penalty = density if spec.head_power == 1.0 or gate is None else objective.density_penalty(aux, spec.head_power)
     w_ce, w_density = weights
-    loss = w_ce * ce + w_density * penalty
+    loss = w_ce * ce + w_density * density
     reference = None  # the dense starting model's CE on the batch, when the teacher's forward runs anyway
     if spec.distill > 0:
         teacher_logits, _ = forward(spec.config, teacher_of(frozen), tokens[:, :-1], implementation=spec.attention)
