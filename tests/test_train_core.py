@@ -287,6 +287,17 @@ def test_gate_bias_max_bounds_the_learnt_bias_from_above():
     new = optax.apply_updates(params, updates)
     np.testing.assert_allclose(np.asarray(new["gate_bias"]), [0.2, -1.5, 0.2, -0.4], rtol=1e-4)
     np.testing.assert_allclose(np.asarray(new["params"]["w"]), 1 - 1e-3, rtol=1e-5)
+    # in a run: the logged gate_bias_max is the largest learnt bias, pinned at the bound under a CE that wants it up
+    from sparsejax.train import Trainer
+    cfg = load_config("toy_addition_posttrain", TINY + ["train.steps=3", "gate.bias=0.5", "gate.bias_max=0.5",
+                                                        "train.final=last", "train.eval_every=0"])
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        run = Trainer(cfg, f"{d}/run", progress=False)
+        run.fit()
+        logged = [r.extra["gate_bias_max"] for r in run.dir.records("train")]
+        assert logged and max(logged) <= 0.5 + 1e-6
+        assert float(run.state["trainable"]["gate_bias"].max()) == pytest.approx(logged[-1])
     with pytest.raises(ValueError, match="gate.bias_max=1.0 bounds a learnt gate bias"):
         load_config("toy_addition_posttrain", ["gate.learnable=false", "gate.bias_lr=null", "gate.bias_max=1.0"])
 

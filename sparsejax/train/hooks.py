@@ -191,7 +191,8 @@ def train_record(run: "Trainer", out: dict, step: int, tokens_per_s: float) -> T
     logged = controllers.get(run.cfg.constraint.method).record_names
     names = {**logged(run.spec.sense, False), "measured_ce": "measured_ce", **logged(run.spec.sense, run.spec.guard),
              "noise_scale": "noise_scale",  # gate.noise_anneal: the gate noise's scale at this step
-             "control_ce": "control_ce"}  # constraint.tau_data=control: the dense control's CE on the batch
+             "control_ce": "control_ce",  # constraint.tau_data=control: the dense control's CE on the batch
+             "gate_bias_max": "gate_bias_max"}  # gate.learnable: the largest learnt gate bias after the step
     extra = {}
     for k, name in names.items():
         if k in out:

@@ -233,6 +233,8 @@ def make_train_step(spec: StepSpec, optimizer, multiplier):
                "total_bad_steps": new["total_bad_steps"]}
         if noise is not None:
             out["noise_scale"] = noise
+        if "gate_bias" in new["trainable"]:  # a learnt gate bias: its largest entry (gate.bias_max bounds it)
+            out["gate_bias_max"] = new["trainable"]["gate_bias"].max()
         if spec.control:
             out["control_ce"] = reference  # the dense control's CE on this batch
         if multiplier is not None:
