@@ -24,8 +24,9 @@ def run_bos(model_dir: str) -> bool:
 
 
 def edges(model_dir: str) -> dict:
-    """``{"per_layer": [L], "layer0_heads": [H], "layer0_map": [T, T], "causal": int}``: mean kept edges per problem
-    over the 1,000 held-out problems under the exported (deterministic) gates; ``causal``: causal pairs a problem."""
+    """``{"per_layer": [L], "layer0_heads": [H], "layer0_map": [T, T], "causal": int, "layer0_bias": [H] | None}``:
+    mean kept edges per problem over the 1,000 held-out problems under the exported (deterministic) gates;
+    ``causal``: causal pairs a problem; ``layer0_bias``: layer 0's gate bias per head (a per-head bias only)."""
     import jax.numpy as jnp
     import numpy as np
 
@@ -42,7 +43,8 @@ def edges(model_dir: str) -> dict:
     t = adj[0].shape[-1]
     return {"per_layer": [float(a.sum((1, 2, 3)).mean()) for a in adj],
             "layer0_heads": adj[0].sum((2, 3)).mean(0).tolist(), "layer0_map": adj[0].mean(0).sum(0),
-            "causal": m.config.n_layers * m.config.n_heads * t * (t + 1) // 2}
+            "causal": m.config.n_layers * m.config.n_heads * t * (t + 1) // 2,
+            "layer0_bias": np.asarray(m.gate.bias)[0].tolist() if np.ndim(m.gate.bias) == 2 else None}
 
 
 def main(argv=None):
@@ -62,7 +64,8 @@ def main(argv=None):
         found.append(e)
         total = sum(e["per_layer"])
         print(f"{path}: {total:.1f} of {e['causal']} edges a problem ({total / e['causal']:.2%}); per layer "
-              f"{[round(x, 1) for x in e['per_layer']]}; layer 0 per head {[round(x, 1) for x in e['layer0_heads']]}")
+              f"{[round(x, 1) for x in e['per_layer']]}; layer 0 per head {[round(x, 1) for x in e['layer0_heads']]}"
+              + ("" if e["layer0_bias"] is None else f", its gate bias {[round(x, 2) for x in e['layer0_bias']]}"))
         if args.map:
             print(np.array2string(e["layer0_map"], precision=2, suppress_small=True, max_line_width=200))
     if args.figure:
