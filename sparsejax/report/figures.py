@@ -104,6 +104,12 @@ def plot_dynamics(metrics_path, out: Path) -> Path:
             axes[1].semilogy(steps, [max(r[key], 1e-12) for r in train], color="tab:orange")
             axes[1].set_title(f"multiplier {key} (log)")
             axes[1].set_ylabel(key)
+        if train and "gate_bias_max" in train[0]:  # a learnt gate bias: its largest entry (gate.bias_max bounds it)
+            bias_ax = axes[1].twinx()
+            bias_ax.plot(steps, [r["gate_bias_max"] for r in train], color="tab:purple", lw=0.8,
+                         label="largest learnt gate bias (right)")
+            bias_ax.set_ylabel("gate bias")
+            bias_ax.legend(fontsize=7, loc="lower right")
     chosen = run.feasible_record()  # train.final=feasible rolled model/ back to an earlier evaluation
     for ax in axes:
         ax.set_xlabel("step")
