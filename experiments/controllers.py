@@ -25,9 +25,10 @@ NOISE_MID = [*BERNOULLI, "constraint.method=pi", "constraint.measure=determinist
              "constraint.pi_ki_follow_lr=true", "gate.noise_anneal=0.25", "gate.noise_zero=0.25"]
 # toy: the candidates are overrides of the toy preset as it was in rounds 1-14 (2,000 steps, CE memory 0.9,
 # proportional gain 2, model/ the last step's), pinned here so that each keeps its meaning now that the preset is
-# the fifteenth round's `noise_mid_4k_smooth_tail`
+# the fifteenth round's `noise_mid_4k_smooth_tail` with the seventeenth round's bounded gate bias
+# (`noise_mid_4k_smooth_tail_cap`)
 TOY_2K = ["train.steps=2000", "constraint.alpha=0.9", "constraint.pi_kp=2.0", "train.final=last",
-          "train.feasible_tail=null"]
+          "train.feasible_tail=null", "gate.bias_max=null"]
 CANDIDATES = {
     "geco": [*BERNOULLI, "constraint.method=geco", "constraint.max_log_step=0.02",
              "constraint.max_log_step_down=null"],

@@ -484,10 +484,10 @@ def validate(cfg: RunConfig) -> RunConfig:
                         "train.attention=chunked (or auto, which picks it) or gate.noise_anneal=0")
     if g.enabled and not g.learnable and g.bias_lr is not None:
         problems.append(f"gate.bias_lr={g.bias_lr} has no effect while gate.learnable=false: set "
-                        f"gate.learnable=true (learn the gate bias at that rate) or drop gate.bias_lr")
+                        f"gate.learnable=true (learn the gate bias at that rate) or gate.bias_lr=null")
     if g.bias_max is not None and not g.learnable and g.enabled:
-        problems.append(f"gate.bias_max={g.bias_max} bounds a learnt gate bias: set gate.learnable=true or drop "
-                        f"gate.bias_max")
+        problems.append(f"gate.bias_max={g.bias_max} bounds a learnt gate bias: set gate.learnable=true or "
+                        f"gate.bias_max=null")
     if cfg.data.bos and (cfg.data.backend != "array" or cfg.data.repeat):
         problems.append("data.bos=true (a BOS token first in every row) is built for data.backend=array without "
                         "repeated passages: set data.bos=false, or data.backend=array and data.repeat=0")

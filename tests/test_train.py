@@ -80,7 +80,7 @@ def test_pretrain_then_posttrain_short(tmp_path):
 
     lora = load_config("toy_addition_posttrain", TINY + ["train.steps=5", f"model.checkpoint={tmp_path / 'dense' / 'model'}",
                                                          "train.lora_rank=2", "train.lora_modules=attn.q,attn.v",
-                                                         "gate.learnable=false", "gate.bias_lr=null"])
+                                                         "gate.learnable=false", "gate.bias_lr=null", "gate.bias_max=null"])
     trainer = Trainer(lora, tmp_path / "lora", progress=False)
     trainer.fit()
     assert set(trainer.state["trainable"]) == {"lora"}
