@@ -5,7 +5,10 @@
 
 The CE target is each run's own ``tau`` unless ``--target`` gives one for every run (e.g. the dense model's
 held-out CE + slack, when the runs measured tau on training batches); ``--tau`` is the target only for runs
-that have none (density-target mode). ``--beta`` adds a panel with the multiplier of each training step.
+that have none (density-target mode). ``--beta`` adds a panel with the multiplier of each training step,
+``--bias`` one with the largest learnt gate bias (``gate_bias_max``; issue J, seventeenth round: its runaway).
+
+    python experiments/toy_curves.py --bias --out docs/figures/toy_gate_bias_runaway.png RUN_A=a RUN_B=b
 """
 from __future__ import annotations
 
@@ -27,8 +30,10 @@ def main(argv=None):
     p.add_argument("--target", type=float, help="the CE target for every run (overrides each run's tau)")
     p.add_argument("--goal", type=float, default=0.025, help="density goal line (0: none; default 0.025)")
     p.add_argument("--beta", action="store_true", help="add a panel with the multiplier beta (log)")
+    p.add_argument("--bias", action="store_true", help="add a panel with the largest learnt gate bias")
     args = p.parse_args(argv)
-    fig, axes = plt.subplots(3 if args.beta else 2, 1, figsize=(8, 8.5 if args.beta else 6), sharex=True)
+    panels = 2 + args.beta + args.bias
+    fig, axes = plt.subplots(panels, 1, figsize=(8, 3 + 2.75 * (panels - 1)), sharex=True)
     ax_d, ax_c = axes[0], axes[-1]
     for spec in args.runs:
         path, _, label = spec.partition("=")
@@ -45,6 +50,13 @@ def main(argv=None):
             if not beta:
                 raise SystemExit(f"{path} logs no multiplier beta: drop --beta")
             axes[1].semilogy([r["step"] for r in beta], [r["beta"] for r in beta], lw=0.8, color=line.get_color())
+        if args.bias:
+            bias = [r for r in train if "gate_bias_max" in r]
+            if not bias:
+                raise SystemExit(f"{path} logs no gate_bias_max (no learnt gate bias, or a run before it was logged): "
+                                 f"drop --bias")
+            axes[1 + args.beta].plot([r["step"] for r in bias], [r["gate_bias_max"] for r in bias], lw=0.8,
+                                     color=line.get_color())
     ax_d.set_yscale("log")
     if args.goal:
         ax_d.axhline(args.goal, color="gray", ls=":", label=f"goal {100 * args.goal:g}%")
@@ -52,6 +64,8 @@ def main(argv=None):
     ax_d.legend(fontsize=7)
     if args.beta:
         axes[1].set_ylabel("multiplier beta (log)")
+    if args.bias:
+        axes[1 + args.beta].set_ylabel("largest learnt gate bias")
     ax_c.axhline(0.0, color="gray", ls=":")
     ax_c.set_ylabel("held-out CE - target" if args.target is not None else "held-out CE - tau")
     ax_c.set_xlabel("post-training step")
