@@ -17,3 +17,10 @@ python experiments/controllers.py --task toy --dense runs/zoo17/toy_llama/dense 
 sparsejax pretrain shakespeare_pretrain runs/shk_d1/dense train.seed=1 data.seed=1
 sparsejax posttrain shakespeare_posttrain_density runs/shk_d1/density_control model.checkpoint=runs/shk_d1/dense/model \
   data.tokenizer=runs/shk_d1/dense/tokenizer.json constraint.tau_data=control
+# the CE preset (now with gate.bias_max: 3.0) on the real SmolLM2-135M, a short run, with and without the bound
+M=~/.cache/sparsejax/models/smollm2
+for B in 3.0 null; do
+  sparsejax posttrain shakespeare_posttrain runs/smol_ce_bias_$B model.checkpoint=$M data.tokenizer=$M/tokenizer.json \
+    data.seq_len=64 data.batch_size=8 train.lora_rank=16 train.steps=120 train.eval_every=40 train.checkpoint_every=40 \
+    train.log_every=10 constraint.measure_every=4 gate.bias_max=$B
+done
