@@ -29,6 +29,9 @@ NOISE_MID = [*BERNOULLI, "constraint.method=pi", "constraint.measure=determinist
 # (`noise_mid_4k_smooth_tail_cap`)
 TOY_2K = ["train.steps=2000", "constraint.alpha=0.9", "constraint.pi_kp=2.0", "train.final=last",
           "train.feasible_tail=null", "gate.bias_max=null"]
+# the toy preset as it is (seventeenth round), spelt out over TOY_2K
+TAIL_CAP = [*NOISE_MID, "train.steps=4000", "constraint.alpha=0.98", "constraint.pi_kp=0.5", "train.final=feasible",
+            "train.feasible_tail=0.02", "train.feasible_tail_slack=0.05", "gate.bias_max=3.0"]
 CANDIDATES = {
     "geco": [*BERNOULLI, "constraint.method=geco", "constraint.max_log_step=0.02",
              "constraint.max_log_step_down=null"],
@@ -110,16 +113,11 @@ CANDIDATES = {
     "noise_mid_4k_smooth_tail": [*NOISE_MID, "train.steps=4000", "constraint.alpha=0.98", "constraint.pi_kp=0.5",
                                  "train.final=feasible", "train.feasible_tail=0.02", "train.feasible_tail_slack=0.05"],
     # seventeenth round: the gate bias bounded by its start (a needed head cannot escape the penalty upwards)
-    "noise_mid_4k_smooth_tail_cap": [*NOISE_MID, "train.steps=4000", "constraint.alpha=0.98", "constraint.pi_kp=0.5",
-                                     "train.final=feasible", "train.feasible_tail=0.02",
-                                     "train.feasible_tail_slack=0.05", "gate.bias_max=3.0"],
+    "noise_mid_4k_smooth_tail_cap": TAIL_CAP,
     # eighteenth round: the same with the lr ending at a quarter of its peak (the integral gain follows the lr, so
     # beta keeps rising over the last 1,000 steps at noise 0, where the preset's CE sits ~10x under tau; a late break
     # is no longer the output: train.final=feasible)
-    "noise_mid_4k_smooth_tail_cap_lr25": [*NOISE_MID, "train.steps=4000", "constraint.alpha=0.98",
-                                          "constraint.pi_kp=0.5", "train.final=feasible", "train.feasible_tail=0.02",
-                                          "train.feasible_tail_slack=0.05", "gate.bias_max=3.0",
-                                          "train.lr_final=0.25"],
+    "noise_mid_4k_smooth_tail_cap_lr25": [*TAIL_CAP, "train.lr_final=0.25"],
     "noise_mid_4k_smooth_batch": [*NOISE_MID, "train.steps=4000", "constraint.alpha=0.98", "constraint.pi_kp=0.5",
                                   "constraint.tau_data=batch"],
     "pi_det_ki05_4k": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic", "constraint.pi_ki=0.05",
