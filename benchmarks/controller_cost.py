@@ -2,7 +2,7 @@
 (``Trainer.step_fn``) with the multiplier's CE taken under the sampled gates of the loss (``constraint.measure=
 sampled``, no extra work), under the deterministic gates every step (one more forward), and every 4 steps; and
 the step with the gate noise's scale traced (``gate.noise_anneal``, noise annealing) on top of the deterministic
-measure.
+measure, and with the density penalty's knee (``gate.penalty_knee``) on top of both.
 
     python benchmarks/controller_cost.py                      # the toy model and the Shakespeare LM's shape
     python benchmarks/controller_cost.py --tasks toy --repeats 50
@@ -18,10 +18,14 @@ import statistics
 import tempfile
 import time
 
-VARIANTS = {"sampled": [], "deterministic": ["constraint.measure=deterministic"],
-            "deterministic, every 4": ["constraint.measure=deterministic", "constraint.measure_every=4"],
+OFF = ["gate.penalty_knee=null"]  # the variants before the knee are measured without it
+VARIANTS = {"sampled": [*OFF], "deterministic": [*OFF, "constraint.measure=deterministic"],
+            "deterministic, every 4": [*OFF, "constraint.measure=deterministic", "constraint.measure_every=4"],
             # the scaled-noise gate path (gate.noise_anneal: a traced scale; its value does not change the cost)
-            "deterministic + noise annealing": ["constraint.measure=deterministic", "gate.noise_anneal=0.25"]}
+            "deterministic + noise annealing": [*OFF, "constraint.measure=deterministic", "gate.noise_anneal=0.25"],
+            # + the density penalty's knee (gate.penalty_knee: one more minimum per gate in the backward pass)
+            "deterministic + noise annealing + penalty knee": ["constraint.measure=deterministic",
+                                                               "gate.noise_anneal=0.25", "gate.penalty_knee=3.0"]}
 TASKS = {  # preset, overrides (fresh weights of the preset's shape)
     "toy": ("toy_addition_posttrain", []),
     "shakespeare": ("shakespeare_posttrain", ["data.tokenizer=null"]),

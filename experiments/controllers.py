@@ -118,6 +118,10 @@ CANDIDATES = {
     # beta keeps rising over the last 1,000 steps at noise 0, where the preset's CE sits ~10x under tau; a late break
     # is no longer the output: train.final=feasible)
     "noise_mid_4k_smooth_tail_cap_lr25": [*TAIL_CAP, "train.lr_final=0.25"],
+    # nineteenth round: the density penalty's gradient kept at its slope at the knee above it (gate.penalty_knee):
+    # open edges the CE does not need, at gate logits of 5-30 where sigmoid' is ~0, keep a price
+    "noise_mid_4k_smooth_tail_cap_knee3": [*TAIL_CAP, "gate.penalty_knee=3.0"],
+    "noise_mid_4k_smooth_tail_cap_knee0": [*TAIL_CAP, "gate.penalty_knee=0.0"],
     "noise_mid_4k_smooth_batch": [*NOISE_MID, "train.steps=4000", "constraint.alpha=0.98", "constraint.pi_kp=0.5",
                                   "constraint.tau_data=batch"],
     "pi_det_ki05_4k": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic", "constraint.pi_ki=0.05",
@@ -228,7 +232,9 @@ def main(argv=None):
                                      "ce_minus_tau": best.eval_ce - row["tau"]}
                 if args.task == "toy":
                     row["best_model"]["greedy_exact_match"] = greedy_em(RunDir(run).best_model)
-            results[key] = row
+            # read again before writing: another process may be filling the same folder with other candidates
+            results = {**(json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}),
+                       **results, key: row}
             atomic_write_text(out / "results.json", json.dumps(results, indent=1))
             print(key, {k: v for k, v in row.items() if k not in ("curve", "final_density_per_layer")}, flush=True)
     atomic_write_text(out / "table.md", table(results))

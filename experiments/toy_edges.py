@@ -5,6 +5,7 @@ head of layer 0, and (``--map``) layer 0's ``[query, key]`` map of kept edges su
 docs/controllers.md: the dense model that needs 2.5-3.5% keeps twice the edges of the easy ones in layer 0.
 
     python experiments/toy_edges.py runs/zoo15/toy_d2/noise_mid_4k_smooth_tail/seed2/model [MODEL ...] [--map]
+        [--logits]
         [--figure docs/figures/toy_layer0_edges.png --labels NAME ...]
 """
 from __future__ import annotations
@@ -47,10 +48,54 @@ def edges(model_dir: str) -> dict:
             "layer0_bias": np.asarray(m.gate.bias)[0].tolist() if np.ndim(m.gate.bias) == 2 else None}
 
 
+def layer0_edges(model_dir: str, min_kept: float = 0.05) -> list[dict]:
+    """Each (head, query, key) edge of layer 0 kept on at least ``min_kept`` of the held-out problems: the share of
+    problems that keep it, its median gate logit there, and the answer CE's change when it alone is closed on every
+    problem (``blocks.0.attn.hook_gate`` patched to 0; exact, not an attribution). Issue J, nineteenth round: an edge
+    the CE does not need (change ~0) at a logit far above 0, where the density penalty's slope vanishes."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    import sparsejax as sj
+    from sparsejax import objective
+    from sparsejax.data import addition
+
+    m = sj.from_pretrained(model_dir)
+    bos = run_bos(model_dir)
+    rows = addition.split("validation", bos)
+    x, y = jnp.asarray(rows[:, :-1]), jnp.asarray(rows[:, 1:])
+    mask = jnp.asarray(addition.answer_mask(len(rows), bos))
+    names = ["blocks.0.attn.hook_rot_q", "blocks.0.attn.hook_rot_k"] if m.config.position == "rope" else \
+        ["blocks.0.attn.hook_q", "blocks.0.attn.hook_k"]
+    logits, aux = sj.forward(m.config, m.params, x, m.gate, mode="eval", capture=[*names, "blocks.0.attn.hook_gate"])
+    caps = aux["captures"]
+    q, k = (np.asarray(caps[n], np.float64) for n in names)
+    k = np.repeat(k, q.shape[2] // k.shape[2], axis=2)  # grouped k/v heads
+    bias = np.broadcast_to(np.asarray(m.gate.bias, np.float64)[0] if np.ndim(m.gate.bias) == 2 else
+                           np.asarray(m.gate.bias, np.float64), (q.shape[2],))
+    g = np.einsum("bihd,bjhd->bhij", q, k) / np.sqrt(q.shape[-1]) + bias[None, :, None, None]
+    gate = np.asarray(caps["blocks.0.attn.hook_gate"])
+    kept = gate > 0
+    base = float(objective.cross_entropy(logits, y, mask))
+    out = []
+    for h, i, j in zip(*np.nonzero(kept.mean(0) >= min_kept)):
+        closed = gate.copy()
+        closed[:, h, i, j] = 0.0
+        patched = sj.forward(m.config, m.params, x, m.gate, mode="eval",
+                             interventions={"blocks.0.attn.hook_gate": jnp.asarray(closed)})[0]
+        out.append({"head": int(h), "query": int(i), "key": int(j), "kept": float(kept[:, h, i, j].mean()),
+                    "logit": float(np.median(g[:, h, i, j][kept[:, h, i, j]])),
+                    "ce_change": float(objective.cross_entropy(patched, y, mask)) - base})
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="+", help="exported model directories (a run's model/)")
     p.add_argument("--map", action="store_true", help="also print layer 0's [query, key] map (kept edges a problem)")
+    p.add_argument("--logits", action="store_true",
+                   help="also list layer 0's kept edges: share of problems, median gate logit, answer-CE change when "
+                        "closed (the edges the CE does not need, and how far their logits are from the threshold)")
     p.add_argument("--figure", help="draw each model's layer-0 map side by side into this PNG")
     p.add_argument("--labels", nargs="*", help="a title for each model in the figure (default: its path)")
     args = p.parse_args(argv)
@@ -68,6 +113,15 @@ def main(argv=None):
               + ("" if e["layer0_bias"] is None else f", its gate bias {[round(x, 2) for x in e['layer0_bias']]}"))
         if args.map:
             print(np.array2string(e["layer0_map"], precision=2, suppress_small=True, max_line_width=200))
+        if args.logits:
+            rows = layer0_edges(path)
+            idle = [r for r in rows if abs(r["ce_change"]) < 1e-4]
+            print(f"  layer 0: {len(rows)} edges kept on >= 5% of problems; {len(idle)} of them change the answer CE "
+                  f"by < 1e-4 when closed ({sum(r['kept'] for r in idle):.1f} edges a problem, median logit "
+                  f"{np.median([r['logit'] for r in idle]) if idle else float('nan'):.1f})")
+            for r in rows:
+                print(f"  head {r['head']} query {r['query']} key {r['key']}: kept {r['kept']:.2f}, logit "
+                      f"{r['logit']:6.2f}, answer CE {r['ce_change']:+.5f} when closed")
     if args.figure:
         draw(found, args.labels or args.models, args.figure)
 

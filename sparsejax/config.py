@@ -103,6 +103,9 @@ class GateSection:
     #                                 there (a margin around the gate threshold survives to the end)
     noise_recover: bool = False     # noise annealing, CE mode: the scale is at least the multiplier's violation over
     #                                 the slack (clipped to [0, 1]), so a run over tau gets the noise back
+    penalty_knee: float | None = None  # above this gate logit the density penalty's gradient is its slope at the
+    #                                 knee (the expected density's value unchanged); None: the sigmoid's, which
+    #                                 vanishes, so an open edge the CE does not need keeps a large logit for ever
 
 
 @dataclasses.dataclass
@@ -355,6 +358,7 @@ _RULES = (
     ("gate.noise_anneal", lambda v: 0 <= v <= 1, "a share of train.steps in [0, 1] (0: the full noise all run)"),
     ("gate.noise_zero", lambda v: 0 <= v <= 1, "a share of train.steps in [0, 1]"),
     ("gate.noise_floor", lambda v: 0 <= v < 1, "a noise scale in [0, 1)"),
+    ("gate.penalty_knee", lambda v: v is None or math.isfinite(v), "a gate logit (a number) or null"),
     ("constraint.method", lambda v: v in _controllers.CONTROLLERS,
      lambda v: f"a registered controller: {_or(_controllers.names())}{_controllers.did_you_mean(v)}"),
     ("constraint.sense", lambda v: v in _controllers.SENSES, " or ".join(_controllers.SENSES)),

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import pallas as pl
 
-from ..gates import Gate, is_edge, key_uniform, row_hash
+from ..gates import Gate, expected_gate_slope, is_edge, key_uniform, row_hash
 from . import geometry
 from .blocks import BACKWARDS, BLOCK_SIZES, BlockSizes  # noqa: F401  (BACKWARDS: re-exported)
 
@@ -233,7 +233,8 @@ def _bwd_tile(st, q, k, v, do, lse, delta, row, bias, dd, qi, kj, bq, bk, masked
     if a is None:
         return p, p * (dov - delta), None
     pa = p * a
-    dg = p * dov * slope + _where(valid, dd * (e * (1.0 - e)), 0.0)  # + d density / d g
+    e_slope = e * (1.0 - e) if st.gate.penalty_knee is None else expected_gate_slope(st.gate, g)
+    dg = p * dov * slope + _where(valid, dd * e_slope, 0.0)  # + d density / d g
     return pa, pa * dov - p * delta + dg, dg
 
 

@@ -51,6 +51,9 @@ class Gate:
     temperature: float = dataclasses.field(default=2.0 / 3.0, metadata=dict(static=True))
     stretch: tuple[float, float] = dataclasses.field(default=(-0.1, 1.1), metadata=dict(static=True))
     noise: Any = None  # training-noise scale in [0, 1] (float32 scalar) or None = 1 exactly (the method's gates)
+    # the density penalty's knee (ours, training only; None: the method's): above this gate logit the gradient of
+    # the expected gate is its slope at the knee, not the sigmoid's vanishing one (its value is unchanged)
+    penalty_knee: float | None = dataclasses.field(default=None, metadata=dict(static=True))
 
     def __post_init__(self):
         family(self.kind).check(self)
@@ -106,13 +109,24 @@ def is_edge(gate: Gate, g):
 
 
 def expected_gate(gate: Gate, g):
-    """Probability that the pair is an edge (Bernoulli: ``sigmoid(g)``; hard-concrete: the expected L0)."""
-    return gate.family.expected(gate, g)
+    """Probability that the pair is an edge (Bernoulli: ``sigmoid(g)``; hard-concrete: the expected L0).
+
+    With ``gate.penalty_knee = k`` the value is the same and its gradient is that of the expected gate continued by
+    its tangent above ``k``: ``expected_slope(min(g, k))``. An open edge the CE does not need then keeps a price
+    however large its logit (the sigmoid's slope at a logit of 20 is 2e-9, and such an edge is never closed;
+    docs/method.md §1, issue J nineteenth round in docs/controllers.md)."""
+    e = gate.family.expected(gate, g)
+    if gate.penalty_knee is None:
+        return e
+    k = jnp.float32(gate.penalty_knee)
+    tangent = gate.family.expected(gate, jnp.minimum(g, k)) + gate.family.expected_slope(gate, k) * jnp.maximum(
+        g - k, 0.0)
+    return jax.lax.stop_gradient(e) + (tangent - jax.lax.stop_gradient(tangent))
 
 
 def expected_gate_slope(gate: Gate, g):
-    """``d expected_gate / d g``."""
-    return gate.family.expected_slope(gate, g)
+    """``d expected_gate / d g`` (with ``gate.penalty_knee = k``: the slope at ``min(g, k)``)."""
+    return gate.family.expected_slope(gate, g if gate.penalty_knee is None else jnp.minimum(g, gate.penalty_knee))
 
 
 __all__ = ["FAMILIES", "Gate", "GateFamily", "as_gate", "bernoulli_terms", "expected_gate", "expected_gate_slope",
