@@ -25,11 +25,11 @@ NOISE_MID = [*BERNOULLI, "constraint.method=pi", "constraint.measure=determinist
              "constraint.pi_ki_follow_lr=true", "gate.noise_anneal=0.25", "gate.noise_zero=0.25"]
 # toy: the candidates are overrides of the toy preset as it was in rounds 1-14 (2,000 steps, CE memory 0.9,
 # proportional gain 2, model/ the last step's), pinned here so that each keeps its meaning now that the preset is
-# the fifteenth round's `noise_mid_4k_smooth_tail` with the seventeenth round's bounded gate bias
-# (`noise_mid_4k_smooth_tail_cap`)
+# the fifteenth round's `noise_mid_4k_smooth_tail` with the seventeenth round's bounded gate bias and the nineteenth
+# round's density-penalty knee (`noise_mid_4k_smooth_tail_cap_knee3`)
 TOY_2K = ["train.steps=2000", "constraint.alpha=0.9", "constraint.pi_kp=2.0", "train.final=last",
-          "train.feasible_tail=null", "gate.bias_max=null"]
-# the toy preset as it is (seventeenth round), spelt out over TOY_2K
+          "train.feasible_tail=null", "gate.bias_max=null", "gate.penalty_knee=null"]
+# the toy preset of the seventeenth round, spelt out over TOY_2K (the nineteenth round's preset: + the knee)
 TAIL_CAP = [*NOISE_MID, "train.steps=4000", "constraint.alpha=0.98", "constraint.pi_kp=0.5", "train.final=feasible",
             "train.feasible_tail=0.02", "train.feasible_tail_slack=0.05", "gate.bias_max=3.0"]
 CANDIDATES = {
@@ -119,7 +119,7 @@ CANDIDATES = {
     # is no longer the output: train.final=feasible)
     "noise_mid_4k_smooth_tail_cap_lr25": [*TAIL_CAP, "train.lr_final=0.25"],
     # nineteenth round: the density penalty's gradient kept at its slope at the knee above it (gate.penalty_knee):
-    # open edges the CE does not need, at gate logits of 5-30 where sigmoid' is ~0, keep a price
+    # open edges the CE does not need, at gate logits of 5-30 where sigmoid' is ~0, keep a price (knee3: the preset)
     "noise_mid_4k_smooth_tail_cap_knee3": [*TAIL_CAP, "gate.penalty_knee=3.0"],
     "noise_mid_4k_smooth_tail_cap_knee0": [*TAIL_CAP, "gate.penalty_knee=0.0"],
     "noise_mid_4k_smooth_batch": [*NOISE_MID, "train.steps=4000", "constraint.alpha=0.98", "constraint.pi_kp=0.5",
@@ -242,14 +242,15 @@ def main(argv=None):
 
 
 def zoo_table(zoo: dict) -> str:
-    """Per candidate: every dense model's final runs (density, CE - tau, exact match) and the **worst case** over
-    the zoo (the largest density, the largest CE - tau, the smallest exact match), with the toy goal's count."""
+    """Per candidate: every dense model's final runs in seed order (density, CE - tau, exact match) and the **worst
+    case** over the zoo (the largest density, the largest CE - tau, the smallest exact match), with the goal's count."""
     names = sorted({k.split("/")[0] for res in zoo.values() for k in res},
                    key=lambda n: list(CANDIDATES).index(n) if n in CANDIDATES else 99)
     lines = ["| candidate | runs | " + " | ".join(zoo) + " | worst density | worst CE - tau | worst EM | goal met |",
              "|" + "---|" * (len(zoo) + 6)]
     for n, of in [(n, of) for n in names for of in ("final", "best_model")]:
-        runs = [[r for k, r in res.items() if k.split("/")[0] == n] for res in zoo.values()]
+        runs = [[res[k] for k in sorted(res, key=lambda k: k.split("/")[-1]) if k.split("/")[0] == n]
+                for res in zoo.values()]  # in seed order (several processes may have filled results.json)
         if of == "best_model":  # the same columns for the runs' best_model/ (records from before it: no line)
             if not any("best_model" in r for mine in runs for r in mine):
                 continue
