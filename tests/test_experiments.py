@@ -184,3 +184,48 @@ def test_control_gap_reads_a_run_and_measures_each_against_its_control(tmp_path)
     plain = {"evals": [{"step": 200, "eval_ce": 2.60, "edge_density": 0.02}]}
     pts = control_gap.points({"in_run": rec, "control": sep, "plain": plain}, against={"plain": "control"})
     assert [(n, round(g, 6)) for n, _, g, _ in pts] == [("in_run", 0.05), ("plain", 0.05)]
+
+
+def test_toy_edges_lists_layer0_edges_with_their_logits_and_exact_cost(tmp_path):
+    """experiments/toy_edges.py --logits on a random gated toy model: the listed edges are those the captured
+    adjacency keeps on >= 5% of the held-out problems (none of a head whose bias closes it), each at a median gate
+    logit > 0, and an edge's answer-CE change equals the one of patching the effective attention (``hook_pattern``)
+    to 0 at that edge instead of the gate."""
+    sys.path.insert(0, str(REPO / "experiments"))
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import toy_edges
+
+    import sparsejax as sj
+    from sparsejax.checkpoints import Model
+    from sparsejax.checkpoints.hf import save_pretrained
+    from sparsejax.config import load_config, model_config
+    from sparsejax.data import addition
+
+    config = model_config(load_config("toy_addition_posttrain").model)
+    bias = np.zeros((config.n_layers, config.n_heads), np.float32)
+    bias[0] = [-0.05, -0.05, -0.05, -1e4]  # random logits are within +-0.12: 23 edges of layer 0 kept on >= 5%
+    model = Model(config, sj.init_params(config, jax.random.PRNGKey(1)), sj.Gate(jnp.asarray(bias)))
+    save_pretrained(model, tmp_path / "m")
+    rows = toy_edges.layer0_edges(str(tmp_path / "m"))
+    m = sj.from_pretrained(tmp_path / "m")
+    data = addition.split("validation")
+    x, y, mask = jnp.asarray(data[:, :-1]), jnp.asarray(data[:, 1:]), jnp.asarray(addition.answer_mask(len(data)))
+    logits, aux = sj.forward(m.config, m.params, x, m.gate, mode="eval",
+                             capture=["blocks.0.attn.hook_adjacency", "blocks.0.attn.hook_pattern"])
+    share = np.asarray(aux["captures"]["blocks.0.attn.hook_adjacency"]).mean(0)
+    assert {(r["head"], r["query"], r["key"]) for r in rows} == set(zip(*np.nonzero(share >= 0.05)))
+    assert 5 < len(rows) and all(r["head"] != 3 and r["logit"] > 0 for r in rows)
+    for r in rows:
+        assert r["kept"] == pytest.approx(share[r["head"], r["query"], r["key"]])
+    base = float(sj.objective.cross_entropy(logits, y, mask))
+    pattern = np.asarray(aux["captures"]["blocks.0.attn.hook_pattern"])
+    for r in sorted(rows, key=lambda r: -abs(r["ce_change"]))[:3]:
+        closed = pattern.copy()
+        closed[:, r["head"], r["query"], r["key"]] = 0.0
+        out = sj.forward(m.config, m.params, x, m.gate, mode="eval",
+                         interventions={"blocks.0.attn.hook_pattern": jnp.asarray(closed)})[0]
+        want = float(sj.objective.cross_entropy(out, y, mask)) - base
+        assert abs(want) > 1e-5
+        assert r["ce_change"] == pytest.approx(want, rel=1e-3, abs=1e-6)
