@@ -205,7 +205,10 @@ def main(argv=None):
         # the candidates were measured before the CE preset bounded the gate bias (eighteenth round): pinned without
         base = ["shakespeare_posttrain", [f"model.checkpoint={RunDir(dense).model}",
                                           f"data.tokenizer={RunDir(dense).tokenizer}", "gate.bias_max=null"]]
-    results = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
+    def recorded() -> dict:  # read again before each write: several processes may fill one folder
+        return json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
+
+    results = recorded()
     for name in args.candidates:
         for seed in args.seeds:
             key = f"{name}/seed{seed}"
@@ -232,9 +235,7 @@ def main(argv=None):
                                      "ce_minus_tau": best.eval_ce - row["tau"]}
                 if args.task == "toy":
                     row["best_model"]["greedy_exact_match"] = greedy_em(RunDir(run).best_model)
-            # read again before writing: another process may be filling the same folder with other candidates
-            results = {**(json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}),
-                       **results, key: row}
+            results = {**recorded(), key: row}
             atomic_write_text(out / "results.json", json.dumps(results, indent=1))
             print(key, {k: v for k, v in row.items() if k not in ("curve", "final_density_per_layer")}, flush=True)
     atomic_write_text(out / "table.md", table(results))
