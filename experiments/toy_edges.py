@@ -2,7 +2,9 @@
 head of layer 0, and (``--map``) layer 0's ``[query, key]`` map of kept edges summed over heads. A problem has
 4 layers x 4 heads x 55 causal pairs = 880 edges, so 2.5% of edges is 22 edges a problem (with a BOS token,
 ``data.bos=true``, read from the run's config: 66 pairs, 1,056 edges). Issue J, sixteenth round in
-docs/controllers.md: the dense model that needs 2.5-3.5% keeps twice the edges of the easy ones in layer 0.
+docs/controllers.md: the dense model that needs 2.5-3.5% keeps twice the edges of the easy ones in layer 0. With
+``--logits`` on a RoPE model (no absolute positions) it also measures that layer 0's gate logit depends on (head,
+query token, key token, offset) alone and how many idle edges share that class with a needed one (twentieth round).
 
     python experiments/toy_edges.py runs/zoo15/toy_d2/noise_mid_4k_smooth_tail/seed2/model [MODEL ...] [--map]
         [--logits]
@@ -86,7 +88,38 @@ def layer0_edges(model_dir: str, min_kept: float = 0.05) -> list[dict]:
         out.append({"head": int(h), "query": int(i), "key": int(j), "kept": float(kept[:, h, i, j].mean()),
                     "logit": float(np.median(g[:, h, i, j][kept[:, h, i, j]])),
                     "ce_change": float(objective.cross_entropy(patched, y, mask)) - base})
+    if m.config.position == "rope" and not bos:
+        tie_needed(out, np.asarray(x), kept, g)
     return out
+
+
+def tie_needed(rows: list[dict], tokens, kept, g) -> None:
+    """Layer 0 of a RoPE model without absolute positions sees only tokens, so its gate logit is a function of
+    (head, query token, key token, offset) alone: an edge shares its gate with every edge of the same class at other
+    positions. Adds to each row ``tied``: the share of the problems keeping it whose class is also kept by an edge
+    whose closing changes the answer CE by >= 1e-4 (closing the idle edge would close that one), and to the first
+    row ``class_spread``: the largest spread of the gate logit within a class (~0 when the statement holds)."""
+    import numpy as np
+
+    def classes(h, i, j):
+        on = kept[:, h, i, j]
+        return {(h, int(a), int(b), i - j) for a, b in zip(tokens[on, i], tokens[on, j])}, on
+
+    needed = set()
+    for r in rows:
+        if abs(r["ce_change"]) >= 1e-4:
+            needed |= classes(r["head"], r["query"], r["key"])[0]
+    spread = {}
+    for r in rows:
+        h, i, j = r["head"], r["query"], r["key"]
+        on = kept[:, h, i, j]
+        pairs = [(h, int(a), int(b), i - j) for a, b in zip(tokens[on, i], tokens[on, j])]
+        r["tied"] = float(np.mean([c in needed for c in pairs])) if pairs else 0.0
+        for c, v in zip(pairs, g[on, h, i, j]):
+            lo, hi = spread.get(c, (v, v))
+            spread[c] = (min(lo, v), max(hi, v))
+    if rows:
+        rows[0]["class_spread"] = float(max(hi - lo for lo, hi in spread.values()))
 
 
 def main(argv=None):
@@ -119,6 +152,11 @@ def main(argv=None):
             print(f"  layer 0: {len(rows)} edges kept on >= 5% of problems; {len(idle)} of them change the answer CE "
                   f"by < 1e-4 when closed ({sum(r['kept'] for r in idle):.1f} edges a problem, median logit "
                   f"{np.median([r['logit'] for r in idle]) if idle else float('nan'):.1f})")
+            if rows and "tied" in rows[0]:
+                print(f"  RoPE layer 0: the gate logit is a function of (head, query token, key token, offset) "
+                      f"(largest spread within a class {rows[0]['class_spread']:.1e}); "
+                      f"{sum(r['kept'] * r['tied'] for r in idle):.1f} of the idle edges a problem share their class "
+                      f"with a needed edge's")
             for r in rows:
                 print(f"  head {r['head']} query {r['query']} key {r['key']}: kept {r['kept']:.2f}, logit "
                       f"{r['logit']:6.2f}, answer CE {r['ce_change']:+.5f} when closed")

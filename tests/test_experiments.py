@@ -229,3 +229,63 @@ def test_toy_edges_lists_layer0_edges_with_their_logits_and_exact_cost(tmp_path)
         want = float(sj.objective.cross_entropy(out, y, mask)) - base
         assert abs(want) > 1e-5
         assert r["ce_change"] == pytest.approx(want, rel=1e-3, abs=1e-6)
+
+
+def test_toy_edges_ties_idle_rope_edges_to_needed_ones():
+    """tie_needed on a hand-built layer 0 (2 problems, 1 head): an idle edge whose (head, query token, key token,
+    offset) class is kept by a needed edge on one of its two problems is tied on half of them; an idle edge of
+    another class is not; the spread within a class is the largest logit difference inside one class."""
+    sys.path.insert(0, str(REPO / "experiments"))
+    import numpy as np
+    import toy_edges
+
+    tokens = np.array([[3, 3, 5, 3], [4, 3, 5, 3]])  # positions 0..3
+    kept = np.zeros((2, 1, 4, 4), bool)
+    g = np.zeros((2, 1, 4, 4))
+    kept[:, 0, 1, 0] = True   # needed: query 1 key 0, classes (3, 3, 1) and (3, 4, 1)
+    kept[:, 0, 3, 2] = True   # idle: query 3 key 2, class (3, 5, 1) on both problems: tied to nothing
+    kept[:, 0, 3, 1] = True   # idle: query 3 key 1, offset 2, class (3, 3, 2)
+    kept[:, 0, 2, 1] = True   # idle: query 2 key 1, class (5, 3, 1): not needed
+    g[:, 0, 1, 0] = [1.0, 2.0]
+    g[:, 0, 3, 1] = [0.5, 0.25]
+    rows = [{"head": 0, "query": 1, "key": 0, "ce_change": 0.3},
+            {"head": 0, "query": 3, "key": 2, "ce_change": 0.0},
+            {"head": 0, "query": 3, "key": 1, "ce_change": 0.0},
+            {"head": 0, "query": 2, "key": 1, "ce_change": 0.0}]
+    toy_edges.tie_needed(rows, tokens, kept, g)
+    assert [r["tied"] for r in rows] == [1.0, 0.0, 0.0, 0.0]
+    assert rows[0]["class_spread"] == 0.25  # (3, 3, 2) at 0.5 and 0.25; the others one value each
+    # problem 0's position 2 now a 3, and a needed edge query 2 key 0 (class (3, 3, 2)) kept on problem 0 only (a
+    # CE increase or decrease counts alike): query 3 key 1 is (3, 3, 2) on both problems, tied on both; query 3 key 2
+    # and query 2 key 1 are (3, 3, 1) on problem 0 (the needed query 1 key 0's class), untied on problem 1
+    kept[0, 0, 2, 0] = True
+    tokens = np.array([[3, 3, 3, 3], [4, 3, 5, 3]])
+    rows.append({"head": 0, "query": 2, "key": 0, "ce_change": -0.2})
+    toy_edges.tie_needed(rows, tokens, kept, g)
+    assert [r["tied"] for r in rows[1:4]] == [0.5, 1.0, 0.5]
+
+
+def test_toy_edges_rope_layer0_gate_depends_on_tokens_and_offset_alone(tmp_path):
+    """On a random toy model in Llama layout (RoPE, no absolute positions) layer 0's gate logit is the same for every
+    edge of one (head, query token, key token, offset) class (spread at float32 rounding) while it differs between
+    edges, and each listed edge gets its ``tied`` share."""
+    sys.path.insert(0, str(REPO / "experiments"))
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import toy_edges
+
+    import sparsejax as sj
+    from sparsejax.checkpoints import Model
+    from sparsejax.checkpoints.hf import save_pretrained
+    from sparsejax.config import load_config, model_config
+
+    config = model_config(load_config("toy_addition_posttrain", ["model.family=llama"]).model)
+    bias = np.full((config.n_layers, config.n_heads), -1e4, np.float32)
+    bias[0, 0] = 0.0  # one head of layer 0 open where its q . k > 0
+    save_pretrained(Model(config, sj.init_params(config, jax.random.PRNGKey(2)), sj.Gate(jnp.asarray(bias))),
+                    tmp_path / "m")
+    rows = toy_edges.layer0_edges(str(tmp_path / "m"), min_kept=0.5)
+    assert len(rows) > 3 and len({round(r["logit"], 4) for r in rows}) > 3
+    assert rows[0]["class_spread"] < 1e-5
+    assert all(0.0 <= r["tied"] <= 1.0 for r in rows)
