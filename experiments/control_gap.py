@@ -5,6 +5,9 @@ every evaluation), from the records of docs/results/zoo_induction/evals.json (is
     python experiments/control_gap.py docs/results/zoo_induction/evals.json --against density=control ce=control \
         ce_batch=control --figure docs/figures/induction_lm_control_gap.png
     python experiments/control_gap.py RECORDS --add NAME RUN_DIR     # add a finished run's records under NAME first
+    python experiments/control_gap.py docs/results/zoo_shakespeare_d1/evals.json --runs density_control density_noise \
+        --curves docs/figures/shakespeare_d1_control_gap_curves.png --title "Shakespeare LM, dense seed 1"
+        # the gap at every evaluation of runs with the control beside them (twentieth round)
 """
 from __future__ import annotations
 
@@ -51,6 +54,10 @@ def main(argv=None):
     p.add_argument("--against", nargs="*", default=[], metavar="RUN=CONTROL",
                    help="runs measured against a separate dense control record (e.g. density=control)")
     p.add_argument("--figure", help="write the density-gap figure here (PNG)")
+    p.add_argument("--runs", nargs="*", help="only these records (default: all)")
+    p.add_argument("--curves", help="write the gap to the control beside each run at every evaluation here (PNG)")
+    p.add_argument("--title", default="induction LM", help="the model's name in the figures' titles")
+    p.add_argument("--ymax", type=float, default=0.1, help="the top of the curves' gap axis (nats)")
     args = p.parse_args(argv)
     path = Path(args.records)
     recs = json.loads(path.read_text())
@@ -58,15 +65,53 @@ def main(argv=None):
         recs[name] = records(run_dir)
     if args.add:
         path.write_text(json.dumps(recs, indent=1))
+    if args.runs:
+        missing = [n for n in args.runs if n not in recs]
+        if missing:
+            p.error(f"--runs: no record {missing} in {path} (it has {sorted(recs)})")
+        recs = {n: recs[n] for n in args.runs}
     pts = points(recs, dict(a.split("=", 1) for a in args.against))
     print("| run | steps | final edge density | held-out CE − control |\n|---|---:|---:|---:|")
     for name, density, gap, steps in pts:
         print(f"| {name} | {steps} | {density:.2%} | {gap:+.3f} |")
     if args.figure:
-        draw(pts, args.figure)
+        draw(pts, args.figure, args.title)
+    if args.curves:
+        draw_curves(recs, args.curves, args.title, args.ymax)
 
 
-def draw(pts, path: str) -> None:
+def gap_curves(recs: dict) -> dict:
+    """``{name: [(step, edge density, held-out CE - control's)]}`` for the records with the control beside them."""
+    return {name: [(e["step"], e["edge_density"], e["eval_ce"] - e["control_eval_ce"]) for e in rec["evals"]
+                   if "control_eval_ce" in e] for name, rec in recs.items()
+            if any("control_eval_ce" in e for e in rec["evals"])}
+
+
+def draw_curves(recs: dict, path: str, title: str, ymax: float = 0.1) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 5.2), sharex=True)
+    for name, rows in gap_curves(recs).items():
+        steps, density, gap = zip(*rows)
+        top.plot(steps, gap, marker="o", ms=3, label=name)
+        bottom.plot(steps, [100 * d for d in density], marker="o", ms=3, label=name)
+    top.axhline(0.01, color="k", lw=0.8, ls="--", label="goal: control + 0.01")
+    top.set_ylabel("held-out CE − control's (nats)")
+    top.set_ylim(-0.02, ymax)
+    top.legend(fontsize=7)
+    top.set_title(f"{title}: each run against the dense control trained beside it", fontsize=9)
+    bottom.axhline(1.0, color="k", lw=0.8, ls="--")
+    bottom.set_ylabel("edge density (held out, %)")
+    bottom.set_ylim(0, 2)
+    bottom.set_xlabel("step")
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    print(f"wrote {path}")
+
+
+def draw(pts, path: str, title: str = "induction LM") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -84,7 +129,7 @@ def draw(pts, path: str) -> None:
     ax.set_ylim(low, max(p[2] for p in pts) + 0.02)
     ax.set_xlabel("final edge density (held out)")
     ax.set_ylabel("held-out CE − dense control's (nats)")
-    ax.set_title("induction LM: each final model against a dense control on the same schedule", fontsize=9)
+    ax.set_title(f"{title}: each final model against a dense control on the same schedule", fontsize=9)
     ax.legend(fontsize=7, loc="upper right")
     fig.savefig(path, dpi=130, bbox_inches="tight")
     print(f"wrote {path}")

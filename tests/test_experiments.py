@@ -184,6 +184,14 @@ def test_control_gap_reads_a_run_and_measures_each_against_its_control(tmp_path)
     plain = {"evals": [{"step": 200, "eval_ce": 2.60, "edge_density": 0.02}]}
     pts = control_gap.points({"in_run": rec, "control": sep, "plain": plain}, against={"plain": "control"})
     assert [(n, round(g, 6)) for n, _, g, _ in pts] == [("in_run", 0.05), ("plain", 0.05)]
+    curves = control_gap.gap_curves({"in_run": rec, "plain": plain})  # only evaluations with the control beside
+    assert list(curves) == ["in_run"] and [(s, d, round(g, 6)) for s, d, g in curves["in_run"]] == [(200, 0.01, 0.05)]
+    records = tmp_path / "records.json"
+    records.write_text(json.dumps({"in_run": rec, "plain": plain}))
+    control_gap.main([str(records), "--runs", "in_run", "--curves", str(tmp_path / "c.png"), "--title", "toy"])
+    assert (tmp_path / "c.png").stat().st_size > 0
+    with pytest.raises(SystemExit):  # a record that is not there: an error naming those it has
+        control_gap.main([str(records), "--runs", "nope"])
 
 
 def test_toy_edges_lists_layer0_edges_with_their_logits_and_exact_cost(tmp_path):
