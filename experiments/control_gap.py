@@ -77,6 +77,9 @@ def main(argv=None):
     if args.figure:
         draw(pts, args.figure, args.title)
     if args.curves:
+        if not gap_curves(recs):
+            p.error("--curves: no record has a dense control beside it (control_eval_ce: a run with "
+                    "constraint.tau_data=control)")
         draw_curves(recs, args.curves, args.title, args.ymax)
 
 

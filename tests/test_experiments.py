@@ -192,6 +192,9 @@ def test_control_gap_reads_a_run_and_measures_each_against_its_control(tmp_path)
     assert (tmp_path / "c.png").stat().st_size > 0
     with pytest.raises(SystemExit):  # a record that is not there: an error naming those it has
         control_gap.main([str(records), "--runs", "nope"])
+    with pytest.raises(SystemExit):  # curves of runs without a control beside them: an error, not an empty figure
+        control_gap.main([str(records), "--runs", "plain", "--curves", str(tmp_path / "d.png")])
+    assert not (tmp_path / "d.png").exists()
 
 
 def test_toy_edges_lists_layer0_edges_with_their_logits_and_exact_cost(tmp_path):
