@@ -101,21 +101,17 @@ def tie_needed(rows: list[dict], tokens, kept, g) -> None:
     row ``class_spread``: the largest spread of the gate logit within a class (~0 when the statement holds)."""
     import numpy as np
 
-    def classes(h, i, j):
-        on = kept[:, h, i, j]
-        return {(h, int(a), int(b), i - j) for a, b in zip(tokens[on, i], tokens[on, j])}, on
-
-    needed = set()
-    for r in rows:
-        if abs(r["ce_change"]) >= 1e-4:
-            needed |= classes(r["head"], r["query"], r["key"])[0]
-    spread = {}
-    for r in rows:
+    def classes(r):  # the class of each problem that keeps the edge, and the edge's gate logit there
         h, i, j = r["head"], r["query"], r["key"]
         on = kept[:, h, i, j]
-        pairs = [(h, int(a), int(b), i - j) for a, b in zip(tokens[on, i], tokens[on, j])]
+        return [(h, int(a), int(b), i - j) for a, b in zip(tokens[on, i], tokens[on, j])], g[on, h, i, j]
+
+    needed = {c for r in rows if abs(r["ce_change"]) >= 1e-4 for c in classes(r)[0]}
+    spread = {}
+    for r in rows:
+        pairs, logits = classes(r)
         r["tied"] = float(np.mean([c in needed for c in pairs])) if pairs else 0.0
-        for c, v in zip(pairs, g[on, h, i, j]):
+        for c, v in zip(pairs, logits):
             lo, hi = spread.get(c, (v, v))
             spread[c] = (min(lo, v), max(hi, v))
     if rows:
