@@ -52,23 +52,14 @@ def temp_mib(fn, *args) -> float:
 def torch_cases(heads: int, dim: int, bias: float):
     try:
         import torch
+        from torch_reference import gated_weights  # benchmarks/torch_reference.py
     except ImportError:
         return {}
     torch.set_num_threads(max(1, len(__import__("os").sched_getaffinity(0))))
 
     def plain(q, k, v):  # the paper's formula as a PyTorch user would write it (materialised T x T)
-        t = q.shape[1]
-        s = torch.einsum("bthd,bshd->bhts", q, k) / dim**0.5
-        mask = torch.ones(t, t, dtype=torch.bool).tril()
-        p = torch.softmax(s.masked_fill(~mask, float("-inf")), dim=-1)
-        g = s + bias
-        u = torch.rand_like(g).clamp(1e-6, 1 - 1e-6)
-        z = g + torch.log(u) - torch.log1p(-u)
-        soft = torch.sigmoid(z)
-        a = (z > 0).float() + soft - soft.detach()
-        out = torch.einsum("bhts,bshd->bthd", p * a * mask, v)
-        density = (torch.sigmoid(g) * mask).sum((-1, -2)) / mask.sum()
-        return out.sum() + density.sum()
+        weights, density = gated_weights(torch.einsum("bthd,bshd->bhts", q, k) / dim**0.5, bias)
+        return torch.einsum("bhts,bshd->bthd", weights, v).sum() + density.sum()
 
     def sdpa(q, k, v):
         out = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),

@@ -117,24 +117,16 @@ def jax_step(impl, bias, blocks=None):
 def torch_steps(bias):
     try:
         import torch
+        from torch_reference import gated_weights  # benchmarks/torch_reference.py
     except ImportError:
         return None, {}
     if not torch.cuda.is_available():
         return None, {}
 
     def plain(q, k, v):  # the method as a PyTorch user would write it (materialised T x T, float32 logits)
-        t, d = q.shape[1], q.shape[-1]
-        s = torch.einsum("bthd,bshd->bhts", q.float(), k.float()) / d ** 0.5
-        mask = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
-        p = torch.softmax(s.masked_fill(~mask, float("-inf")), dim=-1)
-        g = s + bias
-        u = torch.rand_like(g).clamp(1e-6, 1 - 1e-6)
-        z = g + torch.log(u) - torch.log1p(-u)
-        soft = torch.sigmoid(z)
-        a = (z > 0).float() + soft - soft.detach()
-        out = torch.einsum("bhts,bshd->bthd", p * a * mask, v.float())
-        density = (torch.sigmoid(g) * mask).sum((-1, -2)) / mask.sum()
-        return out.sum() + density.sum()
+        s = torch.einsum("bthd,bshd->bhts", q.float(), k.float()) / q.shape[-1] ** 0.5
+        weights, density = gated_weights(s, bias)
+        return torch.einsum("bhts,bshd->bthd", weights, v.float()).sum() + density.sum()
 
     def sdpa(q, k, v):
         out = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),

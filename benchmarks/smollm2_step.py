@@ -83,21 +83,14 @@ def run_jax(args, variant: str) -> float:
 
 def _torch_sparse_attention(bias: float):
     import torch
+    from torch_reference import gated_weights  # benchmarks/torch_reference.py
 
     def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-        b, h, t, d = query.shape
-        groups = h // key.shape[1]
+        groups = query.shape[1] // key.shape[1]
         k, v = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
-        s = torch.matmul(query, k.transpose(2, 3)) * (d ** -0.5)
-        causal = torch.ones(t, t, dtype=torch.bool).tril()
-        p = torch.softmax(s.masked_fill(~causal, float("-inf")), dim=-1)
-        g = s + bias
-        u = torch.rand_like(g).clamp(1e-6, 1 - 1e-6)
-        z = g + torch.log(u) - torch.log1p(-u)
-        soft = torch.sigmoid(z)
-        a = (z > 0).float() + soft - soft.detach()
-        module.density = (torch.sigmoid(g) * causal).sum((-1, -2)) / causal.sum()  # [B, H], for the regulariser
-        return torch.matmul(p * a * causal, v).transpose(1, 2).contiguous(), None
+        s = torch.matmul(query, k.transpose(2, 3)) * (query.shape[-1] ** -0.5)
+        weights, module.density = gated_weights(s, bias)  # the density [B, H], for the regulariser
+        return torch.matmul(weights, v).transpose(1, 2).contiguous(), None
 
     return attention
 
