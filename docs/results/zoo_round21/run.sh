@@ -32,3 +32,16 @@ python experiments/control_gap.py docs/results/zoo_shakespeare_d1/evals.json --r
   --ymax 0.05
 # the 3,000-step dense model on the same 64 held-out batches (what its control gained over the 0.8% run)
 sparsejax eval runs/shk_d1/density_from_control/config.yaml runs/shk_d1/dense/model data.eval_batches=64
+# the same for dense seed 0 (its run was cut by the session's end at step ~2,250; rerunning the same command resumed it
+# from the step-2,000 checkpoint), and the 3,000-step dense model on the same 64 held-out batches
+sparsejax posttrain shakespeare_posttrain_density runs/shk_d0/density_from_control \
+  model.checkpoint=runs/shk_d0/density_control/control_model data.tokenizer=runs/shk_d0/dense/tokenizer.json \
+  constraint.tau_data=control
+for m in model control_model; do
+  sparsejax eval runs/shk_d0/density_from_control/config.yaml runs/shk_d0/density_from_control/$m \
+    data.eval_batches=64 > runs/shk_d0/density_from_control/eval64_$m.json
+done
+python experiments/control_gap.py docs/results/zoo_shakespeare_d0/evals.json --runs density_control density_t9 \
+  density_from_control --curves docs/figures/shakespeare_d0_target_curves.png --title "Shakespeare LM, dense seed 0" \
+  --ymax 0.05
+sparsejax eval runs/shk_d0/density_control/config.yaml runs/shk_d0/dense/model data.eval_batches=64
