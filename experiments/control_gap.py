@@ -20,7 +20,10 @@ TRAIN_KEYS = ("ce", "control_ce", "measured_ce", "ce_ema", "guard_ema", "density
 
 
 def records(run_dir: str) -> dict:
-    """A run's config, every evaluation and every 100th training record (the keys above that it logged)."""
+    """A run's config, every evaluation and every 100th training record (the keys above that it logged); and where
+    the run directory holds ``eval64_model.json`` and ``eval64_control_model.json`` (``sparsejax eval
+    RUN/config.yaml RUN/model data.eval_batches=64 > RUN/eval64_model.json``, the same for ``control_model``), the
+    final model and its control on those 64 held-out batches as ``final_eval_64_batches``."""
     import yaml
 
     run = Path(run_dir)
@@ -29,7 +32,15 @@ def records(run_dir: str) -> dict:
                                 "tau", "final") if k in r} for r in rows if "eval_ce" in r]
     train = [{"step": r["step"], **{k: r[k] for k in TRAIN_KEYS if k in r}} for r in rows
              if "ce" in r and "eval_ce" not in r and r["step"] % 100 == 0]
-    return {"config": yaml.safe_load((run / "config.yaml").read_text()), "evals": evals, "train": train}
+    out = {"config": yaml.safe_load((run / "config.yaml").read_text()), "evals": evals, "train": train}
+    model, control = run / "eval64_model.json", run / "eval64_control_model.json"
+    if model.exists() and control.exists():
+        m, c = json.loads(model.read_text()), json.loads(control.read_text())
+        out["final_eval_64_batches"] = {**{k: m[k] for k in ("eval_ce", "edge_density", "edge_density_per_layer")},
+                                        "control_eval_ce": c["eval_ce"],
+                                        "command": f"sparsejax eval {run}/config.yaml {run}/model|control_model "
+                                                   "data.eval_batches=64"}
+    return out
 
 
 def points(recs: dict, against: dict | None = None) -> list[tuple[str, float, float, int]]:
@@ -60,11 +71,13 @@ def main(argv=None):
     p.add_argument("--ymax", type=float, default=0.1, help="the top of the curves' gap axis (nats)")
     args = p.parse_args(argv)
     path = Path(args.records)
-    recs = json.loads(path.read_text())
+    text = path.read_text()
+    recs = json.loads(text)
     for name, run_dir in args.add:
         recs[name] = records(run_dir)
-    if args.add:
-        path.write_text(json.dumps(recs, indent=1))
+    if args.add:  # the file's own layout kept (one space per level, or none), so a new record is the whole diff
+        indent = 1 if text.startswith("{\n ") else 0 if text.startswith("{\n") else None
+        path.write_text(json.dumps(recs, indent=indent) + ("\n" if text.endswith("\n") else ""))
     if args.runs:
         missing = [n for n in args.runs if n not in recs]
         if missing:

@@ -186,8 +186,18 @@ def test_control_gap_reads_a_run_and_measures_each_against_its_control(tmp_path)
     assert [(n, round(g, 6)) for n, _, g, _ in pts] == [("in_run", 0.05), ("plain", 0.05)]
     curves = control_gap.gap_curves({"in_run": rec, "plain": plain})  # only evaluations with the control beside
     assert list(curves) == ["in_run"] and [(s, d, round(g, 6)) for s, d, g in curves["in_run"]] == [(200, 0.01, 0.05)]
+    assert "final_eval_64_batches" not in rec
+    for name, ce, density in (("model", 2.71, 0.011), ("control_model", 2.66, None)):  # `sparsejax eval` outputs
+        (run / f"eval64_{name}.json").write_text(json.dumps(
+            {"eval_ce": ce, **({"edge_density": density, "edge_density_per_layer": [density]} if density else {})}))
+    final = control_gap.records(str(run))["final_eval_64_batches"]
+    assert (final["eval_ce"], final["control_eval_ce"], final["edge_density_per_layer"]) == (2.71, 2.66, [0.011])
     records = tmp_path / "records.json"
-    records.write_text(json.dumps({"in_run": rec, "plain": plain}))
+    records.write_text(json.dumps({"in_run": rec, "plain": plain}, indent=0) + "\n")
+    control_gap.main([str(records), "--add", "again", str(run)])  # the file's layout kept: indent 0, final newline
+    text = records.read_text()
+    assert text == json.dumps({**json.loads(text), "in_run": rec, "plain": plain}, indent=0) + "\n"
+    assert list(json.loads(text)) == ["in_run", "plain", "again"]
     control_gap.main([str(records), "--runs", "in_run", "--curves", str(tmp_path / "c.png"), "--title", "toy"])
     assert (tmp_path / "c.png").stat().st_size > 0
     with pytest.raises(SystemExit):  # a record that is not there: an error naming those it has
