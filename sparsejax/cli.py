@@ -38,6 +38,10 @@ def _train(args) -> int:
         notice = missed_target(result, cfg.constraint.sense, args.run_dir)
         if notice:
             print(notice, file=sys.stderr)
+    if args.command == "posttrain" and cfg.constraint.tau_data == "control":
+        notice = control_notice(args.run_dir)
+        if notice:
+            print(notice, file=sys.stderr)
     return 0
 
 
@@ -54,6 +58,35 @@ def chosen_model(run_dir) -> str:
     return (f"note: {run.model} is step {rec['step']}'s model (train.final=feasible: the last evaluated model "
             f"meeting the constraint on training batches, CE {rec['train_eval_ce']:.4f} against {rec['tau']:.4g}): "
             f"held-out CE {rec['eval_ce']:.4f}, edge density {rec['edge_density']:.4%}")
+
+
+CONTROL_GAIN_NOTE = 0.02  # nats the dense control may gain over a run before the notice calls the start unconverged
+
+
+def control_notice(run_dir) -> str | None:
+    """With a dense control trained beside the run (``constraint.tau_data=control``): the final model's held-out CE
+    against the control's, and how much the control gained over the run (from the starting model's dense held-out
+    CE, on the same batches). A gain over ``CONTROL_GAIN_NOTE`` says the starting model was still learning: part of
+    the gap is the control's further training, which the sparse model must match while it loses its edges
+    (docs/controllers.md, twenty-first round). ``None`` without a control or a start record (a resumed run's
+    metrics keep the original start)."""
+    from sparsejax.train import RunDir
+
+    run = RunDir(run_dir)
+    start = next((r for r in run.records("start") if r.get("dense_eval_ce") is not None), None)
+    final = next((r for r in reversed(run.records("final")) if "control_eval_ce" in r), None)
+    if start is None or final is None:
+        return None
+    control, begin = final["control_eval_ce"], start["dense_eval_ce"]
+    gain = begin - control
+    out = (f"note: the dense control trained beside the run: held-out CE {begin:.4f} at the start, {control:.4f} "
+           f"at the end (it gained {gain:.4f} nats); the final model {final.eval_ce:.4f}, "
+           f"{final.eval_ce - control:+.4f} over it")
+    if gain > CONTROL_GAIN_NOTE:
+        out += ("; the starting model was still learning: part of that gap is the control's further training, "
+                "which a dense model trained closer to convergence takes away (docs/controllers.md, twenty-first "
+                "round)")
+    return out
 
 
 def missed_target(result: dict | None, sense: str, run_dir) -> str | None:

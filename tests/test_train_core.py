@@ -363,7 +363,7 @@ def test_batch_tau_measures_the_gap_to_the_dense_starting_model_on_each_batch(tm
                - float(dense(start, run.frozen, batch)["ce"])) > 1e-4
 
 
-def test_control_tau_trains_a_dense_control_in_step_and_measures_the_gap_to_it(tmp_path):
+def test_control_tau_trains_a_dense_control_in_step_and_measures_the_gap_to_it(tmp_path, monkeypatch):
     """constraint.tau_data=control: a dense control trained beside the sparse model is, at every evaluation, the
     model a separate dense run (gates off, no constraint, same seed, data, optimiser and schedule) has reached: its
     held-out CE in the records is that run's, and control_model/ holds that run's weights; each step's multiplier
@@ -389,6 +389,16 @@ def test_control_tau_trains_a_dense_control_in_step_and_measures_the_gap_to_it(t
     assert b.gate is None
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
         np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-4, atol=1e-6)
+    from sparsejax import cli  # the CLI's notice: the control's start and end on held-out data, the final gap
+
+    start = RunDir(tmp_path / "sparse").records("start")[0]["dense_eval_ce"]
+    final = RunDir(tmp_path / "sparse").records("final")[-1].eval_ce
+    notice = cli.control_notice(tmp_path / "sparse")
+    assert f"{start:.4f} at the start, {want[4]:.4f} at the end" in notice and f"{final - want[4]:+.4f} over" in notice
+    for bound, learning in ((start - want[4] - 1e-3, True), (start - want[4] + 1e-3, False)):
+        monkeypatch.setattr(cli, "CONTROL_GAIN_NOTE", bound)  # the control gained more / less than the bound
+        assert ("still learning" in cli.control_notice(tmp_path / "sparse")) == learning
+    assert cli.control_notice(tmp_path / "dense") is None  # no control beside it: no notice
     from sparsejax import report  # the dynamics figure of such a run: the gap on its own axis, the control's CE
 
     (tmp_path / "sparse" / "feasible.json").write_text('{"step": 2}')  # and a rolled-back model/ marked
