@@ -18,30 +18,18 @@ for s in 0 1; do
   python experiments/control_gap.py docs/results/zoo_shakespeare_d$s/evals.json --runs density_control density_t9 \
     --curves docs/figures/shakespeare_d${s}_target_curves.png --title "Shakespeare LM, dense seed $s" --ymax 0.05
 done
-# a dense model closer to convergence: the seed-1 control of the 0.8% run (the 3,000-step dense model trained densely
-# for the preset's 2,400 more steps, zoo_round18) as the starting model, the preset unchanged, a new control beside it
-sparsejax posttrain shakespeare_posttrain_density runs/shk_d1/density_from_control \
-  model.checkpoint=runs/shk_d1/density_control/control_model data.tokenizer=runs/shk_d1/dense/tokenizer.json \
-  constraint.tau_data=control
-for m in model control_model; do
-  sparsejax eval runs/shk_d1/density_from_control/config.yaml runs/shk_d1/density_from_control/$m \
-    data.eval_batches=64 > runs/shk_d1/density_from_control/eval64_$m.json
+# a dense model closer to convergence: each dense model's control of its 0.8% run (the 3,000-step dense model trained
+# densely for the preset's 2,400 more steps) as the starting model, the preset unchanged, a new control beside it;
+# seed 1 first, seed 0 the next session (its run was cut at step ~2,250 by the session's end: the same command again
+# resumed it from its step-2,000 checkpoint); then the 3,000-step dense model on the same 64 held-out batches (what
+# its control gained over the 0.8% run)
+for s in 1 0; do
+  r=runs/shk_d$s/density_from_control
+  sparsejax posttrain shakespeare_posttrain_density $r model.checkpoint=runs/shk_d$s/density_control/control_model \
+    data.tokenizer=runs/shk_d$s/dense/tokenizer.json constraint.tau_data=control
+  for m in model control_model; do sparsejax eval $r/config.yaml $r/$m data.eval_batches=64 > $r/eval64_$m.json; done
+  python experiments/control_gap.py docs/results/zoo_shakespeare_d$s/evals.json --add density_from_control $r \
+    --runs density_control density_t9 density_from_control --curves docs/figures/shakespeare_d${s}_target_curves.png \
+    --title "Shakespeare LM, dense seed $s" --ymax 0.05
+  sparsejax eval $r/config.yaml runs/shk_d$s/dense/model data.eval_batches=64
 done
-python experiments/control_gap.py docs/results/zoo_shakespeare_d1/evals.json --runs density_control density_t9 \
-  density_from_control --curves docs/figures/shakespeare_d1_target_curves.png --title "Shakespeare LM, dense seed 1" \
-  --ymax 0.05
-# the 3,000-step dense model on the same 64 held-out batches (what its control gained over the 0.8% run)
-sparsejax eval runs/shk_d1/density_from_control/config.yaml runs/shk_d1/dense/model data.eval_batches=64
-# the same for dense seed 0 (its run was cut by the session's end at step ~2,250; rerunning the same command resumed it
-# from the step-2,000 checkpoint), and the 3,000-step dense model on the same 64 held-out batches
-sparsejax posttrain shakespeare_posttrain_density runs/shk_d0/density_from_control \
-  model.checkpoint=runs/shk_d0/density_control/control_model data.tokenizer=runs/shk_d0/dense/tokenizer.json \
-  constraint.tau_data=control
-for m in model control_model; do
-  sparsejax eval runs/shk_d0/density_from_control/config.yaml runs/shk_d0/density_from_control/$m \
-    data.eval_batches=64 > runs/shk_d0/density_from_control/eval64_$m.json
-done
-python experiments/control_gap.py docs/results/zoo_shakespeare_d0/evals.json --runs density_control density_t9 \
-  density_from_control --curves docs/figures/shakespeare_d0_target_curves.png --title "Shakespeare LM, dense seed 0" \
-  --ymax 0.05
-sparsejax eval runs/shk_d0/density_control/config.yaml runs/shk_d0/dense/model data.eval_batches=64
