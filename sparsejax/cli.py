@@ -80,7 +80,8 @@ def control_notice(run_dir) -> str | None:
     control, begin = final["control_eval_ce"], start["dense_eval_ce"]
     gain = begin - control
     out = (f"note: the dense control trained beside the run: held-out CE {begin:.4f} at the start, {control:.4f} "
-           f"at the end (it gained {gain:.4f} nats); the final model {final.eval_ce:.4f}, "
+           f"at the end ({f'it gained {gain:.4f} nats' if gain >= 0 else f'{-gain:.4f} nats worse than the start'}); "
+           f"the final model {final.eval_ce:.4f}, "
            f"{final.eval_ce - control:+.4f} over it")
     if gain > CONTROL_GAIN_NOTE:
         out += ("; the starting model was still learning: part of that gap is the control's further training, "
