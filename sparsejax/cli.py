@@ -68,8 +68,8 @@ def control_notice(run_dir) -> str | None:
     against the control's, and how much the control gained over the run (from the starting model's dense held-out
     CE, on the same batches). A gain over ``CONTROL_GAIN_NOTE`` says the starting model was still learning: part of
     the gap is the control's further training, which the sparse model must match while it loses its edges
-    (docs/controllers.md, twenty-first round). ``None`` without a control or a start record (a resumed run's
-    metrics keep the original start)."""
+    (docs/controllers.md, twenty-first and twenty-second rounds). ``None`` without a control or a start record (a
+    resumed run's metrics keep the original start)."""
     from sparsejax.train import RunDir
 
     run = RunDir(run_dir)
@@ -81,12 +81,11 @@ def control_notice(run_dir) -> str | None:
     gain = begin - control
     out = (f"note: the dense control trained beside the run: held-out CE {begin:.4f} at the start, {control:.4f} "
            f"at the end ({f'it gained {gain:.4f} nats' if gain >= 0 else f'{-gain:.4f} nats worse than the start'}); "
-           f"the final model {final.eval_ce:.4f}, "
-           f"{final.eval_ce - control:+.4f} over it")
+           f"the final model {final.eval_ce:.4f}, {final.eval_ce - control:+.4f} over it")
     if gain > CONTROL_GAIN_NOTE:
         out += ("; the starting model was still learning: part of that gap is the control's further training, "
-                "which a dense model trained closer to convergence takes away (docs/controllers.md, twenty-first "
-                "round)")
+                "which a dense model trained closer to convergence takes away (docs/controllers.md, twenty-first and "
+                "twenty-second rounds)")
     return out
 
 
