@@ -2,8 +2,7 @@
 # Issue J, twenty-second round (docs/controllers.md): the Shakespeare dense models pretrained twice as long from the
 # start (the pretraining preset at 6,000 steps instead of 3,000), then the density post-training preset unchanged with
 # a dense control beside it, on dense seeds 0 and 1 (Intel Xeon, 2 cores; as run: seed 1's pretraining at a lower
-# priority beside seed 0's runs, each post-training started when its pretraining ended; the schedule does not change
-# the results). Records:
+# priority beside seed 0's runs, each post-training started when its pretraining ended). Records:
 # docs/results/zoo_shakespeare_d{0,1}/evals.json (dense_6k, density_6k).
 set -e
 for s in 0 1; do
