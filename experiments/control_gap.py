@@ -5,6 +5,8 @@ every evaluation), from the records of docs/results/zoo_induction/evals.json (is
     python experiments/control_gap.py docs/results/zoo_induction/evals.json --against density=control ce=control \
         ce_batch=control --figure docs/figures/induction_lm_control_gap.png
     python experiments/control_gap.py RECORDS --add NAME RUN_DIR     # add a finished run's records under NAME first
+    python experiments/control_gap.py RECORDS --add NAME RUN_DIR CONTROL_DIR   # ... with a dense control run separately
+        # on the run's schedule (gate off: `sparsejax pretrain RUN_DIR/config.yaml CONTROL_DIR gate.enabled=false ...`)
     python experiments/control_gap.py docs/results/zoo_shakespeare_d1/evals.json --runs density_control density_noise \
         --curves docs/figures/shakespeare_d1_control_gap_curves.png --title "Shakespeare LM, dense seed 1"
         # the gap at every evaluation of runs with the control beside them (twentieth round)
@@ -19,26 +21,49 @@ TRAIN_KEYS = ("ce", "control_ce", "measured_ce", "ce_ema", "guard_ema", "density
               "train_edge_density")
 
 
-def records(run_dir: str) -> dict:
+def _rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def records(run_dir: str, control_dir: str | None = None) -> dict:
     """A run's config, every evaluation and every 100th training record (the keys above that it logged); and where
     the run directory holds ``eval64_model.json`` and ``eval64_control_model.json`` (``sparsejax eval
     RUN/config.yaml RUN/model data.eval_batches=64 > RUN/eval64_model.json``, the same for ``control_model``), the
-    final model and its control on those 64 held-out batches as ``final_eval_64_batches``."""
+    final model and its control on those 64 held-out batches as ``final_eval_64_batches``.
+
+    ``control_dir``: a dense control run separately on the run's schedule (``sparsejax pretrain RUN/config.yaml
+    CONTROL gate.enabled=false ...``: the same data order, lr and steps). Its held-out CE becomes the run's
+    ``control_eval_ce`` at the steps both evaluated (the same held-out batches), and its
+    ``CONTROL/eval64_model.json`` the control side of ``final_eval_64_batches``; the record names it (``control``)."""
     import yaml
 
     run = Path(run_dir)
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    evals = [{k: r[k] for k in ("step", "eval_ce", "edge_density", "edge_density_per_layer", "control_eval_ce",
-                                "tau", "final") if k in r} for r in rows if "eval_ce" in r]
-    train = [{"step": r["step"], **{k: r[k] for k in TRAIN_KEYS if k in r}} for r in rows
+    control_ce = {}
+    if control_dir is not None:
+        control_ce = {r["step"]: r["eval_ce"] for r in _rows(Path(control_dir)) if "eval_ce" in r}
+        if not control_ce:
+            raise SystemExit(f"{control_dir}/metrics.jsonl has no evaluation (eval_ce): is it the control's run?")
+    evals = []
+    for r in _rows(run):
+        if "eval_ce" in r:
+            e = {k: r[k] for k in ("step", "eval_ce", "edge_density", "edge_density_per_layer", "control_eval_ce",
+                                   "tau", "final") if k in r}
+            if r["step"] in control_ce:
+                e["control_eval_ce"] = control_ce[r["step"]]
+            evals.append(e)
+    train = [{"step": r["step"], **{k: r[k] for k in TRAIN_KEYS if k in r}} for r in _rows(run)
              if "ce" in r and "eval_ce" not in r and r["step"] % 100 == 0]
     out = {"config": yaml.safe_load((run / "config.yaml").read_text()), "evals": evals, "train": train}
-    model, control = run / "eval64_model.json", run / "eval64_control_model.json"
+    if control_dir is not None:
+        out["control"] = str(control_dir)
+    model = run / "eval64_model.json"
+    control = run / "eval64_control_model.json" if control_dir is None else Path(control_dir) / "eval64_model.json"
     if model.exists() and control.exists():
         m, c = json.loads(model.read_text()), json.loads(control.read_text())
+        ctrl = f"{run}/control_model" if control_dir is None else f"{control_dir}/model"
         out["final_eval_64_batches"] = {**{k: m[k] for k in ("eval_ce", "edge_density", "edge_density_per_layer")},
                                         "control_eval_ce": c["eval_ce"],
-                                        "command": f"sparsejax eval {run}/config.yaml {run}/model|control_model "
+                                        "command": f"sparsejax eval {run}/config.yaml {run}/model|{ctrl} "
                                                    "data.eval_batches=64"}
     return out
 
@@ -60,8 +85,8 @@ def points(recs: dict, against: dict | None = None) -> list[tuple[str, float, fl
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("records", help="a JSON file of {name: {config, evals, train}}")
-    p.add_argument("--add", nargs=2, action="append", metavar=("NAME", "RUN_DIR"), default=[],
-                   help="add (or replace) a finished run's records")
+    p.add_argument("--add", nargs="+", action="append", metavar="NAME RUN_DIR [CONTROL_DIR]", default=[],
+                   help="add (or replace) a finished run's records (CONTROL_DIR: its dense control, run separately)")
     p.add_argument("--against", nargs="*", default=[], metavar="RUN=CONTROL",
                    help="runs measured against a separate dense control record (e.g. density=control)")
     p.add_argument("--figure", help="write the density-gap figure here (PNG)")
@@ -73,8 +98,10 @@ def main(argv=None):
     path = Path(args.records)
     text = path.read_text()
     recs = json.loads(text)
-    for name, run_dir in args.add:
-        recs[name] = records(run_dir)
+    for add in args.add:
+        if len(add) not in (2, 3):
+            p.error(f"--add {' '.join(add)}: give NAME RUN_DIR, or NAME RUN_DIR CONTROL_DIR")
+        recs[add[0]] = records(*add[1:])
     if args.add:  # the file's own layout kept (one space per level, or none), so a new record is the whole diff
         indent = 1 if text.startswith("{\n ") else 0 if text.startswith("{\n") else None
         path.write_text(json.dumps(recs, indent=indent) + ("\n" if text.endswith("\n") else ""))

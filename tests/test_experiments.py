@@ -205,6 +205,28 @@ def test_control_gap_reads_a_run_and_measures_each_against_its_control(tmp_path)
     with pytest.raises(SystemExit):  # curves of runs without a control beside them: an error, not an empty figure
         control_gap.main([str(records), "--runs", "plain", "--curves", str(tmp_path / "d.png")])
     assert not (tmp_path / "d.png").exists()
+    # a dense control run separately on the run's schedule: its held-out CE at the steps both evaluated, its
+    # 64-batch evaluation the control side of the final one (not the run's own eval64_control_model.json)
+    ctrl = tmp_path / "control"
+    ctrl.mkdir()
+    (ctrl / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in (
+        {"step": 100, "eval_ce": 2.9, "edge_density": 1.0}, {"step": 150, "ce": 2.3},
+        {"step": 200, "eval_ce": 2.62, "edge_density": 1.0, "final": True})))
+    (ctrl / "eval64_model.json").write_text(json.dumps({"eval_ce": 2.64, "edge_density": 1.0}))
+    sep_rec = control_gap.records(str(run), str(ctrl))
+    assert [e.get("control_eval_ce") for e in sep_rec["evals"]] == [None, 2.62] and sep_rec["control"] == str(ctrl)
+    assert sep_rec["final_eval_64_batches"]["control_eval_ce"] == 2.64
+    assert f"{ctrl}/model" in sep_rec["final_eval_64_batches"]["command"]
+    control_gap.main([str(records), "--add", "sep", str(run), str(ctrl)])
+    assert json.loads(records.read_text())["sep"] == sep_rec
+    for bad in (["--add", "x"], ["--add", "x", str(run), str(ctrl), "y"]):  # NAME RUN_DIR [CONTROL_DIR] only
+        with pytest.raises(SystemExit):
+            control_gap.main([str(records), *bad])
+    no_evals = tmp_path / "no_evals"  # a control directory without evaluations: an error that names it
+    no_evals.mkdir()
+    (no_evals / "metrics.jsonl").write_text(json.dumps({"step": 1, "ce": 2.0}))
+    with pytest.raises(SystemExit, match="no evaluation"):
+        control_gap.records(str(run), str(no_evals))
 
 
 def test_toy_edges_lists_layer0_edges_with_their_logits_and_exact_cost(tmp_path):
