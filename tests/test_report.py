@@ -44,6 +44,12 @@ def test_summary_table_and_sections(tmp_path):
     assert page.count("<figure>") == 2  # dynamics and the per-head heatmap, each once
     assert "held-out CE &lt;= tau = 0.5" in page and "no exported model/ yet" in page
     assert "density, multiplier, CE; dots" in page
+    recs = _records(tau=0.3)  # constraint.tau_data=train: tau on training batches, the held-out target beside it
+    recs[-1]["eval_tau"] = 0.55
+    _write(tmp_path / "train_tau", recs)
+    page = report.write_report(tmp_path / "train_tau").read_text()
+    assert "held-out CE &lt;= 0.55 (the dense held-out CE + slack)" in page and "tau = 0.3" in page
+    assert "held-out CE &lt;= tau" not in page
     # an experiment's results.json: records become a nested table, not a JSON dump; a dense run's caption says so
     (tmp_path / "results.json").write_text(json.dumps({"edge_density": 0.25, "heads": [{"layer": 0, "edges": 3},
                                                                                       {"layer": 1, "edges": 5}]}))

@@ -640,6 +640,33 @@ def test_posttrain_says_when_the_final_model_misses_its_target(tmp_path, capsys,
     assert "best_model" in notice and f"step {best.step}" in notice
 
 
+def test_tau_on_training_batches_keeps_a_held_out_target_for_the_held_out_ce(tmp_path, capsys):
+    """constraint.tau_data=train: tau (the multiplier's target) is the dense CE on training batches + slack; the
+    held-out CE is compared with the dense *held-out* CE + slack (the final record's eval_tau, best_model/, the
+    missed-target notice), not with a target measured on other data."""
+    from sparsejax import cli
+    from sparsejax.train import RunDir
+
+    run = tmp_path / "run"
+    assert cli.main(["posttrain", "toy_addition_posttrain", str(run), *TINY, "model.checkpoint=null",
+                     "train.steps=4", "train.eval_every=2", "train.final=last", "constraint.tau=null",
+                     "constraint.tau_data=train", "constraint.slack=0.5", "--no-progress"]) == 0
+    start, final = RunDir(run).records("start")[0], RunDir(run).records("final")[-1]
+    np.testing.assert_allclose(final["eval_tau"], start["dense_eval_ce"] + 0.5, rtol=1e-6)  # the same dense model
+    assert abs(final["tau"] - final["eval_tau"]) > 1e-6  # training batches are other batches
+    best = RunDir(run).best_record()  # best_model/ kept against the held-out target
+    evals = [r for r in RunDir(run).records() if "eval_ce" in r and r["step"] > 0 and "edge_density" in r]
+    feasible = [r for r in evals if r["eval_ce"] <= final["eval_tau"]]
+    assert (best is None) == (not feasible)
+    if best is not None:
+        assert best.eval_ce <= final["eval_tau"]
+    # the notice compares with the held-out target, and names it
+    res = {"eval_ce": 3.0, "edge_density": 0.1, "tau": 1.0, "eval_tau": 3.2}
+    assert cli.missed_target(res, "ce", run) is None  # under the held-out target, though over tau
+    notice = cli.missed_target({**res, "eval_ce": 3.3}, "ce", run)
+    assert "0.1000 over the held-out target 3.2" in notice
+
+
 def _select_on_scripted(tmp_path, overrides, train, dense, tail=None):
     """Run the select hook on a stand-in trainer whose training-batch evaluations are scripted: ``train`` maps each
     step to its (mean CE, tail CE), ``dense`` is the dense model's; returns the steps exported and feasible.json."""

@@ -113,8 +113,12 @@ def _run_section(run_dir: Path, run: Path, maps: bool) -> list[str]:
     target = next((r for r in reversed(evals) if "tau" in r), None)
     if target is not None:
         cfg = run.config_text() or ""
-        what = "edge density <= " if "sense: density" in cfg else "held-out CE <= tau = "
-        parts.append(f"<p>constraint: {html.escape(what)}{target['tau']:.4g}</p>")
+        if target.get("eval_tau") is not None:  # tau_data=train: tau is on training batches
+            what = (f"held-out CE <= {target['eval_tau']:.4g} (the dense held-out CE + slack); the multiplier's "
+                    f"target on training batches: tau = {target['tau']:.4g}")
+        else:
+            what = ("edge density <= " if "sense: density" in cfg else "held-out CE <= tau = ") + f"{target['tau']:.4g}"
+        parts.append(f"<p>constraint: {html.escape(what)}</p>")
     if train:
         gated = any("train_edge_density" in r for r in train)
         parts.append(_img(plot_dynamics(run, run.dynamics),

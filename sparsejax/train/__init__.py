@@ -130,6 +130,7 @@ class Trainer:
         trainable = place(trainable)
         self._eval = {dense: jax.jit(make_eval_step(self.spec, dense=dense)) for dense in (False, True)}
         self.tau = self._measure_tau(trainable)
+        self.eval_tau = self._held_out_target(trainable)
         self.optimizer = _step.make_optimizer(cfg)
         self.target_start = self._measure_target_start(trainable)
         self.guard_tau = self._ce_target(trainable) if cfg.constraint.guard and self.tau is not None else None
@@ -151,16 +152,26 @@ class Trainer:
             return c.density_target
         return self._ce_target(trainable)
 
-    def _ce_target(self, trainable):
-        """The CE target: ``constraint.tau``, or the dense model's CE (on ``constraint.tau_data``; held-out for
-        ``batch``) + slack (``constraint.tau_gates=sampled``: the gated starting model's CE under sampled gates +
-        slack)."""
+    def _held_out_target(self, trainable):
+        """What the held-out CE is compared with (``best_model/``, the final record's ``eval_tau``, the missed-target
+        notice): ``tau``, except with ``constraint.tau_data=train``, where ``tau`` is the dense CE on training batches
+        (the multiplier's target) and its held-out counterpart is the dense held-out CE + slack."""
+        c = self.cfg.constraint
+        if self.tau is None or c.sense != "ce" or c.tau is not None or c.tau_data != "train":
+            return self.tau
+        return self._ce_target(trainable, src=self.val_src)
+
+    def _ce_target(self, trainable, src=None):
+        """The CE target: ``constraint.tau``, or the dense model's CE (on ``constraint.tau_data``, or ``src``;
+        held-out for ``batch``) + slack (``constraint.tau_gates=sampled``: the gated starting model's CE under
+        sampled gates + slack)."""
         c = self.cfg.constraint
         if c.tau is not None:
             return c.tau
         # tau_data=batch: the multiplier's target is the slack over the dense model on each batch (make_multiplier);
         # tau here, the dense held-out CE + slack, is what the records and best_model/ compare the held-out CE with
-        src = self.train_src if c.tau_data == "train" else self.val_src
+        if src is None:
+            src = self.train_src if c.tau_data == "train" else self.val_src
         if c.tau_gates == "sampled":  # the gated model as it starts, under the training loss's sampled gates
             step = jax.jit(make_eval_step(self.spec, sampled=True))
             with jax.set_mesh(self.mesh):

@@ -246,6 +246,8 @@ class Evaluate(Callback):
         final = {"step": int(run.state["step"]), **self.held_out(run)}
         if run.tau is not None:
             final["tau"] = float(run.tau)
+        if run.eval_tau != run.tau:  # tau_data=train: the held-out target beside the training batches' one
+            final["eval_tau"] = float(run.eval_tau)
         info.evaluation = EvalRecord.from_dict(final)  # what fit() returns and best.json keeps (no "final" key)
         info.log(FinalRecord.from_dict({**final, "final": True}))
 
@@ -258,7 +260,7 @@ class KeepBest(Callback):
 
     def on_step(self, info):
         if info.evaluation is not None:
-            checkpointing.keep_best(info.trainer.dir, info.evaluation, info.trainer.tau, info.trainer.export,
+            checkpointing.keep_best(info.trainer.dir, info.evaluation, info.trainer.eval_tau, info.trainer.export,
                                      info.trainer.cfg.constraint.sense)
 
     on_end = on_step

@@ -122,10 +122,13 @@ class StartRecord(EvalRecord):
 
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False, repr=False)
 class FinalRecord(EvalRecord):
-    """The evaluation after the last step, with the run's target ``tau`` when it has one."""
+    """The evaluation after the last step, with the run's target ``tau`` when it has one, and ``eval_tau`` where
+    the held-out CE has another target (``constraint.tau_data=train``: ``tau`` is measured on training batches,
+    ``eval_tau`` is the dense held-out CE + slack)."""
 
     kind: ClassVar[str] = "final"
     tau: float | None = None
+    eval_tau: float | None = None
     final: bool = True
 
 
