@@ -43,15 +43,15 @@ def records(run_dir: str, control_dir: str | None = None) -> dict:
         control_ce = {r["step"]: r["eval_ce"] for r in _rows(Path(control_dir)) if "eval_ce" in r}
         if not control_ce:
             raise SystemExit(f"{control_dir}/metrics.jsonl has no evaluation (eval_ce): is it the control's run?")
-    evals = []
-    for r in _rows(run):
+    rows, evals = _rows(run), []
+    for r in rows:
         if "eval_ce" in r:
             e = {k: r[k] for k in ("step", "eval_ce", "edge_density", "edge_density_per_layer", "control_eval_ce",
                                    "tau", "final") if k in r}
             if r["step"] in control_ce:
                 e["control_eval_ce"] = control_ce[r["step"]]
             evals.append(e)
-    train = [{"step": r["step"], **{k: r[k] for k in TRAIN_KEYS if k in r}} for r in _rows(run)
+    train = [{"step": r["step"], **{k: r[k] for k in TRAIN_KEYS if k in r}} for r in rows
              if "ce" in r and "eval_ce" not in r and r["step"] % 100 == 0]
     out = {"config": yaml.safe_load((run / "config.yaml").read_text()), "evals": evals, "train": train}
     if control_dir is not None:
