@@ -96,15 +96,18 @@ def main(argv=None):
     p.add_argument("--ymax", type=float, default=0.1, help="the top of the curves' gap axis (nats)")
     args = p.parse_args(argv)
     path = Path(args.records)
-    text = path.read_text()
-    recs = json.loads(text)
+    if not path.exists() and not args.add:
+        p.error(f"{path}: no such records file (--add NAME RUN_DIR starts one)")
+    text = path.read_text() if path.exists() else ""  # a new file: one space per level, a final newline
+    recs = json.loads(text) if text else {}
     for add in args.add:
         if len(add) not in (2, 3):
             p.error(f"--add {' '.join(add)}: give NAME RUN_DIR, or NAME RUN_DIR CONTROL_DIR")
         recs[add[0]] = records(*add[1:])
     if args.add:  # the file's own layout kept (one space per level, or none), so a new record is the whole diff
-        indent = 1 if text.startswith("{\n ") else 0 if text.startswith("{\n") else None
-        path.write_text(json.dumps(recs, indent=indent) + ("\n" if text.endswith("\n") else ""))
+        indent = 1 if not text or text.startswith("{\n ") else 0 if text.startswith("{\n") else None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(recs, indent=indent) + ("\n" if not text or text.endswith("\n") else ""))
     if args.runs:
         missing = [n for n in args.runs if n not in recs]
         if missing:

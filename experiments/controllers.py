@@ -122,6 +122,15 @@ CANDIDATES = {
     # open edges the CE does not need, at gate logits of 5-30 where sigmoid' is ~0, keep a price (knee3: the preset)
     "noise_mid_4k_smooth_tail_cap_knee3": [*TAIL_CAP, "gate.penalty_knee=3.0"],
     "noise_mid_4k_smooth_tail_cap_knee0": [*TAIL_CAP, "gate.penalty_knee=0.0"],
+    # twenty-fourth round: the integral's fall follows the lr too (a late excursion over tau, one hard batch at noise
+    # 0, dropped beta to its floor at the full rate while its regrowth followed the decayed lr: the last 1,000 steps
+    # of the AMD EPYC zoo's worst dense model ran at beta ~0.001-0.01 and stayed at 3.2-3.8%)
+    "noise_mid_4k_smooth_tail_cap_knee3_downlr": [*TAIL_CAP, "gate.penalty_knee=3.0",
+                                                  "constraint.pi_ki_down_follow_lr=true"],
+    # the same with a longer noise-free end (noise falls over steps 1,400-2,400, 0 for the last 1,600): at noise 0 the
+    # redundant copies of a read, kept as insurance against sampled-closed gates, cost CE no more and can be priced out
+    "noise_mid_4k_smooth_tail_cap_knee3_downlr_zero40": [*TAIL_CAP, "gate.penalty_knee=3.0",
+                                                         "constraint.pi_ki_down_follow_lr=true", "gate.noise_zero=0.4"],
     "noise_mid_4k_smooth_batch": [*NOISE_MID, "train.steps=4000", "constraint.alpha=0.98", "constraint.pi_kp=0.5",
                                   "constraint.tau_data=batch"],
     "pi_det_ki05_4k": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic", "constraint.pi_ki=0.05",

@@ -254,6 +254,37 @@ def test_pi_integral_growth_follows_the_lr_when_asked():
     np.testing.assert_allclose(runs["true"], ki * 0.5 * sum(1 - k / 10 for k in range(10)), rtol=1e-5)
 
 
+def test_pi_integral_fall_follows_the_lr_when_asked():
+    """ki_down_scale scales the integral's fall only (by hand: e = -0.5 -> -0.02 * 0.5 * scale; e = +0.5 -> full
+    ki, or ki_up_scale's); from a run config, pi_ki_down_follow_lr uses the lr schedule over its peak."""
+    t = constrained.pi_control(0.02, beta_init=1.0, ki=0.02, kp=0.0, alpha=0.0, sense="density",
+                               ki_down_scale=lambda count: 1.0 - count / 10)
+    s = t.init(None)
+    _, s = t.update(None, s, constraint=0.01)  # count 0: scale 1; density under its target: beta falls
+    _, s = t.update(None, s, constraint=0.01)  # count 1: scale 0.9
+    np.testing.assert_allclose(float(s.integral), -0.02 * 0.5 * (1 + 0.9), atol=1e-6)
+    _, s = t.update(None, s, constraint=0.03)  # over its target: grows at the full ki
+    np.testing.assert_allclose(float(s.integral), -0.02 * 0.5 * 1.9 + 0.02 * 0.5, atol=1e-6)
+
+    from sparsejax.config import load_config
+    from sparsejax.train.step import make_multiplier
+
+    over = ["constraint.method=pi", "constraint.sense=density", "constraint.density_target=0.02",
+            "constraint.pi_kp=0", "constraint.alpha=0", "constraint.beta_init=1", "train.steps=10", "train.warmup=0",
+            "train.schedule=linear", "train.lr_final=0.0"]
+    runs = {}
+    for follow in ("false", "true"):
+        m = make_multiplier(load_config("toy_addition_posttrain", over + [
+            f"constraint.pi_ki_down_follow_lr={follow}"]), 0.02)
+        s = m.init(None)
+        for _ in range(10):
+            _, s = m.update(None, s, constraint=0.01)
+        runs[follow] = float(s.integral)
+    ki = load_config("toy_addition_posttrain", over).constraint.pi_ki
+    np.testing.assert_allclose(runs["false"], -10 * ki * 0.5, rtol=1e-5)
+    np.testing.assert_allclose(runs["true"], -ki * 0.5 * sum(1 - k / 10 for k in range(10)), rtol=1e-5)
+
+
 def test_pi_hold_lets_beta_fall_but_never_rise_again():
     """hold_from=2 (by hand, kp=0, alpha=0, ki=0.1, density target 0.02, error (c - 0.02) / 0.02 clipped to 1):
     the integral grows on updates 0 and 1, then only falls: over target it stays, under target it falls, and over

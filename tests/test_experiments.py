@@ -219,6 +219,11 @@ def test_control_gap_reads_a_run_and_measures_each_against_its_control(tmp_path)
     assert f"{ctrl}/model" in sep_rec["final_eval_64_batches"]["command"]
     control_gap.main([str(records), "--add", "sep", str(run), str(ctrl)])
     assert json.loads(records.read_text())["sep"] == sep_rec
+    fresh = tmp_path / "new" / "records.json"  # a records file not there yet: --add starts it, nothing else does
+    with pytest.raises(SystemExit):
+        control_gap.main([str(fresh), "--runs", "sep"])
+    control_gap.main([str(fresh), "--add", "sep", str(run), str(ctrl)])
+    assert fresh.read_text() == json.dumps({"sep": sep_rec}, indent=1) + "\n"
     for bad in (["--add", "x"], ["--add", "x", str(run), str(ctrl), "y"]):  # NAME RUN_DIR [CONTROL_DIR] only
         with pytest.raises(SystemExit):
             control_gap.main([str(records), *bad])

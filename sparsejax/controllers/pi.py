@@ -31,7 +31,7 @@ class PIState(NamedTuple):
 def pi_control(tau: float, *, beta_init: float = 1e-2, ki: float = 0.02, kp: float = 2.0, alpha: float = 0.9,
                beta_min: float = 1e-4, beta_max: float = 1e4, error_clip: float = 1.0, scale: float | None = None,
                sense: str = "ce", ki_down: float | None = None, target_start: float | None = None,
-               anneal_steps: int = 0, ki_up_scale=None, guard_tau: float | None = None,
+               anneal_steps: int = 0, ki_up_scale=None, ki_down_scale=None, guard_tau: float | None = None,
                hold_from: int | None = None) -> optax.GradientTransformationExtraArgs:
     """PI controller on ``log beta`` for ``CE <= tau`` (or ``density <= tau`` with ``sense="density"``).
 
@@ -60,7 +60,12 @@ def pi_control(tau: float, *, beta_init: float = 1e-2, ki: float = 0.02, kp: flo
     integral gain while ``e_t > 0`` (beta growing), e.g. the learning rate over its peak. As the learning rate decays
     the model can no longer follow a growing multiplier; without it the integral keeps growing while the constrained
     quantity sits just inside its target, and the wound-up beta carries the last steps past the target
-    (docs/controllers.md). Falling beta keeps its full rate.
+    (docs/controllers.md). Falling beta keeps its full rate unless ``ki_down_scale`` is given.
+
+    ``ki_down_scale`` (the same for falling beta, e.g. the same lr ratio): the integral gain while ``e_t < 0`` is
+    scaled by it. Late in a schedule a brief excursion over the target (one hard batch) would otherwise drop beta
+    by orders of magnitude at the full rate while the scaled growth needs many times as long to bring it back, so the
+    last steps run at the floor and stop sparsifying (docs/controllers.md, twenty-fourth round).
 
     ``guard_tau`` (a guarded density curriculum; needs ``sense="density"`` and an annealed target): ``update``
     also takes ``guard=`` (a CE, e.g. the training batch's CE under the deterministic gates), EMA'd with ``alpha``
@@ -117,6 +122,8 @@ def pi_control(tau: float, *, beta_init: float = 1e-2, ki: float = 0.02, kp: flo
         rate = ki if ki_down is None else jnp.where((e < 0) & settled, ki_down, ki)
         if ki_up_scale is not None:
             rate = jnp.where(e > 0, rate * jnp.clip(ki_up_scale(state.count), 0.0, 1.0), rate)
+        if ki_down_scale is not None:
+            rate = jnp.where(e < 0, rate * jnp.clip(ki_down_scale(state.count), 0.0, 1.0), rate)
         integral = jnp.clip(state.integral + rate * e, lo, hi)
         beta = jnp.exp(jnp.clip(integral + kp * e, lo, hi))
         if hold_from is not None:  # only down from here: neither part of log beta rises above its last value
@@ -142,6 +149,9 @@ class PIOptions:
                                       "null: pi_ki)")
     pi_ki_follow_lr: bool = option(False, doc="scale the integral gain while beta grows by lr / peak lr "
                                    "(anti-windup as the lr decays; docs/controllers.md)", exclusive=True)
+    pi_ki_down_follow_lr: bool = option(False, doc="scale the integral gain while beta falls by lr / peak lr too (a "
+                                        "late excursion over the target does not drop beta for the rest of the "
+                                        "run; docs/controllers.md)", exclusive=True)
     pi_hold_from: float | None = option(None, SHARE_OR_NULL, "share of train.steps after which beta only falls "
                                         "(never rises again; null: never held)", exclusive=True)
     error_clip: float = option(1.0, POSITIVE, "clip of the scaled error")
@@ -166,7 +176,8 @@ class PI(Controller):
         return pi_control(setup.tau, beta_init=o.beta_init, ki=o.pi_ki, kp=o.pi_kp, alpha=o.alpha,
                           beta_min=o.beta_min, error_clip=o.error_clip, scale=scale, sense=setup.sense,
                           ki_down=o.pi_ki_down, target_start=setup.target_start, anneal_steps=setup.anneal_steps,
-                          ki_up_scale=setup.lr_over_peak if o.pi_ki_follow_lr else None, guard_tau=setup.guard_tau,
+                          ki_up_scale=setup.lr_over_peak if o.pi_ki_follow_lr else None,
+                          ki_down_scale=setup.lr_over_peak if o.pi_ki_down_follow_lr else None, guard_tau=setup.guard_tau,
                           hold_from=None if o.pi_hold_from is None else round(o.pi_hold_from * setup.updates))
 
     def metrics(self, state: PIState) -> dict:
