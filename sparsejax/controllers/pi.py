@@ -177,7 +177,8 @@ class PI(Controller):
                           beta_min=o.beta_min, error_clip=o.error_clip, scale=scale, sense=setup.sense,
                           ki_down=o.pi_ki_down, target_start=setup.target_start, anneal_steps=setup.anneal_steps,
                           ki_up_scale=setup.lr_over_peak if o.pi_ki_follow_lr else None,
-                          ki_down_scale=setup.lr_over_peak if o.pi_ki_down_follow_lr else None, guard_tau=setup.guard_tau,
+                          ki_down_scale=setup.lr_over_peak if o.pi_ki_down_follow_lr else None,
+                          guard_tau=setup.guard_tau,
                           hold_from=None if o.pi_hold_from is None else round(o.pi_hold_from * setup.updates))
 
     def metrics(self, state: PIState) -> dict:

@@ -22,3 +22,9 @@ for r in ce_lr3e4 ce_lr3e4_control; do sparsejax eval $d/ce_lr3e4/config.yaml $d
 python experiments/control_gap.py $e --add dense_6k $d/dense_d0 --add density_6k $d/density \
   --add ce_lr3e4_6k $d/ce_lr3e4 $d/ce_lr3e4_control --runs density_6k ce_lr3e4_6k \
   --curves docs/figures/shakespeare_epyc_d0_curves.png --title "Shakespeare LM, dense seed 0 (AMD EPYC)"
+# a second post-training seed of the density preset on the same dense model (train.seed = data.seed = 2)
+r=$d/density_s2
+sparsejax posttrain shakespeare_posttrain_density $r $x constraint.tau_data=control train.seed=2 data.seed=2
+for m in model control_model; do sparsejax eval $r/config.yaml $r/$m data.eval_batches=64 > $r/eval64_$m.json; done
+python experiments/control_gap.py $e --add density_6k_s2 $r --runs density_6k density_6k_s2 ce_lr3e4_6k \
+  --curves docs/figures/shakespeare_epyc_d0_curves.png --title "Shakespeare LM, dense seed 0 (AMD EPYC)"
