@@ -131,6 +131,9 @@ CANDIDATES = {
     # redundant copies of a read, kept as insurance against sampled-closed gates, cost CE no more and can be priced out
     "noise_mid_4k_smooth_tail_cap_knee3_downlr_zero40": [*TAIL_CAP, "gate.penalty_knee=3.0",
                                                          "constraint.pi_ki_down_follow_lr=true", "gate.noise_zero=0.4"],
+    # the preset with the noise falling to a floor of 0.2 instead of 0 (fourteenth round's floor, now with the bias bound
+    # and the knee): a gate closed late can still be sampled open, so a lost problem has a way back
+    "noise_mid_4k_smooth_tail_cap_knee3_floor20": [*TAIL_CAP, "gate.penalty_knee=3.0", "gate.noise_floor=0.2"],
     "noise_mid_4k_smooth_batch": [*NOISE_MID, "train.steps=4000", "constraint.alpha=0.98", "constraint.pi_kp=0.5",
                                   "constraint.tau_data=batch"],
     "pi_det_ki05_4k": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic", "constraint.pi_ki=0.05",

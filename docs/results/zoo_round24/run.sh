@@ -29,3 +29,8 @@ for S in 2 1 4 0 3; do
   python experiments/controllers.py --task toy --dense "runs/zoo24/toy_d$S/dense" --out "runs/zoo24/toy_d$S" --seeds 1 2 \
     --candidates noise_mid_4k_smooth_tail_cap_knee3_downlr_zero40
 done
+# the preset with the gate noise falling to a floor of 0.2 instead of 0, toy_d2 only (two processes)
+for S in 1 2; do
+  python experiments/controllers.py --task toy --dense runs/zoo24/toy_d2/dense --out runs/zoo24/toy_d2_floor --seeds $S \
+    --candidates noise_mid_4k_smooth_tail_cap_knee3_floor20 &
+done; wait
