@@ -114,9 +114,13 @@ def main(argv=None):
             p.error(f"--runs: no record {missing} in {path} (it has {sorted(recs)})")
         recs = {n: recs[n] for n in args.runs}
     pts = points(recs, dict(a.split("=", 1) for a in args.against))
-    print("| run | steps | final edge density | held-out CE − control |\n|---|---:|---:|---:|")
+    print("| run | steps | final edge density | held-out CE − control | on 64 batches: density, CE − control |\n"
+          "|---|---:|---:|---:|---:|")
     for name, density, gap, steps in pts:
-        print(f"| {name} | {steps} | {density:.2%} | {gap:+.3f} |")
+        f64 = recs[name].get("final_eval_64_batches", {})
+        on64 = (f"{f64['edge_density']:.3%}, {f64['eval_ce'] - f64['control_eval_ce']:+.4f}"
+                if {"edge_density", "eval_ce", "control_eval_ce"} <= f64.keys() else "-")
+        print(f"| {name} | {steps} | {density:.2%} | {gap:+.3f} | {on64} |")
     if args.figure:
         draw(pts, args.figure, args.title)
     if args.curves:
