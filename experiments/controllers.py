@@ -134,6 +134,37 @@ CANDIDATES = {
     # the preset with the noise falling to a floor of 0.2 instead of 0 (fourteenth round's floor, now with the bias bound
     # and the knee): a gate closed late can still be sampled open, so a lost problem has a way back
     "noise_mid_4k_smooth_tail_cap_knee3_floor20": [*TAIL_CAP, "gate.penalty_knee=3.0", "gate.noise_floor=0.2"],
+    # twenty-fifth round: the late knock-downs of beta, at their source. On toy_d2 (AMD EPYC) the held-out CE sits ~10x
+    # under tau for most of the noise-free end, yet beta is at 0.002-0.1 there: each break (a needed edge closed, healed
+    # by the CE's own gradient within ~50-100 steps) drops the integral at the full gain for as long as the CE's EMA is
+    # over tau, and its regrowth follows the decayed lr. slowfall: the integral falls 5x slower than it rises
+    # (constraint.pi_ki_down=0.01; the proportional term still lowers beta at once, by up to exp(-kp))
+    "noise_mid_4k_smooth_tail_cap_knee3_slowfall": [*TAIL_CAP, "gate.penalty_knee=3.0", "constraint.pi_ki_down=0.01"],
+    # anneal50 / anneal75: the noise starts falling earlier (steps 1,000-3,000 / 0-3,000, then 0 as in the preset): the
+    # heads' reads are chosen under less noise, so less of the structure is insurance against sampled-closed gates
+    "noise_mid_4k_smooth_tail_cap_knee3_anneal50": [*TAIL_CAP, "gate.penalty_knee=3.0", "gate.noise_anneal=0.5"],
+    "noise_mid_4k_smooth_tail_cap_knee3_anneal75": [*TAIL_CAP, "gate.penalty_knee=3.0", "gate.noise_anneal=0.75"],
+    # shared: one noise draw per (batch, query, key) for all heads of a layer (gate.shared_noise): toy_d2 keeps each
+    # operand read in two or three layer-0 heads at once, insurance against a sampled-closed gate under independent
+    # noise; with a shared draw the copies are sampled closed together and insure nothing, so the penalty prices them
+    "noise_mid_4k_smooth_tail_cap_knee3_shared": [*TAIL_CAP, "gate.penalty_knee=3.0", "gate.shared_noise=true"],
+    "noise_mid_4k_smooth_tail_cap_knee3_shared_anneal75": [*TAIL_CAP, "gate.penalty_knee=3.0", "gate.shared_noise=true",
+                                                           "gate.noise_anneal=0.75"],
+    # shared_nofollow: the same with the integral rising at its full gain to the end (pi_ki_follow_lr off): every
+    # toy_d2 run ends with beta knocked to 0.001-0.01 by a late break that healed within 100-200 steps, the held-out
+    # CE then ~10x under tau, and the lr-scaled regrowth never brings beta back (train.final=feasible guards the output
+    # against the windup the lr-following gain was for)
+    "noise_mid_4k_smooth_tail_cap_knee3_shared_nofollow": [*TAIL_CAP, "gate.penalty_knee=3.0", "gate.shared_noise=true",
+                                                           "constraint.pi_ki_follow_lr=false"],
+    # shared_regain: the integral climbs back to the highest level it has reached at the full gain, only new ground
+    # follows the lr (constraint.pi_regain): a late break's knock-down is undone once the CE is back under tau
+    "noise_mid_4k_smooth_tail_cap_knee3_shared_regain": [*TAIL_CAP, "gate.penalty_knee=3.0", "gate.shared_noise=true",
+                                                         "constraint.pi_regain=true"],
+    # early0: the noise gone almost from the start (1 for steps 0-200, falling over 200-400, 0 for the last 3,600):
+    # every run above breaks as the noise reaches 0 at step ~3,000, where the lr is a quarter of its peak and falling
+    # and a lost problem is not won back; at noise 0 from step 400 the same crossings come while the lr is high
+    "noise_mid_4k_smooth_tail_cap_knee3_early0": [*TAIL_CAP, "gate.penalty_knee=3.0", "gate.noise_anneal=0.05",
+                                                  "gate.noise_zero=0.9"],
     "noise_mid_4k_smooth_batch": [*NOISE_MID, "train.steps=4000", "constraint.alpha=0.98", "constraint.pi_kp=0.5",
                                   "constraint.tau_data=batch"],
     "pi_det_ki05_4k": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic", "constraint.pi_ki=0.05",

@@ -106,6 +106,9 @@ class GateSection:
     penalty_knee: float | None = None  # above this gate logit the density penalty's gradient is its slope at the
     #                                 knee (the expected density's value unchanged); None: the sigmoid's, which
     #                                 vanishes, so an open edge the CE does not need keeps a large logit for ever
+    shared_noise: bool = False      # one training-noise draw per (batch, query, key), shared by every head of a
+    #                                 layer (False: the method's, one per head): a second head keeping the same read
+    #                                 is sampled closed with the first, so copies are no insurance against the noise
 
 
 @dataclasses.dataclass

@@ -24,9 +24,11 @@ def uniform(seed, b, h, i, j):
     return ((x >> 9).astype(np.float64) + 0.5) / 2.0**23
 
 
-def logistic(seed, shape):
+def logistic(seed, shape, shared_heads=False):
+    """Logistic noise [B, H, T, S]; ``shared_heads``: every head given head index 0 (one draw per batch row, query
+    and key, the same for all heads)."""
     b, h, i, j = np.ix_(*[np.arange(n) for n in shape])
-    u = uniform(seed, b, h, i, j)
+    u = uniform(seed, b, h * 0 if shared_heads else h, i, j)
     return np.log(u) - np.log1p(-u)
 
 

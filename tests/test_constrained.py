@@ -285,6 +285,32 @@ def test_pi_integral_fall_follows_the_lr_when_asked():
     np.testing.assert_allclose(runs["true"], -ki * 0.5 * sum(1 - k / 10 for k in range(10)), rtol=1e-5)
 
 
+def test_pi_regain_climbs_back_at_the_full_gain_and_new_ground_follows_the_lr():
+    """regain (by hand: ki=0.1, kp=0, alpha=0, density target 0.02, error (c - 0.02) / 0.02 clipped to 1, the rise
+    scaled by 0.1): three updates over target rise 0.01 each (new ground, scaled); three under target fall 0.1 each
+    (full ki); back over target the integral climbs 0.1 a step to its peak 0.03 (not past it in that step), then
+    0.01 a step again. Without regain the climb back is 0.01 a step throughout. From a run config: pi_regain needs
+    pi_ki_follow_lr."""
+    seq = [0.04] * 3 + [0.0] * 3 + [0.04] * 5
+    want = {True: [0.01, 0.02, 0.03, -0.07, -0.17, -0.27, -0.17, -0.07, 0.03, 0.03, 0.04],
+            False: [0.01, 0.02, 0.03, -0.07, -0.17, -0.27, -0.26, -0.25, -0.24, -0.23, -0.22]}
+    for regain in (True, False):
+        t = constrained.pi_control(0.02, beta_init=1.0, ki=0.1, kp=0.0, alpha=0.0, sense="density",
+                                   ki_up_scale=lambda count: 0.1, regain=regain)
+        s, got = t.init(None), []
+        for c in seq:
+            _, s = t.update(None, s, constraint=c)
+            got.append(float(s.integral))
+        np.testing.assert_allclose(got, want[regain], atol=1e-6)
+        np.testing.assert_allclose(float(s.peak), max(want[regain]), atol=1e-6)
+
+    from sparsejax.config import load_config
+
+    with pytest.raises(ValueError, match="pi_regain=true needs constraint.pi_ki_follow_lr=true"):
+        load_config("toy_addition_posttrain", ["constraint.pi_regain=true", "constraint.pi_ki_follow_lr=false"])
+    assert load_config("toy_addition_posttrain", ["constraint.pi_regain=true"]).constraint.pi_regain is True
+
+
 def test_pi_hold_lets_beta_fall_but_never_rise_again():
     """hold_from=2 (by hand, kp=0, alpha=0, ki=0.1, density target 0.02, error (c - 0.02) / 0.02 clipped to 1):
     the integral grows on updates 0 and 1, then only falls: over target it stays, under target it falls, and over

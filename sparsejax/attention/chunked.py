@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..gates import Gate, expected_gate, expected_gate_slope, gate_value_and_slope, hash_uniform, is_edge
+from ..gates import Gate, expected_gate, expected_gate_slope, gate_value_and_slope, hash_uniform, is_edge, \
+    noise_heads
 from . import geometry
 
 _NEG = -1e30
@@ -87,7 +88,7 @@ def _block_scores(cfg: _Cfg, qb, kb, qi, kj, bias, seed, noise_scale):
         return s, valid, None, None, None
     g = s + bias.reshape(1, kvh, grp, 1, 1)
     if cfg.train:
-        heads = jnp.arange(kvh * grp).reshape(1, kvh, grp, 1, 1)
+        heads = noise_heads(cfg.gate, jnp.arange(kvh * grp).reshape(1, kvh, grp, 1, 1))
         noise = hash_uniform(seed, jnp.arange(bsz).reshape(-1, 1, 1, 1, 1), heads,
                                i.reshape(1, 1, 1, bq, 1), j.reshape(1, 1, 1, 1, bk))
     else:

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import pallas as pl
 
-from ..gates import Gate, expected_gate_slope, is_edge, key_uniform, row_hash
+from ..gates import Gate, expected_gate_slope, is_edge, key_uniform, noise_heads, row_hash
 from . import geometry
 from .blocks import BACKWARDS, BLOCK_SIZES, BlockSizes  # noqa: F401  (BACKWARDS: re-exported)
 
@@ -419,7 +419,8 @@ def _rows(st: _Static, bsz, h, seed, bias, offsets):
     shape = (bsz, h, st.tp, 1)
     if st.train and st.gate is not None:
         rows = row_hash(seed, offsets[0] + jnp.arange(bsz)[:, None, None, None],
-                        offsets[1] + jnp.arange(h)[None, :, None, None], jnp.arange(st.tp)[None, None, :, None])
+                        noise_heads(st.gate, offsets[1] + jnp.arange(h)[None, :, None, None]),
+                        jnp.arange(st.tp)[None, None, :, None])
     else:
         rows = jnp.zeros(shape, jnp.uint32)
     return rows, jnp.broadcast_to(bias.astype(jnp.float32)[None, :, None, None], shape)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ..gates import Gate, expected_gate, gate_sample, hash_uniform, is_edge
+from ..gates import Gate, expected_gate, gate_sample, hash_uniform, is_edge, noise_heads
 
 
 def causal_mask(t: int, s: int, window=None):
@@ -46,8 +46,8 @@ def attention_weights(q, k, gate: Gate | None, *, causal: bool, train: bool, see
         return p, jnp.broadcast_to(mask, p.shape).astype(jnp.float32), ones, ones
     bias = jnp.broadcast_to(gate.bias, (h,)).astype(jnp.float32)
     g = s + bias[None, :, None, None]
-    noise = hash_uniform(seed, *jnp.ix_(jnp.arange(b), jnp.arange(h), jnp.arange(t), jnp.arange(s_len))) \
-        if train else None
+    heads = noise_heads(gate, jnp.arange(h))
+    noise = hash_uniform(seed, *jnp.ix_(jnp.arange(b), heads, jnp.arange(t), jnp.arange(s_len))) if train else None
     a = jnp.where(mask, gate_sample(gate, g, noise, train), 0.0)
     density = jnp.sum(jnp.where(mask, expected_gate(gate, g), 0.0), axis=(2, 3)) / pairs
     edges = jnp.sum(mask & is_edge(gate, jax.lax.stop_gradient(g)), axis=(2, 3)) / pairs

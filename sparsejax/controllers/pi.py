@@ -26,13 +26,14 @@ class PIState(NamedTuple):
     count: jax.Array
     progress: jax.Array   # steps of the annealed target's schedule taken (= count without a guard)
     guard_ema: jax.Array  # EMA of the guarded CE (a guarded curriculum; else 0)
+    peak: jax.Array       # the highest integral reached so far (what `regain` lets the integral climb back to)
 
 
 def pi_control(tau: float, *, beta_init: float = 1e-2, ki: float = 0.02, kp: float = 2.0, alpha: float = 0.9,
                beta_min: float = 1e-4, beta_max: float = 1e4, error_clip: float = 1.0, scale: float | None = None,
                sense: str = "ce", ki_down: float | None = None, target_start: float | None = None,
                anneal_steps: int = 0, ki_up_scale=None, ki_down_scale=None, guard_tau: float | None = None,
-               hold_from: int | None = None) -> optax.GradientTransformationExtraArgs:
+               hold_from: int | None = None, regain: bool = False) -> optax.GradientTransformationExtraArgs:
     """PI controller on ``log beta`` for ``CE <= tau`` (or ``density <= tau`` with ``sense="density"``).
 
     With ``C_t`` the EMA (decay ``alpha``) of the constrained quantity and the scaled satisfaction
@@ -80,6 +81,13 @@ def pi_control(tau: float, *, beta_init: float = 1e-2, ki: float = 0.02, kp: flo
     integral nor beta may exceed their values of the previous update (``I_t <= I_{t-1}``, ``beta_t <= beta_{t-1}``):
     beta still falls at once when the constrained quantity goes over its target, but never grows again, so nothing
     pushes more edges over the threshold while the learning rate decays (docs/controllers.md, fourteenth round).
+
+    ``regain`` (with ``ki_up_scale``: anti-windup for new ground only): while the integral is below the highest value
+    it has reached (``P_{t-1}``, ``state.peak``) and beta may grow, it climbs back at the full ``ki``, never past
+    ``P_{t-1}`` in that step; ``ki_up_scale`` applies above it. A late excursion over the target (a needed edge
+    closed, healed by the CE's own gradient within a few hundred steps) drops beta at the full rate; without it
+    the climb back follows the decayed lr and the last part of the run stays at the floor, its CE far under the
+    target (docs/controllers.md, twenty-fifth round). ``P_t = max(P_{t-1}, I_t)``.
     """
     check_positive(ki=ki, error_clip=error_clip, scale=tau if scale is None else scale)
     if ki_down is not None:
@@ -99,7 +107,8 @@ def pi_control(tau: float, *, beta_init: float = 1e-2, ki: float = 0.02, kp: flo
     def init(params=None):
         f = lambda x: jnp.asarray(x, jnp.float32)
         zero = lambda: jnp.zeros((), jnp.int32)
-        return PIState(f(beta_init), f(np.log(beta_init)), f(0.0), target(0), zero(), zero(), f(0.0))
+        return PIState(f(beta_init), f(np.log(beta_init)), f(0.0), target(0), zero(), zero(), f(0.0),
+                       f(np.log(beta_init)))
 
     def update(updates, state: PIState, params=None, *, constraint, guard=None, **extra):
         c = jnp.asarray(constraint, jnp.float32)
@@ -125,12 +134,17 @@ def pi_control(tau: float, *, beta_init: float = 1e-2, ki: float = 0.02, kp: flo
         if ki_down_scale is not None:
             rate = jnp.where(e < 0, rate * jnp.clip(ki_down_scale(state.count), 0.0, 1.0), rate)
         integral = jnp.clip(state.integral + rate * e, lo, hi)
+        if regain:  # back up to the highest level reached at the full gain (not past it in this step)
+            back = (e > 0) & (state.integral < state.peak)
+            climbed = jnp.minimum(state.integral + ki * e, state.peak)
+            integral = jnp.where(back, jnp.clip(climbed, lo, hi), integral)
         beta = jnp.exp(jnp.clip(integral + kp * e, lo, hi))
         if hold_from is not None:  # only down from here: neither part of log beta rises above its last value
             held = (state.count >= hold_from) & (state.count > 0)
             integral = jnp.where(held, jnp.minimum(integral, state.integral), integral)
             beta = jnp.where(held, jnp.minimum(beta, state.beta), beta)
-        return updates, PIState(beta, integral, ema, tau_t, state.count + 1, progress, guard_ema)
+        return updates, PIState(beta, integral, ema, tau_t, state.count + 1, progress, guard_ema,
+                                jnp.maximum(state.peak, integral))
 
     return optax.GradientTransformationExtraArgs(init, update)
 
@@ -152,6 +166,9 @@ class PIOptions:
     pi_ki_down_follow_lr: bool = option(False, doc="scale the integral gain while beta falls by lr / peak lr too (a "
                                         "late excursion over the target does not drop beta for the rest of the "
                                         "run; docs/controllers.md)", exclusive=True)
+    pi_regain: bool = option(False, doc="with pi_ki_follow_lr: the integral climbs back to the highest level it has "
+                             "reached at the full gain; only new ground follows the lr (docs/controllers.md)",
+                             exclusive=True)
     pi_hold_from: float | None = option(None, SHARE_OR_NULL, "share of train.steps after which beta only falls "
                                         "(never rises again; null: never held)", exclusive=True)
     error_clip: float = option(1.0, POSITIVE, "clip of the scaled error")
@@ -179,7 +196,8 @@ class PI(Controller):
                           ki_up_scale=setup.lr_over_peak if o.pi_ki_follow_lr else None,
                           ki_down_scale=setup.lr_over_peak if o.pi_ki_down_follow_lr else None,
                           guard_tau=setup.guard_tau,
-                          hold_from=None if o.pi_hold_from is None else round(o.pi_hold_from * setup.updates))
+                          hold_from=None if o.pi_hold_from is None else round(o.pi_hold_from * setup.updates),
+                          regain=o.pi_regain)
 
     def metrics(self, state: PIState) -> dict:
         return {"beta": state.beta, EMA: state.ema, TARGET: state.tau, "violation": state.ema - state.tau,
@@ -189,4 +207,7 @@ class PI(Controller):
         problems = check_beta_range(o)
         if o.error_scale == "slack" and section.sense == "ce" and not section.slack > 0:
             problems.append("constraint.error_scale=slack needs constraint.slack > 0")
+        if o.pi_regain and not o.pi_ki_follow_lr:
+            problems.append("constraint.pi_regain=true needs constraint.pi_ki_follow_lr=true (without it the integral "
+                            "rises at the full gain everywhere, and there is nothing to regain faster)")
         return problems

@@ -54,6 +54,9 @@ class Gate:
     # the density penalty's knee (ours, training only; None: the method's): above this gate logit the gradient of
     # the expected gate is its slope at the knee, not the sigmoid's vanishing one (its value is unchanged)
     penalty_knee: float | None = dataclasses.field(default=None, metadata=dict(static=True))
+    # one noise draw per (batch, query, key) for every head (ours, training only; False: the method's, a draw per
+    # head): two heads that keep the same read are then sampled closed together, so a copy is no insurance
+    shared_noise: bool = dataclasses.field(default=False, metadata=dict(static=True))
 
     def __post_init__(self):
         family(self.kind).check(self)
@@ -81,6 +84,12 @@ def gate_from_json(d: dict) -> Gate:
     """The inverse of :func:`gate_to_json` (files written before the field was named ``kind`` say ``family``)."""
     return Gate(jnp.asarray(d["bias"], jnp.float32), d.get("kind", d.get("family", "bernoulli")),
                 float(d["temperature"]), tuple(d["stretch"]))
+
+
+def noise_heads(gate: Gate, heads):
+    """The head index the noise hash is given for query heads ``heads`` (an integer array): ``heads`` itself, or 0
+    for every head with ``gate.shared_noise`` (one draw per batch row, query and key, shared by the heads)."""
+    return heads * 0 if gate.shared_noise else heads
 
 
 def as_gate(gate: Any) -> Gate | None:
@@ -131,4 +140,4 @@ def expected_gate_slope(gate: Gate, g):
 
 __all__ = ["FAMILIES", "Gate", "GateFamily", "as_gate", "bernoulli_terms", "expected_gate", "expected_gate_slope",
            "family", "gate_from_json", "gate_sample", "gate_to_json", "gate_value_and_slope", "hash_uniform",
-           "is_edge", "key_uniform", "layer_seed", "logistic_noise", "make_gate", "register", "row_hash"]
+           "is_edge", "key_uniform", "layer_seed", "logistic_noise", "make_gate", "noise_heads", "register", "row_hash"]

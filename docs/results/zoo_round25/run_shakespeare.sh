@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Issue J, twenty-fifth round (docs/controllers.md): the Shakespeare LM's second dense seed on the issue's machine type
+# (AMD EPYC, 2 cores): dense seed 1 pretrained here on the pretraining preset at 6,000 steps (the twenty-second
+# round's protocol), then the density post-training preset unchanged with a dense control beside it. Run at the
+# lowest priority beside the toy runs of the same round. Records: docs/results/zoo_shakespeare_epyc_d1/evals.json.
+set -e
+d=runs/shk25
+[ -d $d/dense_d1/model ] || sparsejax pretrain shakespeare_pretrain $d/dense_d1 train.steps=6000 train.seed=1 data.seed=1
+r=$d/density
+sparsejax posttrain shakespeare_posttrain_density $r model.checkpoint=$d/dense_d1/model \
+  data.tokenizer=$d/dense_d1/tokenizer.json constraint.tau_data=control
+for m in model control_model; do sparsejax eval $r/config.yaml $r/$m data.eval_batches=64 > $r/eval64_$m.json; done
+sparsejax eval $r/config.yaml $d/dense_d1/model data.eval_batches=64   # the starting model, same batches
+python experiments/control_gap.py docs/results/zoo_shakespeare_epyc_d1/evals.json --add dense_6k $d/dense_d1 \
+  --add density_6k $r --runs density_6k \
+  --curves docs/figures/shakespeare_epyc_d1_curves.png --title "Shakespeare LM, dense seed 1 (AMD EPYC)"
