@@ -165,6 +165,13 @@ CANDIDATES = {
     # and a lost problem is not won back; at noise 0 from step 400 the same crossings come while the lr is high
     "noise_mid_4k_smooth_tail_cap_knee3_early0": [*TAIL_CAP, "gate.penalty_knee=3.0", "gate.noise_anneal=0.05",
                                                   "gate.noise_zero=0.9"],
+    # clipfirst: each batch's CE clipped to tau +- slack before the multiplier's EMA (constraint.pi_clip_first): on
+    # toy_d2 beta sits at its floor while the held-out CE is 10-30x under tau, after single batches at 10-100x tau
+    # (a lost problem under the deterministic gates) held the EMA'd error at -1 for the tens of steps it takes to
+    # forget them; clipped first, one such batch moves the error by 0.02
+    "noise_mid_4k_smooth_tail_cap_knee3_clipfirst": [*TAIL_CAP, "gate.penalty_knee=3.0", "constraint.pi_clip_first=true"],
+    "noise_mid_4k_smooth_tail_cap_knee3_shared_clipfirst": [*TAIL_CAP, "gate.penalty_knee=3.0", "gate.shared_noise=true",
+                                                            "constraint.pi_clip_first=true"],
     "noise_mid_4k_smooth_batch": [*NOISE_MID, "train.steps=4000", "constraint.alpha=0.98", "constraint.pi_kp=0.5",
                                   "constraint.tau_data=batch"],
     "pi_det_ki05_4k": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic", "constraint.pi_ki=0.05",

@@ -311,6 +311,23 @@ def test_pi_regain_climbs_back_at_the_full_gain_and_new_ground_follows_the_lr():
     assert load_config("toy_addition_posttrain", ["constraint.pi_regain=true"]).constraint.pi_regain is True
 
 
+def test_pi_clip_first_averages_clipped_errors():
+    """clip_first (by hand: CE target tau 0.01, scale 0.005 (the slack), alpha 0.5, kp 0, ki 0.1): values are clipped
+    to [0.005, 0.015] before the EMA. 0.005, then one batch at 0.5 (100x tau), then 0.005: the EMA is 0.005, 0.010,
+    0.0075 and the errors +1, 0, +0.5; without it the EMA is 0.005, 0.2525, 0.12875 and the errors +1, -1, -1."""
+    seq = [0.005, 0.5, 0.005]
+    want = {True: ([0.005, 0.01, 0.0075], [0.1, 0.1, 0.15]), False: ([0.005, 0.2525, 0.12875], [0.1, 0.0, -0.1])}
+    for first in (True, False):
+        t = constrained.pi_control(0.01, beta_init=1.0, ki=0.1, kp=0.0, alpha=0.5, scale=0.005, clip_first=first)
+        s, emas, integrals = t.init(None), [], []
+        for c in seq:
+            _, s = t.update(None, s, constraint=c)
+            emas.append(float(s.ema))
+            integrals.append(float(s.integral))
+        np.testing.assert_allclose(emas, want[first][0], rtol=1e-5)
+        np.testing.assert_allclose(integrals, want[first][1], atol=1e-6)
+
+
 def test_pi_hold_lets_beta_fall_but_never_rise_again():
     """hold_from=2 (by hand, kp=0, alpha=0, ki=0.1, density target 0.02, error (c - 0.02) / 0.02 clipped to 1):
     the integral grows on updates 0 and 1, then only falls: over target it stays, under target it falls, and over

@@ -33,7 +33,8 @@ def pi_control(tau: float, *, beta_init: float = 1e-2, ki: float = 0.02, kp: flo
                beta_min: float = 1e-4, beta_max: float = 1e4, error_clip: float = 1.0, scale: float | None = None,
                sense: str = "ce", ki_down: float | None = None, target_start: float | None = None,
                anneal_steps: int = 0, ki_up_scale=None, ki_down_scale=None, guard_tau: float | None = None,
-               hold_from: int | None = None, regain: bool = False) -> optax.GradientTransformationExtraArgs:
+               hold_from: int | None = None, regain: bool = False,
+               clip_first: bool = False) -> optax.GradientTransformationExtraArgs:
     """PI controller on ``log beta`` for ``CE <= tau`` (or ``density <= tau`` with ``sense="density"``).
 
     With ``C_t`` the EMA (decay ``alpha``) of the constrained quantity and the scaled satisfaction
@@ -88,6 +89,12 @@ def pi_control(tau: float, *, beta_init: float = 1e-2, ki: float = 0.02, kp: flo
     closed, healed by the CE's own gradient within a few hundred steps) drops beta at the full rate; without it
     the climb back follows the decayed lr and the last part of the run stays at the floor, its CE far under the
     target (docs/controllers.md, twenty-fifth round). ``P_t = max(P_{t-1}, I_t)``.
+
+    ``clip_first`` (a robust input): each update's value is clipped to ``tau +- error_clip * scale`` *before* the
+    EMA, so ``e_t`` is the EMA of the clipped per-update errors instead of the clip of the EMA'd error. One batch
+    far over the target (the toy's deterministic-gate CE is heavy-tailed: a batch that loses a problem reads
+    10-100x tau) then moves the error by ``(1 - alpha) * error_clip`` instead of holding it at ``-error_clip`` for
+    the tens of steps the EMA takes to forget it; a sustained excursion still drives it to ``-error_clip``.
     """
     check_positive(ki=ki, error_clip=error_clip, scale=tau if scale is None else scale)
     if ki_down is not None:
@@ -112,6 +119,10 @@ def pi_control(tau: float, *, beta_init: float = 1e-2, ki: float = 0.02, kp: flo
 
     def update(updates, state: PIState, params=None, *, constraint, guard=None, **extra):
         c = jnp.asarray(constraint, jnp.float32)
+        if clip_first:  # around the last update's target (they differ only while an annealed target moves)
+            t_last = target(state.progress)
+            width = error_clip * (t_last if scale is None else scale)
+            c = jnp.clip(c, t_last - width, t_last + width)
         ema = jnp.where(state.count == 0, c, alpha * state.ema + (1 - alpha) * c)
         if guard_tau is None:
             progress, guard_ema = state.count, state.guard_ema
@@ -169,6 +180,9 @@ class PIOptions:
     pi_regain: bool = option(False, doc="with pi_ki_follow_lr: the integral climbs back to the highest level it has "
                              "reached at the full gain; only new ground follows the lr (docs/controllers.md)",
                              exclusive=True)
+    pi_clip_first: bool = option(False, doc="clip each update's value to tau +- error_clip * scale before the EMA "
+                                 "(one batch far over the target moves the error by (1 - alpha) * error_clip; "
+                                 "docs/controllers.md)", exclusive=True)
     pi_hold_from: float | None = option(None, SHARE_OR_NULL, "share of train.steps after which beta only falls "
                                         "(never rises again; null: never held)", exclusive=True)
     error_clip: float = option(1.0, POSITIVE, "clip of the scaled error")
@@ -197,7 +211,7 @@ class PI(Controller):
                           ki_down_scale=setup.lr_over_peak if o.pi_ki_down_follow_lr else None,
                           guard_tau=setup.guard_tau,
                           hold_from=None if o.pi_hold_from is None else round(o.pi_hold_from * setup.updates),
-                          regain=o.pi_regain)
+                          regain=o.pi_regain, clip_first=o.pi_clip_first)
 
     def metrics(self, state: PIState) -> dict:
         return {"beta": state.beta, EMA: state.ema, TARGET: state.tau, "violation": state.ema - state.tau,
