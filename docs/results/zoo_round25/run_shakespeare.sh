@@ -14,3 +14,12 @@ sparsejax eval $r/config.yaml $d/dense_d1/model data.eval_batches=64   # the sta
 python experiments/control_gap.py docs/results/zoo_shakespeare_epyc_d1/evals.json --add dense_6k $d/dense_d1 \
   --add density_6k $r --runs density_6k \
   --curves docs/figures/shakespeare_epyc_d1_curves.png --title "Shakespeare LM, dense seed 1 (AMD EPYC)"
+# the density preset with the training noise shared by the heads (gate.shared_noise=true) on the twenty-fourth round's
+# dense seed 0 (runs/shk24/dense_d0, docs/results/zoo_round24/run_shakespeare.sh), a control beside it; run beside the
+# dense seed 1 chain above. Records: docs/results/zoo_shakespeare_epyc_d0/evals.json (density_6k_shared).
+d0=runs/shk24/dense_d0; r=runs/shk25/density_shared_d0
+sparsejax posttrain shakespeare_posttrain_density $r model.checkpoint=$d0/model data.tokenizer=$d0/tokenizer.json \
+  constraint.tau_data=control gate.shared_noise=true
+for m in model control_model; do sparsejax eval $r/config.yaml $r/$m data.eval_batches=64 > $r/eval64_$m.json; done
+python experiments/control_gap.py docs/results/zoo_shakespeare_epyc_d0/evals.json --add density_6k_shared $r \
+  --runs density_6k density_6k_s2 density_6k_shared
