@@ -23,3 +23,10 @@ sparsejax posttrain shakespeare_posttrain_density $r model.checkpoint=$d0/model 
 for m in model control_model; do sparsejax eval $r/config.yaml $r/$m data.eval_batches=64 > $r/eval64_$m.json; done
 python experiments/control_gap.py docs/results/zoo_shakespeare_epyc_d0/evals.json --add density_6k_shared $r \
   --runs density_6k density_6k_s2 density_6k_shared
+# the same on this round's dense seed 1 (beside its density-preset run above)
+d1=runs/shk25/dense_d1; r=runs/shk25/density_shared_d1
+sparsejax posttrain shakespeare_posttrain_density $r model.checkpoint=$d1/model data.tokenizer=$d1/tokenizer.json \
+  constraint.tau_data=control gate.shared_noise=true
+for m in model control_model; do sparsejax eval $r/config.yaml $r/$m data.eval_batches=64 > $r/eval64_$m.json; done
+python experiments/control_gap.py docs/results/zoo_shakespeare_epyc_d1/evals.json --add density_6k_shared $r \
+  --runs density_6k density_6k_shared
