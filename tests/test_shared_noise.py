@@ -104,3 +104,13 @@ def test_the_run_config_carries_it_to_the_step_and_not_to_the_exported_gate(tmp_
                   progress=False)
     assert run.spec.gate.shared_noise is True
     assert "shared_noise" not in gate_to_json(dataclasses.replace(run.spec.gate, bias=jnp.zeros(())))
+
+
+def test_the_presets_declare_their_noise():
+    """The Shakespeare density preset draws the noise once for all heads (twenty-fifth round); the toy preset and the
+    CE-target presets keep the method's draw per head."""
+    from sparsejax.config import load_config
+
+    assert load_config("shakespeare_posttrain_density").gate.shared_noise is True
+    for name in ("toy_addition_posttrain", "shakespeare_posttrain", "gpt2_small"):
+        assert load_config(name).gate.shared_noise is False
