@@ -30,3 +30,11 @@ sparsejax posttrain shakespeare_posttrain_density $r model.checkpoint=$d1/model 
 for m in model control_model; do sparsejax eval $r/config.yaml $r/$m data.eval_batches=64 > $r/eval64_$m.json; done
 python experiments/control_gap.py docs/results/zoo_shakespeare_epyc_d1/evals.json --add density_6k_shared $r \
   --runs density_6k density_6k_shared
+# a second post-training seed of the shared noise on dense seed 0 (train.seed = data.seed = 2)
+r=runs/shk25/density_shared_d0_s2
+sparsejax posttrain shakespeare_posttrain_density $r model.checkpoint=$d0/model data.tokenizer=$d0/tokenizer.json \
+  constraint.tau_data=control gate.shared_noise=true train.seed=2 data.seed=2
+for m in model control_model; do sparsejax eval $r/config.yaml $r/$m data.eval_batches=64 > $r/eval64_$m.json; done
+python experiments/control_gap.py docs/results/zoo_shakespeare_epyc_d0/evals.json --add density_6k_shared_s2 $r \
+  --runs density_6k density_6k_s2 density_6k_shared density_6k_shared_s2 ce_lr3e4_6k \
+  --curves docs/figures/shakespeare_epyc_d0_curves.png --title "Shakespeare LM, dense seed 0 (AMD EPYC)"
