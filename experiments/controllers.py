@@ -131,8 +131,8 @@ CANDIDATES = {
     # redundant copies of a read, kept as insurance against sampled-closed gates, cost CE no more and can be priced out
     "noise_mid_4k_smooth_tail_cap_knee3_downlr_zero40": [*TAIL_CAP, "gate.penalty_knee=3.0",
                                                          "constraint.pi_ki_down_follow_lr=true", "gate.noise_zero=0.4"],
-    # the preset with the noise falling to a floor of 0.2 instead of 0 (fourteenth round's floor, now with the bias bound
-    # and the knee): a gate closed late can still be sampled open, so a lost problem has a way back
+    # the preset with the noise falling to a floor of 0.2 instead of 0 (fourteenth round's floor, now with the bias
+    # bound and the knee): a gate closed late can still be sampled open, so a lost problem has a way back
     "noise_mid_4k_smooth_tail_cap_knee3_floor20": [*TAIL_CAP, "gate.penalty_knee=3.0", "gate.noise_floor=0.2"],
     # twenty-fifth round: the late knock-downs of beta, at their source. On toy_d2 (AMD EPYC) the held-out CE sits ~10x
     # under tau for most of the noise-free end, yet beta is at 0.002-0.1 there: each break (a needed edge closed, healed
@@ -169,9 +169,8 @@ CANDIDATES = {
     # toy_d2 beta sits at its floor while the held-out CE is 10-30x under tau, after single batches at 10-100x tau
     # (a lost problem under the deterministic gates) held the EMA'd error at -1 for the tens of steps it takes to
     # forget them; clipped first, one such batch moves the error by 0.02
-    "noise_mid_4k_smooth_tail_cap_knee3_clipfirst": [*TAIL_CAP, "gate.penalty_knee=3.0", "constraint.pi_clip_first=true"],
-    "noise_mid_4k_smooth_tail_cap_knee3_shared_clipfirst": [*TAIL_CAP, "gate.penalty_knee=3.0", "gate.shared_noise=true",
-                                                            "constraint.pi_clip_first=true"],
+    "noise_mid_4k_smooth_tail_cap_knee3_clipfirst": [*TAIL_CAP, "gate.penalty_knee=3.0",
+                                                     "constraint.pi_clip_first=true"],
     "noise_mid_4k_smooth_batch": [*NOISE_MID, "train.steps=4000", "constraint.alpha=0.98", "constraint.pi_kp=0.5",
                                   "constraint.tau_data=batch"],
     "pi_det_ki05_4k": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic", "constraint.pi_ki=0.05",

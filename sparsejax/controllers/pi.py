@@ -147,8 +147,7 @@ def pi_control(tau: float, *, beta_init: float = 1e-2, ki: float = 0.02, kp: flo
         integral = jnp.clip(state.integral + rate * e, lo, hi)
         if regain:  # back up to the highest level reached at the full gain (not past it in this step)
             back = (e > 0) & (state.integral < state.peak)
-            climbed = jnp.minimum(state.integral + ki * e, state.peak)
-            integral = jnp.where(back, jnp.clip(climbed, lo, hi), integral)
+            integral = jnp.where(back, jnp.minimum(state.integral + ki * e, state.peak), integral)  # within [lo, hi]
         beta = jnp.exp(jnp.clip(integral + kp * e, lo, hi))
         if hold_from is not None:  # only down from here: neither part of log beta rises above its last value
             held = (state.count >= hold_from) & (state.count > 0)
