@@ -131,7 +131,8 @@ class _ConstraintShared:
     anneal_steps: int = 0           # pi/geco: move the target geometrically from anneal_from to its final value over
     #                                 this many steps (0: the final target from the start)
     anneal_from: float | None = None  # start of the annealed target; None (density mode): the gated model's
-    #                                   held-out edge density, measured before post-training
+    #                                   held-out edge density, measured before post-training; CE mode with
+    #                                   tau_data=batch / control: the CE gap it starts at (falling to the slack)
     measure: str = "deterministic"  # the CE the multiplier sees (CE mode; the guard's CE in a guarded curriculum):
     #                                 "sampled" (the training loss's) or "deterministic" (the exported model's gates:
     #                                 one more forward per measured step; docs/controllers.md)
@@ -442,9 +443,10 @@ def validate(cfg: RunConfig) -> RunConfig:
         if c.sense == "ce" and not c.slack > 0:
             problems.append(f"constraint.tau_data={c.tau_data} targets the gap to {ref} on each batch, "
                             f"constraint.slack={c.slack}: it must be > 0 (e.g. constraint.slack=0.01)")
-        if c.sense == "ce" and c.anneal_steps:
-            problems.append(f"constraint.tau_data={c.tau_data} holds the CE at the slack over {ref} on every batch: "
-                            "set constraint.anneal_steps=0")
+        if c.sense == "ce" and c.anneal_steps and c.anneal_from is not None and not c.anneal_from > c.slack:
+            problems.append(f"constraint.anneal_from={c.anneal_from} must be above constraint.slack={c.slack}: with "
+                            f"constraint.tau_data={c.tau_data} the annealed target is the CE gap to {ref}, falling "
+                            "from anneal_from to the slack (e.g. constraint.anneal_from=0.1)")
     if cfg.data.aside and not (g.enabled and c.tau_data in ("batch", "control") and c.measure == "deterministic"
                                and (c.sense == "ce" or c.guard)):
         problems.append(f"data.aside={cfg.data.aside} holds training rows aside to measure the multiplier's CE gap on: "

@@ -489,15 +489,34 @@ def test_batch_tau_with_every_edge_kept_measures_no_gap(tmp_path):
     assert abs(float(out["measured_ce"])) < 1e-5
 
 
+@pytest.mark.parametrize("data", ["batch", "control"])
+def test_an_annealed_gap_target_falls_from_anneal_from_to_the_slack(tmp_path, data):
+    """constraint.tau_data=batch / control with constraint.anneal_steps: the multiplier's target, the CE gap to the
+    dense model / control, falls geometrically from anneal_from to the slack (the record after step k = 1..8 holds
+    the target of update k - 1: 0.2 * (0.02 / 0.2) ** (min(k - 1, 4) / 4)), then stays at the slack."""
+    from sparsejax.train import RunDir, Trainer
+
+    cfg = load_config("toy_addition_posttrain", [*TINY, "model.checkpoint=null", "train.steps=8", "train.eval_every=4",
+                                                 "gate.bias=0.5", "constraint.method=pi", f"constraint.tau_data={data}",
+                                                 "constraint.slack=0.02", "constraint.anneal_steps=4",
+                                                 "constraint.anneal_from=0.2", "train.final=last"])
+    Trainer(cfg, tmp_path / "run", progress=False).fit()
+    train = [r for r in RunDir(tmp_path / "run").records("train")]
+    assert [r.step for r in train] == list(range(1, 9))
+    want = [0.2 * 0.1 ** (min(k - 1, 4) / 4) for k in range(1, 9)]
+    np.testing.assert_allclose([r["tau"] for r in train], want, rtol=1e-5)
+
+
 @pytest.mark.parametrize("override,problem", [("constraint.tau=1.0", "drop one of the two"),
                                               ("constraint.tau_gates=sampled", "constraint.tau_gates=dense"),
-                                              ("constraint.anneal_steps=10", "constraint.anneal_steps=0"),
+                                              ("constraint.anneal_steps=10 constraint.anneal_from=0.001",
+                                               "must be above constraint.slack"),
                                               ("constraint.slack=0.0", "must be > 0")])
 @pytest.mark.parametrize("data", ["batch", "control"])
 def test_batch_tau_refuses_what_contradicts_it(override, problem, data):
     with pytest.raises(ValueError, match=problem.replace(".", r"\.")):
         load_config("toy_addition_posttrain", TINY + [f"constraint.tau_data={data}", "constraint.anneal_from=1.0",
-                                                      override])
+                                                      *override.split()])
 
 
 def test_tau_under_sampled_gates(tmp_path):
