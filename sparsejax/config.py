@@ -73,7 +73,9 @@ class DataSection:
     repeat: float = 0.0             # text: share of rows with a passage copied later in the row (induction data)
     aside: float = 0.0              # share of the training rows (the last ones) held aside, never trained on: the
     #                                 CE gap (constraint.tau_data=batch / control) that the multiplier (CE mode) or
-    #                                 the guard of a guarded density curriculum sees is measured on them
+    #                                 the guard of a guarded density curriculum sees is measured on them. A dense
+    #                                 run (gate.enabled=false) only leaves them out: pretrain with the same share
+    #                                 so that the dense model has not memorised the rows the gap is measured on
     repeat_tokens: str = "text"     # the repeated passage: "text" (from the row) or "random" (uniform tokens)
     bos: bool | None = None         # every row starts with a BOS token. addition: token 12 (a 13-token vocabulary);
     #                                 text: the checkpoint's bos_token_id. null: text rows start with it where the
@@ -447,12 +449,12 @@ def validate(cfg: RunConfig) -> RunConfig:
             problems.append(f"constraint.anneal_from={c.anneal_from} must be above constraint.slack={c.slack}: with "
                             f"constraint.tau_data={c.tau_data} the annealed target is the CE gap to {ref}, falling "
                             "from anneal_from to the slack (e.g. constraint.anneal_from=0.1)")
-    if cfg.data.aside and not (g.enabled and c.tau_data in ("batch", "control") and c.measure == "deterministic"
-                               and (c.sense == "ce" or c.guard)):
+    if cfg.data.aside and g.enabled and not (c.tau_data in ("batch", "control") and c.measure == "deterministic"
+                                             and (c.sense == "ce" or c.guard)):
         problems.append(f"data.aside={cfg.data.aside} holds training rows aside to measure the multiplier's CE gap on: "
-                        "it needs a gated run with constraint.tau_data=batch or control, constraint.measure="
+                        "a gated run needs constraint.tau_data=batch or control, constraint.measure="
                         "deterministic and either constraint.sense=ce or a guarded density curriculum "
-                        "(constraint.guard=true) (or data.aside=0)")
+                        "(constraint.guard=true) (or data.aside=0; a dense run only never trains on them)")
     if c.tau_data == "control" and g.enabled and (cfg.train.lora_rank > 0 or cfg.train.distill > 0):
         problems.append("constraint.tau_data=control trains a dense control of the whole model beside the sparse one: "
                         "it needs full fine-tuning without distillation (train.lora_rank=0, train.distill=0); "

@@ -474,6 +474,15 @@ def test_aside_rows_are_never_trained_on_and_carry_the_measured_gap(tmp_path, da
                                                "constraint.density_target=0.05"])
     with pytest.raises(ValueError, match="leaves none to train on"):
         hold_aside(rest, 1.0)
+    # a dense run (pretraining) only leaves the held-aside rows out of its training stream
+    dense_run = Trainer(load_config("toy_addition_posttrain", [*TINY, "model.checkpoint=null", "gate.enabled=false",
+                                                               "constraint.method=none", "data.aside=0.1"]),
+                        tmp_path / "dense", progress=False)
+    assert len(dense_run.train_src) == 8100 and dense_run.aside_src is None
+    for step in range(3):
+        batch = train_rows(dense_run, step)
+        assert set(batch) == {"tokens", "mask"}
+        assert not aside_rows & {tuple(r) for r in np.asarray(batch["tokens"]).tolist()}
 
 
 def test_batch_tau_with_every_edge_kept_measures_no_gap(tmp_path):

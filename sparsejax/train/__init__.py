@@ -114,7 +114,8 @@ class Trainer:
         if cfg.data.aside:
             from ..data import hold_aside
 
-            self.train_src, self.aside_src = hold_aside(self.train_src, cfg.data.aside)
+            self.train_src, aside = hold_aside(self.train_src, cfg.data.aside)
+            self.aside_src = aside if cfg.gate.enabled else None  # a dense run only leaves them out
         self.rules = sharding.parse_rules(cfg.mesh.rules)
         self.mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
         model = build_model(cfg, self.mesh, self.rules)  # a checkpoint streams onto its shardings

@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
-# Issue J, twenty-sixth round (docs/controllers.md): the CE-target preset on the Shakespeare LM's two 6,000-step dense
-# models of the issue's machine type (AMD EPYC, 2 cores; runs/shk24/dense_d0 from zoo_round24/run_shakespeare.sh,
-# runs/shk25/dense_d1 from zoo_round25/run_shakespeare.sh), with the multiplier's input the CE gap to a dense control
-# trained beside the run, measured on held-aside training rows (constraint.tau_data=control data.aside=0.05), the gap
-# target annealed from 0.1 to the slack over the first 1,600 steps (constraint.anneal_from / anneal_steps), the
-# slack 0.007, and the training noise shared by the heads. The two dense models side by side (run as
-# `bash docs/results/zoo_round26/run_shakespeare.sh d0 & bash docs/results/zoo_round26/run_shakespeare.sh d1`).
-# Records: docs/results/zoo_shakespeare_epyc_d{0,1}/evals.json (ce_gap_annealed).
+# Issue J, twenty-sixth round (docs/controllers.md): the CE-target preset on the Shakespeare LM with the multiplier's
+# input the CE gap to a dense control trained beside the run, measured on held-aside rows that neither the sparse
+# model, the control nor the dense model they start from has trained on: the dense model is pretrained with the
+# same rows held aside (data.aside=0.05; the pretraining preset and protocol of the twenty-second round otherwise,
+# 6,000 steps). The gap's target is annealed from 0.1 to the slack over the first 1,600 steps
+# (constraint.anneal_from / anneal_steps), the slack is 0.007, and the training noise is shared by the heads.
+# AMD EPYC, 2 cores: the two dense seeds side by side
+# (`bash docs/results/zoo_round26/run_shakespeare.sh 0 & bash docs/results/zoo_round26/run_shakespeare.sh 1`).
+# Records: docs/results/zoo_shakespeare_aside/evals.json.
 set -e
-case $1 in d0) d=runs/shk24/dense_d0 ;; d1) d=runs/shk25/dense_d1 ;; *) echo "usage: $0 d0|d1"; exit 2 ;; esac
-r=runs/shk26/ce_gap_annealed_$1
+s=$1; [ "$s" = 0 ] || [ "$s" = 1 ] || { echo "usage: $0 0|1"; exit 2; }
+d=runs/shk26/dense_aside_d$s
+[ -d $d/model ] || sparsejax pretrain shakespeare_pretrain $d train.steps=6000 train.seed=$s data.seed=$s data.aside=0.05
+r=runs/shk26/ce_gap_annealed_d$s
 sparsejax posttrain shakespeare_posttrain $r model.checkpoint=$d/model data.tokenizer=$d/tokenizer.json \
   constraint.tau_data=control data.aside=0.05 constraint.anneal_from=0.1 constraint.anneal_steps=1600 \
   constraint.slack=0.007 gate.shared_noise=true
 for m in model control_model; do sparsejax eval $r/config.yaml $r/$m data.eval_batches=64 > $r/eval64_$m.json; done
-python experiments/control_gap.py docs/results/zoo_shakespeare_epyc_$1/evals.json --add ce_gap_annealed $r
+sparsejax eval $r/config.yaml $d/model data.eval_batches=64 > $r/eval64_dense.json  # the starting model, same batches
+python experiments/control_gap.py docs/results/zoo_shakespeare_aside/evals.json --add dense_d$s $d \
+  --add ce_gap_annealed_d$s $r
