@@ -474,9 +474,19 @@ def test_aside_rows_are_never_trained_on_and_carry_the_measured_gap(tmp_path, da
                                                "constraint.density_target=0.05"])
     with pytest.raises(ValueError, match="leaves none to train on"):
         hold_aside(rest, 1.0)
-    # a dense run (pretraining) only leaves the held-aside rows out of its training stream
+
+
+def test_a_dense_run_only_leaves_the_held_aside_rows_out(tmp_path):
+    """data.aside in a dense run (pretraining): the rows are never trained on, and nothing is measured on them — so
+    that a model pretrained so has not memorised the rows its post-training measures the CE gap on."""
+    from sparsejax.data import addition
+    from sparsejax.train import Trainer
+    from sparsejax.train.loop import train_rows
+
+    aside_rows = {tuple(r) for r in addition.source("train").rows(np.arange(8100, 9000))["tokens"].tolist()}
     dense_run = Trainer(load_config("toy_addition_posttrain", [*TINY, "model.checkpoint=null", "gate.enabled=false",
-                                                               "constraint.method=none", "data.aside=0.1"]),
+                                                               "constraint.method=none", "data.aside=0.1",
+                                                               "constraint.pi_ki_follow_lr=false", "train.final=last"]),
                         tmp_path / "dense", progress=False)
     assert len(dense_run.train_src) == 8100 and dense_run.aside_src is None
     for step in range(3):
