@@ -103,7 +103,8 @@ def missed_target(result: dict | None, sense: str, run_dir) -> str | None:
     over = overshoot(result, tau, sense)
     if over <= 0:
         return None
-    target = f"the held-out target {tau:.4g} (dense held-out CE + slack)" if held_out else f"tau {tau:.4g}"
+    ref = "the dense control's" if result.get("control_eval_ce") is not None else "dense"
+    target = f"the held-out target {tau:.4g} ({ref} held-out CE + slack)" if held_out else f"tau {tau:.4g}"
     what = (f"held-out CE {result['eval_ce']:.4f}, {over:.4f} over {target}" if sense == "ce" else
             f"edge density {result['edge_density']:.4%}, over the target {tau:.4%}")
     run = RunDir(run_dir)

@@ -385,6 +385,15 @@ def test_control_tau_trains_a_dense_control_in_step_and_measures_the_gap_to_it(t
     got = {r.step: r["control_eval_ce"] for r in RunDir(tmp_path / "sparse").records("eval") if r.step > 0}
     assert sorted(got) == [2, 4]
     np.testing.assert_allclose([got[2], got[4]], [want[2], want[4]], rtol=1e-5)
+    # each evaluation's held-out target is the control's CE + the slack: best_model/ and the missed-target notice
+    # compare with it, not with the starting dense model's
+    for r in RunDir(tmp_path / "sparse").records("eval"):
+        if r.step > 0:
+            assert r["eval_tau"] == pytest.approx(r["control_eval_ce"] + 0.02)
+    from sparsejax.train.checkpointing import overshoot
+
+    assert overshoot({"eval_ce": 3.0, "eval_tau": 3.05}, 2.0) == pytest.approx(-0.05)
+    assert overshoot({"eval_ce": 3.0}, 2.0) == pytest.approx(1.0)
     assert abs(want[4] - want[2]) > 1e-3  # the control trained: another CE at each evaluation
     a, b = sj.from_pretrained(tmp_path / "dense" / "model"), sj.from_pretrained(tmp_path / "sparse" / "control_model")
     assert b.gate is None

@@ -57,9 +57,12 @@ def export(config, params, gate, path: Path, tokenizer=None, max_shard_bytes: in
 
 
 def overshoot(rec, tau: float, sense: str = "ce") -> float:
-    """How far an evaluation ``rec`` ends over its target: ``eval_ce - tau`` (``sense="ce"``) or ``edge_density -
+    """How far an evaluation ``rec`` ends over its target: ``eval_ce - tau`` (``sense="ce"``; the record's own
+    ``eval_tau`` instead where it has one: the control's held-out CE + slack at that evaluation) or ``edge_density -
     tau`` (``"density"``, ``tau`` the density target); <= 0 meets it."""
-    return rec["eval_ce"] - tau if sense == "ce" else rec["edge_density"] - tau
+    if sense == "ce":
+        return rec["eval_ce"] - (rec["eval_tau"] if rec.get("eval_tau") is not None else tau)
+    return rec["edge_density"] - tau
 
 
 def keep_best(run_dir, rec, tau: float | None, export_fn, sense: str = "ce") -> bool:

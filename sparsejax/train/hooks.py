@@ -230,10 +230,15 @@ class Evaluate(Callback):
 
     @staticmethod
     def held_out(run) -> dict:
-        """The held-out evaluation; with a dense control (``constraint.tau_data=control``) also its CE."""
-        control = {} if not run.spec.control else {
-            "control_eval_ce": run.evaluate({"params": run.state["control"]["params"]}, dense=True)["eval_ce"]}
-        return {**run.evaluate(), **control}
+        """The held-out evaluation; with a dense control (``constraint.tau_data=control``) also its CE and, in CE
+        mode, the held-out target at this evaluation, ``eval_tau``: the control's CE + the slack (what
+        ``best_model/`` and the notice of a missed target compare the held-out CE with)."""
+        if not run.spec.control:
+            return run.evaluate()
+        control = run.evaluate({"params": run.state["control"]["params"]}, dense=True)["eval_ce"]
+        c = run.cfg.constraint
+        target = {"eval_tau": control + c.slack} if c.sense == "ce" and run.tau is not None else {}
+        return {**run.evaluate(), "control_eval_ce": control, **target}
 
     def on_step(self, info):
         if info.last:

@@ -124,7 +124,8 @@ class StartRecord(EvalRecord):
 class FinalRecord(EvalRecord):
     """The evaluation after the last step, with the run's target ``tau`` when it has one, and ``eval_tau`` where
     the held-out CE has another target (``constraint.tau_data=train``: ``tau`` is measured on training batches,
-    ``eval_tau`` is the dense held-out CE + slack)."""
+    ``eval_tau`` is the dense held-out CE + slack; ``control``: the control's held-out CE + slack, in every
+    evaluation record)."""
 
     kind: ClassVar[str] = "final"
     tau: float | None = None
