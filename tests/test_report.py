@@ -50,6 +50,12 @@ def test_summary_table_and_sections(tmp_path):
     page = report.write_report(tmp_path / "train_tau").read_text()
     assert "held-out CE &lt;= 0.55 (the dense held-out CE + slack)" in page and "tau = 0.3" in page
     assert "held-out CE &lt;= tau" not in page
+    recs = _records(tau=0.49)  # constraint.tau_data=control: the held-out target is the control's CE + slack
+    recs[-1].update(eval_tau=0.52, control_eval_ce=0.51)
+    _write(tmp_path / "control_tau", recs)
+    page = report.write_report(tmp_path / "control_tau").read_text()
+    assert "held-out CE &lt;= 0.52 (the dense control&#x27;s held-out CE + slack)" in page
+    assert "dense held-out CE + slack" not in page
     # an experiment's results.json: records become a nested table, not a JSON dump; a dense run's caption says so
     (tmp_path / "results.json").write_text(json.dumps({"edge_density": 0.25, "heads": [{"layer": 0, "edges": 3},
                                                                                       {"layer": 1, "edges": 5}]}))

@@ -113,7 +113,10 @@ def _run_section(run_dir: Path, run: Path, maps: bool) -> list[str]:
     target = next((r for r in reversed(evals) if "tau" in r), None)
     if target is not None:
         cfg = run.config_text() or ""
-        if target.get("eval_tau") is not None:  # tau_data=train: tau is on training batches
+        if target.get("eval_tau") is not None and target.get("control_eval_ce") is not None:  # tau_data=control
+            what = (f"held-out CE <= {target['eval_tau']:.4g} (the dense control's held-out CE + slack); the "
+                    "multiplier holds the CE gap to the control at the slack")
+        elif target.get("eval_tau") is not None:  # tau_data=train: tau is on training batches
             what = (f"held-out CE <= {target['eval_tau']:.4g} (the dense held-out CE + slack); the multiplier's "
                     f"target on training batches: tau = {target['tau']:.4g}")
         else:
