@@ -20,3 +20,10 @@ for m in model control_model; do sparsejax eval $r/config.yaml $r/$m data.eval_b
 sparsejax eval $r/config.yaml $d/model data.eval_batches=64 > $r/eval64_dense.json  # the starting model, same batches
 python experiments/control_gap.py docs/results/zoo_shakespeare_aside/evals.json --add dense_d$s $d \
   --add ce_gap_annealed_d$s $r
+# (afterwards, with the preset as adopted: the same overrides are now shakespeare_posttrain's) a second post-training
+# seed on dense seed 0, its 64-batch evaluations, and the records/figure:
+#   sparsejax posttrain shakespeare_posttrain runs/shk26/ce_gap_annealed_d0_s2 model.checkpoint=runs/shk26/dense_aside_d0/model \
+#     data.tokenizer=runs/shk26/dense_aside_d0/tokenizer.json train.seed=2 data.seed=2
+#   python experiments/control_gap.py docs/results/zoo_shakespeare_aside/evals.json --add ce_gap_annealed_d0_s2 \
+#     runs/shk26/ce_gap_annealed_d0_s2 --runs ce_gap_annealed_d0 ce_gap_annealed_d0_s2 ce_gap_annealed_d1 \
+#     --curves docs/figures/shakespeare_aside_ce_curves.png --title "Shakespeare LM pretrained with rows held aside (AMD EPYC)"
