@@ -122,7 +122,7 @@ def _eval(args) -> int:
     from sparsejax.train.evaluate import evaluate_checkpoint, summary
 
     cfg = load_config(args.config, [f"model.checkpoint={args.checkpoint}", *args.overrides])
-    print(json.dumps(summary(evaluate_checkpoint(cfg, args.checkpoint)), indent=1))
+    print(json.dumps(summary(evaluate_checkpoint(cfg, args.checkpoint, args.split)), indent=1))
     return 0
 
 
@@ -229,10 +229,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", help="section.key=value")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
         p.set_defaults(func=_train)
+    from sparsejax.data import SPLITS
+
     ev = sub.add_parser("eval", help="held-out CE and deterministic edge density of a checkpoint")
     ev.add_argument("config", help="preset or YAML naming the data (e.g. toy_addition_posttrain)")
     ev.add_argument("checkpoint", help="a model directory (Hugging Face layout, optional sparsejax_gate.json)")
     ev.add_argument("overrides", nargs="*")
+    ev.add_argument("--split", choices=SPLITS, default="validation",
+                    help="validation: the held-out split (default); aside: the training rows a post-training held "
+                    "aside (data.aside; pass the run's config.yaml)")
     ev.set_defaults(func=_eval)
     from sparsejax.data.real_models import REAL_MODELS
 

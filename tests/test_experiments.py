@@ -337,3 +337,31 @@ def test_toy_edges_rope_layer0_gate_depends_on_tokens_and_offset_alone(tmp_path)
     assert len(rows) > 3 and len({round(r["logit"], 4) for r in rows}) > 3
     assert rows[0]["class_spread"] < 1e-5
     assert all(0.0 <= r["tied"] <= 1.0 for r in rows)
+
+
+def test_region_gap_pairs_batches_and_adds_the_errors_of_disjoint_sets(tmp_path, monkeypatch, capsys):
+    """experiments/region_gap.py: the sparse model's gap to its control, batch by batch, on each set; the
+    difference of the two sets with its standard error (worked by hand below)."""
+    sys.path.insert(0, str(REPO / "experiments"))
+    import region_gap
+
+    import sparsejax.config
+    import sparsejax.train.evaluate
+
+    ces = {("model", "validation"): [3.0, 3.2, 3.1, 3.3], ("control_model", "validation"): [3.0, 3.1, 3.0, 3.1],
+           ("model", "aside"): [2.0, 2.0], ("control_model", "aside"): [2.0, 1.9]}
+    monkeypatch.setattr(sparsejax.config, "load_config", lambda path, overrides: {"path": path, "o": overrides})
+    monkeypatch.setattr(sparsejax.train.evaluate, "evaluate_checkpoint",
+                        lambda cfg, ckpt, split, per_batch: {"eval_ce_per_batch": ces[(Path(ckpt).name, split)]})
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="control_model is missing"):
+        region_gap.table([str(run)], 10)
+    (run / "control_model").mkdir()
+    region_gap.main([str(run), "--json", str(tmp_path / "out.json")])
+    (row,) = json.loads((tmp_path / "out.json").read_text())
+    # validation gaps 0, .1, .1, .2: mean .1, sd sqrt(.02 / 3), se sd / 2; aside gaps 0, .1: mean .05, se .05
+    assert row["validation"]["gap"] == pytest.approx(0.1) and row["validation"]["se"] == pytest.approx(0.0408248, rel=1e-5)
+    assert row["aside"]["gap"] == pytest.approx(0.05) and row["aside"]["se"] == pytest.approx(0.05)
+    assert row["difference"] == pytest.approx(0.05) and row["difference_se"] == pytest.approx(0.0645497, rel=1e-5)
+    assert "+0.1000 ± 0.0408 (4 batches)" in capsys.readouterr().out

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from sparsejax.config import load_config
+from sparsejax.data import Rows
 from sparsejax.train import NonFiniteError, Trainer
 
 TINY = ["model.family=llama", "model.d_model=32", "model.n_layers=2", "model.n_heads=4", "model.d_ff=64", "data.batch_size=16",
@@ -77,6 +78,20 @@ def test_pretrain_then_posttrain_short(tmp_path):
         assert opened["edge_density"] == 1.0
         assert opened["eval_ce"] == pytest.approx(trainer.evaluate(dense=True)["eval_ce"], rel=1e-5)
         assert run(loaded.gate.bias)["eval_ce"] == saved["eval_ce"]  # the same batches on every call
+    # per batch: each batch's CE, in the order of the trainer's own evaluation batches
+    per = evaluate_checkpoint(post, tmp_path / "sparse" / "model", per_batch=True)["eval_ce_per_batch"]
+    assert len(per) == min(post.data.eval_batches, len(trainer.val_src) // post.data.batch_size)
+    assert np.mean(per) == pytest.approx(saved["eval_ce"], rel=1e-6)
+    # split="aside": the last share of the training rows (counted here by hand), which the config must name
+    with pytest.raises(ValueError, match="data.aside is 0"):
+        evaluate_checkpoint(post, tmp_path / "sparse" / "model", split="aside")
+    aside_cfg = load_config("toy_addition_pretrain", TINY + ["data.aside=0.25"])  # the same data, rows held aside
+    full = trainer.train_src
+    cut = len(full) - round(0.25 * len(full))
+    aside = evaluate_checkpoint(aside_cfg, tmp_path / "sparse" / "model", split="aside", per_batch=True)
+    by_hand = trainer.evaluate(src=Rows(full, cut, len(full)), per_batch=True)
+    assert aside["eval_ce_per_batch"] == pytest.approx(by_hand["eval_ce_per_batch"], rel=1e-6)
+    assert aside["eval_ce"] != pytest.approx(saved["eval_ce"], rel=1e-4)  # other rows than the validation split
 
     lora = load_config("toy_addition_posttrain", TINY + ["train.steps=5", f"model.checkpoint={tmp_path / 'dense' / 'model'}",
                                                          "train.lora_rank=2", "train.lora_modules=attn.q,attn.v",

@@ -84,6 +84,13 @@ def test_eval_command_builds_no_training_state(tmp_path, monkeypatch, capsys):
             causal = np.tril(np.ones(adj.shape[-2:], bool))
             kept, total = kept + adj[..., causal].sum(), total + adj[..., causal].size
     assert out["gated"] and out["edge_density"] == pytest.approx(kept / total, abs=1e-12)
+    # --split aside: the rows a post-training holds aside, which the config must name (a one-line error if not)
+    assert cli.main(["eval", "toy_addition_posttrain", str(tmp_path / "m"), *TINY, "--split", "aside"]) == 2
+    assert "data.aside is 0" in capsys.readouterr().err
+    assert cli.main(["eval", "toy_addition_pretrain", str(tmp_path / "m"), *TINY, "data.aside=0.25",
+                     "--split", "aside"]) == 0
+    aside = json.loads(capsys.readouterr().out)
+    assert aside["gated"] and aside["eval_ce"] != pytest.approx(out["eval_ce"], rel=1e-4)
 
 
 def test_logical_axis_rules():

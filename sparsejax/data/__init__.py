@@ -56,6 +56,9 @@ class Rows:
         return self.source.rows(np.asarray(indices) + self.start)
 
 
+SPLITS = ("validation", "aside")  # what an evaluation reads: the held-out split, or the rows held aside
+
+
 def hold_aside(source, share: float):
     """``(rest, aside)``: the last ``share`` of the rows held aside (``data.aside``), the rest to train on."""
     n = len(source)

@@ -194,16 +194,17 @@ class Trainer:
                              "constraint.anneal_from")
         return start
 
-    def evaluate(self, trainable=None, *, dense: bool = False, src=None, tail: float | None = None) -> dict:
+    def evaluate(self, trainable=None, *, dense: bool = False, src=None, tail: float | None = None,
+                 per_batch: bool = False) -> dict:
         """Held-out CE and (when gated) deterministic edge density overall / per layer / per head (``src``: other
         data than the validation split, e.g. the training split's first batches; ``tail``: also ``tail_ce``, the
-        mean CE of that share of the sequences with the highest CE)."""
+        mean CE of that share of the sequences with the highest CE; ``per_batch``: also each batch's CE)."""
         trainable = self.state["trainable"] if trainable is None else trainable
         with jax.set_mesh(self.mesh):
             batches = _evaluate.eval_batches(self.val_src if src is None else src, self.cfg.data.batch_size,
                                              self.cfg.data.eval_batches, self.mesh)
             return _evaluate.evaluate(self._eval[dense], trainable, self.frozen, batches,
-                                      gated=self.spec.gate is not None and not dense, tail=tail)
+                                      gated=self.spec.gate is not None and not dense, tail=tail, per_batch=per_batch)
 
     def params(self) -> dict:
         """The model's parameters as a plain tree (LoRA adapters merged into their kernels)."""

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import seeds, sharding
-from ..data import batch_at
+from ..data import SPLITS, batch_at
 from .step import make_eval_step
 
 
@@ -41,9 +41,12 @@ def tail_mean(values, share: float) -> float:
     return float(values[-max(1, math.ceil(share * values.size - 1e-9)):].mean())
 
 
-def evaluate(eval_step, trainable, frozen, batches, *, gated: bool, tail: float | None = None) -> dict:
+def evaluate(eval_step, trainable, frozen, batches, *, gated: bool, tail: float | None = None,
+             per_batch: bool = False) -> dict:
     """Mean held-out CE over the batches and (when gated) the deterministic edge density; ``tail``: also
-    ``tail_ce``, the mean CE of the worst ``tail`` share of the sequences (:func:`tail_mean`)."""
+    ``tail_ce``, the mean CE of the worst ``tail`` share of the sequences (:func:`tail_mean`); ``per_batch``: also
+    ``eval_ce_per_batch``, each batch's mean CE in order (for paired comparisons of two models on the same
+    batches)."""
     ces, seqs, counts, rows, t = [], [], None, 0, 0
     for batch in batches:
         out = eval_step(trainable, frozen, batch)
@@ -54,6 +57,8 @@ def evaluate(eval_step, trainable, frozen, batches, *, gated: bool, tail: float 
         rows, t = rows + batch["tokens"].shape[0], batch["tokens"].shape[1] - 1
     ces, seqs, counts = jax.device_get((ces, seqs, counts))  # the only host transfer
     result = {"eval_ce": float(np.mean([float(c) for c in ces]))}
+    if per_batch:
+        result["eval_ce_per_batch"] = [float(c) for c in ces]
     if tail is not None:
         result["tail_ce"] = tail_mean(np.concatenate([np.asarray(s) for s in seqs]), tail)
     if gated:
@@ -66,23 +71,31 @@ def summary(rec: dict) -> dict:
     return {k: v for k, v in rec.items() if k != "edge_density_per_head"}
 
 
-def evaluate_checkpoint(cfg, checkpoint) -> dict:
-    """Held-out CE and (when the checkpoint is gated) edge density of a saved model on ``cfg``'s validation data,
-    with no training state: the model, the validation batches and the eval step only."""
-    with checkpoint_evaluator(cfg, checkpoint) as (run, model):
-        return run(None if model.gate is None else model.gate.bias)
+def evaluate_checkpoint(cfg, checkpoint, split: str = "validation", per_batch: bool = False) -> dict:
+    """Held-out CE and (when the checkpoint is gated) edge density of a saved model on ``cfg``'s validation data
+    (``split="aside"``: on the training rows a post-training holds aside, ``data.aside``), with no training state:
+    the model, the batches and the eval step only. ``per_batch``: also each batch's CE."""
+    with checkpoint_evaluator(cfg, checkpoint, split) as (run, model):
+        return run(None if model.gate is None else model.gate.bias, per_batch=per_batch)
 
 
 @contextlib.contextmanager
-def checkpoint_evaluator(cfg, checkpoint):
+def checkpoint_evaluator(cfg, checkpoint, split: str = "validation"):
     """``(run, model)``: ``run(gate_bias)`` evaluates the saved model with that ``[L, H]`` gate bias (the gate's
-    own, or a variant: the bias is data, so every variant shares one compilation); ``model`` as loaded."""
+    own, or a variant: the bias is data, so every variant shares one compilation) on the first
+    ``cfg.data.eval_batches`` batches of ``split`` (:data:`SPLITS`); ``model`` as loaded."""
     import tempfile
 
     from ..checkpoints import from_pretrained
+    from ..data import hold_aside
     from .data import build_data
     from .state import StepSpec, check_data_fits
 
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r} is not one of {SPLITS}")
+    if split == "aside" and not cfg.data.aside:
+        raise ValueError("split='aside' evaluates the rows a post-training holds aside, but data.aside is 0 in this "
+                         "config: pass the run's config.yaml or set data.aside to the share it held aside")
     model = from_pretrained(checkpoint)
     config = model.config.replace(dtype=cfg.model.dtype, remat="none")
     with tempfile.TemporaryDirectory() as tmp:  # TFDS data is prepared in a scratch directory
@@ -95,11 +108,12 @@ def checkpoint_evaluator(cfg, checkpoint):
         trainable = {"params": model.params}
         step = jax.jit(make_eval_step(spec))
         with jax.set_mesh(mesh):
-            batches = list(eval_batches(val_src, cfg.data.batch_size, cfg.data.eval_batches, mesh))  # reused
+            src = val_src if split == "validation" else hold_aside(train_src, cfg.data.aside)[1]
+            batches = list(eval_batches(src, cfg.data.batch_size, cfg.data.eval_batches, mesh))  # reused
 
-            def run(gate_bias):
+            def run(gate_bias, per_batch: bool = False):
                 frozen = {} if model.gate is None else {"gate_bias": jnp.asarray(gate_bias, jnp.float32)}
-                return {**evaluate(step, trainable, frozen, batches, gated=model.gate is not None),
-                        "gated": model.gate is not None}
+                return {**evaluate(step, trainable, frozen, batches, gated=model.gate is not None,
+                                   per_batch=per_batch), "gated": model.gate is not None}
 
             yield run, model
