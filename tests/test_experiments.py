@@ -365,3 +365,7 @@ def test_region_gap_pairs_batches_and_adds_the_errors_of_disjoint_sets(tmp_path,
     assert row["aside"]["gap"] == pytest.approx(0.05) and row["aside"]["se"] == pytest.approx(0.05)
     assert row["difference"] == pytest.approx(0.05) and row["difference_se"] == pytest.approx(0.0645497, rel=1e-5)
     assert "+0.1000 ± 0.0408 (4 batches)" in capsys.readouterr().out
+    (pair,) = region_gap.table([], 10, [("c.yaml", str(run / "control_model"), str(run / "model"))])  # reversed
+    assert pair["validation"]["gap"] == pytest.approx(-0.1) and pair["difference"] == pytest.approx(-0.05)
+    with pytest.raises(FileNotFoundError, match="not a model folder"):
+        region_gap.table([], 10, [("c.yaml", str(run / "nope"), str(run / "model"))])
