@@ -8,7 +8,8 @@ model folders the same way (two dense controls: how far two models that differ o
 from one set to the other). Issue J, twenty-seventh round
 in docs/controllers.md.
 
-    python experiments/region_gap.py RUN [RUN ...] [--pair CONFIG MODEL REFERENCE] [--json out.json]
+    python experiments/region_gap.py RUN [RUN ...] [--pair CONFIG MODEL REFERENCE] [--json out.json] [--figure f.png]
+    python experiments/region_gap.py --from-json out.json --figure f.png [--labels NAME ...]
 """
 from __future__ import annotations
 
@@ -55,6 +56,31 @@ def table(runs: list[str], batches: int, pairs: list[tuple[str, str, str]] = ())
     return rows
 
 
+def figure(rows: list[dict], path: str, goal: float = 0.01) -> None:
+    """Each row's gap on the held-aside rows and on the validation split (with one standard error), joined by a
+    line; the goal's margin over the control dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 0.5 * len(rows) + 1.6))
+    for i, r in enumerate(rows):
+        y = len(rows) - 1 - i
+        a, v = r["aside"], r["validation"]
+        ax.plot([a["gap"], v["gap"]], [y, y], color="0.6", zorder=1)
+        ax.errorbar(a["gap"], y, xerr=a["se"], fmt="o", color="tab:blue", label="held-aside rows" if i == 0 else None)
+        ax.errorbar(v["gap"], y, xerr=v["se"], fmt="s", color="tab:red", label="validation split" if i == 0 else None)
+    ax.axvline(goal, ls="--", color="k", lw=1, label=f"goal: control + {goal}")
+    ax.axvline(0, color="0.8", lw=1, zorder=0)
+    ax.set_yticks(range(len(rows)), [r.get("label", r["run"]) for r in rows][::-1], fontsize=8)
+    ax.set_xlabel("CE gap to the reference (nats; ± one standard error over batches)")
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="*", help="run folders (model/, control_model/, config.yaml with data.aside)")
@@ -63,8 +89,20 @@ def main(argv=None):
                    "scatter of the gap between two models neither of which is sparse)")
     p.add_argument("--batches", type=int, default=10**6, help="at most this many batches of each set (default: all)")
     p.add_argument("--json", help="also write the rows (per-batch gaps included) to this file")
+    p.add_argument("--from-json", help="read the rows from a file --json wrote instead of evaluating (no RUN)")
+    p.add_argument("--labels", nargs="+", help="names of the rows in the figure, in order")
+    p.add_argument("--figure", help="also draw each row's two gaps to this file (PNG)")
     args = p.parse_args(argv)
-    rows = table(args.runs, args.batches, args.pair)
+    if not (args.runs or args.pair or args.from_json):
+        p.error("nothing to compare: give RUN folders, --pair CONFIG MODEL REFERENCE or --from-json FILE")
+    if args.from_json and (args.runs or args.pair):
+        p.error("--from-json reads the rows from a file: give no RUN and no --pair with it")
+    rows = json.loads(Path(args.from_json).read_text()) if args.from_json else table(args.runs, args.batches, args.pair)
+    if args.labels:
+        if len(args.labels) != len(rows):
+            p.error(f"--labels names {len(args.labels)} rows, there are {len(rows)}")
+        for r, label in zip(rows, args.labels):
+            r["label"] = label
     print("| run | gap on the validation split | gap on the held-aside rows | difference | difference / its SE |")
     print("|---|---:|---:|---:|---:|")
     for r in rows:
@@ -74,6 +112,8 @@ def main(argv=None):
               f"{r['difference'] / r['difference_se']:+.1f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
+    if args.figure:
+        figure(rows, args.figure)
 
 
 if __name__ == "__main__":

@@ -369,3 +369,9 @@ def test_region_gap_pairs_batches_and_adds_the_errors_of_disjoint_sets(tmp_path,
     assert pair["validation"]["gap"] == pytest.approx(-0.1) and pair["difference"] == pytest.approx(-0.05)
     with pytest.raises(FileNotFoundError, match="not a model folder"):
         region_gap.table([], 10, [("c.yaml", str(run / "nope"), str(run / "model"))])
+    region_gap.main(["--from-json", str(tmp_path / "out.json"), "--labels", "one", "--figure", str(tmp_path / "g.png")])
+    assert (tmp_path / "g.png").stat().st_size > 0 and "+0.0500 ± 0.0645" in capsys.readouterr().out
+    for bad in (["--from-json", str(tmp_path / "out.json"), str(run)], ["--from-json", str(tmp_path / "out.json"),
+                                                                        "--labels", "a", "b"], []):
+        with pytest.raises(SystemExit):
+            region_gap.main(bad)
