@@ -171,6 +171,15 @@ CANDIDATES = {
     # forget them; clipped first, one such batch moves the error by 0.02
     "noise_mid_4k_smooth_tail_cap_knee3_clipfirst": [*TAIL_CAP, "gate.penalty_knee=3.0",
                                                      "constraint.pi_clip_first=true"],
+    # twenty-eighth round: the 4,000-step preset on twice the steps, the fractions kept so that the noise falls over
+    # steps 3,000-4,000 and the last 4,000 run at noise 0 from twice the lr (a break at noise 0 heals at a higher lr?)
+    "noise_mid_8k_smooth_tail_cap_knee3": [*TAIL_CAP, "gate.penalty_knee=3.0", "train.steps=8000",
+                                           "gate.noise_anneal=0.125", "gate.noise_zero=0.5"],
+    # twenty-eighth round: the density penalty's floor (gate.penalty_floor): every toy_d2 run breaks at noise 0 and
+    # stays broken with beta at its floor, because the closed edges sit at gate logits of -6 to -15 (median -6 in
+    # layer 0, -8 to -9 in layers 1-3), pushed there by the penalty, where the CE's straight-through gradient
+    # sigmoid'(g) is 1e-3 to 1e-6 of its value at 0; with no push under -3 a needed edge would stay within reach
+    "noise_mid_4k_smooth_tail_cap_knee3_pfloor3": [*TAIL_CAP, "gate.penalty_knee=3.0", "gate.penalty_floor=-3.0"],
     "noise_mid_4k_smooth_batch": [*NOISE_MID, "train.steps=4000", "constraint.alpha=0.98", "constraint.pi_kp=0.5",
                                   "constraint.tau_data=batch"],
     "pi_det_ki05_4k": [*BERNOULLI, "constraint.method=pi", "constraint.measure=deterministic", "constraint.pi_ki=0.05",

@@ -108,6 +108,9 @@ class GateSection:
     penalty_knee: float | None = None  # above this gate logit the density penalty's gradient is its slope at the
     #                                 knee (the expected density's value unchanged); None: the sigmoid's, which
     #                                 vanishes, so an open edge the CE does not need keeps a large logit for ever
+    penalty_floor: float | None = None  # below this gate logit the density penalty's gradient is 0 (its value
+    #                                 unchanged); None: the sigmoid's, which pushes a closed edge ever deeper, out
+    #                                 of reach of the CE's straight-through gradient sigmoid'(g) when it is needed
     shared_noise: bool = False      # one training-noise draw per (batch, query, key), shared by every head of a
     #                                 layer (False: the method's, one per head): a second head keeping the same read
     #                                 is sampled closed with the first, so copies are no insurance against the noise
@@ -365,6 +368,7 @@ _RULES = (
     ("gate.noise_zero", lambda v: 0 <= v <= 1, "a share of train.steps in [0, 1]"),
     ("gate.noise_floor", lambda v: 0 <= v < 1, "a noise scale in [0, 1)"),
     ("gate.penalty_knee", lambda v: v is None or math.isfinite(v), "a gate logit (a number) or null"),
+    ("gate.penalty_floor", lambda v: v is None or math.isfinite(v), "a gate logit (a number) or null"),
     ("constraint.method", lambda v: v in _controllers.CONTROLLERS,
      lambda v: f"a registered controller: {_or(_controllers.names())}{_controllers.did_you_mean(v)}"),
     ("constraint.sense", lambda v: v in _controllers.SENSES, " or ".join(_controllers.SENSES)),
@@ -470,6 +474,9 @@ def validate(cfg: RunConfig) -> RunConfig:
             and not c.anneal_from > c.density_target:
         problems.append(f"constraint.anneal_from={c.anneal_from} must be above constraint.density_target="
                         f"{c.density_target} (the target falls from one to the other)")
+    if g.penalty_floor is not None and g.penalty_knee is not None and not g.penalty_floor < g.penalty_knee:
+        problems.append(f"gate.penalty_floor={g.penalty_floor} must be below gate.penalty_knee={g.penalty_knee} (the "
+                        "penalty's gradient is 0 under the floor and constant over the knee)")
     if g.noise_anneal + g.noise_zero > 1:
         problems.append(f"gate.noise_anneal={g.noise_anneal} + gate.noise_zero={g.noise_zero} is more than the whole "
                         "run: the two shares of train.steps must sum to at most 1")

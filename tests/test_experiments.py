@@ -375,3 +375,65 @@ def test_region_gap_pairs_batches_and_adds_the_errors_of_disjoint_sets(tmp_path,
                                                                         "--labels", "a", "b"], []):
         with pytest.raises(SystemExit):
             region_gap.main(bad)
+
+
+def test_toy_lost_groups_the_lost_problems_by_the_digits_they_share(tmp_path):
+    """experiments/toy_lost.py: (1) the groups of a hand-made loss (every problem with units 8+2 lost, and one
+    other problem) are counted by hand; (2) the per-problem answer CE of a random gated toy model averages to the
+    library's held-out answer CE; (3) ``RUN@last`` is the run's newest checkpoint: after a 2-step post-training
+    with ``train.final=last`` it is the exported model/, parameter for parameter."""
+    sys.path.insert(0, str(REPO / "experiments"))
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import toy_lost
+
+    import sparsejax as sj
+    from sparsejax import objective
+    from sparsejax.checkpoints import Model
+    from sparsejax.checkpoints.hf import save_pretrained
+    from sparsejax.config import load_config, model_config
+    from sparsejax.data import addition
+
+    rows = addition.split("validation")
+    pair = (rows[:, 1] == 8) & (rows[:, 4] == 2)
+    other = int(np.flatnonzero(~pair)[0])
+    ce = np.where(pair, 1.0, 1e-4)
+    ce[other] = 0.5
+    groups = toy_lost.lost_groups(rows, ce)
+    assert groups[0] == ("units 8+2", int(pair.sum()), int(pair.sum()))
+    lost = rows[ce > 0.05]
+    for pattern, n, total in groups[1:]:  # only tens groups of >= 2 lost problems can follow
+        a, c = map(int, pattern.split()[1].split("+"))
+        assert pattern.startswith("tens") and n >= 2
+        assert n == int(((lost[:, 0] == a) & (lost[:, 3] == c)).sum())
+        assert total == int(((rows[:, 0] == a) & (rows[:, 3] == c)).sum())
+    assert toy_lost.lost_groups(rows, np.zeros(len(rows))) == []
+
+    config = model_config(load_config("toy_addition_posttrain").model)
+    model = Model(config, sj.init_params(config, jax.random.PRNGKey(2)), sj.Gate(jnp.full((4, 4), 0.01)))
+    save_pretrained(model, tmp_path / "m")
+    got_rows, per, right = toy_lost.per_problem(sj.from_pretrained(tmp_path / "m"))
+    x, y = jnp.asarray(rows[:, :-1]), jnp.asarray(rows[:, 1:])
+    logits = sj.forward(model.config, model.params, x, model.gate, mode="eval")[0]
+    want = float(objective.cross_entropy(logits, y, jnp.asarray(addition.answer_mask(len(rows)))))
+    np.testing.assert_array_equal(got_rows, rows)
+    assert per.mean() == pytest.approx(want, rel=1e-5) and 0 <= right.mean() <= 1
+    # the open share from the logits is the library's deterministic edge density of each layer
+    _, aux = sj.forward(model.config, model.params, x, model.gate, mode="eval")
+    layers = toy_lost.closed_logits(sj.from_pretrained(tmp_path / "m"))
+    np.testing.assert_allclose([r["open"] for r in layers], np.asarray(aux["edge_density"]).mean((1, 2)), atol=1e-6)
+    assert all(0 < r["open"] < 1 and r["closed_quantiles"][0.1] <= r["closed_quantiles"][0.9] <= 0 for r in layers)
+
+    from sparsejax.cli import main as cli
+    run = tmp_path / "run"
+    cli(["pretrain", "toy_addition_pretrain", str(tmp_path / "dense"), "train.steps=2", "model.n_layers=1",
+         "model.d_model=16", "model.n_heads=2", "model.d_ff=32", "--no-progress"])
+    cli(["posttrain", "toy_addition_posttrain", str(run), f"model.checkpoint={tmp_path / 'dense' / 'model'}",
+         "train.steps=2", "train.eval_every=1", "train.final=last", "model.n_layers=1", "model.d_model=16",
+         "model.n_heads=2", "model.d_ff=32", "--no-progress"])
+    a, b = toy_lost.load(f"{run}@last"), sj.from_pretrained(run / "model")
+    jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
+    np.testing.assert_array_equal(a.gate.bias, b.gate.bias)
+    with pytest.raises(SystemExit, match="no checkpoints/"):
+        toy_lost.load(f"{tmp_path / 'm'}@last")

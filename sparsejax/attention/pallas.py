@@ -233,7 +233,8 @@ def _bwd_tile(st, q, k, v, do, lse, delta, row, bias, dd, qi, kj, bq, bk, masked
     if a is None:
         return p, p * (dov - delta), None
     pa = p * a
-    e_slope = e * (1.0 - e) if st.gate.penalty_knee is None else expected_gate_slope(st.gate, g)
+    e_slope = e * (1.0 - e) if st.gate.penalty_knee is None and st.gate.penalty_floor is None else \
+        expected_gate_slope(st.gate, g)
     dg = p * dov * slope + _where(valid, dd * e_slope, 0.0)  # + d density / d g
     return pa, pa * dov - p * delta + dg, dg
 

@@ -54,6 +54,9 @@ class Gate:
     # the density penalty's knee (ours, training only; None: the method's): above this gate logit the gradient of
     # the expected gate is its slope at the knee, not the sigmoid's vanishing one (its value is unchanged)
     penalty_knee: float | None = dataclasses.field(default=None, metadata=dict(static=True))
+    # the density penalty's floor (ours, training only; None: the method's): below this gate logit the gradient of
+    # the expected gate is 0 (its value is unchanged), so the penalty stops pushing an edge once it is well closed
+    penalty_floor: float | None = dataclasses.field(default=None, metadata=dict(static=True))
     # one noise draw per (batch, query, key) for every head (ours, training only; False: the method's, a draw per
     # head): two heads that keep the same read are then sampled closed together, so a copy is no insurance
     shared_noise: bool = dataclasses.field(default=False, metadata=dict(static=True))
@@ -123,19 +126,28 @@ def expected_gate(gate: Gate, g):
     With ``gate.penalty_knee = k`` the value is the same and its gradient is that of the expected gate continued by
     its tangent above ``k``: ``expected_slope(min(g, k))``. An open edge the CE does not need then keeps a price
     however large its logit (the sigmoid's slope at a logit of 20 is 2e-9, and such an edge is never closed;
-    docs/method.md §1, issue J nineteenth round in docs/controllers.md)."""
+    docs/method.md §1, issue J nineteenth round in docs/controllers.md). With ``gate.penalty_floor = f`` the value is
+    the same and its gradient is 0 at ``g <= f``: the penalty stops pushing a closed edge once its logit is at the
+    floor, so the edge stays where the CE's straight-through gradient (``sigmoid'(g)``) can still open it again
+    (issue J, twenty-eighth round)."""
     e = gate.family.expected(gate, g)
-    if gate.penalty_knee is None:
+    if gate.penalty_knee is None and gate.penalty_floor is None:
         return e
-    k = jnp.float32(gate.penalty_knee)
-    tangent = gate.family.expected(gate, jnp.minimum(g, k)) + gate.family.expected_slope(gate, k) * jnp.maximum(
-        g - k, 0.0)
+    tangent = e
+    if gate.penalty_knee is not None:
+        k = jnp.float32(gate.penalty_knee)
+        tangent = gate.family.expected(gate, jnp.minimum(g, k)) + gate.family.expected_slope(gate, k) * jnp.maximum(
+            g - k, 0.0)
+    if gate.penalty_floor is not None:
+        tangent = jnp.where(g > jnp.float32(gate.penalty_floor), tangent, jax.lax.stop_gradient(tangent))
     return jax.lax.stop_gradient(e) + (tangent - jax.lax.stop_gradient(tangent))
 
 
 def expected_gate_slope(gate: Gate, g):
-    """``d expected_gate / d g`` (with ``gate.penalty_knee = k``: the slope at ``min(g, k)``)."""
-    return gate.family.expected_slope(gate, g if gate.penalty_knee is None else jnp.minimum(g, gate.penalty_knee))
+    """``d expected_gate / d g`` (with ``gate.penalty_knee = k``: the slope at ``min(g, k)``; with
+    ``gate.penalty_floor = f``: 0 at ``g <= f``)."""
+    slope = gate.family.expected_slope(gate, g if gate.penalty_knee is None else jnp.minimum(g, gate.penalty_knee))
+    return slope if gate.penalty_floor is None else jnp.where(g > jnp.float32(gate.penalty_floor), slope, 0.0)
 
 
 __all__ = ["FAMILIES", "Gate", "GateFamily", "as_gate", "bernoulli_terms", "expected_gate", "expected_gate_slope",

@@ -164,9 +164,9 @@ def step_spec(cfg: RunConfig, model: Model) -> StepSpec:
     if g.enabled:
         # a checkpoint's own gate (sparsejax_gate.json) wins over the config's kind
         gate = dataclasses.replace(model.gate, bias=None, penalty_knee=g.penalty_knee,
-                                   shared_noise=g.shared_noise) if model.gate is not None \
+                                   penalty_floor=g.penalty_floor, shared_noise=g.shared_noise) if model.gate is not None \
             else Gate(None, kind=g.kind, temperature=g.temperature, stretch=tuple(g.stretch),
-                      penalty_knee=g.penalty_knee, shared_noise=g.shared_noise)
+                      penalty_knee=g.penalty_knee, penalty_floor=g.penalty_floor, shared_noise=g.shared_noise)
     beta = cfg.constraint.beta_init if g.enabled else 0.0
     return StepSpec(config=model.config, gate=gate,
                     lora_alpha=cfg.train.lora_alpha if cfg.train.lora_rank > 0 else None,
