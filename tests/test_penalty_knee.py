@@ -1,7 +1,8 @@
 """gate.penalty_knee (issue J, nineteenth round in docs/controllers.md): the density penalty's gradient in a gate
-logit above the knee is its slope at the knee; gate.penalty_floor (twenty-eighth round): below the floor it is 0. The value (the expected density, logged and used by the density
-target) is unchanged; the gradient is checked against a float64 numpy statement of ``sigmoid'(min(g, k))`` in the
-gate maps and in every attention implementation (the Pallas kernel in interpret mode)."""
+logit above the knee is its slope at the knee; gate.penalty_floor (twenty-eighth round): below the floor it is 0.
+The value (the expected density, logged and used by the density target) is unchanged; the gradient is checked
+against a float64 numpy statement of ``sigmoid'(min(g, k))`` (0 under the floor) in the gate maps and in every
+attention implementation (the Pallas kernel in interpret mode)."""
 from __future__ import annotations
 
 import dataclasses

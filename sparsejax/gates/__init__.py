@@ -128,8 +128,9 @@ def expected_gate(gate: Gate, g):
     however large its logit (the sigmoid's slope at a logit of 20 is 2e-9, and such an edge is never closed;
     docs/method.md §1, issue J nineteenth round in docs/controllers.md). With ``gate.penalty_floor = f`` the value is
     the same and its gradient is 0 at ``g <= f``: the penalty stops pushing a closed edge once its logit is at the
-    floor, so the edge stays where the CE's straight-through gradient (``sigmoid'(g)``) can still open it again
-    (issue J, twenty-eighth round)."""
+    floor (meant to leave it where the CE's straight-through gradient ``sigmoid'(g)`` could open it again; measured
+    on the toy, the closed logits still sink, pulled by the bias, ``q`` and ``k`` they share with the edges above the
+    floor: issue J, twenty-eighth round)."""
     e = gate.family.expected(gate, g)
     if gate.penalty_knee is None and gate.penalty_floor is None:
         return e

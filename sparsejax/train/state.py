@@ -163,8 +163,8 @@ def step_spec(cfg: RunConfig, model: Model) -> StepSpec:
     gate = None
     if g.enabled:
         # a checkpoint's own gate (sparsejax_gate.json) wins over the config's kind
-        gate = dataclasses.replace(model.gate, bias=None, penalty_knee=g.penalty_knee,
-                                   penalty_floor=g.penalty_floor, shared_noise=g.shared_noise) if model.gate is not None \
+        gate = dataclasses.replace(model.gate, bias=None, penalty_knee=g.penalty_knee, penalty_floor=g.penalty_floor,
+                                   shared_noise=g.shared_noise) if model.gate is not None \
             else Gate(None, kind=g.kind, temperature=g.temperature, stretch=tuple(g.stretch),
                       penalty_knee=g.penalty_knee, penalty_floor=g.penalty_floor, shared_noise=g.shared_noise)
     beta = cfg.constraint.beta_init if g.enabled else 0.0
