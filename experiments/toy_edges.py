@@ -50,6 +50,25 @@ def edges(model_dir: str) -> dict:
             "layer0_bias": np.asarray(m.gate.bias)[0].tolist() if np.ndim(m.gate.bias) == 2 else None}
 
 
+def logit_hooks(config, layer: int) -> list[str]:
+    """The hooks whose captures give ``layer``'s gate logits: its queries and keys as the logits see them (rotated
+    under RoPE)."""
+    rot = "rot_" if config.position == "rope" else ""
+    return [f"blocks.{layer}.attn.hook_{rot}q", f"blocks.{layer}.attn.hook_{rot}k"]
+
+
+def gate_logits(model, captures: dict, layer: int):
+    """``[B, H, T, T]`` float64 gate logits ``q . k / sqrt(d_head) + bias`` of ``layer`` from the captures of
+    :func:`logit_hooks` (grouped k/v heads repeated; a scalar, per-layer or per-layer-and-head bias)."""
+    import numpy as np
+
+    q, k = (np.asarray(captures[n], np.float64) for n in logit_hooks(model.config, layer))
+    k = np.repeat(k, q.shape[2] // k.shape[2], axis=2)
+    bias = np.asarray(model.gate.bias, np.float64)
+    bias = np.broadcast_to(bias[layer] if bias.ndim else bias, (q.shape[2],))
+    return np.einsum("bihd,bjhd->bhij", q, k) / np.sqrt(q.shape[-1]) + bias[None, :, None, None]
+
+
 def layer0_edges(model_dir: str, min_kept: float = 0.05) -> list[dict]:
     """Each (head, query, key) edge of layer 0 kept on at least ``min_kept`` of the held-out problems: the share of
     problems that keep it, its median gate logit there, and the answer CE's change when it alone is closed on every
@@ -67,15 +86,10 @@ def layer0_edges(model_dir: str, min_kept: float = 0.05) -> list[dict]:
     rows = addition.split("validation", bos)
     x, y = jnp.asarray(rows[:, :-1]), jnp.asarray(rows[:, 1:])
     mask = jnp.asarray(addition.answer_mask(len(rows), bos))
-    names = ["blocks.0.attn.hook_rot_q", "blocks.0.attn.hook_rot_k"] if m.config.position == "rope" else \
-        ["blocks.0.attn.hook_q", "blocks.0.attn.hook_k"]
-    logits, aux = sj.forward(m.config, m.params, x, m.gate, mode="eval", capture=[*names, "blocks.0.attn.hook_gate"])
+    logits, aux = sj.forward(m.config, m.params, x, m.gate, mode="eval",
+                             capture=[*logit_hooks(m.config, 0), "blocks.0.attn.hook_gate"])
     caps = aux["captures"]
-    q, k = (np.asarray(caps[n], np.float64) for n in names)
-    k = np.repeat(k, q.shape[2] // k.shape[2], axis=2)  # grouped k/v heads
-    bias = np.broadcast_to(np.asarray(m.gate.bias, np.float64)[0] if np.ndim(m.gate.bias) == 2 else
-                           np.asarray(m.gate.bias, np.float64), (q.shape[2],))
-    g = np.einsum("bihd,bjhd->bhij", q, k) / np.sqrt(q.shape[-1]) + bias[None, :, None, None]
+    g = gate_logits(m, caps, 0)
     gate = np.asarray(caps["blocks.0.attn.hook_gate"])
     kept = gate > 0
     base = float(objective.cross_entropy(logits, y, mask))

@@ -50,14 +50,15 @@ def load(spec: str):
     run = Path(spec[:-len("@last")])
     if not (run / "checkpoints").is_dir():
         raise SystemExit(f"{run} has no checkpoints/: RUN@last needs a post-training run directory")
-    tmp = Path(tempfile.mkdtemp())
-    shutil.copytree(run, tmp / "run")
-    trainer = Trainer(load_config(str(tmp / "run" / "config.yaml"), []), tmp / "run", progress=False)
-    trainer.state, step = checkpointing.restore_latest(checkpointing.manager(trainer.dir, trainer.cfg.train.keep),
-                                                       trainer.state)
-    trainer.export(tmp / "model")
-    print(f"{spec}: step {step}")
-    return sj.from_pretrained(str(tmp / "model"))
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        shutil.copytree(run, tmp / "run")
+        trainer = Trainer(load_config(str(tmp / "run" / "config.yaml"), []), tmp / "run", progress=False)
+        trainer.state, step = checkpointing.restore_latest(
+            checkpointing.manager(trainer.dir, trainer.cfg.train.keep), trainer.state)
+        trainer.export(tmp / "model")
+        print(f"{spec}: step {step}")
+        return sj.from_pretrained(str(tmp / "model"))
 
 
 def per_problem(model):
@@ -82,29 +83,23 @@ def per_problem(model):
 
 def closed_logits(model, quantiles=(0.1, 0.5, 0.9)) -> list[dict]:
     """Per layer: the share of causal pairs open (gate logit ``g > 0``) over the held-out problems, and the
-    ``quantiles`` of the closed pairs' gate logits (``g = q . k / sqrt(d_head) + bias``, from the captured ``q``
-    and ``k``; absolute positions: GPT-2 layout)."""
+    ``quantiles`` of the closed pairs' gate logits (``toy_edges.gate_logits``)."""
     import jax.numpy as jnp
     import numpy as np
+    from toy_edges import gate_logits, logit_hooks
 
     import sparsejax as sj
     from sparsejax.data import addition
 
-    if model.config.position == "rope":
-        raise SystemExit("--logits reads q . k of the GPT-2 layout; a RoPE model's logits use the rotated q and k")
     bos = model.config.vocab_size == addition.vocab(True)
     x = jnp.asarray(addition.split("validation", bos)[:, :-1])
-    L, names = model.config.n_layers, []
-    for layer in range(L):
-        names += [f"blocks.{layer}.attn.hook_q", f"blocks.{layer}.attn.hook_k"]
-    caps = sj.forward(model.config, model.params, x, model.gate, mode="eval", capture=names)[1]["captures"]
-    bias = np.broadcast_to(np.asarray(model.gate.bias, np.float64).reshape(L, -1), (L, model.config.n_heads))
+    layers = range(model.config.n_layers)
+    caps = sj.forward(model.config, model.params, x, model.gate, mode="eval",
+                      capture=[n for layer in layers for n in logit_hooks(model.config, layer)])[1]["captures"]
     causal = np.tril(np.ones((x.shape[1], x.shape[1]), bool))
     out = []
-    for layer in range(L):
-        q, k = (np.asarray(caps[f"blocks.{layer}.attn.hook_{n}"], np.float64) for n in ("q", "k"))
-        k = np.repeat(k, q.shape[2] // k.shape[2], axis=2)
-        g = (np.einsum("bihd,bjhd->bhij", q, k) / np.sqrt(q.shape[-1]) + bias[layer][None, :, None, None])[..., causal]
+    for layer in layers:
+        g = gate_logits(model, caps, layer)[..., causal]
         closed = g[g <= 0]
         out.append({"layer": layer, "open": float(np.mean(g > 0)),
                     "closed_quantiles": dict(zip(quantiles, np.quantile(closed, quantiles).tolist() if closed.size
