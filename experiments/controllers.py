@@ -238,9 +238,11 @@ def main(argv=None):
     p.add_argument("--set", nargs="*", default=[], help="extra overrides for every run")
     p.add_argument("--zoo", nargs="+", default=None, metavar="DIR",
                    help="print the zoo table of these output directories (one dense model each) and exit")
+    p.add_argument("--pool", action="store_true", help="with --zoo: one line over every final run instead")
     args = p.parse_args(argv)
     if args.zoo:
-        print(zoo_table({Path(d).name: json.loads((Path(d) / "results.json").read_text()) for d in args.zoo}))
+        zoo = load_zoo(args.zoo)
+        print(pooled(zoo) if args.pool else zoo_table(zoo))
         return
     import jax
 
@@ -300,6 +302,34 @@ def main(argv=None):
             print(key, {k: v for k, v in row.items() if k not in ("curve", "final_density_per_layer")}, flush=True)
     atomic_write_text(out / "table.md", table(results))
     print(table(results))
+
+
+def load_zoo(dirs) -> dict:
+    """``{dense model: {candidate/seed: result}}`` from the ``results.json`` of each directory, named by the
+    directory; directories of the same name (one dense model's runs recorded in several rounds' folders) are merged,
+    and a run recorded in two of them is an error."""
+    zoo = {}
+    for d in map(Path, dirs):
+        mine = zoo.setdefault(d.name, {})
+        for key, result in json.loads((d / "results.json").read_text()).items():
+            if key in mine:
+                raise SystemExit(f"{key} of {d.name} is recorded twice (in {d} and an earlier directory)")
+            mine[key] = result
+    return zoo
+
+
+def pooled(zoo: dict) -> str:
+    """One line over every final run of every candidate and dense model: the count, the density's range and
+    median, and how many meet the toy goal (<= 2.5% of edges, under tau, exact match >= 0.99)."""
+    import numpy as np
+
+    rows = [r for res in zoo.values() for r in res.values()]
+    d = np.array([r["final_density"] for r in rows])
+    goal = sum(r["final_density"] <= 0.025 and r["final_ce_minus_tau"] <= 0
+               and r.get("final_greedy_exact_match", 1.0) >= 0.99 for r in rows)
+    names = {k.split("/")[0] for res in zoo.values() for k in res}
+    return (f"{len(rows)} final runs of {len(names)} candidates: density {100 * d.min():.2f}-{100 * d.max():.2f}%, "
+            f"median {100 * np.median(d):.2f}%; goal met on {goal} of {len(rows)}")
 
 
 def zoo_table(zoo: dict) -> str:

@@ -48,6 +48,25 @@ def test_zoo_table_worst_case_and_best_model_rows():
     assert len(controllers.zoo_table(zoo).splitlines()) == 3
 
 
+def test_zoo_pools_directories_of_one_dense_model(tmp_path):
+    """--zoo merges the records of same-named directories (one dense model over several rounds), refuses a run
+    recorded twice, and --pool counts every final run by hand: range, median, goal."""
+    sys.path.insert(0, str(REPO / "experiments"))
+    import controllers
+
+    run = lambda d, c=-0.001, em=1.0: {"final_density": d, "final_ce_minus_tau": c, "final_greedy_exact_match": em}
+    for rnd, res in (("r1", {"x/seed1": run(0.030), "x/seed2": run(0.020)}),
+                     ("r2", {"y/seed1": run(0.024, em=0.98), "x/seed3": run(0.050)})):
+        (tmp_path / rnd / "m").mkdir(parents=True)
+        (tmp_path / rnd / "m" / "results.json").write_text(json.dumps(res))
+    zoo = controllers.load_zoo([tmp_path / "r1" / "m", tmp_path / "r2" / "m"])
+    assert list(zoo) == ["m"] and sorted(zoo["m"]) == ["x/seed1", "x/seed2", "x/seed3", "y/seed1"]
+    assert controllers.pooled(zoo) == ("4 final runs of 2 candidates: density 2.00-5.00%, median 2.70%; "
+                                       "goal met on 1 of 4")
+    with pytest.raises(SystemExit, match="x/seed1 of m is recorded twice"):
+        controllers.load_zoo([tmp_path / "r1" / "m", tmp_path / "r1" / "m"])
+
+
 def test_controller_summary_and_curve_figure(tmp_path):
     """experiments/controllers.py's numbers from a run's records (by hand), and toy_curves.py's figure."""
     sys.path.insert(0, str(REPO / "experiments"))
@@ -437,3 +456,22 @@ def test_toy_lost_groups_the_lost_problems_by_the_digits_they_share(tmp_path):
     np.testing.assert_array_equal(a.gate.bias, b.gate.bias)
     with pytest.raises(SystemExit, match="no checkpoints/"):
         toy_lost.load(f"{tmp_path / 'm'}@last")
+
+
+def test_gap_noise_reads_both_sources_and_spreads_by_hand(tmp_path):
+    """experiments/gap_noise.py: the mean and standard deviation of measured_ce from a step on, counted by hand, from
+    a metrics.jsonl and from a control_gap.py records file; clear errors for a missing record or no measurements."""
+    sys.path.insert(0, str(REPO / "experiments"))
+    import gap_noise
+
+    train = [{"step": 10, "measured_ce": 5.0}, {"step": 20, "measured_ce": 0.01}, {"step": 20, "eval_ce": 3.0},
+             {"step": 30, "measured_ce": -0.03}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in train) + "\n")
+    (tmp_path / "evals.json").write_text(json.dumps({"a": {"train": train}}))
+    for rows in (gap_noise.rows(str(tmp_path / "metrics.jsonl")), gap_noise.rows(str(tmp_path / "evals.json"), "a")):
+        s = gap_noise.spread(rows, 20)
+        assert s["rows"] == 2 and s["mean"] == pytest.approx(-0.01) and s["std"] == pytest.approx(0.02)
+    with pytest.raises(SystemExit, match="holds no record 'b'"):
+        gap_noise.rows(str(tmp_path / "evals.json"), "b")
+    with pytest.raises(SystemExit, match="no logged measured_ce"):
+        gap_noise.spread(train, 40)
