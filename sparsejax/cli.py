@@ -237,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("overrides", nargs="*")
     ev.add_argument("--split", choices=SPLITS, default="validation",
                     help="validation: the held-out split (default); aside: the training rows a post-training held "
-                    "aside (data.aside; pass the run's config.yaml)")
+                    "aside (data.aside; pass the run's config.yaml); train: the first data.eval_batches training "
+                    "batches (what train.final=feasible decides on)")
     ev.set_defaults(func=_eval)
     from sparsejax.data.real_models import REAL_MODELS
 

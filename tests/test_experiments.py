@@ -475,3 +475,53 @@ def test_gap_noise_reads_both_sources_and_spreads_by_hand(tmp_path):
         gap_noise.rows(str(tmp_path / "evals.json"), "b")
     with pytest.raises(SystemExit, match="no logged measured_ce"):
         gap_noise.spread(train, 40)
+
+
+def test_threshold_trim_keeps_the_selection_constraint_and_the_train_split_is_the_selection(tmp_path):
+    """experiments/threshold_trim.py and ``checkpoint_evaluator(..., "train")``: (1) the "train" split of a saved
+    model is the batches ``train.final=feasible`` decided on (its feasible.json numbers, recorded by the Trainer);
+    (2) every move of the greedy search keeps the training CE under tau and closes edges; with no CE limit it closes
+    every edge (density 0), and with tau at the start's CE and a zero tail slack it never raises the CE; (3) the end's
+    held-out record is the library's evaluation of the model saved with the trimmed bias."""
+    sys.path.insert(0, str(REPO / "experiments"))
+    import dataclasses
+    import math
+
+    import jax.numpy as jnp
+    import numpy as np
+    import threshold_trim
+
+    import sparsejax as sj
+    from sparsejax.checkpoints.hf import save_pretrained
+    from sparsejax.cli import main as cli
+    from sparsejax.config import load_config
+    from sparsejax.train.evaluate import checkpoint_evaluator, evaluate_checkpoint
+
+    small = ["model.n_layers=1", "model.d_model=16", "model.n_heads=2", "model.d_ff=32"]
+    cli(["pretrain", "toy_addition_pretrain", str(tmp_path / "dense"), "train.steps=2", *small, "--no-progress"])
+    run = tmp_path / "run"
+    cli(["posttrain", "toy_addition_posttrain", str(run), f"model.checkpoint={tmp_path / 'dense' / 'model'}",
+         "train.steps=2", "train.eval_every=1", "constraint.slack=10", "train.feasible_tail_slack=10",
+         "data.eval_batches=2", *small, "--no-progress"])
+    feasible = json.loads((run / "feasible.json").read_text())
+    cfg = load_config(run / "config.yaml", [f"model.checkpoint={run / 'model'}"])
+    with checkpoint_evaluator(cfg, run / "model", "train") as (train, model):
+        got = train(model.gate.bias, tail=0.02)
+    assert got["eval_ce"] == pytest.approx(feasible["train_eval_ce"], rel=1e-6)
+    assert got["edge_density"] == pytest.approx(feasible["train_edge_density"], rel=1e-6)
+    assert got["tail_ce"] == pytest.approx(feasible["train_tail_ce"], rel=1e-6)
+
+    free = threshold_trim.trim(cfg, run / "model", math.inf, None, None, step=4.0, report=lambda _: None)
+    densities = [free["start"]["train"]["edge_density"]] + [m["train_edge_density"] for m in free["path"]]
+    assert free["path"] and all(b < a for a, b in zip(densities, densities[1:]))
+    assert free["end"]["train"]["edge_density"] == 0.0
+    start_ce = got["eval_ce"]
+    held = threshold_trim.trim(cfg, run / "model", start_ce, got["tail_ce"], 0.02, step=4.0, report=lambda _: None)
+    assert all(m["train_ce"] <= start_ce and m["train_tail_ce"] <= got["tail_ce"] for m in held["path"])
+
+    trimmed = dataclasses.replace(model, gate=dataclasses.replace(model.gate, bias=jnp.asarray(free["bias"])))
+    save_pretrained(trimmed, tmp_path / "trimmed")
+    want = evaluate_checkpoint(cfg, tmp_path / "trimmed")
+    assert free["end"]["validation"]["eval_ce"] == pytest.approx(want["eval_ce"], rel=1e-6)
+    assert free["end"]["validation"]["edge_density"] == want["edge_density"] == 0.0
+    np.testing.assert_array_equal(np.asarray(sj.from_pretrained(tmp_path / "trimmed").gate.bias), free["bias"])

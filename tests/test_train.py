@@ -92,6 +92,11 @@ def test_pretrain_then_posttrain_short(tmp_path):
     by_hand = trainer.evaluate(src=Rows(full, cut, len(full)), per_batch=True)
     assert aside["eval_ce_per_batch"] == pytest.approx(by_hand["eval_ce_per_batch"], rel=1e-6)
     assert aside["eval_ce"] != pytest.approx(saved["eval_ce"], rel=1e-4)  # other rows than the validation split
+    # split="train": the training rows less those held aside (by hand: the first cut rows), in the evaluation order
+    rest = evaluate_checkpoint(aside_cfg, tmp_path / "sparse" / "model", split="train", per_batch=True)
+    by_hand = trainer.evaluate(src=Rows(full, 0, cut), per_batch=True)
+    assert rest["eval_ce_per_batch"] == pytest.approx(by_hand["eval_ce_per_batch"], rel=1e-6)
+    assert rest["eval_ce"] != pytest.approx(aside["eval_ce"], rel=1e-4)
 
     lora = load_config("toy_addition_posttrain", TINY + ["train.steps=5", f"model.checkpoint={tmp_path / 'dense' / 'model'}",
                                                          "train.lora_rank=2", "train.lora_modules=attn.q,attn.v",

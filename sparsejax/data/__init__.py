@@ -56,7 +56,8 @@ class Rows:
         return self.source.rows(np.asarray(indices) + self.start)
 
 
-SPLITS = ("validation", "aside")  # what an evaluation reads: the held-out split, or the rows held aside
+SPLITS = ("validation", "aside", "train")  # what an evaluation reads: the held-out split, the rows held aside, or
+#                                             the training rows (what train.final=feasible decides on)
 
 
 def hold_aside(source, share: float):

@@ -83,7 +83,9 @@ def evaluate_checkpoint(cfg, checkpoint, split: str = "validation", per_batch: b
 def checkpoint_evaluator(cfg, checkpoint, split: str = "validation"):
     """``(run, model)``: ``run(gate_bias)`` evaluates the saved model with that ``[L, H]`` gate bias (the gate's
     own, or a variant: the bias is data, so every variant shares one compilation) on the first
-    ``cfg.data.eval_batches`` batches of ``split`` (:data:`SPLITS`); ``model`` as loaded."""
+    ``cfg.data.eval_batches`` batches of ``split`` (:data:`SPLITS`; ``"train"``: the training rows less any held
+    aside, in the evaluation order — the batches ``train.final=feasible`` decides on); ``run(..., tail=share)`` also
+    gives the tail of the per-sequence CE (:func:`evaluate`); ``model`` as loaded."""
     import tempfile
 
     from ..checkpoints import from_pretrained
@@ -108,12 +110,15 @@ def checkpoint_evaluator(cfg, checkpoint, split: str = "validation"):
         trainable = {"params": model.params}
         step = jax.jit(make_eval_step(spec))
         with jax.set_mesh(mesh):
-            src = val_src if split == "validation" else hold_aside(train_src, cfg.data.aside)[1]
+            if split == "validation":
+                src = val_src
+            else:
+                src = hold_aside(train_src, cfg.data.aside)[split == "aside"] if cfg.data.aside else train_src
             batches = list(eval_batches(src, cfg.data.batch_size, cfg.data.eval_batches, mesh))  # reused
 
-            def run(gate_bias, per_batch: bool = False):
+            def run(gate_bias, per_batch: bool = False, tail: float | None = None):
                 frozen = {} if model.gate is None else {"gate_bias": jnp.asarray(gate_bias, jnp.float32)}
                 return {**evaluate(step, trainable, frozen, batches, gated=model.gate is not None,
-                                   per_batch=per_batch), "gated": model.gate is not None}
+                                   per_batch=per_batch, tail=tail), "gated": model.gate is not None}
 
             yield run, model
