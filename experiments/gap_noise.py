@@ -29,13 +29,18 @@ def rows(path: str, run: str | None = None) -> list[dict]:
 
 
 def spread(train: list[dict], start: int = 0) -> dict:
-    """Count, mean and standard deviation (ddof 0) of ``measured_ce`` over the rows at step >= ``start``."""
+    """Count, mean and standard deviation (ddof 0) of ``measured_ce`` over the rows at step >= ``start``; where
+    the rows log the multiplier, also its 10th, 50th and 90th percentiles over them (``beta``)."""
     import numpy as np
 
     x = np.array([r["measured_ce"] for r in train if "measured_ce" in r and r["step"] >= start])
     if x.size == 0:
         raise SystemExit(f"no logged measured_ce at step >= {start}: a run of constraint.sense=ce logs it")
-    return {"rows": int(x.size), "mean": float(x.mean()), "std": float(x.std())}
+    out = {"rows": int(x.size), "mean": float(x.mean()), "std": float(x.std())}
+    beta = np.array([r["beta"] for r in train if "beta" in r and r["step"] >= start])
+    if beta.size:  # the multiplier over the same rows: where the input held it
+        out["beta"] = dict(zip(("p10", "median", "p90"), map(float, np.percentile(beta, [10, 50, 90]))))
+    return out
 
 
 def main(argv=None):
@@ -46,7 +51,8 @@ def main(argv=None):
     a = p.parse_args(argv)
     s = spread(rows(a.source, a.run), a.start)
     print(f"{a.source}{'' if a.run is None else ' ' + a.run}: measured_ce over {s['rows']} logged steps from step "
-          f"{a.start}: mean {s['mean']:+.4f}, standard deviation {s['std']:.4f}")
+          f"{a.start}: mean {s['mean']:+.4f}, standard deviation {s['std']:.4f}"
+          + ("" if "beta" not in s else "; beta median {median:.3g} (10-90%: {p10:.3g}-{p90:.3g})".format(**s["beta"])))
 
 
 if __name__ == "__main__":

@@ -464,13 +464,16 @@ def test_gap_noise_reads_both_sources_and_spreads_by_hand(tmp_path):
     sys.path.insert(0, str(REPO / "experiments"))
     import gap_noise
 
-    train = [{"step": 10, "measured_ce": 5.0}, {"step": 20, "measured_ce": 0.01}, {"step": 20, "eval_ce": 3.0},
-             {"step": 30, "measured_ce": -0.03}]
+    train = [{"step": 10, "measured_ce": 5.0, "beta": 9.0}, {"step": 20, "measured_ce": 0.01, "beta": 1.0},
+             {"step": 20, "eval_ce": 3.0}, {"step": 30, "measured_ce": -0.03, "beta": 3.0}]
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in train) + "\n")
     (tmp_path / "evals.json").write_text(json.dumps({"a": {"train": train}}))
     for rows in (gap_noise.rows(str(tmp_path / "metrics.jsonl")), gap_noise.rows(str(tmp_path / "evals.json"), "a")):
         s = gap_noise.spread(rows, 20)
         assert s["rows"] == 2 and s["mean"] == pytest.approx(-0.01) and s["std"] == pytest.approx(0.02)
+        # beta over the same two rows (1 and 3): median 2, 10th / 90th percentiles interpolated 1.2 / 2.8
+        assert s["beta"] == pytest.approx({"p10": 1.2, "median": 2.0, "p90": 2.8})
+    assert "beta" not in gap_noise.spread([{"step": 0, "measured_ce": 0.1}])
     with pytest.raises(SystemExit, match="holds no record 'b'"):
         gap_noise.rows(str(tmp_path / "evals.json"), "b")
     with pytest.raises(SystemExit, match="no logged measured_ce"):
