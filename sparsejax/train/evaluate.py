@@ -110,10 +110,8 @@ def checkpoint_evaluator(cfg, checkpoint, split: str = "validation"):
         trainable = {"params": model.params}
         step = jax.jit(make_eval_step(spec))
         with jax.set_mesh(mesh):
-            if split == "validation":
-                src = val_src
-            else:
-                src = hold_aside(train_src, cfg.data.aside)[split == "aside"] if cfg.data.aside else train_src
+            rest, aside = hold_aside(train_src, cfg.data.aside) if cfg.data.aside else (train_src, None)
+            src = {"validation": val_src, "aside": aside, "train": rest}[split]
             batches = list(eval_batches(src, cfg.data.batch_size, cfg.data.eval_batches, mesh))  # reused
 
             def run(gate_bias, per_batch: bool = False, tail: float | None = None):
