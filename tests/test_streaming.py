@@ -130,6 +130,8 @@ def test_sharded_export_streams_with_one_shard_of_host_memory(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").glob("*.safetensors")) == files
     assert index["metadata"]["total_size"] == res["total"]
     assert not (tmp_path / "out" / "model.safetensors").exists()
-    # one shard (<= 3 tensors) plus the tensor being sliced, far below the model (~60 tensors of that size)
+    # one shard (<= 3 tensors), their bytes (safetensors.numpy copies each tensor to bytes to write it: 3 more), the
+    # tensor being sliced, ~7 tensors, plus the allocator's slack (8.09x measured once on an AMD EPYC, 2026-12-07,
+    # where 8x was the bound): far below the model (~97 tensors of that size), which a non-streaming export holds
     assert res["total"] > 40 * res["largest"]
-    assert res["transient"] < 8 * res["largest"], res
+    assert res["transient"] < 12 * res["largest"], res
