@@ -528,3 +528,47 @@ def test_threshold_trim_keeps_the_selection_constraint_and_the_train_split_is_th
     assert free["end"]["validation"]["eval_ce"] == pytest.approx(want["eval_ce"], rel=1e-6)
     assert free["end"]["validation"]["edge_density"] == want["edge_density"] == 0.0
     np.testing.assert_array_equal(np.asarray(sj.from_pretrained(tmp_path / "trimmed").gate.bias), free["bias"])
+
+
+def test_layer_gap_closing_a_head_equals_zeroing_its_output_rows(tmp_path):
+    """experiments/layer_gap.py --heads: the CE with one head's gates all closed equals the library's evaluation of
+    the same sparse model saved with that head's rows of W_O set to zero (an independent route: weight surgery, the
+    gates as trained); its cost is that CE minus the sparse model's; each head's density is the evaluation's."""
+    sys.path.insert(0, str(REPO / "experiments"))
+    import dataclasses
+
+    import jax
+    import numpy as np
+    import layer_gap
+
+    from sparsejax.checkpoints.hf import save_pretrained
+    from sparsejax.cli import main as cli
+    from sparsejax.config import load_config
+    from sparsejax.train.evaluate import evaluate_checkpoint
+
+    small = ["model.n_layers=1", "model.d_model=16", "model.n_heads=2", "model.d_ff=32"]
+    cli(["pretrain", "toy_addition_pretrain", str(tmp_path / "dense"), "train.steps=2", *small, "--no-progress"])
+    run = tmp_path / "run"
+    cli(["posttrain", "toy_addition_posttrain", str(run), f"model.checkpoint={tmp_path / 'dense' / 'model'}",
+         "train.steps=2", "train.eval_every=1", "data.eval_batches=2", *small, "--no-progress"])
+    cfg = load_config(run / "config.yaml", [f"model.checkpoint={run / 'model'}"])
+    res = layer_gap.layer_gap(cfg, run / "model", heads=True)
+    base = evaluate_checkpoint(cfg, run / "model")
+    assert res["eval_ce"] == pytest.approx(base["eval_ce"], rel=1e-6)
+    assert [(r["layer"], r["head"]) for r in res["heads"]] == [(0, 0), (0, 1)]
+
+    import sparsejax as sj
+
+    model = sj.from_pretrained(run / "model")
+    hd = model.config.head_dim
+    for r in res["heads"]:
+        kernel = np.array(model.params["layers"]["attn"]["o"]["kernel"])
+        kernel[r["layer"], r["head"] * hd:(r["head"] + 1) * hd] = 0.0  # the head writes nothing
+        params = jax.tree.map(lambda x: x, model.params)
+        params["layers"]["attn"]["o"]["kernel"] = kernel
+        save_pretrained(dataclasses.replace(model, params=params), tmp_path / f"zeroed{r['head']}")
+        want = evaluate_checkpoint(cfg, tmp_path / f"zeroed{r['head']}")
+        assert want["eval_ce"] != pytest.approx(base["eval_ce"], rel=1e-4)  # the surgery changes the loss
+        assert r["eval_ce"] == pytest.approx(want["eval_ce"], rel=1e-5)
+        assert r["cost"] == pytest.approx(r["eval_ce"] - base["eval_ce"], abs=1e-9)
+        assert r["density"] == pytest.approx(base["edge_density_per_head"][r["layer"]][r["head"]], rel=1e-9)
