@@ -10,7 +10,12 @@
 #   NAME density_d0_12000 runs/ind29/dense_aside_d0_12000  shakespeare_posttrain_density constraint.tau_data=control
 #   NAME ce_4800_d1_s1    runs/ind29/dense_aside_d1        shakespeare_posttrain train.steps=4800
 #   NAME ce_7200_d0_s1    runs/ind29/dense_aside_d0        shakespeare_posttrain train.steps=7200 (three times)
-# every run with train.seed=1 data.seed=1. Records: docs/results/zoo_round30/ (experiments/control_gap.py --add ...).
+#   NAME ce_7200_d1_s1    runs/ind29/dense_aside_d1        shakespeare_posttrain train.steps=7200 (thirty-first round;
+#                                                          ~60 min alone)
+#   NAME ce_7200_d1_s2    runs/ind29/dense_aside_d1        shakespeare_posttrain train.steps=7200 train.seed=2 data.seed=2
+#                                                          (thirty-first round: a second post-training seed)
+# every run with train.seed=1 data.seed=1 unless its line says otherwise (the last value of a key wins).
+# Records: docs/results/zoo_round30/ (experiments/control_gap.py --add ...).
 set -e
 name=$1; dense=$2; preset=$3
 [ -n "$name" ] && [ -n "$dense" ] && [ -n "$preset" ] || { echo "usage: $0 NAME DENSE_DIR PRESET [KEY=VALUE ...]"; exit 2; }
